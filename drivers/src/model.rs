@@ -1,0 +1,309 @@
+//! The measurement model: what a driver hands to the store, and everything the PHD IG mapping
+//! and deduplication need later. A [`Reading`] is one future FHIR Observation; a device
+//! notification that carries several (a BP cuff's pressure and pulse rate) becomes several
+//! readings that share the same raw bytes.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::ieee11073::Value;
+use crate::mdc::{MdcCode, Unit};
+use crate::time::{ClockFlags, DeviceTimestamp};
+
+/// How the gateway reaches a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Transport {
+    Ble,
+    Serial,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Ble => "ble",
+            Transport::Serial => "serial",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "ble" => Some(Transport::Ble),
+            "serial" => Some(Transport::Serial),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Who a device is. `(transport, address)` is the stable key; the rest comes from the device
+/// (Device Information Service, a serial model query) and may be learned later.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct DeviceIdentity {
+    pub transport: Transport,
+    /// BLE: the Bluetooth address `AA:BB:CC:DD:EE:FF`. Serial: the stable port name
+    /// (`/dev/serial/by-id/...`) or `VID:PID` plus the device's serial number.
+    pub address: String,
+    /// Bluetooth System ID (0x2A23), 8 bytes in over-the-air order (LSO first). Kept as
+    /// received; the FHIR mapping decides how to print it.
+    pub system_id: Option<[u8; 8]>,
+    pub manufacturer: Option<String>,
+    pub model: Option<String>,
+    pub serial_number: Option<String>,
+    pub firmware: Option<String>,
+    pub hardware: Option<String>,
+    pub software: Option<String>,
+}
+
+impl DeviceIdentity {
+    pub fn new(transport: Transport, address: impl Into<String>) -> Self {
+        Self {
+            transport,
+            address: address.into(),
+            system_id: None,
+            manufacturer: None,
+            model: None,
+            serial_number: None,
+            firmware: None,
+            hardware: None,
+            software: None,
+        }
+    }
+}
+
+/// One part of a compound measurement (systolic, diastolic and mean under one BP reading).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Component {
+    pub kind: MdcCode,
+    pub value: Value,
+    pub unit: Unit,
+}
+
+/// Device status bits as the device reported them, e.g. the BP Measurement Status or the PLX
+/// Device and Sensor Status. `attribute` names which status field the bits belong to (the
+/// characteristic UUID for Bluetooth, a protocol-specific tag for serial devices), so the FHIR
+/// mapping can turn them into the right BITs-enumeration Observation.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct StatusBits {
+    pub attribute: String,
+    pub bits: u32,
+    /// How many bits the field has on the wire (16 or 24 for most profiles).
+    pub width: u8,
+}
+
+/// The measured content of a reading.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Measurement {
+    /// The measurement type, e.g. 150020 for non-invasive blood pressure.
+    pub kind: MdcCode,
+    /// The value of a simple numeric measurement; `None` for a compound one.
+    pub value: Option<Value>,
+    pub unit: Option<Unit>,
+    /// The parts of a compound measurement, in the order the device sent them.
+    pub components: Vec<Component>,
+    /// Supplemental type codes (e.g. MDC_MODALITY_SPOT), part of the PHD IG identifier.
+    pub supplemental: Vec<MdcCode>,
+    pub status: Vec<StatusBits>,
+    /// Multi-user devices: which user on the device took the reading (255 = unknown user).
+    pub user_index: Option<u8>,
+    /// The device's own record or sequence number (glucose sequence number, memory slot).
+    pub sequence: Option<u32>,
+    /// The device's own timestamp; `None` when the device sent none.
+    pub device_time: Option<DeviceTimestamp>,
+    pub clock: ClockFlags,
+}
+
+impl Measurement {
+    /// A simple numeric measurement with no optional fields.
+    pub fn numeric(kind: MdcCode, value: Value, unit: Unit) -> Self {
+        Self {
+            kind,
+            value: Some(value),
+            unit: Some(unit),
+            components: Vec::new(),
+            supplemental: Vec::new(),
+            status: Vec::new(),
+            user_index: None,
+            sequence: None,
+            device_time: None,
+            clock: ClockFlags::default(),
+        }
+    }
+
+    /// A compound measurement (e.g. BP) built from its components.
+    pub fn compound(kind: MdcCode, components: Vec<Component>) -> Self {
+        Self {
+            kind,
+            value: None,
+            unit: None,
+            components,
+            supplemental: Vec::new(),
+            status: Vec::new(),
+            user_index: None,
+            sequence: None,
+            device_time: None,
+            clock: ClockFlags::default(),
+        }
+    }
+}
+
+/// When and how the gateway received a reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Receipt {
+    /// Gateway wall clock, milliseconds since the Unix epoch. Only meaningful as an absolute
+    /// time when `clock_synchronized` is true.
+    pub wall_ms: i64,
+    /// Gateway monotonic clock (CLOCK_BOOTTIME), nanoseconds since boot: lets later code
+    /// place an unsynchronised wall time once the clock is set, within the same boot.
+    pub monotonic_ns: u64,
+    /// The boot this monotonic time belongs to, so it is never compared across reboots.
+    pub boot_id: Uuid,
+    /// Whether the kernel reported the wall clock as synchronised when the reading arrived.
+    pub clock_synchronized: bool,
+}
+
+/// A reading: one measurement from one device, with its provenance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reading {
+    pub device: DeviceIdentity,
+    pub measurement: Measurement,
+    pub receipt: Receipt,
+    /// Device clock minus gateway clock in milliseconds, measured this session (CTS read,
+    /// serial clock query), when known.
+    pub device_clock_offset_ms: Option<i64>,
+    /// A gateway-assigned identity, used for deduplication only when the device gave the
+    /// reading neither a sequence number nor a timestamp (live streams): a retry of the same
+    /// in-memory reading is then still recognised.
+    pub instance: Uuid,
+    /// The bytes the reading was decoded from, exactly as received.
+    pub raw: Vec<u8>,
+}
+
+impl Reading {
+    /// The key that makes a reading unique per device in the store, built only from what the
+    /// device reported (never host time): a re-download of the device's memory after a crash
+    /// produces the same keys, so nothing is stored twice.
+    pub fn dedup_key(&self) -> String {
+        let m = &self.measurement;
+        let user = m.user_index.map(i32::from).unwrap_or(-1);
+        if let Some(seq) = m.sequence {
+            format!("seq:{seq}/{}/u{user}", m.kind)
+        } else if let Some(ts) = &m.device_time {
+            let when = match ts {
+                DeviceTimestamp::Local { time, zone, dst } => format!(
+                    "{time}{}{}",
+                    zone.map(|z| format!("z{}", z.quarter_hours))
+                        .unwrap_or_default(),
+                    dst.map(|d| format!("d{}", d.minutes())).unwrap_or_default()
+                ),
+                DeviceTimestamp::Ticks {
+                    ticks,
+                    resolution_us,
+                } => format!("tick{ticks}x{resolution_us}"),
+            };
+            format!("ts:{when}/{}/u{user}", m.kind)
+        } else {
+            format!("rx:{}/{}", self.instance, m.kind)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mdc;
+    use crate::time::LocalDateTime;
+
+    fn reading(m: Measurement) -> Reading {
+        Reading {
+            device: DeviceIdentity::new(Transport::Ble, "00:1C:05:FF:E8:74"),
+            measurement: m,
+            receipt: Receipt {
+                wall_ms: 1_700_000_000_000,
+                monotonic_ns: 5,
+                boot_id: Uuid::nil(),
+                clock_synchronized: true,
+            },
+            device_clock_offset_ms: None,
+            instance: Uuid::from_u128(7),
+            raw: vec![1, 2, 3],
+        }
+    }
+
+    fn bp() -> Measurement {
+        let c = |kind, m| Component {
+            kind,
+            value: Value::number(m, 0),
+            unit: Unit::mmhg(),
+        };
+        Measurement::compound(
+            mdc::PRESS_BLD_NONINV,
+            vec![
+                c(mdc::PRESS_BLD_NONINV_SYS, 138),
+                c(mdc::PRESS_BLD_NONINV_DIA, 88),
+                c(mdc::PRESS_BLD_NONINV_MEAN, 120),
+            ],
+        )
+    }
+
+    #[test]
+    fn dedup_key_prefers_sequence_then_device_time_and_ignores_host_time() {
+        let mut m = bp();
+        m.device_time = Some(DeviceTimestamp::Local {
+            time: LocalDateTime {
+                year: Some(2018),
+                month: Some(4),
+                day: Some(17),
+                hour: 20,
+                minute: 41,
+                second: 59,
+                millis: None,
+            },
+            zone: None,
+            dst: None,
+        });
+        m.user_index = Some(1);
+        let mut a = reading(m.clone());
+        let mut b = reading(m.clone());
+        b.receipt.wall_ms += 60_000;
+        b.instance = Uuid::from_u128(8);
+        assert_eq!(a.dedup_key(), b.dedup_key());
+        assert_eq!(a.dedup_key(), "ts:2018-04-17T20:41:59/150020/u1");
+
+        a.measurement.sequence = Some(42);
+        assert_eq!(a.dedup_key(), "seq:42/150020/u1");
+
+        let mut live = reading(Measurement::numeric(
+            mdc::PULS_OXIM_SAT_O2,
+            Value::number(97, 0),
+            Unit::percent(),
+        ));
+        let first = live.dedup_key();
+        live.receipt.wall_ms += 1;
+        assert_eq!(live.dedup_key(), first, "a retry of the same reading keeps its key");
+        live.instance = Uuid::from_u128(9);
+        assert_ne!(live.dedup_key(), first);
+    }
+
+    #[test]
+    fn measurement_round_trips_through_the_store_encoding() {
+        let mut m = bp();
+        m.status.push(StatusBits {
+            attribute: "2A35".into(),
+            bits: 0x27,
+            width: 16,
+        });
+        let bytes = postcard::to_allocvec(&m).expect("encode");
+        let back: Measurement = postcard::from_bytes(&bytes).expect("decode");
+        assert_eq!(back, m);
+        let json = serde_json::to_string(&m).expect("json");
+        assert!(json.contains("\"mantissa\":138"), "{json}");
+    }
+}
