@@ -1,0 +1,50 @@
+//! Process exit codes, following sysexits.h so scripts and systemd can tell failures apart.
+
+use vitalgate::config::ConfigError;
+use vitalgate::store::{KeyError, StoreError};
+
+pub const OK: u8 = 0;
+/// Bad command line or bad configuration file.
+pub const USAGE: u8 = 64;
+/// The store's contents are unusable: wrong key, corrupt, or from a newer version.
+pub const DATAERR: u8 = 65;
+/// Something that must exist does not (no store yet, no config file).
+pub const NOINPUT: u8 = 66;
+pub const SOFTWARE: u8 = 70;
+pub const CANTCREAT: u8 = 73;
+pub const IOERR: u8 = 74;
+pub const TEMPFAIL: u8 = 75;
+/// A secret is readable by people who must not read it.
+pub const NOPERM: u8 = 77;
+/// A required secret is missing or malformed.
+pub const CONFIG: u8 = 78;
+
+/// The exit code for an error chain, from the first error in it we recognise.
+pub fn code_for(error: &anyhow::Error) -> u8 {
+    for cause in error.chain() {
+        if cause.downcast_ref::<ConfigError>().is_some() {
+            return USAGE;
+        }
+        if let Some(k) = cause.downcast_ref::<KeyError>() {
+            return match k {
+                KeyError::Insecure { .. } => NOPERM,
+                KeyError::Create { .. } => CANTCREAT,
+                KeyError::Missing { .. } | KeyError::Malformed { .. } | KeyError::Read { .. } => {
+                    CONFIG
+                }
+            };
+        }
+        if let Some(s) = cause.downcast_ref::<StoreError>() {
+            return match s {
+                StoreError::NotFound { .. } => NOINPUT,
+                StoreError::WrongKeyOrNotAStore { .. }
+                | StoreError::Corrupt { .. }
+                | StoreError::NewerSchema { .. } => DATAERR,
+                StoreError::DiskFull { .. } => TEMPFAIL,
+                StoreError::Io { .. } => IOERR,
+                _ => SOFTWARE,
+            };
+        }
+    }
+    SOFTWARE
+}

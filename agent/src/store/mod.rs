@@ -1,0 +1,307 @@
+//! The encrypted store: the only durable place a reading lives on the gateway.
+//!
+//! It owns the SQLCipher database file, its schema, the single writer thread that commits
+//! readings in batches ([`writer`]), the read-only queries behind `vitalgate status`
+//! ([`reader`]), and the key ([`key`]).
+//!
+//! Durability contract: [`StoreHandle::commit`] returns only after the readings are in a
+//! committed, fsynced transaction. A driver acknowledges a device (advances a RACP cursor,
+//! clears device memory) only after that. Readings are keyed by device and a device-derived
+//! dedup key, so a device that re-sends after a crash creates no duplicate.
+
+pub mod key;
+pub mod reader;
+pub mod schema;
+pub mod writer;
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, ErrorCode, OpenFlags};
+
+pub use key::{DbKey, KeyError, KeySource};
+pub use reader::{StoreReader, StoreStatus};
+pub use writer::{
+    Batch, CommitReceipt, CursorUpdate, HousekeepingReport, NewEvent, Outcome, Severity,
+    StoreHandle, StoreHealth, WriterOptions,
+};
+
+/// SQLCipher's page size. Kept at the SQLCipher 4 default so a store can be inspected with the
+/// stock `sqlcipher` shell.
+pub const PAGE_SIZE: u64 = 4096;
+
+/// Why the store could not be used. Each message names the file and says what to do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("no store at {}: run `vitalgate run` (or `vitalgate demo`) to create one", .path.display())]
+    NotFound { path: PathBuf },
+    #[error(
+        "cannot decrypt {}: wrong key, or the file is not a Vitalgate store or its first page is \
+         damaged; the file was not modified",
+        .path.display()
+    )]
+    WrongKeyOrNotAStore { path: PathBuf },
+    #[error("store {} is corrupt: {detail}; it was not modified or recreated", .path.display())]
+    Corrupt { path: PathBuf, detail: String },
+    #[error(
+        "store {} has schema version {found}, newer than this Vitalgate supports ({supported}); \
+         install the newer Vitalgate again, the store was not modified",
+        .path.display()
+    )]
+    NewerSchema {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    #[error("disk full while writing {}; committed readings are kept, retrying when space returns", .path.display())]
+    DiskFull { path: PathBuf },
+    #[error("store {} during {op}: {source}", .path.display())]
+    Sqlite {
+        path: PathBuf,
+        op: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("store {}: {op}: {source}", .path.display())]
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("store {}: transaction failed: {detail}", .path.display())]
+    TransactionFailed { path: PathBuf, detail: String },
+    #[error("cannot encode a reading for the store: {0}")]
+    Encode(#[from] postcard::Error),
+    #[error("the store writer has stopped")]
+    WriterStopped,
+}
+
+impl StoreError {
+    /// Classifies a SQLite error into the user-facing variants.
+    pub(crate) fn from_sqlite(path: &Path, op: &'static str, e: rusqlite::Error) -> Self {
+        match e.sqlite_error_code() {
+            Some(ErrorCode::NotADatabase) => StoreError::WrongKeyOrNotAStore {
+                path: path.to_owned(),
+            },
+            Some(ErrorCode::DatabaseCorrupt) => StoreError::Corrupt {
+                path: path.to_owned(),
+                detail: e.to_string(),
+            },
+            Some(ErrorCode::DiskFull) => StoreError::DiskFull {
+                path: path.to_owned(),
+            },
+            _ => StoreError::Sqlite {
+                path: path.to_owned(),
+                op,
+                source: e,
+            },
+        }
+    }
+
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, StoreError::DiskFull { .. })
+    }
+}
+
+/// How the database is keyed.
+#[derive(Debug, Clone)]
+pub enum Keying {
+    Encrypted(DbKey),
+    /// No encryption. Exists only so benchmarks can measure plain SQLite with the same schema
+    /// and code as a baseline; nothing in the configuration can select it.
+    #[doc(hidden)]
+    PlaintextBaseline,
+}
+
+/// Whether opening may create a new store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Create {
+    IfMissing,
+    Never,
+}
+
+/// Opens a connection, verifies the key and the file, and (for the writer) migrates.
+///
+/// Nothing is written to the file until the key has been shown to decrypt it and its schema
+/// version is known to be supported, so a wrong key or a newer store leaves it untouched.
+pub(crate) fn open_connection(
+    path: &Path,
+    keying: &Keying,
+    create: Create,
+    cache_size_kib: u64,
+) -> Result<Connection, StoreError> {
+    let exists = path.exists();
+    if !exists && create == Create::Never {
+        return Err(StoreError::NotFound {
+            path: path.to_owned(),
+        });
+    }
+    if exists {
+        check_file_shape(path)?;
+    } else {
+        // SQLite would create the file with the umask's mode; the store (and the -wal/-shm
+        // files SQLite later creates with the same mode) is for the service user only.
+        create_private_file(path)?;
+    }
+    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    if create == Create::IfMissing {
+        flags |= OpenFlags::SQLITE_OPEN_CREATE;
+    }
+    let sql = |op| move |e| StoreError::from_sqlite(path, op, e);
+    let conn = Connection::open_with_flags(path, flags).map_err(sql("open"))?;
+    if let Keying::Encrypted(key) = keying {
+        conn.pragma_update(None, "key", key.pragma_value())
+            .map_err(sql("set key"))?;
+    }
+    // The first read decrypts page 1: this is where a wrong key shows up.
+    conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get::<_, i64>(0))
+        .map_err(sql("verify key"))?;
+    let found = schema::version(&conn).map_err(sql("read schema version"))?;
+    if found > schema::LATEST_VERSION {
+        return Err(StoreError::NewerSchema {
+            path: path.to_owned(),
+            found,
+            supported: schema::LATEST_VERSION,
+        });
+    }
+    if exists {
+        check_page_count(path, &conn)?;
+    }
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(sql("set busy timeout"))?;
+    // WAL lets `status` and the sync reader run while the writer commits.
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(sql("enable WAL"))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Corrupt {
+            path: path.to_owned(),
+            detail: format!("cannot switch to WAL journal mode (got {mode})"),
+        });
+    }
+    // synchronous = FULL: every commit fsyncs the WAL before it returns. With NORMAL, a commit
+    // acknowledged to a device could vanish on power loss, and gateways in patients' homes
+    // lose power; the device would already have cleared its memory. Batched commits keep the
+    // cost of the fsync low per reading.
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(sql("set synchronous"))?;
+    conn.pragma_update(None, "cache_size", -(cache_size_kib as i64))
+        .map_err(sql("set cache size"))?;
+    // Temporary tables and sort spills stay in memory rather than in plaintext temp files.
+    conn.pragma_update(None, "temp_store", "MEMORY")
+        .map_err(sql("set temp store"))?;
+    Ok(conn)
+}
+
+fn create_private_file(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map(drop)
+        .map_err(|source| StoreError::Io {
+            path: path.to_owned(),
+            op: "create",
+            source,
+        })
+}
+
+/// Cheap structural checks before SQLite touches the file: an empty or torn file is reported
+/// rather than treated as a new database.
+fn check_file_shape(path: &Path) -> Result<(), StoreError> {
+    let len = std::fs::metadata(path)
+        .map_err(|source| StoreError::Io {
+            path: path.to_owned(),
+            op: "stat",
+            source,
+        })?
+        .len();
+    let wal = wal_path(path);
+    let wal_len = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    if len == 0 && wal_len == 0 {
+        return Err(StoreError::Corrupt {
+            path: path.to_owned(),
+            detail: "the file is empty".into(),
+        });
+    }
+    if len % PAGE_SIZE != 0 {
+        return Err(StoreError::Corrupt {
+            path: path.to_owned(),
+            detail: format!("its size ({len} bytes) is not a whole number of {PAGE_SIZE}-byte pages: it was truncated or damaged"),
+        });
+    }
+    Ok(())
+}
+
+/// Detects a truncated file: the header's page count must match the file, unless a
+/// write-ahead log still holds pages not yet copied back.
+fn check_page_count(path: &Path, conn: &Connection) -> Result<(), StoreError> {
+    let wal_len = std::fs::metadata(wal_path(path)).map(|m| m.len()).unwrap_or(0);
+    if wal_len > 0 {
+        return Ok(());
+    }
+    let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let pages: u64 = conn
+        .query_row("PRAGMA page_count", [], |r| r.get::<_, i64>(0))
+        .map_err(|e| StoreError::from_sqlite(path, "read page count", e))? as u64;
+    if pages * PAGE_SIZE != len {
+        return Err(StoreError::Corrupt {
+            path: path.to_owned(),
+            detail: format!(
+                "the database says it has {pages} pages but the file holds {}: it was truncated",
+                len / PAGE_SIZE
+            ),
+        });
+    }
+    Ok(())
+}
+
+pub(crate) fn wal_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push("-wal");
+    PathBuf::from(s)
+}
+
+/// Full verification for `status --verify` and `doctor`: checks every page's HMAC and the
+/// b-tree structure. Reads the whole file, so it is not done at every start.
+pub fn verify(path: &Path, keying: &Keying) -> Result<(), StoreError> {
+    let conn = open_connection(path, keying, Create::Never, 2048)?;
+    let sql = |op| move |e| StoreError::from_sqlite(path, op, e);
+    if let Keying::Encrypted(_) = keying {
+        let mut stmt = conn
+            .prepare("PRAGMA cipher_integrity_check")
+            .map_err(sql("cipher integrity check"))?;
+        let problems: Vec<String> = stmt
+            .query_map([], |r| r.get(0))
+            .map_err(sql("cipher integrity check"))?
+            .collect::<Result<_, _>>()
+            .map_err(sql("cipher integrity check"))?;
+        if !problems.is_empty() {
+            return Err(StoreError::Corrupt {
+                path: path.to_owned(),
+                detail: problems.join("; "),
+            });
+        }
+    }
+    let result: String = conn
+        .query_row("PRAGMA quick_check", [], |r| r.get(0))
+        .map_err(sql("quick check"))?;
+    if result != "ok" {
+        return Err(StoreError::Corrupt {
+            path: path.to_owned(),
+            detail: result,
+        });
+    }
+    Ok(())
+}
+
+/// The gateway wall clock in milliseconds since the Unix epoch (0 if before it).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,338 @@
+//! Read-only queries over the store. Readers use their own connections; in WAL mode they see
+//! the last committed state and never block the writer.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+use vitalgate_drivers::{DeviceIdentity, Measurement, Transport};
+
+use super::{Create, Keying, StoreError, open_connection, schema, wal_path};
+
+/// Reading counts and backlog, as `vitalgate status` shows them.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StoreStatus {
+    pub path: PathBuf,
+    pub schema_version: u32,
+    pub store_bytes: u64,
+    pub readings: ReadingCounts,
+    /// Receipt time of the oldest reading still pending for some destination.
+    pub oldest_undelivered_ms: Option<i64>,
+    pub destinations: Vec<DestinationStatus>,
+    pub devices: Vec<DeviceSummary>,
+    pub alarms: Vec<EventSummary>,
+}
+
+/// Readings by delivery state. Every reading is in exactly one of these.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct ReadingCounts {
+    pub total: u64,
+    /// Still to be delivered to at least one destination.
+    pub pending: u64,
+    /// Refused by at least one destination and not pending anywhere.
+    pub quarantined: u64,
+    /// Delivered to every destination it is routed to.
+    pub delivered: u64,
+    /// Routed to no destination (none configured when it arrived).
+    pub unrouted: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct DestinationStatus {
+    pub id: String,
+    pub pending: u64,
+    pub delivered: u64,
+    pub quarantined: u64,
+    pub oldest_pending_ms: Option<i64>,
+    pub last_delivery_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DeviceSummary {
+    pub transport: String,
+    pub address: String,
+    pub manufacturer: Option<String>,
+    pub model: Option<String>,
+    pub last_seen_ms: i64,
+    pub readings: u64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct EventSummary {
+    pub at_ms: i64,
+    pub severity: String,
+    pub kind: String,
+    pub detail: String,
+}
+
+/// A stored reading, as read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredReading {
+    pub id: i64,
+    pub transport: Transport,
+    pub address: String,
+    pub dedup_key: String,
+    pub received_ms: i64,
+    pub measurement: Measurement,
+    pub raw: Vec<u8>,
+}
+
+/// A read-only view of the store.
+#[derive(Debug)]
+pub struct StoreReader {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl StoreReader {
+    /// Opens an existing store; never creates one.
+    pub fn open(path: &Path, keying: &Keying) -> Result<Self, StoreError> {
+        let conn = open_connection(path, keying, Create::Never, 1024)?;
+        let version = schema::version(&conn).map_err(|e| StoreError::from_sqlite(path, "read schema version", e))?;
+        if version < schema::LATEST_VERSION {
+            // Only the writer migrates; a reader of an older store asks for it to run first.
+            return Err(StoreError::Corrupt {
+                path: path.to_owned(),
+                detail: format!(
+                    "schema version {version} is older than {}: start `vitalgate run` once to migrate it",
+                    schema::LATEST_VERSION
+                ),
+            });
+        }
+        conn.execute_batch("PRAGMA query_only = ON")
+            .map_err(|e| StoreError::from_sqlite(path, "set query_only", e))?;
+        Ok(Self {
+            conn,
+            path: path.to_owned(),
+        })
+    }
+
+    fn sql(&self, op: &'static str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+        move |e| StoreError::from_sqlite(&self.path, op, e)
+    }
+
+    pub fn status(&self) -> Result<StoreStatus, StoreError> {
+        let c = &self.conn;
+        let count = |q: &str| -> Result<u64, StoreError> {
+            c.query_row(q, [], |r| r.get::<_, i64>(0))
+                .map(|n| n as u64)
+                .map_err(self.sql("count"))
+        };
+        let total = count("SELECT count(*) FROM readings")?;
+        let routed = count("SELECT count(DISTINCT reading_id) FROM deliveries")?;
+        let pending = count("SELECT count(DISTINCT reading_id) FROM deliveries WHERE state = 0")?;
+        let quarantined = count(
+            "SELECT count(DISTINCT reading_id) FROM deliveries d WHERE state = 2 \
+             AND NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.reading_id = d.reading_id AND p.state = 0)",
+        )?;
+        let readings = ReadingCounts {
+            total,
+            pending,
+            quarantined,
+            delivered: routed.saturating_sub(pending + quarantined),
+            unrouted: total.saturating_sub(routed),
+        };
+
+        let mut destinations: Vec<DestinationStatus> = Vec::new();
+        {
+            let mut stmt = c
+                .prepare("SELECT destination, state, count(*) FROM deliveries GROUP BY destination, state")
+                .map_err(self.sql("destination counts"))?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)))
+                .map_err(self.sql("destination counts"))?;
+            for row in rows {
+                let (id, state, n) = row.map_err(self.sql("destination counts"))?;
+                let pos = match destinations.iter().position(|d| d.id == id) {
+                    Some(p) => p,
+                    None => {
+                        destinations.push(DestinationStatus {
+                            id,
+                            ..Default::default()
+                        });
+                        destinations.len() - 1
+                    }
+                };
+                let d = &mut destinations[pos];
+                match state {
+                    0 => d.pending = n as u64,
+                    1 => d.delivered = n as u64,
+                    _ => d.quarantined += n as u64,
+                }
+            }
+        }
+        let mut oldest: Option<i64> = None;
+        for d in &mut destinations {
+            d.oldest_pending_ms = c
+                .query_row(
+                    "SELECT r.received_ms FROM readings r WHERE r.id = \
+                     (SELECT min(reading_id) FROM deliveries WHERE state = 0 AND destination = ?1)",
+                    [&d.id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(self.sql("oldest pending"))?;
+            d.last_delivery_ms = c
+                .query_row(
+                    "SELECT max(delivered_ms) FROM deliveries WHERE state = 1 AND destination = ?1",
+                    [&d.id],
+                    |r| r.get(0),
+                )
+                .map_err(self.sql("last delivery"))?;
+            if let Some(t) = d.oldest_pending_ms {
+                oldest = Some(oldest.map_or(t, |o: i64| o.min(t)));
+            }
+        }
+
+        let mut devices = Vec::new();
+        {
+            let mut stmt = c
+                .prepare(
+                    "SELECT d.transport, d.address, d.identity, d.last_seen_ms, \
+                     (SELECT count(*) FROM readings r WHERE r.device_id = d.id) \
+                     FROM devices d ORDER BY d.last_seen_ms DESC",
+                )
+                .map_err(self.sql("devices"))?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, i64>(4)?,
+                    ))
+                })
+                .map_err(self.sql("devices"))?;
+            for row in rows {
+                let (transport, address, identity, last_seen_ms, n) = row.map_err(self.sql("devices"))?;
+                let identity: Option<DeviceIdentity> = postcard::from_bytes(&identity).ok();
+                devices.push(DeviceSummary {
+                    transport,
+                    address,
+                    manufacturer: identity.as_ref().and_then(|i| i.manufacturer.clone()),
+                    model: identity.and_then(|i| i.model),
+                    last_seen_ms,
+                    readings: n as u64,
+                });
+            }
+        }
+
+        let mut alarms = Vec::new();
+        {
+            let mut stmt = c
+                .prepare(
+                    "SELECT at_ms, severity, kind, detail FROM events \
+                     WHERE severity = 'alarm' ORDER BY id DESC LIMIT 10",
+                )
+                .map_err(self.sql("events"))?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(EventSummary {
+                        at_ms: r.get(0)?,
+                        severity: r.get(1)?,
+                        kind: r.get(2)?,
+                        detail: r.get(3)?,
+                    })
+                })
+                .map_err(self.sql("events"))?;
+            for row in rows {
+                alarms.push(row.map_err(self.sql("events"))?);
+            }
+        }
+
+        let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        Ok(StoreStatus {
+            path: self.path.clone(),
+            schema_version: schema::version(c).map_err(self.sql("schema version"))?,
+            store_bytes: size(&self.path) + size(&wal_path(&self.path)),
+            readings,
+            oldest_undelivered_ms: oldest,
+            destinations,
+            devices,
+            alarms,
+        })
+    }
+
+    /// Every reading of one device, in id order.
+    pub fn readings_for_device(
+        &self,
+        transport: Transport,
+        address: &str,
+    ) -> Result<Vec<StoredReading>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT r.id, r.dedup_key, r.received_ms, r.measurement, r.raw FROM readings r \
+                 JOIN devices d ON d.id = r.device_id \
+                 WHERE d.transport = ?1 AND d.address = ?2 ORDER BY r.id",
+            )
+            .map_err(self.sql("list readings"))?;
+        let rows = stmt
+            .query_map(params![transport.as_str(), address], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, Vec<u8>>(3)?,
+                    r.get::<_, Vec<u8>>(4)?,
+                ))
+            })
+            .map_err(self.sql("list readings"))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, dedup_key, received_ms, body, raw) = row.map_err(self.sql("list readings"))?;
+            let measurement = postcard::from_bytes(&body).map_err(|e| StoreError::Corrupt {
+                path: self.path.clone(),
+                detail: format!("reading {id} cannot be decoded: {e}"),
+            })?;
+            out.push(StoredReading {
+                id,
+                transport,
+                address: address.to_owned(),
+                dedup_key,
+                received_ms,
+                measurement,
+                raw,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The stored cursor of a device stream.
+    pub fn cursor(
+        &self,
+        transport: Transport,
+        address: &str,
+        stream: &str,
+    ) -> Result<Option<String>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT c.value FROM cursors c JOIN devices d ON d.id = c.device_id \
+                 WHERE d.transport = ?1 AND d.address = ?2 AND c.stream = ?3",
+                params![transport.as_str(), address, stream],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.sql("read cursor"))
+    }
+
+    /// Recent events, newest first.
+    pub fn events(&self, limit: usize) -> Result<Vec<EventSummary>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT at_ms, severity, kind, detail FROM events ORDER BY id DESC LIMIT ?1")
+            .map_err(self.sql("events"))?;
+        let rows = stmt
+            .query_map([limit as i64], |r| {
+                Ok(EventSummary {
+                    at_ms: r.get(0)?,
+                    severity: r.get(1)?,
+                    kind: r.get(2)?,
+                    detail: r.get(3)?,
+                })
+            })
+            .map_err(self.sql("events"))?;
+        rows.collect::<Result<_, _>>().map_err(self.sql("events"))
+    }
+}

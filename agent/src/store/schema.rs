@@ -1,0 +1,131 @@
+//! The store's schema and its forward migrations.
+//!
+//! The schema version is SQLite's `user_version`. Migrations only go forward, each in its own
+//! transaction together with the version bump, so a crash mid-migration leaves the previous
+//! version intact. A database from a newer Vitalgate is refused, never "repaired".
+
+use rusqlite::Connection;
+
+/// Each entry migrates from version `index` to `index + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 0 -> 1: the initial schema.
+    r#"
+    -- One row per physical device ever seen. `identity` is the latest DeviceIdentity
+    -- (postcard), refreshed when the device reports new information.
+    CREATE TABLE devices (
+        id            INTEGER PRIMARY KEY,
+        transport     TEXT    NOT NULL,
+        address       TEXT    NOT NULL,
+        identity      BLOB    NOT NULL,
+        first_seen_ms INTEGER NOT NULL,
+        last_seen_ms  INTEGER NOT NULL,
+        -- 1 when the device is on this gateway's allowlist (paired or pre-provisioned).
+        allowed       INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (transport, address)
+    );
+
+    -- Device plus user index -> patient. user_index -1 binds every user of the device.
+    CREATE TABLE bindings (
+        id          INTEGER PRIMARY KEY,
+        device_id   INTEGER NOT NULL REFERENCES devices(id),
+        user_index  INTEGER NOT NULL DEFAULT -1,
+        patient     TEXT    NOT NULL,
+        created_ms  INTEGER NOT NULL,
+        UNIQUE (device_id, user_index)
+    );
+
+    -- Append-only. `measurement` is the drivers' Measurement (postcard, format 1); the
+    -- columns beside it are what queries and deduplication need.
+    CREATE TABLE readings (
+        id               INTEGER PRIMARY KEY,
+        device_id        INTEGER NOT NULL REFERENCES devices(id),
+        dedup_key        TEXT    NOT NULL,
+        kind             INTEGER NOT NULL,
+        user_index       INTEGER,
+        received_ms      INTEGER NOT NULL,
+        received_mono_ns INTEGER NOT NULL,
+        boot_id          BLOB    NOT NULL,
+        clock_synced     INTEGER NOT NULL,
+        clock_offset_ms  INTEGER,
+        measurement      BLOB    NOT NULL,
+        raw              BLOB    NOT NULL,
+        UNIQUE (device_id, dedup_key)
+    );
+    CREATE TRIGGER readings_append_only BEFORE UPDATE ON readings
+    BEGIN
+        SELECT RAISE(ABORT, 'readings are append-only');
+    END;
+
+    -- Per-destination delivery state. state: 0 pending, 1 delivered, 2 quarantined.
+    CREATE TABLE deliveries (
+        reading_id      INTEGER NOT NULL,
+        destination     TEXT    NOT NULL,
+        state           INTEGER NOT NULL DEFAULT 0,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_ms INTEGER,
+        delivered_ms    INTEGER,
+        PRIMARY KEY (reading_id, destination)
+    ) WITHOUT ROWID;
+    CREATE INDEX deliveries_queue ON deliveries (state, destination, reading_id);
+
+    -- Readings a destination refused (4xx), with the server's OperationOutcome.
+    CREATE TABLE quarantine (
+        id          INTEGER PRIMARY KEY,
+        reading_id  INTEGER NOT NULL,
+        destination TEXT    NOT NULL,
+        http_status INTEGER,
+        outcome     TEXT,
+        created_ms  INTEGER NOT NULL
+    );
+    CREATE INDEX quarantine_reading ON quarantine (reading_id);
+
+    -- Alarms and notable changes. `detail` is JSON and never holds patient data.
+    CREATE TABLE events (
+        id        INTEGER PRIMARY KEY,
+        at_ms     INTEGER NOT NULL,
+        severity  TEXT    NOT NULL,
+        kind      TEXT    NOT NULL,
+        detail    TEXT    NOT NULL,
+        published INTEGER NOT NULL DEFAULT 0
+    );
+
+    -- Who changed configuration or bindings, and when.
+    CREATE TABLE audit (
+        id     INTEGER PRIMARY KEY,
+        at_ms  INTEGER NOT NULL,
+        actor  TEXT    NOT NULL,
+        action TEXT    NOT NULL,
+        detail TEXT    NOT NULL
+    );
+
+    -- The last record downloaded per device and stream (RACP sequence number, serial
+    -- record index), committed in the same transaction as the readings it covers.
+    CREATE TABLE cursors (
+        device_id  INTEGER NOT NULL REFERENCES devices(id),
+        stream     TEXT    NOT NULL,
+        value      TEXT    NOT NULL,
+        updated_ms INTEGER NOT NULL,
+        PRIMARY KEY (device_id, stream)
+    ) WITHOUT ROWID;
+    "#,
+];
+
+/// The schema version this build writes.
+pub const LATEST_VERSION: u32 = MIGRATIONS.len() as u32;
+
+pub(crate) fn version(conn: &Connection) -> rusqlite::Result<u32> {
+    conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+}
+
+/// Brings the schema up to [`LATEST_VERSION`]. Returns the version found before migrating.
+/// The caller has already refused versions newer than this build.
+pub(crate) fn migrate(conn: &mut Connection) -> rusqlite::Result<u32> {
+    let found = version(conn)?;
+    for v in found..LATEST_VERSION {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute_batch(MIGRATIONS[v as usize])?;
+        tx.pragma_update(None, "user_version", v + 1)?;
+        tx.commit()?;
+    }
+    Ok(found)
+}

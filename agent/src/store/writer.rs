@@ -1,0 +1,1002 @@
+//! The single store writer: one OS thread owns the write connection and commits everything
+//! that changes the store.
+//!
+//! Requests arrive on a bounded channel (so a slow disk pushes back on the drivers instead of
+//! filling memory). The writer takes whatever is queued, up to `batch_max_readings`, and
+//! commits it in one transaction (group commit): under load one fsync covers many readings,
+//! and when idle a single reading is committed at once. Each request runs inside its own
+//! savepoint, so one failing request does not fail its neighbours. Replies are sent only after
+//! the transaction is durable.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, watch};
+use vitalgate_drivers::{DeviceIdentity, Reading, Transport};
+
+use super::{Create, Keying, StoreError, now_ms, open_connection, schema, wal_path};
+
+/// What the writer needs to know beyond the connection.
+#[derive(Debug, Clone)]
+pub struct WriterOptions {
+    pub path: PathBuf,
+    pub keying: Keying,
+    pub batch_max_readings: usize,
+    /// When fewer than `batch_max_readings` are queued, wait at most this long for more.
+    pub batch_linger: Duration,
+    pub cache_size_kib: u64,
+    /// Capacity of the request channel.
+    pub channel_capacity: usize,
+    /// Every new reading is routed to each of these destinations.
+    pub destinations: Vec<String>,
+    /// Retention: readings delivered everywhere longer ago than this are deleted.
+    pub retention: Duration,
+    /// Alarm threshold for database plus WAL size.
+    pub disk_budget_bytes: u64,
+}
+
+/// Readings to commit together, and optionally the device cursor they advance. The cursor is
+/// written in the same transaction, so it never runs ahead of the readings.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    pub readings: Vec<Reading>,
+    pub cursor: Option<CursorUpdate>,
+}
+
+/// The last record downloaded from a device stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CursorUpdate {
+    pub transport: Transport,
+    pub address: String,
+    pub stream: String,
+    pub value: String,
+}
+
+/// What happened to one reading of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Outcome {
+    /// Newly stored under this id.
+    Inserted(i64),
+    /// Already stored (same device and dedup key) under this id; nothing was written.
+    Duplicate(i64),
+}
+
+impl Outcome {
+    pub fn id(self) -> i64 {
+        match self {
+            Outcome::Inserted(id) | Outcome::Duplicate(id) => id,
+        }
+    }
+}
+
+/// Proof that a batch is durable: one outcome per reading, in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CommitReceipt {
+    pub outcomes: Vec<Outcome>,
+}
+
+impl CommitReceipt {
+    pub fn inserted(&self) -> usize {
+        self.outcomes
+            .iter()
+            .filter(|o| matches!(o, Outcome::Inserted(_)))
+            .count()
+    }
+    pub fn duplicates(&self) -> usize {
+        self.outcomes.len() - self.inserted()
+    }
+}
+
+/// How serious an event is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Warning,
+    Alarm,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Alarm => "alarm",
+        }
+    }
+}
+
+/// An event to record. `detail` must never contain patient data: it is published over MQTT.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NewEvent {
+    pub severity: Severity,
+    pub kind: String,
+    pub detail: serde_json::Value,
+}
+
+/// What a housekeeping pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct HousekeepingReport {
+    pub deleted_readings: usize,
+    pub store_bytes: u64,
+    pub over_budget: bool,
+    /// Retention was skipped because the gateway clock is not synchronised: "older than"
+    /// means nothing without a trustworthy now.
+    pub retention_skipped: bool,
+}
+
+/// Conditions other parts of the agent report (telemetry, doctor, watchdog).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreHealth {
+    pub disk_full: bool,
+    pub over_budget: bool,
+    pub last_commit_ms: Option<i64>,
+    pub store_bytes: u64,
+}
+
+enum Command {
+    Commit {
+        batch: Batch,
+        reply: oneshot::Sender<Result<CommitReceipt, StoreError>>,
+    },
+    MarkDelivered {
+        destination: String,
+        reading_ids: Vec<i64>,
+        at_ms: i64,
+        reply: oneshot::Sender<Result<usize, StoreError>>,
+    },
+    Event {
+        event: NewEvent,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Audit {
+        actor: String,
+        action: String,
+        detail: serde_json::Value,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Housekeeping {
+        now_ms: i64,
+        clock_synchronized: bool,
+        reply: oneshot::Sender<Result<HousekeepingReport, StoreError>>,
+    },
+    Ping {
+        reply: oneshot::Sender<()>,
+    },
+    Shutdown,
+}
+
+impl Command {
+    fn readings(&self) -> usize {
+        match self {
+            Command::Commit { batch, .. } => batch.readings.len().max(1),
+            _ => 1,
+        }
+    }
+}
+
+/// A cheap, cloneable handle to the writer.
+#[derive(Debug, Clone)]
+pub struct StoreHandle {
+    tx: mpsc::Sender<Command>,
+    health: watch::Receiver<StoreHealth>,
+    progress: Arc<AtomicU64>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self {
+            Command::Commit { .. } => "Commit",
+            Command::MarkDelivered { .. } => "MarkDelivered",
+            Command::Event { .. } => "Event",
+            Command::Audit { .. } => "Audit",
+            Command::Housekeeping { .. } => "Housekeeping",
+            Command::Ping { .. } => "Ping",
+            Command::Shutdown => "Shutdown",
+        };
+        f.write_str(name)
+    }
+}
+
+impl StoreHandle {
+    async fn request<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Command,
+    ) -> Result<T, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| StoreError::WriterStopped)?;
+        rx.await.map_err(|_| StoreError::WriterStopped)?
+    }
+
+    /// Commits readings (and a cursor) durably. Only after this returns `Ok` may the device be
+    /// acknowledged. On `Err` nothing of the batch was committed; keep the readings and retry.
+    pub async fn commit(&self, batch: Batch) -> Result<CommitReceipt, StoreError> {
+        self.request(|reply| Command::Commit { batch, reply }).await
+    }
+
+    /// Marks readings as delivered to `destination`.
+    pub async fn mark_delivered(
+        &self,
+        destination: &str,
+        reading_ids: Vec<i64>,
+        at_ms: i64,
+    ) -> Result<usize, StoreError> {
+        let destination = destination.to_owned();
+        self.request(|reply| Command::MarkDelivered {
+            destination,
+            reading_ids,
+            at_ms,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn record_event(&self, event: NewEvent) -> Result<(), StoreError> {
+        self.request(|reply| Command::Event { event, reply }).await
+    }
+
+    pub async fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        detail: serde_json::Value,
+    ) -> Result<(), StoreError> {
+        let (actor, action) = (actor.to_owned(), action.to_owned());
+        self.request(|reply| Command::Audit {
+            actor,
+            action,
+            detail,
+            reply,
+        })
+        .await
+    }
+
+    /// Runs retention and the disk-budget check now.
+    pub async fn housekeeping(
+        &self,
+        now_ms: i64,
+        clock_synchronized: bool,
+    ) -> Result<HousekeepingReport, StoreError> {
+        self.request(|reply| Command::Housekeeping {
+            now_ms,
+            clock_synchronized,
+            reply,
+        })
+        .await
+    }
+
+    /// Round-trips through the writer's queue: succeeds only if the writer is taking work.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Ping { reply })
+            .await
+            .map_err(|_| StoreError::WriterStopped)?;
+        rx.await.map_err(|_| StoreError::WriterStopped)
+    }
+
+    /// Asks the writer to commit everything queued before this call, then stop.
+    pub async fn shutdown(&self) {
+        let _ = self.tx.send(Command::Shutdown).await;
+    }
+
+    pub fn health(&self) -> watch::Receiver<StoreHealth> {
+        self.health.clone()
+    }
+
+    /// Monotonic milliseconds (since the writer started) of the writer's last completed loop.
+    pub fn last_progress_ms(&self) -> u64 {
+        self.progress.load(Ordering::Relaxed)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Joins the writer thread.
+#[derive(Debug)]
+pub struct WriterThread(std::thread::JoinHandle<()>);
+
+impl WriterThread {
+    /// Waits for the writer to finish its last commit and close the database.
+    pub fn join(self) -> Result<(), StoreError> {
+        self.0.join().map_err(|_| StoreError::WriterStopped)
+    }
+}
+
+/// Opens (creating if needed) and migrates the store, then starts the writer thread.
+pub fn start(opts: WriterOptions) -> Result<(StoreHandle, WriterThread), StoreError> {
+    let mut conn = open_connection(&opts.path, &opts.keying, Create::IfMissing, opts.cache_size_kib)?;
+    let path = opts.path.clone();
+    let from = schema::migrate(&mut conn).map_err(|e| StoreError::from_sqlite(&path, "migrate", e))?;
+    if from != schema::LATEST_VERSION {
+        tracing::info!(
+            from,
+            to = schema::LATEST_VERSION,
+            path = %path.display(),
+            "Store schema migrated."
+        );
+    }
+    let (tx, rx) = mpsc::channel(opts.channel_capacity.max(1));
+    let (health_tx, health) = watch::channel(StoreHealth::default());
+    let progress = Arc::new(AtomicU64::new(0));
+    let mut writer = Writer {
+        conn,
+        opts,
+        devices: HashMap::new(),
+        health: health_tx,
+        progress: progress.clone(),
+        started: Instant::now(),
+        disk_full_since: None,
+        round_hit_disk_full: false,
+    };
+    writer.refresh_size();
+    let thread = std::thread::Builder::new()
+        .name("store-writer".into())
+        .spawn(move || writer.run(rx))
+        .map_err(|source| StoreError::Io {
+            path: path.clone(),
+            op: "start writer thread",
+            source,
+        })?;
+    Ok((
+        StoreHandle {
+            tx,
+            health,
+            progress,
+            path,
+        },
+        WriterThread(thread),
+    ))
+}
+
+struct CachedDevice {
+    id: i64,
+    identity: DeviceIdentity,
+    last_seen_written_ms: i64,
+}
+
+struct Writer {
+    conn: Connection,
+    opts: WriterOptions,
+    devices: HashMap<(Transport, String), CachedDevice>,
+    health: watch::Sender<StoreHealth>,
+    progress: Arc<AtomicU64>,
+    started: Instant,
+    disk_full_since: Option<i64>,
+    /// Set when the current transaction hit a full disk.
+    round_hit_disk_full: bool,
+}
+
+/// Replies held until the transaction that produced them is durable.
+enum Pending {
+    Commit(
+        oneshot::Sender<Result<CommitReceipt, StoreError>>,
+        Result<CommitReceipt, StoreError>,
+    ),
+    Count(
+        oneshot::Sender<Result<usize, StoreError>>,
+        Result<usize, StoreError>,
+    ),
+    Unit(oneshot::Sender<Result<(), StoreError>>, Result<(), StoreError>),
+    Ping(oneshot::Sender<()>),
+}
+
+impl Pending {
+    fn fail(self, e: &dyn Fn() -> StoreError) {
+        match self {
+            Pending::Commit(tx, _) => {
+                let _ = tx.send(Err(e()));
+            }
+            Pending::Count(tx, _) => {
+                let _ = tx.send(Err(e()));
+            }
+            Pending::Unit(tx, _) => {
+                let _ = tx.send(Err(e()));
+            }
+            Pending::Ping(tx) => {
+                let _ = tx.send(());
+            }
+        }
+    }
+
+    fn send(self) {
+        match self {
+            Pending::Commit(tx, r) => {
+                let _ = tx.send(r);
+            }
+            Pending::Count(tx, r) => {
+                let _ = tx.send(r);
+            }
+            Pending::Unit(tx, r) => {
+                let _ = tx.send(r);
+            }
+            Pending::Ping(tx) => {
+                let _ = tx.send(());
+            }
+        }
+    }
+}
+
+const DEVICE_LAST_SEEN_RESOLUTION_MS: i64 = 60_000;
+const RETENTION_CHUNK: usize = 5_000;
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(error) => {
+                tracing::error!(%error, "Store writer cannot start its timer.");
+                return;
+            }
+        };
+        let max = self.opts.batch_max_readings.max(1);
+        let linger = self.opts.batch_linger;
+        let mut stopping = false;
+        while !stopping {
+            let Some(first) = rt.block_on(rx.recv()) else {
+                break;
+            };
+            let mut cmds = vec![first];
+            let mut n = cmds[0].readings();
+            let deadline = tokio::time::Instant::now() + linger;
+            while n < max {
+                let next = match rx.try_recv() {
+                    Ok(c) => Some(c),
+                    Err(_) if linger.is_zero() => None,
+                    Err(_) => rt
+                        .block_on(tokio::time::timeout_at(deadline, rx.recv()))
+                        .ok()
+                        .flatten(),
+                };
+                match next {
+                    Some(c) => {
+                        n += c.readings();
+                        cmds.push(c);
+                    }
+                    None => break,
+                }
+            }
+            // Housekeeping runs outside the reading transaction; shutdown ends the loop after
+            // everything received before it is committed.
+            let mut batch = Vec::with_capacity(cmds.len());
+            let mut after = Vec::new();
+            for c in cmds {
+                match c {
+                    Command::Shutdown => stopping = true,
+                    Command::Housekeeping { .. } => after.push(c),
+                    c => batch.push(c),
+                }
+            }
+            if !batch.is_empty() {
+                self.execute(batch);
+            }
+            for c in after {
+                if let Command::Housekeeping {
+                    now_ms,
+                    clock_synchronized,
+                    reply,
+                } = c
+                {
+                    let _ = reply.send(self.housekeeping(now_ms, clock_synchronized));
+                }
+            }
+            self.progress
+                .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        }
+        // Commands queued after a shutdown request are refused when `rx` drops.
+        drop(rx);
+        if let Err(error) = self.conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)") {
+            tracing::warn!(%error, "Final checkpoint failed; the log will be replayed at the next start.");
+        }
+        tracing::debug!("Store writer stopped.");
+    }
+
+    fn execute(&mut self, cmds: Vec<Command>) {
+        let mut pending = Vec::with_capacity(cmds.len());
+        let path = self.opts.path.clone();
+        self.round_hit_disk_full = false;
+        if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+            let e = StoreError::from_sqlite(&path, "begin", e);
+            self.on_failure(&e);
+            let msg = e.to_string();
+            let disk_full = e.is_disk_full();
+            for c in cmds {
+                fail_command(c, &|| clone_error(&path, disk_full, &msg));
+            }
+            return;
+        }
+        let now = now_ms();
+        for c in cmds {
+            // SQLite may roll back the whole transaction on some errors (a full disk among
+            // them); later requests must not run in autocommit mode behind our back.
+            if self.conn.is_autocommit() {
+                let disk_full = self.disk_full_since.is_some();
+                fail_command(c, &|| {
+                    clone_error(&path, disk_full, "the transaction was aborted by an earlier error")
+                });
+                continue;
+            }
+            match c {
+                Command::Commit { batch, reply } => {
+                    let r = self.savepoint(|w| w.insert_batch(&batch, now));
+                    pending.push(Pending::Commit(reply, r));
+                }
+                Command::MarkDelivered {
+                    destination,
+                    reading_ids,
+                    at_ms,
+                    reply,
+                } => {
+                    let r = self.savepoint(|w| w.mark_delivered(&destination, &reading_ids, at_ms));
+                    pending.push(Pending::Count(reply, r));
+                }
+                Command::Event { event, reply } => {
+                    let r = self.savepoint(|w| w.insert_event(&event, now));
+                    pending.push(Pending::Unit(reply, r));
+                }
+                Command::Audit {
+                    actor,
+                    action,
+                    detail,
+                    reply,
+                } => {
+                    let r = self.savepoint(|w| {
+                        w.conn
+                            .prepare_cached(
+                                "INSERT INTO audit (at_ms, actor, action, detail) VALUES (?1, ?2, ?3, ?4)",
+                            )
+                            .and_then(|mut s| {
+                                s.execute(params![now, actor, action, detail.to_string()])
+                            })
+                            .map_err(|e| StoreError::from_sqlite(&w.opts.path, "audit", e))?;
+                        Ok(())
+                    });
+                    pending.push(Pending::Unit(reply, r));
+                }
+                Command::Ping { reply } => pending.push(Pending::Ping(reply)),
+                Command::Housekeeping { .. } | Command::Shutdown => {}
+            }
+        }
+        if self.conn.is_autocommit() {
+            let disk_full = self.disk_full_since.is_some();
+            for p in pending {
+                p.fail(&|| clone_error(&path, disk_full, "the transaction was aborted"));
+            }
+            return;
+        }
+        if self.disk_full_since.is_some() && !self.round_hit_disk_full {
+            // The first transaction that gets through after a full disk records both ends of
+            // the episode; while the disk was full, the alarm could only go to the log.
+            let since = self.disk_full_since.unwrap_or(now);
+            let _ = self.savepoint(|w| {
+                w.insert_event(
+                    &NewEvent {
+                        severity: Severity::Alarm,
+                        kind: "disk-full".into(),
+                        detail: serde_json::json!({ "since_ms": since }),
+                    },
+                    since,
+                )?;
+                w.insert_event(
+                    &NewEvent {
+                        severity: Severity::Info,
+                        kind: "disk-full-cleared".into(),
+                        detail: serde_json::json!({ "since_ms": since }),
+                    },
+                    now,
+                )
+            });
+        }
+        match self.conn.execute_batch("COMMIT") {
+            Ok(()) if self.round_hit_disk_full => {
+                for p in pending {
+                    p.send();
+                }
+            }
+            Ok(()) => {
+                if let Some(since) = self.disk_full_since.take() {
+                    tracing::info!(
+                        full_for_ms = now_ms() - since,
+                        "Disk space is back; the store is committing again."
+                    );
+                }
+                self.health.send_modify(|h| {
+                    h.disk_full = false;
+                    h.last_commit_ms = Some(now);
+                });
+                for p in pending {
+                    p.send();
+                }
+            }
+            Err(e) => {
+                let e = StoreError::from_sqlite(&path, "commit", e);
+                if !self.conn.is_autocommit() {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                }
+                self.on_failure(&e);
+                let msg = e.to_string();
+                let disk_full = e.is_disk_full();
+                for p in pending {
+                    p.fail(&|| clone_error(&path, disk_full, &msg));
+                }
+            }
+        }
+    }
+
+    /// Runs `f` inside a savepoint, rolling back just its changes if it fails.
+    fn savepoint<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let path = self.opts.path.clone();
+        self.conn
+            .execute_batch("SAVEPOINT req")
+            .map_err(|e| StoreError::from_sqlite(&path, "savepoint", e))?;
+        match f(self) {
+            Ok(v) => {
+                self.conn
+                    .execute_batch("RELEASE req")
+                    .map_err(|e| StoreError::from_sqlite(&path, "release savepoint", e))?;
+                Ok(v)
+            }
+            Err(e) => {
+                // Devices cached inside the rolled-back part may not exist any more.
+                self.devices.clear();
+                if !self.conn.is_autocommit() {
+                    let _ = self.conn.execute_batch("ROLLBACK TO req; RELEASE req");
+                }
+                if e.is_disk_full() {
+                    self.on_failure(&e);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn on_failure(&mut self, e: &StoreError) {
+        self.devices.clear();
+        if e.is_disk_full() {
+            self.round_hit_disk_full = true;
+            if self.disk_full_since.is_none() {
+                self.disk_full_since = Some(now_ms());
+                tracing::error!(
+                    path = %self.opts.path.display(),
+                    "ALARM: disk full. Readings are not acknowledged to devices until space returns; nothing committed is lost."
+                );
+            }
+            self.health.send_modify(|h| h.disk_full = true);
+        } else {
+            tracing::error!(error = %e, "Store transaction failed.");
+        }
+    }
+
+    fn insert_batch(&mut self, batch: &Batch, now: i64) -> Result<CommitReceipt, StoreError> {
+        let path_buf = self.opts.path.clone();
+        let path = path_buf.as_path();
+        let sql = |op| move |e| StoreError::from_sqlite(path, op, e);
+        let mut outcomes = Vec::with_capacity(batch.readings.len());
+        for r in &batch.readings {
+            let device_id = self.device_id(&r.device, now)?;
+            let key = r.dedup_key();
+            let body = postcard::to_allocvec(&r.measurement)?;
+            let m = &r.measurement;
+            let inserted = self
+                .conn
+                .prepare_cached(
+                    "INSERT INTO readings (device_id, dedup_key, kind, user_index, received_ms, \
+                     received_mono_ns, boot_id, clock_synced, clock_offset_ms, measurement, raw) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
+                     ON CONFLICT (device_id, dedup_key) DO NOTHING",
+                )
+                .map_err(sql("prepare insert"))?
+                .execute(params![
+                    device_id,
+                    key,
+                    m.kind.0,
+                    m.user_index,
+                    r.receipt.wall_ms,
+                    r.receipt.monotonic_ns as i64,
+                    r.receipt.boot_id.as_bytes().as_slice(),
+                    r.receipt.clock_synchronized,
+                    r.device_clock_offset_ms,
+                    body,
+                    r.raw,
+                ])
+                .map_err(sql("insert reading"))?;
+            if inserted == 1 {
+                let id = self.conn.last_insert_rowid();
+                for d in &self.opts.destinations {
+                    self.conn
+                        .prepare_cached(
+                            "INSERT INTO deliveries (reading_id, destination) VALUES (?1, ?2)",
+                        )
+                        .map_err(sql("prepare route"))?
+                        .execute(params![id, d])
+                        .map_err(sql("route reading"))?;
+                }
+                outcomes.push(Outcome::Inserted(id));
+            } else {
+                let id: i64 = self
+                    .conn
+                    .prepare_cached("SELECT id FROM readings WHERE device_id = ?1 AND dedup_key = ?2")
+                    .map_err(sql("prepare lookup"))?
+                    .query_row(params![device_id, key], |row| row.get(0))
+                    .map_err(sql("look up duplicate"))?;
+                outcomes.push(Outcome::Duplicate(id));
+            }
+        }
+        if let Some(c) = &batch.cursor {
+            let identity = DeviceIdentity::new(c.transport, c.address.clone());
+            let device_id = self.device_id(&identity, now)?;
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO cursors (device_id, stream, value, updated_ms) VALUES (?1, ?2, ?3, ?4) \
+                     ON CONFLICT (device_id, stream) DO UPDATE SET value = excluded.value, updated_ms = excluded.updated_ms",
+                )
+                .map_err(sql("prepare cursor"))?
+                .execute(params![device_id, c.stream, c.value, now])
+                .map_err(sql("advance cursor"))?;
+        }
+        Ok(CommitReceipt { outcomes })
+    }
+
+    /// The device's row id, inserting or refreshing the row as needed. A cursor-only identity
+    /// (address but nothing learned) never overwrites a richer stored identity.
+    fn device_id(&mut self, identity: &DeviceIdentity, now: i64) -> Result<i64, StoreError> {
+        let path_buf = self.opts.path.clone();
+        let path = path_buf.as_path();
+        let sql = |op| move |e| StoreError::from_sqlite(path, op, e);
+        let key = (identity.transport, identity.address.clone());
+        let bare = DeviceIdentity::new(identity.transport, identity.address.clone());
+        if let Some(c) = self.devices.get_mut(&key) {
+            let learned = *identity != bare && c.identity != *identity;
+            if learned {
+                let blob = postcard::to_allocvec(identity)?;
+                self.conn
+                    .prepare_cached("UPDATE devices SET identity = ?1, last_seen_ms = ?2 WHERE id = ?3")
+                    .map_err(sql("prepare device update"))?
+                    .execute(params![blob, now, c.id])
+                    .map_err(sql("update device"))?;
+                c.identity = identity.clone();
+                c.last_seen_written_ms = now;
+            } else if now - c.last_seen_written_ms >= DEVICE_LAST_SEEN_RESOLUTION_MS {
+                self.conn
+                    .prepare_cached("UPDATE devices SET last_seen_ms = ?1 WHERE id = ?2")
+                    .map_err(sql("prepare device update"))?
+                    .execute(params![now, c.id])
+                    .map_err(sql("update device"))?;
+                c.last_seen_written_ms = now;
+            }
+            return Ok(c.id);
+        }
+        let existing: Option<(i64, Vec<u8>)> = self
+            .conn
+            .prepare_cached("SELECT id, identity FROM devices WHERE transport = ?1 AND address = ?2")
+            .map_err(sql("prepare device lookup"))?
+            .query_row(params![identity.transport.as_str(), identity.address], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+            .map_err(sql("look up device"))?;
+        let (id, stored) = match existing {
+            Some((id, blob)) => {
+                let stored: DeviceIdentity = postcard::from_bytes(&blob).unwrap_or(bare.clone());
+                let newest = if *identity != bare { identity.clone() } else { stored };
+                let blob = postcard::to_allocvec(&newest)?;
+                self.conn
+                    .prepare_cached("UPDATE devices SET identity = ?1, last_seen_ms = ?2 WHERE id = ?3")
+                    .map_err(sql("prepare device update"))?
+                    .execute(params![blob, now, id])
+                    .map_err(sql("update device"))?;
+                (id, newest)
+            }
+            None => {
+                let blob = postcard::to_allocvec(identity)?;
+                self.conn
+                    .prepare_cached(
+                        "INSERT INTO devices (transport, address, identity, first_seen_ms, last_seen_ms) \
+                         VALUES (?1, ?2, ?3, ?4, ?4)",
+                    )
+                    .map_err(sql("prepare device insert"))?
+                    .execute(params![identity.transport.as_str(), identity.address, blob, now])
+                    .map_err(sql("insert device"))?;
+                (self.conn.last_insert_rowid(), identity.clone())
+            }
+        };
+        self.devices.insert(
+            key,
+            CachedDevice {
+                id,
+                identity: stored,
+                last_seen_written_ms: now,
+            },
+        );
+        Ok(id)
+    }
+
+    fn mark_delivered(
+        &mut self,
+        destination: &str,
+        ids: &[i64],
+        at_ms: i64,
+    ) -> Result<usize, StoreError> {
+        let path_buf = self.opts.path.clone();
+        let path = path_buf.as_path();
+        let sql = |op| move |e| StoreError::from_sqlite(path, op, e);
+        let mut n = 0;
+        for id in ids {
+            n += self
+                .conn
+                .prepare_cached(
+                    "UPDATE deliveries SET state = 1, delivered_ms = ?1, attempts = attempts + 1 \
+                     WHERE reading_id = ?2 AND destination = ?3 AND state = 0",
+                )
+                .map_err(sql("prepare mark delivered"))?
+                .execute(params![at_ms, id, destination])
+                .map_err(sql("mark delivered"))?;
+        }
+        Ok(n)
+    }
+
+    fn insert_event(&mut self, e: &NewEvent, at_ms: i64) -> Result<(), StoreError> {
+        let path = self.opts.path.clone();
+        self.conn
+            .prepare_cached(
+                "INSERT INTO events (at_ms, severity, kind, detail) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![at_ms, e.severity.as_str(), e.kind, e.detail.to_string()])
+            })
+            .map_err(|err| StoreError::from_sqlite(&path, "record event", err))?;
+        Ok(())
+    }
+
+    fn refresh_size(&mut self) -> u64 {
+        let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        let bytes = size(&self.opts.path) + size(&wal_path(&self.opts.path));
+        self.health.send_modify(|h| h.store_bytes = bytes);
+        bytes
+    }
+
+    /// Retention and the disk budget. Retention deletes only readings that have at least one
+    /// route, are delivered on every route, are not quarantined anywhere, and whose last
+    /// delivery is older than the retention age. A reading with no route is never deleted:
+    /// it has not been delivered anywhere.
+    fn housekeeping(
+        &mut self,
+        now: i64,
+        clock_synchronized: bool,
+    ) -> Result<HousekeepingReport, StoreError> {
+        let mut report = HousekeepingReport::default();
+        if clock_synchronized {
+            let cutoff = now - self.opts.retention.as_millis() as i64;
+            loop {
+                let n = self.retention_chunk(cutoff)?;
+                report.deleted_readings += n;
+                if n < RETENTION_CHUNK {
+                    break;
+                }
+            }
+        } else {
+            report.retention_skipped = true;
+        }
+        report.store_bytes = self.refresh_size();
+        let budget = self.opts.disk_budget_bytes;
+        let was_over = self.health.borrow().over_budget;
+        report.over_budget = report.store_bytes > budget;
+        if report.over_budget && !was_over {
+            tracing::warn!(
+                store_bytes = report.store_bytes,
+                budget,
+                "ALARM: the store has reached its disk budget. Readings are still accepted."
+            );
+            self.record_standalone_event(NewEvent {
+                severity: Severity::Alarm,
+                kind: "disk-budget-reached".into(),
+                detail: serde_json::json!({ "store_bytes": report.store_bytes, "budget_bytes": budget }),
+            });
+        } else if was_over && report.store_bytes < budget / 10 * 9 {
+            self.record_standalone_event(NewEvent {
+                severity: Severity::Info,
+                kind: "disk-budget-cleared".into(),
+                detail: serde_json::json!({ "store_bytes": report.store_bytes, "budget_bytes": budget }),
+            });
+        }
+        let over = report.over_budget || (was_over && report.store_bytes >= budget / 10 * 9);
+        self.health.send_modify(|h| h.over_budget = over);
+        Ok(report)
+    }
+
+    fn record_standalone_event(&mut self, e: NewEvent) {
+        let now = now_ms();
+        if let Err(error) = self.insert_event(&e, now) {
+            tracing::warn!(%error, kind = %e.kind, "Could not record an event.");
+        }
+    }
+
+    fn retention_chunk(&mut self, cutoff: i64) -> Result<usize, StoreError> {
+        let path_buf = self.opts.path.clone();
+        let path = path_buf.as_path();
+        let sql = |op| move |e| StoreError::from_sqlite(path, op, e);
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sql("begin retention"))?;
+        let ids: Vec<i64> = {
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT d.reading_id FROM deliveries d \
+                     GROUP BY d.reading_id \
+                     HAVING min(d.state = 1) = 1 AND max(d.delivered_ms) < ?1 \
+                        AND NOT EXISTS (SELECT 1 FROM quarantine q WHERE q.reading_id = d.reading_id) \
+                     LIMIT ?2",
+                )
+                .map_err(sql("prepare retention"))?;
+            stmt.query_map(params![cutoff, RETENTION_CHUNK as i64], |r| r.get(0))
+                .map_err(sql("select expired readings"))?
+                .collect::<Result<_, _>>()
+                .map_err(sql("select expired readings"))?
+        };
+        for id in &ids {
+            tx.prepare_cached("DELETE FROM deliveries WHERE reading_id = ?1")
+                .and_then(|mut s| s.execute([id]))
+                .map_err(sql("delete deliveries"))?;
+            tx.prepare_cached("DELETE FROM readings WHERE id = ?1")
+                .and_then(|mut s| s.execute([id]))
+                .map_err(sql("delete reading"))?;
+        }
+        tx.commit().map_err(sql("commit retention"))?;
+        if !ids.is_empty() {
+            tracing::info!(deleted = ids.len(), "Retention removed delivered readings.");
+        }
+        Ok(ids.len())
+    }
+}
+
+fn clone_error(path: &Path, disk_full: bool, msg: &str) -> StoreError {
+    if disk_full {
+        StoreError::DiskFull {
+            path: path.to_owned(),
+        }
+    } else {
+        StoreError::TransactionFailed {
+            path: path.to_owned(),
+            detail: msg.to_owned(),
+        }
+    }
+}
+
+fn fail_command(c: Command, e: &dyn Fn() -> StoreError) {
+    match c {
+        Command::Commit { reply, .. } => {
+            let _ = reply.send(Err(e()));
+        }
+        Command::MarkDelivered { reply, .. } => {
+            let _ = reply.send(Err(e()));
+        }
+        Command::Event { reply, .. } | Command::Audit { reply, .. } => {
+            let _ = reply.send(Err(e()));
+        }
+        Command::Housekeeping { reply, .. } => {
+            let _ = reply.send(Err(e()));
+        }
+        Command::Ping { reply } => {
+            let _ = reply.send(());
+        }
+        Command::Shutdown => {}
+    }
+}

@@ -1,0 +1,285 @@
+//! The supervisor: the daemon's task tree and its lifecycle.
+//!
+//! It opens the store and starts its writer, runs the reading sources (device drivers, or
+//! simulators in the demo) and the periodic tasks under one cancellation token, tells systemd
+//! when it is ready, feeds the watchdog only while the store writer is really taking work, and
+//! on SIGTERM/SIGINT stops the sources, lets the writer commit everything it holds, and exits.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::store::{self, Keying, StoreError, StoreHandle, WriterOptions};
+
+/// A task that produces readings: a device driver, or a simulator.
+pub trait ReadingSource: Send + 'static {
+    /// A short name for logs (never patient data).
+    fn name(&self) -> String;
+    /// Runs until done or until `cancel` fires. Readings go through `store.commit`, which
+    /// applies backpressure; a source acknowledges its device only after the commit returns.
+    fn run(
+        self: Box<Self>,
+        store: StoreHandle,
+        clock: Arc<dyn Clock>,
+        cancel: CancellationToken,
+    ) -> Pin<Box<dyn Future<Output = Result<(), SourceError>> + Send>>;
+}
+
+/// Why a reading source stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("source {source_name}: {detail}")]
+    Failed { source_name: String, detail: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why the supervisor could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot create state directory {}: {source}", .path.display())]
+    StateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot install signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+}
+
+/// When the supervisor stops by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopWhen {
+    /// Only on SIGTERM/SIGINT (the daemon).
+    Signal,
+    /// When every source has finished, or on a signal (the demo).
+    SourcesDone,
+}
+
+/// The daemon's task tree.
+pub struct Supervisor {
+    config: Config,
+    state_dir: PathBuf,
+    keying: Keying,
+    sources: Vec<Box<dyn ReadingSource>>,
+    clock: Arc<dyn Clock>,
+    stop_when: StopWhen,
+}
+
+impl std::fmt::Debug for Supervisor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Supervisor")
+            .field("state_dir", &self.state_dir)
+            .field("sources", &self.sources.len())
+            .field("stop_when", &self.stop_when)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a run did, for the demo's summary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunSummary {
+    pub store_path: PathBuf,
+    pub sources_failed: usize,
+}
+
+impl Supervisor {
+    pub fn new(config: Config, state_dir: PathBuf, keying: Keying) -> Self {
+        Self {
+            config,
+            state_dir,
+            keying,
+            sources: Vec::new(),
+            clock: Arc::new(SystemClock::new()),
+            stop_when: StopWhen::Signal,
+        }
+    }
+
+    pub fn with_source(mut self, source: Box<dyn ReadingSource>) -> Self {
+        self.sources.push(source);
+        self
+    }
+
+    pub fn stop_when(mut self, stop_when: StopWhen) -> Self {
+        self.stop_when = stop_when;
+        self
+    }
+
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Runs until told to stop, then shuts down gracefully.
+    pub async fn run(self) -> Result<RunSummary, SupervisorError> {
+        create_state_dir(&self.state_dir)?;
+        let store_path = self.config.store_path(&self.state_dir);
+        let c = &self.config;
+        let writer_opts = WriterOptions {
+            path: store_path.clone(),
+            keying: self.keying.clone(),
+            batch_max_readings: c.store.batch_max_readings,
+            batch_linger: c.store.batch_linger,
+            cache_size_kib: c.store.cache_size.as_u64() / 1024,
+            channel_capacity: c.supervisor.channel_capacity,
+            destinations: c.destinations.iter().map(|d| d.id.to_string()).collect(),
+            retention: c.store.retention,
+            disk_budget_bytes: c.store.disk_budget.as_u64(),
+        };
+        let (store, writer) = tokio::task::spawn_blocking(move || store::writer::start(writer_opts))
+            .await
+            .map_err(|_| StoreError::WriterStopped)??;
+        tracing::info!(path = %store_path.display(), "Store open.");
+
+        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(SupervisorError::Signals)?;
+        let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+            .map_err(SupervisorError::Signals)?;
+
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        tracker.spawn(housekeeping(
+            store.clone(),
+            self.clock.clone(),
+            c.store.retention_interval,
+            cancel.child_token(),
+        ));
+        if let Some(period) = sd_notify::watchdog_enabled() {
+            tracker.spawn(watchdog(store.clone(), period, cancel.child_token()));
+        }
+
+        let sources = TaskTracker::new();
+        let failed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        if self.sources.is_empty() {
+            tracing::info!("No reading sources configured.");
+        }
+        for source in self.sources {
+            let name = source.name();
+            let fut = source.run(store.clone(), self.clock.clone(), cancel.child_token());
+            let failed = failed.clone();
+            sources.spawn(async move {
+                match fut.await {
+                    Ok(()) => tracing::info!(source = %name, "Source finished."),
+                    Err(error) => {
+                        failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::error!(source = %name, %error, "Source failed.");
+                    }
+                }
+            });
+        }
+        sources.close();
+
+        let _ = sd_notify::notify(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status("running"),
+        ]);
+        tracing::info!(version = env!("CARGO_PKG_VERSION"), "Vitalgate running.");
+
+        let sources_done = sources.wait();
+        tokio::pin!(sources_done);
+        let mut sources_finished = false;
+        loop {
+            tokio::select! {
+                _ = sigterm.recv() => { tracing::info!("SIGTERM received, shutting down."); break; }
+                _ = sigint.recv() => { tracing::info!("SIGINT received, shutting down."); break; }
+                _ = &mut sources_done, if !sources_finished => {
+                    sources_finished = true;
+                    if self.stop_when == StopWhen::SourcesDone {
+                        break;
+                    }
+                }
+            }
+        }
+
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        cancel.cancel();
+        tracker.close();
+        let grace = c.supervisor.shutdown_grace;
+        let all_done = async {
+            sources.wait().await;
+            tracker.wait().await;
+        };
+        if tokio::time::timeout(grace, all_done).await.is_err() {
+            tracing::warn!(grace = ?grace, "Some tasks did not stop in time; committing what the store holds.");
+        }
+        // Everything queued before this point is committed before the writer exits.
+        store.shutdown().await;
+        drop(store);
+        tokio::task::spawn_blocking(move || writer.join())
+            .await
+            .map_err(|_| StoreError::WriterStopped)??;
+        tracing::info!("Store closed; Vitalgate stopped.");
+        Ok(RunSummary {
+            store_path,
+            sources_failed: failed.load(std::sync::atomic::Ordering::Relaxed),
+        })
+    }
+}
+
+fn create_state_dir(path: &PathBuf) -> Result<(), SupervisorError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|source| SupervisorError::StateDir {
+            path: path.clone(),
+            source,
+        })
+}
+
+async fn housekeeping(
+    store: StoreHandle,
+    clock: Arc<dyn Clock>,
+    every: Duration,
+    cancel: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let r = clock.receipt();
+        match store.housekeeping(r.wall_ms, r.clock_synchronized).await {
+            Ok(report) => tracing::debug!(
+                deleted = report.deleted_readings,
+                store_bytes = report.store_bytes,
+                over_budget = report.over_budget,
+                retention_skipped = report.retention_skipped,
+                "Housekeeping done."
+            ),
+            Err(StoreError::WriterStopped) => return,
+            Err(error) => tracing::warn!(%error, "Housekeeping failed."),
+        }
+    }
+}
+
+/// Feeds the systemd watchdog only when a ping makes the round trip through the writer's
+/// queue, so a wedged writer (stuck fsync, deadlock) gets the service restarted.
+async fn watchdog(store: StoreHandle, period: Duration, cancel: CancellationToken) {
+    let every = period / 2;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        match tokio::time::timeout(every, store.ping()).await {
+            Ok(Ok(())) => {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+            Ok(Err(_)) => return,
+            Err(_) => tracing::warn!("Store writer is not making progress; withholding the watchdog ping."),
+        }
+    }
+}
