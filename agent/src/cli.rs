@@ -157,8 +157,14 @@ fn find_key(config: &Config, state_dir: &Path, create: CreateKey) -> Result<Keyi
             (store::key::read_key_file(&local)?, store::KeySource::File(local))
         }
         Err(store::KeyError::Missing { .. }) if create == CreateKey::Yes => {
-            std::fs::create_dir_all(state_dir)
-                .with_context(|| format!("cannot create {}", state_dir.display()))?;
+            {
+                use std::os::unix::fs::DirBuilderExt;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(state_dir)
+                    .with_context(|| format!("cannot create {}", state_dir.display()))?;
+            }
             let key = store::key::create_key_file(&local)?;
             println!(
                 "Created a new database key at {} (mode 0600). Keep it: the store cannot be read without it.",

@@ -14,6 +14,9 @@ pub mod reader;
 pub mod schema;
 pub mod writer;
 
+#[cfg(test)]
+mod tests;
+
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, ErrorCode, OpenFlags};

@@ -1,0 +1,1 @@
+//! Store behaviour tests: writer, deduplication, retention, opening checks.
