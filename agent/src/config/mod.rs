@@ -278,13 +278,7 @@ impl Config {
             let key = e.path().to_string();
             let inner = e.into_inner();
             let message = inner.message().trim().to_owned();
-            // For an unknown field the path is the enclosing table; name the offending key.
-            let key = match unknown_field_name(&message) {
-                Some(field) if key == "." => Some(field),
-                Some(field) => Some(format!("{key}.{field}")),
-                None if key == "." => None,
-                None => Some(key),
-            };
+            let key = (key != ".").then_some(key);
             invalid(inner.span(), key, message)
         })?;
         config
@@ -356,11 +350,6 @@ impl Config {
             state_dir.join(&self.store.path)
         }
     }
-}
-
-fn unknown_field_name(message: &str) -> Option<String> {
-    let rest = message.strip_prefix("unknown field `")?;
-    Some(rest.split('`').next()?.to_owned())
 }
 
 /// 1-based line and column of a byte offset.

@@ -117,13 +117,7 @@ impl FromStr for EndpointUrl {
         match u.scheme() {
             "https" => {}
             "http" => {
-                let loopback = match u.host() {
-                    Some(url::Host::Domain(d)) => d == "localhost",
-                    Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-                    Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-                    None => false,
-                };
-                if !loopback {
+                if !u.host().is_some_and(|h| is_loopback(&h)) {
                     return Err(format!(
                         "{s:?} uses plain http to a non-loopback host; use https"
                     ));
@@ -150,6 +144,22 @@ impl fmt::Display for EndpointUrl {
 }
 string_newtype_serde!(EndpointUrl);
 
+/// Loopback check that also covers non-special schemes (`mqtt://`), whose hosts the URL
+/// parser leaves as opaque names even when they are IP literals.
+fn is_loopback(host: &url::Host<&str>) -> bool {
+    match host {
+        url::Host::Domain(d) => {
+            *d == "localhost"
+                || d.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+        url::Host::Ipv4(ip) => ip.is_loopback(),
+        url::Host::Ipv6(ip) => ip.is_loopback(),
+    }
+}
+
 /// An MQTT broker URL: `mqtts://host[:port]`, or `mqtt://` to a loopback host.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct BrokerUrl(url::Url);
@@ -164,12 +174,10 @@ impl FromStr for BrokerUrl {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let u = url::Url::parse(s).map_err(|e| format!("{s:?} is not a valid URL: {e}"))?;
-        let loopback = match u.host() {
-            Some(url::Host::Domain(d)) => d == "localhost",
-            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-            None => return Err(format!("{s:?} has no host")),
+        let Some(host) = u.host() else {
+            return Err(format!("{s:?} has no host"));
         };
+        let loopback = is_loopback(&host);
         match u.scheme() {
             "mqtts" => {}
             "mqtt" if loopback => {}

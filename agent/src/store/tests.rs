@@ -1,1 +1,410 @@
-//! Store behaviour tests: writer, deduplication, retention, opening checks.
+//! Store behaviour tests: the writer's commit and deduplication contract, cursors, retention,
+//! the disk budget, and a model-based check of all of them together.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+
+use proptest::prelude::*;
+use vitalgate_drivers::{Reading, Receipt, Transport};
+use vitalgate_hardware::sim::BpCuffMemory;
+
+use super::*;
+
+const DAY_MS: i64 = 24 * 3600 * 1000;
+
+fn receipt() -> Receipt {
+    Receipt {
+        wall_ms: 1_800_000_000_000,
+        monotonic_ns: 1,
+        boot_id: uuid::Uuid::nil(),
+        clock_synchronized: true,
+    }
+}
+
+fn options(path: &Path, key: &DbKey, destinations: &[&str]) -> WriterOptions {
+    WriterOptions {
+        path: path.to_owned(),
+        keying: Keying::Encrypted(key.clone()),
+        batch_max_readings: 1000,
+        batch_linger: Duration::ZERO,
+        cache_size_kib: 1024,
+        channel_capacity: 16,
+        destinations: destinations.iter().map(|s| s.to_string()).collect(),
+        retention: Duration::from_secs(7 * 24 * 3600),
+        disk_budget_bytes: u64::MAX,
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn records(memory: &BpCuffMemory, range: std::ops::Range<u32>) -> Vec<Reading> {
+    range.map(|i| memory.record(i, receipt())).collect()
+}
+
+/// A second, raw connection for inspecting and arranging what the public API cannot.
+fn raw(path: &Path, key: &DbKey) -> rusqlite::Connection {
+    let c = rusqlite::Connection::open(path).expect("open raw");
+    c.pragma_update(None, "key", key.pragma_value()).expect("key");
+    c
+}
+
+#[test]
+fn commit_reports_inserted_then_duplicate_with_the_same_ids() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("s.db");
+    let key = DbKey::generate();
+    let rt = rt();
+    let (h, w) = writer::start(options(&path, &key, &["hospital"])).expect("start");
+    let cuff = BpCuffMemory::new("00:1C:05:FF:E8:74", 10);
+    let first = rt
+        .block_on(h.commit(Batch {
+            readings: records(&cuff, 0..10),
+            cursor: None,
+        }))
+        .expect("commit");
+    assert_eq!(first.inserted(), 10);
+    // A re-download (new receipt times and instances) is recognised record by record.
+    let again = rt
+        .block_on(h.commit(Batch {
+            readings: records(&cuff, 5..10),
+            cursor: None,
+        }))
+        .expect("commit");
+    assert_eq!(again.duplicates(), 5);
+    let ids: Vec<i64> = first.outcomes[5..].iter().map(|o| o.id()).collect();
+    let dup_ids: Vec<i64> = again.outcomes.iter().map(|o| o.id()).collect();
+    assert_eq!(ids, dup_ids);
+    drop(h);
+    w.join().expect("join");
+
+    let r = StoreReader::open(&path, &Keying::Encrypted(key)).expect("reader");
+    let stored = r
+        .readings_for_device(Transport::Ble, "00:1C:05:FF:E8:74")
+        .expect("list");
+    assert_eq!(stored.len(), 10);
+    assert_eq!(stored[3].measurement, cuff.record(3, receipt()).measurement);
+    assert_eq!(stored[3].raw, cuff.record(3, receipt()).raw);
+    let s = r.status().expect("status");
+    assert_eq!(s.readings.total, 10);
+    assert_eq!(s.readings.pending, 10);
+    assert_eq!(s.destinations[0].pending, 10);
+    assert_eq!(s.oldest_undelivered_ms, Some(receipt().wall_ms));
+}
+
+#[test]
+fn cursor_is_committed_with_its_readings() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("s.db");
+    let key = DbKey::generate();
+    let rt = rt();
+    let (h, w) = writer::start(options(&path, &key, &[])).expect("start");
+    let cuff = BpCuffMemory::new("AA:BB:CC:DD:EE:FF", 4);
+    rt.block_on(h.commit(Batch {
+        readings: records(&cuff, 0..4),
+        cursor: Some(CursorUpdate {
+            transport: Transport::Ble,
+            address: "AA:BB:CC:DD:EE:FF".into(),
+            stream: "racp".into(),
+            value: "3".into(),
+        }),
+    }))
+    .expect("commit");
+    drop(h);
+    w.join().expect("join");
+    let r = StoreReader::open(&path, &Keying::Encrypted(key)).expect("reader");
+    assert_eq!(
+        r.cursor(Transport::Ble, "AA:BB:CC:DD:EE:FF", "racp")
+            .expect("cursor"),
+        Some("3".into())
+    );
+    // The cursor-only identity did not erase what the device told us about itself.
+    let s = r.status().expect("status");
+    assert_eq!(s.devices[0].model.as_deref(), Some("SIM-BP-1"));
+}
+
+#[test]
+fn readings_are_append_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("s.db");
+    let key = DbKey::generate();
+    let rt = rt();
+    let (h, w) = writer::start(options(&path, &key, &[])).expect("start");
+    let cuff = BpCuffMemory::new("AA:BB:CC:DD:EE:01", 1);
+    rt.block_on(h.commit(Batch {
+        readings: records(&cuff, 0..1),
+        cursor: None,
+    }))
+    .expect("commit");
+    drop(h);
+    w.join().expect("join");
+    let e = raw(&path, &key)
+        .execute("UPDATE readings SET kind = 1", [])
+        .expect_err("update refused");
+    assert!(e.to_string().contains("append-only"), "{e}");
+}
+
+#[test]
+fn retention_deletes_only_old_readings_delivered_everywhere() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("s.db");
+    let key = DbKey::generate();
+    let rt = rt();
+    let (h, w) = writer::start(options(&path, &key, &["a", "b"])).expect("start");
+    let cuff = BpCuffMemory::new("AA:BB:CC:DD:EE:02", 5);
+    let ids: Vec<i64> = rt
+        .block_on(h.commit(Batch {
+            readings: records(&cuff, 0..5),
+            cursor: None,
+        }))
+        .expect("commit")
+        .outcomes
+        .iter()
+        .map(|o| o.id())
+        .collect();
+    let long_ago = receipt().wall_ms - 30 * DAY_MS;
+    // 0: delivered to both long ago -> deletable. 1: delivered to a only -> kept.
+    // 2: delivered to both but recently -> kept. 3: delivered to both, quarantined -> kept.
+    // 4: nothing delivered -> kept.
+    rt.block_on(h.mark_delivered("a", vec![ids[0], ids[1], ids[3]], long_ago))
+        .expect("mark");
+    rt.block_on(h.mark_delivered("b", vec![ids[0], ids[3]], long_ago))
+        .expect("mark");
+    rt.block_on(h.mark_delivered("a", vec![ids[2]], receipt().wall_ms))
+        .expect("mark");
+    rt.block_on(h.mark_delivered("b", vec![ids[2]], receipt().wall_ms))
+        .expect("mark");
+    raw(&path, &key)
+        .execute(
+            "INSERT INTO quarantine (reading_id, destination, http_status, outcome, created_ms) \
+             VALUES (?1, 'b', 422, '{}', 0)",
+            [ids[3]],
+        )
+        .expect("quarantine");
+
+    let unsynced = rt
+        .block_on(h.housekeeping(receipt().wall_ms, false))
+        .expect("housekeeping");
+    assert!(unsynced.retention_skipped);
+    assert_eq!(unsynced.deleted_readings, 0);
+
+    let report = rt
+        .block_on(h.housekeeping(receipt().wall_ms, true))
+        .expect("housekeeping");
+    assert_eq!(report.deleted_readings, 1);
+    drop(h);
+    w.join().expect("join");
+
+    let r = StoreReader::open(&path, &Keying::Encrypted(key)).expect("reader");
+    let left: Vec<u32> = r
+        .readings_for_device(Transport::Ble, "AA:BB:CC:DD:EE:02")
+        .expect("list")
+        .iter()
+        .filter_map(|s| s.measurement.sequence)
+        .collect();
+    assert_eq!(left, vec![1, 2, 3, 4]);
+}
+
+#[test]
+fn unrouted_readings_are_never_deleted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("s.db");
+    let key = DbKey::generate();
+    let rt = rt();
+    let (h, w) = writer::start(options(&path, &key, &[])).expect("start");
+    let cuff = BpCuffMemory::new("AA:BB:CC:DD:EE:03", 3);
+    rt.block_on(h.commit(Batch {
+        readings: records(&cuff, 0..3),
+        cursor: None,
+    }))
+    .expect("commit");
+    let far_future = receipt().wall_ms + 3650 * DAY_MS;
+    let report = rt
+        .block_on(h.housekeeping(far_future, true))
+        .expect("housekeeping");
+    assert_eq!(report.deleted_readings, 0);
+    drop(h);
+    w.join().expect("join");
+    let s = StoreReader::open(&path, &Keying::Encrypted(key))
+        .expect("reader")
+        .status()
+        .expect("status");
+    assert_eq!(s.readings.unrouted, 3);
+}
+
+#[test]
+fn disk_budget_raises_one_alarm_and_keeps_accepting() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("s.db");
+    let key = DbKey::generate();
+    let rt = rt();
+    let mut o = options(&path, &key, &["a"]);
+    o.disk_budget_bytes = 16 * 1024;
+    let (h, w) = writer::start(o).expect("start");
+    let cuff = BpCuffMemory::new("AA:BB:CC:DD:EE:04", 400);
+    rt.block_on(h.commit(Batch {
+        readings: records(&cuff, 0..200),
+        cursor: None,
+    }))
+    .expect("commit");
+    let first = rt
+        .block_on(h.housekeeping(receipt().wall_ms, true))
+        .expect("housekeeping");
+    assert!(first.over_budget);
+    assert!(h.health().borrow().over_budget);
+    let more = rt
+        .block_on(h.commit(Batch {
+            readings: records(&cuff, 200..400),
+            cursor: None,
+        }))
+        .expect("still accepting over budget");
+    assert_eq!(more.inserted(), 200);
+    rt.block_on(h.housekeeping(receipt().wall_ms, true))
+        .expect("housekeeping");
+    drop(h);
+    w.join().expect("join");
+    let r = StoreReader::open(&path, &Keying::Encrypted(key)).expect("reader");
+    let alarms: Vec<_> = r
+        .events(100)
+        .expect("events")
+        .into_iter()
+        .filter(|e| e.kind == "disk-budget-reached")
+        .collect();
+    assert_eq!(alarms.len(), 1, "one alarm per episode, not one per pass");
+    assert_eq!(r.status().expect("status").readings.total, 400);
+}
+
+#[test]
+fn writer_answers_pings_and_refuses_work_after_shutdown() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("s.db");
+    let key = DbKey::generate();
+    let rt = rt();
+    let (h, w) = writer::start(options(&path, &key, &[])).expect("start");
+    rt.block_on(h.ping()).expect("ping");
+    rt.block_on(h.shutdown());
+    w.join().expect("join");
+    let e = rt
+        .block_on(h.commit(Batch::default()))
+        .expect_err("writer stopped");
+    assert!(matches!(e, StoreError::WriterStopped));
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// Commit records [start, start+len) of device `dev`.
+    Commit { dev: u8, start: u32, len: u32 },
+    /// Deliver every stored reading with sequence < `below` of device `dev` to `dest`.
+    Deliver { dev: u8, dest: u8, below: u32 },
+    /// Housekeeping at "now + days".
+    Housekeep { days: i64 },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0u8..2, 0u32..40, 1u32..15).prop_map(|(dev, start, len)| Op::Commit { dev, start, len }),
+        2 => (0u8..2, 0u8..2, 0u32..50).prop_map(|(dev, dest, below)| Op::Deliver { dev, dest, below }),
+        1 => (0i64..20).prop_map(|days| Op::Housekeep { days }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// The store against a reference model: whatever the sequence of commits, re-sends,
+    /// deliveries and retention passes, the store holds exactly the model's readings. Nothing
+    /// is stored twice and nothing undelivered disappears.
+    #[test]
+    fn store_matches_reference_model(ops in proptest::collection::vec(op(), 1..25)) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.db");
+        let key = DbKey::generate();
+        let rt = rt();
+        let dests = ["a", "b"];
+        let (h, w) = writer::start(options(&path, &key, &dests)).expect("start");
+        let cuffs = [
+            BpCuffMemory::new("AA:00:00:00:00:00", 100),
+            BpCuffMemory::new("AA:00:00:00:00:01", 100),
+        ];
+        // Model: (dev, seq) -> (reading id, destinations delivered with time).
+        let mut model: BTreeMap<(u8, u32), (i64, BTreeMap<u8, i64>)> = BTreeMap::new();
+        let mut deleted: BTreeSet<(u8, u32)> = BTreeSet::new();
+        let now = receipt().wall_ms;
+        let retention_ms = 7 * DAY_MS;
+        for op in ops {
+            match op {
+                Op::Commit { dev, start, len } => {
+                    let rc = rt.block_on(h.commit(Batch {
+                        readings: records(&cuffs[dev as usize], start..start + len),
+                        cursor: None,
+                    })).expect("commit");
+                    for (i, o) in rc.outcomes.iter().enumerate() {
+                        let k = (dev, start + i as u32);
+                        match o {
+                            Outcome::Inserted(id) => {
+                                // A record deleted by retention and re-sent is stored anew.
+                                prop_assert!(!model.contains_key(&k), "{k:?} inserted twice");
+                                deleted.remove(&k);
+                                model.insert(k, (*id, BTreeMap::new()));
+                            }
+                            Outcome::Duplicate(id) => {
+                                prop_assert_eq!(model.get(&k).map(|v| v.0), Some(*id));
+                            }
+                        }
+                    }
+                }
+                Op::Deliver { dev, dest, below } => {
+                    let ids: Vec<i64> = model
+                        .iter()
+                        .filter(|((d, s), _)| *d == dev && *s < below)
+                        .map(|(_, v)| v.0)
+                        .collect();
+                    rt.block_on(h.mark_delivered(dests[dest as usize], ids, now)).expect("deliver");
+                    for ((d, s), v) in model.iter_mut() {
+                        if *d == dev && *s < below {
+                            v.1.entry(dest).or_insert(now);
+                        }
+                    }
+                }
+                Op::Housekeep { days } => {
+                    let at = now + days * DAY_MS;
+                    let report = rt.block_on(h.housekeeping(at, true)).expect("housekeeping");
+                    let expired: Vec<(u8, u32)> = model
+                        .iter()
+                        .filter(|(_, v)| v.1.len() == dests.len() && v.1.values().all(|t| *t < at - retention_ms))
+                        .map(|(k, _)| *k)
+                        .collect();
+                    prop_assert_eq!(report.deleted_readings, expired.len());
+                    for k in expired {
+                        model.remove(&k);
+                        deleted.insert(k);
+                    }
+                }
+            }
+        }
+        drop(h);
+        w.join().expect("join");
+        let r = StoreReader::open(&path, &Keying::Encrypted(key)).expect("reader");
+        for (dev, cuff) in cuffs.iter().enumerate() {
+            let mut stored: Vec<u32> = r
+                .readings_for_device(Transport::Ble, &cuff.identity.address)
+                .expect("list")
+                .iter()
+                .filter_map(|s| s.measurement.sequence)
+                .collect();
+            // Ids follow insertion order; a record re-sent after retention comes back later.
+            stored.sort_unstable();
+            let expected: Vec<u32> = model.keys().filter(|(d, _)| *d as usize == dev).map(|(_, s)| *s).collect();
+            prop_assert_eq!(stored, expected);
+        }
+        let status = r.status().expect("status");
+        let pending = model.values().filter(|v| v.1.len() < dests.len()).count() as u64;
+        prop_assert_eq!(status.readings.pending, pending);
+        prop_assert_eq!(status.readings.total, model.len() as u64);
+    }
+}
