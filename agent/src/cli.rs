@@ -153,9 +153,10 @@ fn find_key(config: &Config, state_dir: &Path, create: CreateKey) -> Result<Keyi
     );
     let (key, source) = match first {
         Ok(found) => found,
-        Err(store::KeyError::Missing { .. }) if local.exists() => {
-            (store::key::read_key_file(&local)?, store::KeySource::File(local))
-        }
+        Err(store::KeyError::Missing { .. }) if local.exists() => (
+            store::key::read_key_file(&local)?,
+            store::KeySource::File(local),
+        ),
         Err(store::KeyError::Missing { .. }) if create == CreateKey::Yes => {
             {
                 use std::os::unix::fs::DirBuilderExt;
@@ -231,7 +232,9 @@ fn print_status(s: &StoreStatus) {
                 d.pending,
                 d.delivered,
                 d.quarantined,
-                d.last_delivery_ms.map(when).unwrap_or_else(|| "never".into())
+                d.last_delivery_ms
+                    .map(when)
+                    .unwrap_or_else(|| "never".into())
             );
         }
     }

@@ -11,8 +11,8 @@ use crate::config::{LogConfig, LogFormat};
 /// Installs the global subscriber. `RUST_LOG`, when set, overrides the configured filter.
 /// Calling it twice is harmless (the second call keeps the first subscriber).
 pub fn init(config: &LogConfig) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(config.level.as_str()));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(config.level.as_str()));
     // Under systemd, stderr goes to journald, which timestamps every line itself.
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
     let ansi = std::io::stderr().is_terminal() && !journald;

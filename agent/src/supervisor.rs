@@ -135,9 +135,10 @@ impl Supervisor {
             retention: c.store.retention,
             disk_budget_bytes: c.store.disk_budget.as_u64(),
         };
-        let (store, writer) = tokio::task::spawn_blocking(move || store::writer::start(writer_opts))
-            .await
-            .map_err(|_| StoreError::WriterStopped)??;
+        let (store, writer) =
+            tokio::task::spawn_blocking(move || store::writer::start(writer_opts))
+                .await
+                .map_err(|_| StoreError::WriterStopped)??;
         tracing::info!(path = %store_path.display(), "Store open.");
 
         let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -279,7 +280,9 @@ async fn watchdog(store: StoreHandle, period: Duration, cancel: CancellationToke
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
             }
             Ok(Err(_)) => return,
-            Err(_) => tracing::warn!("Store writer is not making progress; withholding the watchdog ping."),
+            Err(_) => tracing::warn!(
+                "Store writer is not making progress; withholding the watchdog ping."
+            ),
         }
     }
 }

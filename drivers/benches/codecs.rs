@@ -30,7 +30,9 @@ fn codecs(c: &mut Criterion) {
         b.iter(|| {
             let mut n = 0i64;
             for r in &raws {
-                if let Some(d) = decode_float(black_box(u32::from(*r) << 8 | 0xFE00_0000)).as_decimal() {
+                if let Some(d) =
+                    decode_float(black_box(u32::from(*r) << 8 | 0xFE00_0000)).as_decimal()
+                {
                     n += d.mantissa;
                 }
             }

@@ -336,7 +336,12 @@ mod tests {
         assert_eq!(num(decode_sfloat_le([0x65, 0xF0])), "10.1");
         assert_eq!(num(decode_float_le([0x87, 0xD6, 0x12, 0xFE])), "12345.67");
         assert_eq!(num(decode_float_le([0x01, 0x00, 0x00, 0x00])), "1");
-        assert_eq!(decode_float_le([1, 0, 0, 0]).as_decimal().map(|d| d.to_f64()), Some(1.0));
+        assert_eq!(
+            decode_float_le([1, 0, 0, 0])
+                .as_decimal()
+                .map(|d| d.to_f64()),
+            Some(1.0)
+        );
         assert_eq!(num(decode_sfloat_le([0x01, 0x02])), "513");
         assert_eq!(num(decode_sfloat_le([0x01, 0xFE])), "-51.1");
         assert_eq!(num(decode_sfloat_le([0xFF, 0x02])), "767");
@@ -358,7 +363,10 @@ mod tests {
         assert_eq!(Decimal::new(0, -2).to_string(), "0.00");
         assert_eq!(Decimal::new(0, 3).to_string(), "0");
         assert_eq!(Decimal::new(-12, 2).to_string(), "-1200");
-        assert_eq!(Decimal::new(i64::MIN, -1).to_string(), "-922337203685477580.8");
+        assert_eq!(
+            Decimal::new(i64::MIN, -1).to_string(),
+            "-922337203685477580.8"
+        );
     }
 
     #[test]

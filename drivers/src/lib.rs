@@ -28,7 +28,9 @@ pub enum DecodeError {
         needed: usize,
         available: usize,
     },
-    #[error("characteristic {characteristic}: {extra} unexpected trailing bytes at offset {offset}")]
+    #[error(
+        "characteristic {characteristic}: {extra} unexpected trailing bytes at offset {offset}"
+    )]
     TrailingBytes {
         characteristic: &'static str,
         offset: usize,

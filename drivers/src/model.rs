@@ -287,7 +287,11 @@ mod tests {
         ));
         let first = live.dedup_key();
         live.receipt.wall_ms += 1;
-        assert_eq!(live.dedup_key(), first, "a retry of the same reading keeps its key");
+        assert_eq!(
+            live.dedup_key(),
+            first,
+            "a retry of the same reading keeps its key"
+        );
         live.instance = Uuid::from_u128(9);
         assert_ne!(live.dedup_key(), first);
     }

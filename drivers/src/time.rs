@@ -121,15 +121,16 @@ pub fn decode_date_time(
     offset: usize,
     bytes: &[u8],
 ) -> Result<LocalDateTime, DecodeError> {
-    let b: &[u8; 7] = bytes
-        .get(..7)
-        .and_then(|s| s.try_into().ok())
-        .ok_or(DecodeError::Truncated {
-            characteristic,
-            offset,
-            needed: 7,
-            available: bytes.len(),
-        })?;
+    let b: &[u8; 7] =
+        bytes
+            .get(..7)
+            .and_then(|s| s.try_into().ok())
+            .ok_or(DecodeError::Truncated {
+                characteristic,
+                offset,
+                needed: 7,
+                available: bytes.len(),
+            })?;
     let year = u16::from_le_bytes([b[0], b[1]]);
     let (month, day, hour, minute, second) = (b[2], b[3], b[4], b[5], b[6]);
     let invalid = |field: &'static str, at: usize, value: u32| DecodeError::Invalid {

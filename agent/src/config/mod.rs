@@ -60,7 +60,9 @@ pub struct GatewayConfig {
 impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
-            id: DEFAULT_GATEWAY_ID.parse().expect("default gateway id is valid"),
+            id: DEFAULT_GATEWAY_ID
+                .parse()
+                .expect("default gateway id is valid"),
         }
     }
 }
@@ -256,22 +258,23 @@ impl Config {
 
     /// Parses and validates configuration text; `path` is only used in error messages.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let invalid = |span: Option<std::ops::Range<usize>>, key: Option<String>, message: String| {
-            let (line, column) = match span {
-                Some(span) => {
-                    let (l, c) = line_col(text, span.start);
-                    (Some(l), Some(c))
+        let invalid =
+            |span: Option<std::ops::Range<usize>>, key: Option<String>, message: String| {
+                let (line, column) = match span {
+                    Some(span) => {
+                        let (l, c) = line_col(text, span.start);
+                        (Some(l), Some(c))
+                    }
+                    None => (None, None),
+                };
+                ConfigError::Invalid {
+                    path: path.to_owned(),
+                    line,
+                    column,
+                    key,
+                    message,
                 }
-                None => (None, None),
             };
-            ConfigError::Invalid {
-                path: path.to_owned(),
-                line,
-                column,
-                key,
-                message,
-            }
-        };
         let de = toml::de::Deserializer::parse(text)
             .map_err(|e| invalid(e.span(), None, e.message().trim().to_owned()))?;
         let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
@@ -304,10 +307,7 @@ impl Config {
             ));
         }
         if s.retention < Duration::from_secs(3600) {
-            return Err((
-                "store.retention".into(),
-                "must be at least 1h".into(),
-            ));
+            return Err(("store.retention".into(), "must be at least 1h".into()));
         }
         if s.retention_interval < Duration::from_secs(1) {
             return Err((
@@ -371,13 +371,12 @@ fn find_key_span(text: &str, dotted: &str) -> Option<std::ops::Range<usize>> {
         if t.starts_with('[') {
             let name = t.trim_matches(|c| c == '[' || c == ']').trim();
             in_table = name == table;
-        } else if in_table {
-            if let Some((k, _)) = t.split_once('=') {
-                if k.trim() == key {
-                    let start = offset + (line.len() - line.trim_start().len());
-                    return Some(start..start + k.len());
-                }
-            }
+        } else if in_table
+            && let Some((k, _)) = t.split_once('=')
+            && k.trim() == key
+        {
+            let start = offset + (line.len() - line.trim_start().len());
+            return Some(start..start + k.len());
         }
         offset += line.len();
     }
@@ -408,7 +407,10 @@ mod tests {
             .expect_err("unknown key");
         assert_eq!(e.line(), Some(6), "{e}");
         let text = e.to_string();
-        assert!(text.starts_with("vitalgate.toml:6:1: key `store.bogus`: unknown field `bogus`"), "{text}");
+        assert!(
+            text.starts_with("vitalgate.toml:6:1: key `store.bogus`: unknown field `bogus`"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -429,8 +431,9 @@ mod tests {
         assert!(e.to_string().contains("ble.allow"), "{e}");
         assert!(e.to_string().contains("Bluetooth address"), "{e}");
 
-        let e = parse("[[destination]]\nid = \"hospital\"\nbase_url = \"http://fhir.example.org\"\n")
-            .expect_err("clear-text url");
+        let e =
+            parse("[[destination]]\nid = \"hospital\"\nbase_url = \"http://fhir.example.org\"\n")
+                .expect_err("clear-text url");
         assert_eq!(e.line(), Some(3), "{e}");
         assert!(e.to_string().contains("destination[0].base_url"), "{e}");
 

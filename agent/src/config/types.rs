@@ -223,8 +223,7 @@ impl FromStr for Name {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let ok = !s.is_empty()
             && s.len() <= 32
-            && s
-                .chars()
+            && s.chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
         if ok {
             Ok(Self(s.to_owned()))
@@ -278,7 +277,13 @@ mod tests {
     fn bluetooth_addresses() {
         let a: BtAddr = "00:1c:05:FF:E8:74".parse().expect("valid");
         assert_eq!(a.to_string(), "00:1C:05:FF:E8:74");
-        for bad in ["", "00:1C:05:FF:E8", "00:1C:05:FF:E8:74:00", "0:1C:05:FF:E8:74", "GG:1C:05:FF:E8:74"] {
+        for bad in [
+            "",
+            "00:1C:05:FF:E8",
+            "00:1C:05:FF:E8:74:00",
+            "0:1C:05:FF:E8:74",
+            "GG:1C:05:FF:E8:74",
+        ] {
             assert!(bad.parse::<BtAddr>().is_err(), "{bad}");
         }
     }
@@ -286,12 +291,20 @@ mod tests {
     #[test]
     fn endpoint_urls_refuse_clear_text_off_loopback() {
         assert!("https://fhir.example.org/r4".parse::<EndpointUrl>().is_ok());
-        assert!("http://127.0.0.1:8103/fhir/R4".parse::<EndpointUrl>().is_ok());
+        assert!(
+            "http://127.0.0.1:8103/fhir/R4"
+                .parse::<EndpointUrl>()
+                .is_ok()
+        );
         assert!("http://localhost/fhir".parse::<EndpointUrl>().is_ok());
         assert!("http://fhir.example.org/r4".parse::<EndpointUrl>().is_err());
         assert!("ftp://x/".parse::<EndpointUrl>().is_err());
         assert!("https://user:pw@x/".parse::<EndpointUrl>().is_err());
-        assert!("mqtts://broker.example.org:8883".parse::<BrokerUrl>().is_ok());
+        assert!(
+            "mqtts://broker.example.org:8883"
+                .parse::<BrokerUrl>()
+                .is_ok()
+        );
         assert!("mqtt://broker.example.org".parse::<BrokerUrl>().is_err());
         assert!("mqtt://127.0.0.1:1883".parse::<BrokerUrl>().is_ok());
     }

@@ -54,7 +54,10 @@ pub enum KeyError {
         "no database key: neither credential {credential:?} in $CREDENTIALS_DIRECTORY nor key file {} exists",
         .key_file.display()
     )]
-    Missing { credential: String, key_file: PathBuf },
+    Missing {
+        credential: String,
+        key_file: PathBuf,
+    },
     #[error(
         "key file {} has mode {mode:04o}; it must not be accessible by group or others (chmod 600)",
         .path.display()
@@ -166,7 +169,10 @@ mod tests {
         let k = create_key_file(&p).expect("create");
         assert_eq!(read_key_file(&p).expect("read"), k);
         assert_eq!(format!("{k:?}"), "DbKey(<redacted>)");
-        assert!(create_key_file(&p).is_err(), "an existing key is never replaced");
+        assert!(
+            create_key_file(&p).is_err(),
+            "an existing key is never replaced"
+        );
         let mode = std::fs::metadata(&p).expect("meta").permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
     }

@@ -88,7 +88,8 @@ impl StoreReader {
     /// Opens an existing store; never creates one.
     pub fn open(path: &Path, keying: &Keying) -> Result<Self, StoreError> {
         let conn = open_connection(path, keying, Create::Never, 1024)?;
-        let version = schema::version(&conn).map_err(|e| StoreError::from_sqlite(path, "read schema version", e))?;
+        let version = schema::version(&conn)
+            .map_err(|e| StoreError::from_sqlite(path, "read schema version", e))?;
         if version < schema::LATEST_VERSION {
             // Only the writer migrates; a reader of an older store asks for it to run first.
             return Err(StoreError::Corrupt {
@@ -139,7 +140,13 @@ impl StoreReader {
                 .prepare("SELECT destination, state, count(*) FROM deliveries GROUP BY destination, state")
                 .map_err(self.sql("destination counts"))?;
             let rows = stmt
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)))
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })
                 .map_err(self.sql("destination counts"))?;
             for row in rows {
                 let (id, state, n) = row.map_err(self.sql("destination counts"))?;
@@ -205,7 +212,8 @@ impl StoreReader {
                 })
                 .map_err(self.sql("devices"))?;
             for row in rows {
-                let (transport, address, identity, last_seen_ms, n) = row.map_err(self.sql("devices"))?;
+                let (transport, address, identity, last_seen_ms, n) =
+                    row.map_err(self.sql("devices"))?;
                 let identity: Option<DeviceIdentity> = postcard::from_bytes(&identity).ok();
                 devices.push(DeviceSummary {
                     transport,

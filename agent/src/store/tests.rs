@@ -50,7 +50,8 @@ fn records(memory: &BpCuffMemory, range: std::ops::Range<u32>) -> Vec<Reading> {
 /// A second, raw connection for inspecting and arranging what the public API cannot.
 fn raw(path: &Path, key: &DbKey) -> rusqlite::Connection {
     let c = rusqlite::Connection::open(path).expect("open raw");
-    c.pragma_update(None, "key", key.pragma_value()).expect("key");
+    c.pragma_update(None, "key", key.pragma_value())
+        .expect("key");
     c
 }
 
