@@ -19,6 +19,7 @@ mod tests;
 
 use std::path::{Path, PathBuf};
 
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
 pub use key::{DbKey, KeyError, KeySource};
@@ -140,37 +141,104 @@ pub(crate) fn open_connection(
             path: path.to_owned(),
         });
     }
+    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     if exists {
         check_file_shape(path)?;
     } else {
+        // A new store is built under a staging name and renamed into place only once its
+        // first page (keyed, marked for WAL) is on disk. Created in place, a kill or power cut
+        // in the milliseconds before that first write left an empty file, which cannot be
+        // told from a store truncated to nothing, so every later start refused it.
+        let mut staging = path.as_os_str().to_owned();
+        staging.push(".new");
+        let staging = PathBuf::from(staging);
+        let io = |op| {
+            move |source| StoreError::Io {
+                path: path.to_owned(),
+                op,
+                source,
+            }
+        };
+        for suffix in ["", "-journal", "-wal", "-shm"] {
+            let mut leftover = staging.as_os_str().to_owned();
+            leftover.push(suffix);
+            match std::fs::remove_file(PathBuf::from(leftover)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(io("remove an interrupted creation")(e));
+                }
+                _ => {}
+            }
+        }
         // SQLite would create the file with the umask's mode; the store (and the -wal/-shm
         // files SQLite later creates with the same mode) is for the service user only.
-        create_private_file(path)?;
+        create_private_file(&staging)?;
+        {
+            let staging: &Path = &staging;
+            let sql = |op| move |e| StoreError::from_sqlite(staging, op, e);
+            let conn = Connection::open_with_flags(staging, flags).map_err(sql("create"))?;
+            if let Keying::Encrypted(key) = keying {
+                conn.pragma_update(None, "key", key.pragma_value())
+                    .map_err(sql("set key"))?;
+            }
+            // On an empty database this writes and syncs page 1 through a rollback journal.
+            conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0))
+                .map_err(sql("initialise"))?;
+            conn.close().map_err(|(_, e)| sql("initialise")(e))?;
+        }
+        std::fs::rename(&staging, path).map_err(io("create"))?;
+        // The rename must be durable before readings are committed into the new file.
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("sync the state directory"))?;
     }
-    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     if create == Create::IfMissing {
         flags |= OpenFlags::SQLITE_OPEN_CREATE;
     }
     let sql = |op| move |e| StoreError::from_sqlite(path, op, e);
+    let had_wal = std::fs::metadata(wal_path(path)).is_ok_and(|m| m.len() > 0);
     let conn = Connection::open_with_flags(path, flags).map_err(sql("open"))?;
-    if let Keying::Encrypted(key) = keying {
-        conn.pragma_update(None, "key", key.pragma_value())
-            .map_err(sql("set key"))?;
-    }
-    // The first read decrypts page 1: this is where a wrong key shows up.
-    conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get::<_, i64>(0))
+    // Until the key and the file have been checked, closing must not checkpoint: a connection
+    // that cannot decrypt (or that refuses the store) would otherwise copy the write-ahead log
+    // into the file and delete the log on its way out, modifying the store it just refused.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
+        .map_err(sql("disable checkpoint on close"))?;
+    let checked = (|| {
+        if let Keying::Encrypted(key) = keying {
+            conn.pragma_update(None, "key", key.pragma_value())
+                .map_err(sql("set key"))?;
+        }
+        // The first read decrypts page 1: this is where a wrong key shows up.
+        conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
+            r.get::<_, i64>(0)
+        })
         .map_err(sql("verify key"))?;
-    let found = schema::version(&conn).map_err(sql("read schema version"))?;
-    if found > schema::LATEST_VERSION {
-        return Err(StoreError::NewerSchema {
-            path: path.to_owned(),
-            found,
-            supported: schema::LATEST_VERSION,
-        });
+        let found = schema::version(&conn).map_err(sql("read schema version"))?;
+        if found > schema::LATEST_VERSION {
+            return Err(StoreError::NewerSchema {
+                path: path.to_owned(),
+                found,
+                supported: schema::LATEST_VERSION,
+            });
+        }
+        if exists {
+            check_page_count(path, &conn)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = checked {
+        if !had_wal {
+            // No log to protect: the close may checkpoint, which removes the empty -wal and
+            // -shm this connection created and leaves the directory as it was found.
+            let _ = conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, false);
+        }
+        return Err(e);
     }
-    if exists {
-        check_page_count(path, &conn)?;
-    }
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, false)
+        .map_err(sql("enable checkpoint on close"))?;
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(sql("set busy timeout"))?;
     // WAL lets `status` and the sync reader run while the writer commits.
@@ -222,18 +290,30 @@ fn check_file_shape(path: &Path) -> Result<(), StoreError> {
             source,
         })?
         .len();
-    let wal = wal_path(path);
-    let wal_len = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
-    if len == 0 && wal_len == 0 {
+    // A store's first page reaches the file before anything goes to the write-ahead log, so
+    // an empty file is damage even with a log beside it; SQLite would delete such a log,
+    // committed readings and all, as belonging to a new database.
+    if len == 0 {
+        let wal_len = std::fs::metadata(wal_path(path)).map_or(0, |m| m.len());
+        let detail = if wal_len > 0 {
+            format!(
+                "the file is empty but its write-ahead log holds {wal_len} bytes; the log was \
+                 kept"
+            )
+        } else {
+            "the file is empty".to_owned()
+        };
         return Err(StoreError::Corrupt {
             path: path.to_owned(),
-            detail: "the file is empty".into(),
+            detail,
         });
     }
     if len % PAGE_SIZE != 0 {
         return Err(StoreError::Corrupt {
             path: path.to_owned(),
-            detail: format!("its size ({len} bytes) is not a whole number of {PAGE_SIZE}-byte pages: it was truncated or damaged"),
+            detail: format!(
+                "its size ({len} bytes) is not a whole number of {PAGE_SIZE}-byte pages: it was truncated or damaged"
+            ),
         });
     }
     Ok(())
@@ -242,14 +322,16 @@ fn check_file_shape(path: &Path) -> Result<(), StoreError> {
 /// Detects a truncated file: the header's page count must match the file, unless a
 /// write-ahead log still holds pages not yet copied back.
 fn check_page_count(path: &Path, conn: &Connection) -> Result<(), StoreError> {
-    let wal_len = std::fs::metadata(wal_path(path)).map(|m| m.len()).unwrap_or(0);
+    let wal_len = std::fs::metadata(wal_path(path))
+        .map(|m| m.len())
+        .unwrap_or(0);
     if wal_len > 0 {
         return Ok(());
     }
     let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    let pages: u64 = conn
-        .query_row("PRAGMA page_count", [], |r| r.get::<_, i64>(0))
-        .map_err(|e| StoreError::from_sqlite(path, "read page count", e))? as u64;
+    let pages: u64 =
+        conn.query_row("PRAGMA page_count", [], |r| r.get::<_, i64>(0))
+            .map_err(|e| StoreError::from_sqlite(path, "read page count", e))? as u64;
     if pages * PAGE_SIZE != len {
         return Err(StoreError::Corrupt {
             path: path.to_owned(),

@@ -5,6 +5,10 @@
 //!
 //! Like a device whose acknowledgement was lost, it restarts `--overlap` records before the
 //! stored cursor, so the store's deduplication is exercised on every restart.
+//!
+//! With `--retry-on-full`, a commit refused because the disk is full is retried with the same
+//! batch, as a driver keeps a device's records until they are committed; `FULL` is printed
+//! when such an episode starts, so the disk-full test can see it.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -30,6 +34,9 @@ struct Args {
     batch: u32,
     #[arg(long, default_value_t = 10)]
     overlap: u32,
+    /// On a full disk keep the batch and retry it, instead of exiting with the error.
+    #[arg(long)]
+    retry_on_full: bool,
 }
 
 const STREAM: &str = "racp-2A35";
@@ -67,18 +74,34 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async {
         while next < args.records {
             let end = (next + args.batch).min(args.records);
-            let readings = (next..end).map(|i| memory.record(i, clock.receipt())).collect();
-            let receipt = handle
-                .commit(Batch {
-                    readings,
-                    cursor: Some(CursorUpdate {
-                        transport: memory.identity.transport,
-                        address: memory.identity.address.clone(),
-                        stream: STREAM.into(),
-                        value: (end - 1).to_string(),
-                    }),
-                })
-                .await?;
+            let readings = (next..end)
+                .map(|i| memory.record(i, clock.receipt()))
+                .collect();
+            let batch = Batch {
+                readings,
+                cursor: Some(CursorUpdate {
+                    transport: memory.identity.transport,
+                    address: memory.identity.address.clone(),
+                    stream: STREAM.into(),
+                    value: (end - 1).to_string(),
+                }),
+            };
+            let mut full = false;
+            let receipt = loop {
+                match handle.commit(batch.clone()).await {
+                    Ok(receipt) => break receipt,
+                    Err(e) if args.retry_on_full && e.is_disk_full() => {
+                        if !full {
+                            full = true;
+                            let mut out = stdout.lock();
+                            writeln!(out, "FULL")?;
+                            out.flush()?;
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            };
             let mut out = stdout.lock();
             writeln!(
                 out,
