@@ -2,6 +2,7 @@
 
 use vitalgate::config::ConfigError;
 use vitalgate::store::{KeyError, StoreError};
+use vitalgate::supervisor::SupervisorError;
 
 pub const OK: u8 = 0;
 /// Bad command line or bad configuration file.
@@ -34,7 +35,13 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
                 }
             };
         }
-        if let Some(s) = cause.downcast_ref::<StoreError>() {
+        // The supervisor forwards store errors transparently, so they are not a separate link
+        // of the chain.
+        let store = match cause.downcast_ref::<SupervisorError>() {
+            Some(SupervisorError::Store(s)) => Some(s),
+            _ => cause.downcast_ref::<StoreError>(),
+        };
+        if let Some(s) = store {
             return match s {
                 StoreError::NotFound { .. } => NOINPUT,
                 StoreError::WrongKeyOrNotAStore { .. }
