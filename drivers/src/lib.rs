@@ -5,6 +5,7 @@
 //! pure functions over bytes and live apart from the transports that feed them, so they can be
 //! tested with captured vectors and fuzzed without hardware.
 
+pub mod ble;
 pub mod crc;
 pub mod ieee11073;
 pub mod mdc;

@@ -53,6 +53,132 @@ impl fmt::Display for LocalDateTime {
     }
 }
 
+/// Why calendar arithmetic on a [`LocalDateTime`] could not be done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TimeError {
+    /// The device reported year, month or day as "unknown" (0), so there is no calendar date
+    /// to count from.
+    #[error("the date has an unknown year, month or day")]
+    UnknownDate,
+    /// The fields do not name a real date (e.g. 31 February, which Date Time's per-field
+    /// ranges let through).
+    #[error("{0} is not a calendar date")]
+    InvalidDate(LocalDateTime),
+    /// The result falls outside the years Bluetooth Date Time can carry (1582..=9999).
+    #[error("the result is outside the years 1582..=9999")]
+    OutOfRange,
+}
+
+/// Days in `month` of `year` in the proleptic Gregorian calendar.
+pub fn days_in_month(year: u16, month: u8) -> u8 {
+    match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if is_leap_year(year) => 29,
+        2 => 28,
+        _ => 0,
+    }
+}
+
+/// Gregorian leap year rule: every 4th year, except centuries not divisible by 400.
+pub fn is_leap_year(year: u16) -> bool {
+    (year % 4 == 0 && year % 100 != 0) || year % 400 == 0
+}
+
+/// Days since 1970-01-01 of a civil date (H. Hinnant's `days_from_civil`; exact for any
+/// Gregorian date, which is all integer arithmetic and so never rounds).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The inverse of [`days_from_civil`].
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+impl LocalDateTime {
+    /// The date as `(year, month, day)` when all three are known and name a real day.
+    fn checked_date(&self) -> Result<(u16, u8, u8), TimeError> {
+        let (Some(year), Some(month), Some(day)) = (self.year, self.month, self.day) else {
+            return Err(TimeError::UnknownDate);
+        };
+        if !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) {
+            return Err(TimeError::InvalidDate(*self));
+        }
+        Ok((year, month, day))
+    }
+
+    /// This time plus `minutes` (which may be negative), on the calendar: month and year
+    /// rollover and leap years are exact. Seconds and milliseconds are kept as they are.
+    ///
+    /// Glucose "base time + time offset" and CGM "session start + time offset" use it. It
+    /// refuses a date with an unknown field rather than guess one.
+    pub fn add_minutes(&self, minutes: i64) -> Result<LocalDateTime, TimeError> {
+        let (year, month, day) = self.checked_date()?;
+        let start = days_from_civil(i64::from(year), i64::from(month), i64::from(day))
+            .checked_mul(1440)
+            .and_then(|m| m.checked_add(i64::from(self.hour) * 60 + i64::from(self.minute)))
+            .ok_or(TimeError::OutOfRange)?;
+        let total = start.checked_add(minutes).ok_or(TimeError::OutOfRange)?;
+        let (y, mo, d) = civil_from_days(total.div_euclid(1440));
+        let minute_of_day = total.rem_euclid(1440);
+        let year = u16::try_from(y)
+            .ok()
+            .filter(|y| (1582..=9999).contains(y))
+            .ok_or(TimeError::OutOfRange)?;
+        // civil_from_days yields 1..=12 and 1..=31, and minute_of_day is 0..1440.
+        let narrow = |v: i64| u8::try_from(v).map_err(|_| TimeError::OutOfRange);
+        Ok(LocalDateTime {
+            year: Some(year),
+            month: Some(narrow(mo)?),
+            day: Some(narrow(d)?),
+            hour: narrow(minute_of_day / 60)?,
+            minute: narrow(minute_of_day % 60)?,
+            second: self.second,
+            millis: self.millis,
+        })
+    }
+
+    /// ISO day of the week, 1 = Monday … 7 = Sunday (the Bluetooth Day of Week coding).
+    pub fn day_of_week(&self) -> Result<u8, TimeError> {
+        let (year, month, day) = self.checked_date()?;
+        let days = days_from_civil(i64::from(year), i64::from(month), i64::from(day));
+        // 1970-01-01 was a Thursday (4).
+        let dow = (days + 3).rem_euclid(7) + 1;
+        u8::try_from(dow).map_err(|_| TimeError::OutOfRange)
+    }
+}
+
+/// Encodes a Bluetooth Date Time (0x2A08): the inverse of [`decode_date_time`]. Unknown
+/// fields are written as 0, as the specification asks.
+pub fn encode_date_time(t: &LocalDateTime) -> [u8; 7] {
+    let [y0, y1] = t.year.unwrap_or(0).to_le_bytes();
+    [
+        y0,
+        y1,
+        t.month.unwrap_or(0),
+        t.day.unwrap_or(0),
+        t.hour,
+        t.minute,
+        t.second,
+    ]
+}
+
 /// Bluetooth Time Zone (0x2A0E): offset from UTC in 15-minute steps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct TimeZone {
@@ -241,6 +367,108 @@ mod tests {
         assert!(e.to_string().contains("offset 9"), "{e}");
         assert!(decode_date_time("x", 0, &[0xE2, 0x07, 1, 1, 24, 0, 0]).is_err());
         assert!(decode_date_time("x", 0, &[0x01, 0x00, 1, 1, 0, 0, 0]).is_err());
+    }
+
+    fn dt(y: u16, mo: u8, d: u8, h: u8, mi: u8) -> LocalDateTime {
+        LocalDateTime {
+            year: Some(y),
+            month: Some(mo),
+            day: Some(d),
+            hour: h,
+            minute: mi,
+            second: 30,
+            millis: None,
+        }
+    }
+
+    #[test]
+    fn add_minutes_rolls_over_days_months_years_and_leap_days() {
+        let add = |t: LocalDateTime, m| t.add_minutes(m).map(|t| t.to_string());
+        // §4.5 vector 24: base 2019-02-27 11:10:30, offset -5 min.
+        assert_eq!(
+            add(dt(2019, 2, 27, 11, 10), -5),
+            Ok("2019-02-27T11:05:30".into())
+        );
+        assert_eq!(
+            add(dt(2019, 12, 31, 23, 59), 1),
+            Ok("2020-01-01T00:00:30".into())
+        );
+        assert_eq!(
+            add(dt(2020, 2, 28, 23, 30), 60),
+            Ok("2020-02-29T00:30:30".into())
+        );
+        assert_eq!(
+            add(dt(2100, 2, 28, 23, 30), 60),
+            Ok("2100-03-01T00:30:30".into())
+        );
+        assert_eq!(
+            add(dt(2000, 3, 1, 0, 0), -1),
+            Ok("2000-02-29T23:59:30".into())
+        );
+        assert_eq!(
+            add(dt(2021, 1, 1, 0, 0), -1),
+            Ok("2020-12-31T23:59:30".into())
+        );
+        // A CGM session of two weeks, in minutes.
+        assert_eq!(
+            add(dt(2024, 2, 20, 8, 0), 14 * 1440),
+            Ok("2024-03-05T08:00:30".into())
+        );
+        assert_eq!(
+            add(dt(2024, 5, 1, 0, 0), 0),
+            Ok("2024-05-01T00:00:30".into())
+        );
+    }
+
+    #[test]
+    fn add_minutes_refuses_unknown_or_impossible_dates() {
+        let mut t = dt(2019, 2, 27, 11, 10);
+        t.year = None;
+        assert_eq!(t.add_minutes(5), Err(TimeError::UnknownDate));
+        let mut t = dt(2019, 2, 27, 11, 10);
+        t.day = None;
+        assert_eq!(t.add_minutes(0), Err(TimeError::UnknownDate));
+        let feb30 = dt(2019, 2, 30, 0, 0);
+        assert_eq!(feb30.add_minutes(1), Err(TimeError::InvalidDate(feb30)));
+        assert_eq!(
+            dt(9999, 12, 31, 23, 59).add_minutes(1),
+            Err(TimeError::OutOfRange)
+        );
+        assert_eq!(
+            dt(1582, 1, 1, 0, 0).add_minutes(-1),
+            Err(TimeError::OutOfRange)
+        );
+        assert_eq!(
+            dt(2000, 1, 1, 0, 0).add_minutes(i64::MAX),
+            Err(TimeError::OutOfRange)
+        );
+    }
+
+    #[test]
+    fn day_of_week_and_date_time_encoding() {
+        assert_eq!(dt(2018, 4, 17, 0, 0).day_of_week(), Ok(2)); // a Tuesday
+        assert_eq!(dt(2000, 1, 1, 0, 0).day_of_week(), Ok(6)); // a Saturday
+        assert_eq!(dt(2024, 3, 3, 0, 0).day_of_week(), Ok(7)); // a Sunday
+        let bytes = [0xE2, 0x07, 0x04, 0x11, 0x0F, 0x33, 0x00];
+        let t = decode_date_time("2A08", 0, &bytes).expect("valid");
+        assert_eq!(encode_date_time(&t), bytes);
+        let unknown = [0, 0, 0, 0, 0x12, 0x1A, 0x20];
+        let t = decode_date_time("2A08", 0, &unknown).expect("valid");
+        assert_eq!(encode_date_time(&t), unknown);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn add_minutes_is_invertible(
+            y in 1600u16..9000, mo in 1u8..=12, d in 1u8..=28, h in 0u8..24, mi in 0u8..60,
+            delta in -10_000_000i64..10_000_000,
+        ) {
+            let t = dt(y, mo, d, h, mi);
+            let there = t.add_minutes(delta).expect("in range");
+            proptest::prop_assert_eq!(there.add_minutes(-delta), Ok(t));
+            let day = there.day.unwrap_or(0);
+            proptest::prop_assert!(day >= 1 && day <= days_in_month(there.year.unwrap_or(0), there.month.unwrap_or(0)));
+        }
     }
 
     // §4.1 vector 9: DST 00/02/04/08/FF/11 and TZ 01, 80, 3C.

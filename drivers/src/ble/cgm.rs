@@ -1,0 +1,304 @@
+//! Continuous Glucose Monitoring Service 0x181F (ble-health-profiles.md §2.8): CGM
+//! Measurement 0x2AA7 (several size-prefixed records per notification, each optionally
+//! protected by an E2E-CRC), CGM Feature 0x2AA8 and CGM Session Start Time 0x2AAA.
+
+use super::{DecodeContext, Reader, bit_struct, glucose::SampleLocation, glucose::SampleType};
+use crate::DecodeError;
+use crate::crc::e2e_crc;
+use crate::ieee11073::Value;
+use crate::mdc::{self, Unit};
+use crate::model::{Measurement, StatusBits};
+use crate::time::{
+    DeviceTimestamp, DstOffset, LocalDateTime, TimeZone, decode_dst_offset, decode_time_zone,
+};
+
+const MEASUREMENT: &str = "2AA7";
+const FEATURE: &str = "2AA8";
+const SESSION_START: &str = "2AAA";
+
+/// The smallest record: Size, Flags, Glucose Concentration, Time Offset.
+const MIN_RECORD: usize = 6;
+
+/// One CGM Measurement record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgmMeasurement {
+    /// mg/dL.
+    pub glucose: Value,
+    /// Minutes since the session start; also the record number RACP filters on.
+    pub time_offset_minutes: u16,
+    /// Sensor Status Annunciation, Warning octet (flag bit 5): bits 16-23 of the 24-bit
+    /// annunciation.
+    pub warning: Option<u8>,
+    /// Cal/Temp octet (flag bit 6): bits 8-15.
+    pub cal_temp: Option<u8>,
+    /// Status octet (flag bit 7): bits 0-7.
+    pub status: Option<u8>,
+    /// Flag bit 0: (mg/dL)/min.
+    pub trend: Option<Value>,
+    /// Flag bit 1: percent.
+    pub quality: Option<Value>,
+    /// The E2E-CRC, when the record carried one (it has been checked).
+    pub crc: Option<u16>,
+    /// The session start this record counts from, when the context knew it.
+    pub session_start: Option<CgmSessionStartTime>,
+}
+
+impl CgmMeasurement {
+    /// The 24-bit Sensor Status Annunciation (status | cal/temp << 8 | warning << 16), when
+    /// any octet was sent.
+    pub fn annunciation(&self) -> Option<u32> {
+        if self.warning.is_none() && self.cal_temp.is_none() && self.status.is_none() {
+            return None;
+        }
+        Some(
+            u32::from(self.status.unwrap_or(0))
+                | u32::from(self.cal_temp.unwrap_or(0)) << 8
+                | u32::from(self.warning.unwrap_or(0)) << 16,
+        )
+    }
+
+    /// Session start + time offset as device local time (with the session's zone and DST),
+    /// or the bare offset as a one-minute tick counter when the start is unknown or unusable.
+    pub fn device_time(&self) -> DeviceTimestamp {
+        let offset = self.time_offset_minutes;
+        if let Some(start) = &self.session_start
+            && let Ok(time) = start.time.add_minutes(i64::from(offset))
+        {
+            return DeviceTimestamp::Local {
+                time,
+                zone: start.zone,
+                dst: start.dst,
+            };
+        }
+        DeviceTimestamp::Ticks {
+            ticks: u64::from(offset),
+            resolution_us: 60_000_000,
+        }
+    }
+
+    /// One reading: MDC_CONC_GLU_ISF (160212) in mg/dL, sequence = time offset (the CGM
+    /// record number), status = the 24-bit annunciation.
+    pub fn measurement(&self) -> Measurement {
+        let mut m = Measurement::numeric(mdc::CONC_GLU_ISF, self.glucose, Unit::mg_per_dl());
+        m.sequence = Some(u32::from(self.time_offset_minutes));
+        m.device_time = Some(self.device_time());
+        if let Some(bits) = self.annunciation() {
+            m.status.push(StatusBits {
+                attribute: MEASUREMENT.into(),
+                bits,
+                width: 24,
+            });
+        }
+        m
+    }
+}
+
+/// Decodes a CGM Measurement notification (0x2AA7): one or more records, each starting with
+/// its own Size byte. Any record that is short, inconsistent with its Size, or fails its
+/// E2E-CRC rejects the whole notification, naming the offset within it.
+pub fn decode_measurements(
+    bytes: &[u8],
+    ctx: &DecodeContext,
+) -> Result<Vec<CgmMeasurement>, DecodeError> {
+    let mut records = Vec::new();
+    let mut pos = 0;
+    loop {
+        let rest = bytes.get(pos..).unwrap_or_default();
+        if rest.is_empty() && !records.is_empty() {
+            return Ok(records);
+        }
+        let mut head = Reader::at(MEASUREMENT, rest, pos);
+        let size = usize::from(head.u8()?);
+        if size < MIN_RECORD {
+            return Err(head.invalid(
+                pos,
+                format!("record size {size} is below the minimum of {MIN_RECORD}"),
+            ));
+        }
+        let record = Reader::at(MEASUREMENT, rest, pos).take(size)?;
+        records.push(decode_record(record, pos, ctx)?);
+        pos += size;
+    }
+}
+
+fn decode_record(
+    record: &[u8],
+    base: usize,
+    ctx: &DecodeContext,
+) -> Result<CgmMeasurement, DecodeError> {
+    let mut r = Reader::at(MEASUREMENT, record, base);
+    let size = r.u8()?;
+    let flags = r.u8()?;
+    let glucose = r.sfloat()?;
+    let time_offset_minutes = r.u16_le()?;
+    let warning = (flags & 0x20 != 0).then(|| r.u8()).transpose()?;
+    let cal_temp = (flags & 0x40 != 0).then(|| r.u8()).transpose()?;
+    let status = (flags & 0x80 != 0).then(|| r.u8()).transpose()?;
+    let trend = (flags & 0x01 != 0).then(|| r.sfloat()).transpose()?;
+    let quality = (flags & 0x02 != 0).then(|| r.sfloat()).transpose()?;
+    let fields = r.consumed();
+    let crc = check_crc(&mut r, record, fields, ctx.cgm_e2e_crc, |extra| {
+        format!(
+            "record size {size} does not match the {fields} bytes its flags describe ({extra} left over; an E2E-CRC is 2)"
+        )
+    })?;
+    Ok(CgmMeasurement {
+        glucose,
+        time_offset_minutes,
+        warning,
+        cal_temp,
+        status,
+        trend,
+        quality,
+        crc,
+        session_start: ctx.cgm_session_start,
+    })
+}
+
+/// Reads and verifies an optional trailing E2E-CRC over `bytes[..fields]`. Whether it is
+/// present comes from the feature (`expected`) or, when that is unknown, from the length.
+fn check_crc(
+    r: &mut Reader<'_>,
+    bytes: &[u8],
+    fields: usize,
+    expected: Option<bool>,
+    mismatch: impl FnOnce(usize) -> String,
+) -> Result<Option<u16>, DecodeError> {
+    let left = r.remaining();
+    let present = match (expected, left) {
+        (Some(true), _) | (None, 2) => true,
+        (Some(false), _) | (None, 0) => false,
+        (None, extra) => return Err(r.invalid(r.offset(), mismatch(extra))),
+    };
+    if !present {
+        r.finish()?;
+        return Ok(None);
+    }
+    let at = r.offset();
+    let sent = r.u16_le()?;
+    r.finish()?;
+    let computed = e2e_crc(bytes.get(..fields).unwrap_or_default());
+    if sent != computed {
+        return Err(r.invalid(
+            at,
+            format!("E2E-CRC 0x{sent:04X} does not match the computed 0x{computed:04X}"),
+        ));
+    }
+    Ok(Some(sent))
+}
+
+/// CGM Session Start Time (0x2AAA).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CgmSessionStartTime {
+    pub time: LocalDateTime,
+    /// `None` = unknown (−128).
+    pub zone: Option<TimeZone>,
+    /// `None` = unknown (255).
+    pub dst: Option<DstOffset>,
+    /// The E2E-CRC, when sent (it has been checked).
+    pub crc: Option<u16>,
+}
+
+/// Decodes CGM Session Start Time (0x2AAA): 9 bytes, or 11 with an E2E-CRC. The time zone is
+/// in 15-minute steps (Nordic's parser wrongly reads it as minutes, §2.9).
+pub fn decode_session_start_time(
+    bytes: &[u8],
+    ctx: &DecodeContext,
+) -> Result<CgmSessionStartTime, DecodeError> {
+    let mut r = Reader::new(SESSION_START, bytes);
+    let time = r.date_time()?;
+    let zone_at = r.offset();
+    let zone = decode_time_zone(SESSION_START, zone_at, r.u8()?)?;
+    let dst_at = r.offset();
+    let dst = decode_dst_offset(SESSION_START, dst_at, r.u8()?)?;
+    let fields = r.consumed();
+    let crc = check_crc(&mut r, bytes, fields, ctx.cgm_e2e_crc, |extra| {
+        format!("{extra} bytes after the 9-byte value; only a 2-byte E2E-CRC may follow")
+    })?;
+    Ok(CgmSessionStartTime {
+        time,
+        zone,
+        dst,
+        crc,
+    })
+}
+
+impl CgmSessionStartTime {
+    /// Encodes the value for writing (starting a session), with an E2E-CRC when `with_crc`.
+    pub fn encode(&self, with_crc: bool) -> Vec<u8> {
+        let mut w = super::Writer::default();
+        w.date_time(&self.time);
+        w.u8(self.zone.map_or(0x80, |z| z.quarter_hours as u8));
+        w.u8(match self.dst {
+            None => 255,
+            Some(DstOffset::Standard) => 0,
+            Some(DstOffset::HalfHour) => 2,
+            Some(DstOffset::OneHour) => 4,
+            Some(DstOffset::TwoHours) => 8,
+        });
+        if with_crc {
+            let crc = e2e_crc(&w.bytes);
+            w.u16_le(crc);
+        }
+        w.bytes
+    }
+}
+
+bit_struct! {
+    /// CGM Feature bits (24 bits).
+    CgmFeatureBits: u32 {
+        calibration = 0,
+        patient_high_low_alerts = 1,
+        hypo_alerts = 2,
+        hyper_alerts = 3,
+        rate_of_increase_decrease_alerts = 4,
+        device_specific_alert = 5,
+        sensor_malfunction_detection = 6,
+        sensor_temperature_high_low_detection = 7,
+        sensor_result_high_low_detection = 8,
+        low_battery_detection = 9,
+        sensor_type_error_detection = 10,
+        general_device_fault = 11,
+        e2e_crc = 12,
+        multiple_bond = 13,
+        multiple_sessions = 14,
+        trend_information = 15,
+        quality = 16,
+    }
+}
+
+/// CGM Feature (0x2AA8): feature bits, sample type and location, and an E2E-CRC field that
+/// is always present (0xFFFF when the device does not support E2E-CRC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CgmFeature {
+    pub features: CgmFeatureBits,
+    pub sample_type: SampleType,
+    pub location: SampleLocation,
+    pub crc: u16,
+}
+
+/// Decodes CGM Feature (0x2AA8), 6 bytes; the CRC is checked when feature bit 12 says the
+/// device supports E2E-CRC. Put `features.e2e_crc` into [`DecodeContext::cgm_e2e_crc`].
+pub fn decode_feature(bytes: &[u8]) -> Result<CgmFeature, DecodeError> {
+    let mut r = Reader::new(FEATURE, bytes);
+    let features = CgmFeatureBits::from_bits(r.u24_le()?);
+    let type_location = r.u8()?;
+    let crc_at = r.offset();
+    let crc = r.u16_le()?;
+    r.finish()?;
+    if features.e2e_crc {
+        let computed = e2e_crc(bytes.get(..4).unwrap_or_default());
+        if computed != crc {
+            return Err(r.invalid(
+                crc_at,
+                format!("E2E-CRC 0x{crc:04X} does not match the computed 0x{computed:04X}"),
+            ));
+        }
+    }
+    Ok(CgmFeature {
+        features,
+        sample_type: SampleType::from_u8(type_location & 0x0F),
+        location: SampleLocation::from_u8(type_location >> 4),
+        crc,
+    })
+}
