@@ -82,7 +82,7 @@ pub fn days_in_month(year: u16, month: u8) -> u8 {
 
 /// Gregorian leap year rule: every 4th year, except centuries not divisible by 400.
 pub fn is_leap_year(year: u16) -> bool {
-    (year % 4 == 0 && year % 100 != 0) || year % 400 == 0
+    (year.is_multiple_of(4) && !year.is_multiple_of(100)) || year.is_multiple_of(400)
 }
 
 /// Days since 1970-01-01 of a civil date (H. Hinnant's `days_from_civil`; exact for any
