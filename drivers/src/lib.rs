@@ -3,7 +3,8 @@
 //! This crate owns what a reading *is* ([`model`]), the IEEE 11073 number encodings
 //! ([`ieee11073`]), device time ([`time`]) and the nomenclature ([`mdc`]). Protocol decoders are
 //! pure functions over bytes and live apart from the transports that feed them, so they can be
-//! tested with captured vectors and fuzzed without hardware.
+//! tested with captured vectors and fuzzed without hardware: [`ble`] holds the Bluetooth SIG
+//! health-profile decoders.
 
 pub mod ble;
 pub mod crc;

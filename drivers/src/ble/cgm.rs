@@ -43,7 +43,39 @@ pub struct CgmMeasurement {
     pub session_start: Option<CgmSessionStartTime>,
 }
 
+bit_struct! {
+    /// The 24-bit CGM Sensor Status Annunciation: Status octet (bits 0-7), Cal/Temp octet
+    /// (bits 8-15) and Warning octet (bits 16-23), as in CGM Status 0x2AA9.
+    CgmSensorStatus: u32 {
+        session_stopped = 0,
+        device_battery_low = 1,
+        sensor_type_incorrect = 2,
+        sensor_malfunction = 3,
+        device_specific_alert = 4,
+        general_device_fault = 5,
+        time_synchronization_required = 8,
+        calibration_not_allowed = 9,
+        calibration_recommended = 10,
+        calibration_required = 11,
+        sensor_temperature_too_high = 12,
+        sensor_temperature_too_low = 13,
+        result_lower_than_patient_low = 16,
+        result_higher_than_patient_high = 17,
+        result_lower_than_hypo = 18,
+        result_higher_than_hyper = 19,
+        rate_of_decrease_exceeded = 20,
+        rate_of_increase_exceeded = 21,
+        result_lower_than_device_can_process = 22,
+        result_higher_than_device_can_process = 23,
+    }
+}
+
 impl CgmMeasurement {
+    /// The annunciation as named flags, when any octet was sent.
+    pub fn sensor_status(&self) -> Option<CgmSensorStatus> {
+        self.annunciation().map(CgmSensorStatus::from_bits)
+    }
+
     /// The 24-bit Sensor Status Annunciation (status | cal/temp << 8 | warning << 16), when
     /// any octet was sent.
     pub fn annunciation(&self) -> Option<u32> {

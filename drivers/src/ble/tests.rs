@@ -1067,6 +1067,13 @@ fn cgm_vector_40() {
         (Some(0x02), Some(0x14), Some(0xFF))
     );
     assert_eq!(r.annunciation(), Some(0x02_14_FF));
+    let s = r.sensor_status().expect("annunciation");
+    // Status 0xFF: every status bit incl. battery low; cal/temp 0x14: calibration
+    // recommended and temperature too high; warning 0x02: bit 17, above patient high.
+    assert!(s.session_stopped && s.device_battery_low && s.general_device_fault);
+    assert!(s.calibration_recommended && s.sensor_temperature_too_high);
+    assert!(!s.calibration_required && !s.time_synchronization_required);
+    assert!(s.result_higher_than_patient_high && !s.result_lower_than_patient_low);
     assert_eq!(opt_text(r.trend), "0.2");
     assert_eq!(opt_text(r.quality), "99.7");
     assert_eq!(r.crc, Some(0x3F8E));
