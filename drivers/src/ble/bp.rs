@@ -20,7 +20,7 @@ pub enum PressureUnit {
 }
 
 impl PressureUnit {
-    /// The MDC/UCUM unit: mm[Hg] 266016 or kPa 265987.
+    /// The MDC/UCUM unit: `mm[Hg]` 266016 or `kPa` 265987.
     pub fn unit(self) -> Unit {
         match self {
             PressureUnit::MmHg => Unit::mmhg(),

@@ -22,7 +22,7 @@ pub enum TemperatureUnit {
 }
 
 impl TemperatureUnit {
-    /// Cel 268192 or [degF] 266560.
+    /// `Cel` 268192 or `[degF]` 266560.
     pub fn unit(self) -> Unit {
         match self {
             TemperatureUnit::Celsius => Unit::celsius(),
