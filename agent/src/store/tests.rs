@@ -99,6 +99,111 @@ fn commit_reports_inserted_then_duplicate_with_the_same_ids() {
 }
 
 #[test]
+fn a_record_sent_twice_in_one_batch_is_stored_and_routed_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("s.db");
+    let key = DbKey::generate();
+    let rt = rt();
+    let (h, w) = writer::start(options(&path, &key, &["a", "b"])).expect("start");
+    let cuff = BpCuffMemory::new("AA:BB:CC:DD:EE:05", 10);
+    rt.block_on(h.commit(Batch {
+        readings: records(&cuff, 3..4),
+        cursor: None,
+    }))
+    .expect("commit");
+    // 3 was stored before, 5 comes twice: the inserted ids form runs broken by duplicates.
+    let mut readings = records(&cuff, 0..8);
+    readings.insert(6, cuff.record(5, receipt()));
+    let rc = rt
+        .block_on(h.commit(Batch {
+            readings,
+            cursor: None,
+        }))
+        .expect("commit");
+    let kinds: Vec<bool> = rc
+        .outcomes
+        .iter()
+        .map(|o| matches!(o, Outcome::Inserted(_)))
+        .collect();
+    assert_eq!(
+        kinds,
+        [true, true, true, false, true, true, false, true, true]
+    );
+    assert_eq!(rc.outcomes[6].id(), rc.outcomes[5].id());
+    drop(h);
+    w.join().expect("join");
+    let c = raw(&path, &key);
+    let count = |q: &str| c.query_row(q, [], |r| r.get::<_, i64>(0)).expect(q);
+    assert_eq!(count("SELECT count(*) FROM readings"), 8);
+    assert_eq!(count("SELECT count(*) FROM deliveries"), 16);
+    assert_eq!(
+        count(
+            "SELECT count(*) FROM readings r WHERE (SELECT count(*) FROM deliveries d \
+             WHERE d.reading_id = r.id) != 2"
+        ),
+        0,
+        "every reading is routed to both destinations exactly once"
+    );
+}
+
+#[test]
+fn a_failing_request_does_not_fail_the_requests_committed_with_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("s.db");
+    let key = DbKey::generate();
+    let rt = rt();
+    let (h, w) = writer::start(options(&path, &key, &["a"])).expect("start");
+    raw(&path, &key)
+        .execute_batch(
+            "CREATE TRIGGER refuse_13 BEFORE INSERT ON readings \
+             WHEN NEW.dedup_key LIKE 'seq:13/%' BEGIN SELECT RAISE(ABORT, 'refused'); END;",
+        )
+        .expect("trigger");
+    let big = BpCuffMemory::new("AA:BB:CC:DD:EE:06", 2100);
+    let good = BpCuffMemory::new("AA:BB:CC:DD:EE:07", 10);
+    let bad = BpCuffMemory::new("AA:BB:CC:DD:EE:08", 20);
+    let commit = |readings| {
+        h.commit(Batch {
+            readings,
+            cursor: None,
+        })
+    };
+    // The first commit fills a transaction by itself; the next two queue up behind it and
+    // are committed together.
+    let (first, good_rc, bad_rc) = rt.block_on(async {
+        tokio::join!(
+            commit(records(&big, 100..2100)),
+            commit(records(&good, 0..10)),
+            commit(records(&bad, 10..20)),
+        )
+    });
+    assert_eq!(first.expect("first").inserted(), 2000);
+    assert_eq!(
+        good_rc.expect("neighbour of a failing request").inserted(),
+        10
+    );
+    let e = bad_rc.expect_err("refused by the trigger");
+    assert!(e.to_string().contains("refused"), "{e}");
+    drop(h);
+    w.join().expect("join");
+    let r = StoreReader::open(&path, &Keying::Encrypted(key)).expect("reader");
+    let stored = |addr: &str| {
+        r.readings_for_device(Transport::Ble, addr)
+            .map(|v| v.len())
+            .unwrap_or(0)
+    };
+    assert_eq!(stored("AA:BB:CC:DD:EE:07"), 10);
+    assert_eq!(
+        stored("AA:BB:CC:DD:EE:08"),
+        0,
+        "nothing of the failed batch"
+    );
+    let s = r.status().expect("status");
+    assert_eq!(s.readings.total, 2010);
+    assert_eq!(s.readings.pending, 2010);
+}
+
+#[test]
 fn cursor_is_committed_with_its_readings() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("s.db");
