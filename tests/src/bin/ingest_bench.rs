@@ -28,14 +28,13 @@ const TARGET_ENCRYPTED_RPS: f64 = 150_000.0;
 const TARGET_RATIO: f64 = 0.70;
 const TARGET_RSS_BYTES: u64 = 30_000_000;
 
-/// Concurrent producers (devices). Together they keep more than one full transaction queued,
-/// so group commit fills every transaction up to `BATCH` readings.
-const PRODUCERS: usize = 16;
-/// Readings per commit request: a RACP download chunk.
-const CHUNK: usize = 125;
 /// `store.batch_max_readings`, as shipped.
 const BATCH: usize = 1000;
 const STREAM: &str = "racp-2A35";
+/// How the store for the RSS measurement is filled (and topped up when reused): its readings
+/// come from this many devices, this many per commit.
+const FILL_PRODUCERS: usize = 16;
+const FILL_CHUNK: usize = 125;
 const DESTINATION: &str = "hospital";
 
 #[derive(Debug, Parser)]
@@ -47,6 +46,13 @@ struct Args {
     /// Ingest runs per variant; the median is reported.
     #[arg(long, default_value_t = 3)]
     repeat: usize,
+    /// Concurrent producers, each a device downloading its memory. Together they must keep
+    /// more than one full transaction queued, so group commit fills every transaction.
+    #[arg(long, default_value_t = 16)]
+    producers: usize,
+    /// Readings per commit request (a download chunk, committed with its cursor).
+    #[arg(long, default_value_t = 125)]
+    chunk: usize,
     /// Which ingest variants to run.
     #[arg(long, value_enum, default_value_t = Only::Both)]
     only: Only,
@@ -111,14 +117,14 @@ fn ingest_figures(rt: &tokio::runtime::Runtime, args: &Args) -> Result<bool> {
         Some(d) => d.clone(),
         None => std::env::temp_dir(),
     };
-    let template = workload(args.readings);
+    let template = workload(args.readings, args.producers.max(1), args.chunk.max(1));
     let key = DbKey::generate();
     let mut encrypted = Vec::new();
     let mut plain = Vec::new();
     println!(
-        "ingest: {} readings per run, {PRODUCERS} producers x {CHUNK}-reading commits, \
+        "ingest: {} readings per run, {} producers x {}-reading commits, \
          transactions of up to {BATCH}, WAL + synchronous=FULL, 1 destination",
-        args.readings
+        args.readings, args.producers, args.chunk
     );
     for round in 0..args.repeat.max(1) {
         // Alternate which variant goes first so drift (page cache, thermal, neighbours)
@@ -152,10 +158,15 @@ fn ingest_figures(rt: &tokio::runtime::Runtime, args: &Args) -> Result<bool> {
                 template.clone(),
             )?;
             let rps = args.readings as f64 / run.elapsed.as_secs_f64();
-            let cpu = match run.writer_cpu {
-                Some(cpu) => format!(
-                    ", writer thread {:.2} us CPU per reading",
-                    cpu.as_secs_f64() * 1e6 / args.readings as f64
+            // Per reading, the writer thread's time on a CPU, waiting for a CPU, and the rest
+            // (waiting for the disk or for work): which one to shrink when ingest is slow.
+            let per_reading = |d: Duration| d.as_secs_f64() * 1e6 / args.readings as f64;
+            let cpu = match run.writer {
+                Some(t) => format!(
+                    "; writer us/reading: {:.2} cpu, {:.2} runnable, {:.2} blocked",
+                    per_reading(t.cpu),
+                    per_reading(t.runnable),
+                    per_reading(run.elapsed.saturating_sub(t.cpu + t.runnable))
                 ),
                 None => String::new(),
             };
@@ -238,25 +249,32 @@ fn chunk(cuff: &BpCuffMemory, clock: &SystemClock, start: usize, end: usize) -> 
 
 /// Each producer's chunks in download order. Built before the clock starts: the figure is the
 /// store's, not the simulator's.
-fn workload(total: usize) -> Vec<Vec<Batch>> {
+fn workload(total: usize, producers: usize, chunk_len: usize) -> Vec<Vec<Batch>> {
     let clock = SystemClock::new();
-    let per_producer = total.div_ceil(PRODUCERS);
-    (0..PRODUCERS)
+    let per_producer = total.div_ceil(producers);
+    (0..producers)
         .map(|p| {
             let cuff = cuff(p);
             (0..per_producer)
-                .step_by(CHUNK)
-                .map(|start| chunk(&cuff, &clock, start, (start + CHUNK).min(per_producer)))
+                .step_by(chunk_len)
+                .map(|start| chunk(&cuff, &clock, start, (start + chunk_len).min(per_producer)))
                 .collect()
         })
         .collect()
 }
 
-/// One ingest run: wall time from the first commit request to the last durable reply, and the
-/// CPU time the store writer thread used in between (the serial stage of ingest).
+/// One ingest run: wall time from the first commit request to the last durable reply, and how
+/// the store writer thread (the serial stage of ingest) spent it.
 struct Run {
     elapsed: Duration,
-    writer_cpu: Option<Duration>,
+    writer: Option<ThreadTimes>,
+}
+
+/// A thread's time on a CPU and waiting for one (runnable but not running), from schedstat.
+#[derive(Clone, Copy)]
+struct ThreadTimes {
+    cpu: Duration,
+    runnable: Duration,
 }
 
 /// Commits the workload into a new store.
@@ -271,7 +289,7 @@ fn ingest(
     let run = rt.block_on(async {
         // A round trip through the writer: its thread is running and has its name.
         handle.ping().await?;
-        let cpu_before = writer_cpu();
+        let before = writer_times();
         let start = Instant::now();
         let tasks: Vec<_> = work
             .into_iter()
@@ -291,28 +309,28 @@ fn ingest(
             t.await??;
         }
         let elapsed = start.elapsed();
-        let writer_cpu = cpu_before
-            .zip(writer_cpu())
-            .map(|(before, after)| after.saturating_sub(before));
+        let writer = before.zip(writer_times()).map(|(b, a)| ThreadTimes {
+            cpu: a.cpu.saturating_sub(b.cpu),
+            runnable: a.runnable.saturating_sub(b.runnable),
+        });
         handle.shutdown().await;
-        anyhow::Ok(Run {
-            elapsed,
-            writer_cpu,
-        })
+        anyhow::Ok(Run { elapsed, writer })
     })?;
     drop(handle);
     writer.join()?;
     Ok(run)
 }
 
-/// CPU time used so far by this process's store writer thread (there is one at a time).
-fn writer_cpu() -> Option<Duration> {
+/// Times of this process's store writer thread so far (there is one at a time).
+fn writer_times() -> Option<ThreadTimes> {
     for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
         let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
         if comm.trim_end() == "store-writer" {
             let stat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
-            let ns: u64 = stat.split_whitespace().next()?.parse().ok()?;
-            return Some(Duration::from_nanos(ns));
+            let mut ns = stat.split_whitespace().map(|v| v.parse::<u64>().ok());
+            let cpu = Duration::from_nanos(ns.next()??);
+            let runnable = Duration::from_nanos(ns.next()??);
+            return Some(ThreadTimes { cpu, runnable });
         }
     }
     None
@@ -423,10 +441,10 @@ fn fill(
     to: usize,
 ) -> Result<()> {
     let (handle, writer) = store::writer::start(writer_options(db, keying, 4096))?;
-    let per_producer_from = from.div_ceil(PRODUCERS);
-    let per_producer_to = to.div_ceil(PRODUCERS);
+    let per_producer_from = from.div_ceil(FILL_PRODUCERS);
+    let per_producer_to = to.div_ceil(FILL_PRODUCERS);
     rt.block_on(async {
-        let tasks: Vec<_> = (0..PRODUCERS)
+        let tasks: Vec<_> = (0..FILL_PRODUCERS)
             .map(|p| {
                 let handle = handle.clone();
                 tokio::spawn(async move {
@@ -434,7 +452,7 @@ fn fill(
                     let clock = SystemClock::new();
                     let mut start = per_producer_from;
                     while start < per_producer_to {
-                        let end = (start + CHUNK).min(per_producer_to);
+                        let end = (start + FILL_CHUNK).min(per_producer_to);
                         handle.commit(chunk(&cuff, &clock, start, end)).await?;
                         start = end;
                     }
