@@ -13,7 +13,9 @@
 
 use std::time::{Duration, Instant};
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{
+    BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
+};
 use vitalgate::clock::{Clock, SystemClock};
 use vitalgate::store::{self, Batch, CursorUpdate, DbKey, Keying, WriterOptions};
 use vitalgate_hardware::sim::BpCuffMemory;
@@ -113,10 +115,13 @@ fn store_ingest(c: &mut Criterion) {
         .build()
         .expect("tokio runtime");
     let mut group = c.benchmark_group("store_ingest");
+    // Flat sampling: every sample ingests the same number of readings into a new store, so
+    // the samples measure stores of the same size.
     group
+        .sampling_mode(SamplingMode::Flat)
         .sample_size(10)
         .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(5))
+        .measurement_time(Duration::from_secs(6))
         .throughput(Throughput::Elements(PER_ITER as u64));
     let variants = [
         ("encrypted", Keying::Encrypted(DbKey::generate())),

@@ -412,6 +412,9 @@ pub fn start(opts: WriterOptions) -> Result<(StoreHandle, WriterThread), StoreEr
     // commits, as SQLite does by default at 1,000 pages, and the log cannot grow without end.
     conn.pragma_update(None, "wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES)
         .map_err(|e| StoreError::from_sqlite(&path, "set autocheckpoint", e))?;
+    // The writer uses about fifteen distinct statements, close to rusqlite's default cache of
+    // 16; one evicted by the next would be compiled again on every use.
+    conn.set_prepared_statement_cache_capacity(32);
     let checkpointer = Checkpointer::start(&opts.path, &opts.keying)?;
     let mut writer = Writer {
         conn,
