@@ -4,9 +4,13 @@
 //! Requests arrive on a bounded channel (so a slow disk pushes back on the drivers instead of
 //! filling memory). The writer takes whatever is queued, up to `batch_max_readings`, and
 //! commits it in one transaction (group commit): under load one fsync covers many readings,
-//! and when idle a single reading is committed at once. Each request runs inside its own
-//! savepoint, so one failing request does not fail its neighbours. Replies are sent only after
-//! the transaction is durable.
+//! and when idle a single reading is committed at once. One failing request does not fail its
+//! neighbours: when a request fails, the transaction is rolled back and its requests run again,
+//! each in its own savepoint. Replies are sent only after the transaction is durable.
+//!
+//! The writer is the serial stage of ingest, so work that need not happen there does not:
+//! readings are encoded on the caller's task ([`StoreHandle::commit`]), and the write-ahead log
+//! is checkpointed into the database file by a thread of its own (`Checkpointer`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
