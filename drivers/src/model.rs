@@ -194,7 +194,9 @@ impl Reading {
         let m = &self.measurement;
         let user = m.user_index.map(i32::from).unwrap_or(-1);
         if let Some(seq) = m.sequence {
-            format!("seq:{seq}/{}/u{user}", m.kind)
+            // Zero-padded so a device's keys sort in download order: new records append at
+            // the end of the store's unique index instead of splitting pages in the middle.
+            format!("seq:{seq:010}/{}/u{user}", m.kind)
         } else if let Some(ts) = &m.device_time {
             let when = match ts {
                 DeviceTimestamp::Local { time, zone, dst } => format!(
@@ -278,7 +280,7 @@ mod tests {
         assert_eq!(a.dedup_key(), "ts:2018-04-17T20:41:59/150020/u1");
 
         a.measurement.sequence = Some(42);
-        assert_eq!(a.dedup_key(), "seq:42/150020/u1");
+        assert_eq!(a.dedup_key(), "seq:0000000042/150020/u1");
 
         let mut live = reading(Measurement::numeric(
             mdc::PULS_OXIM_SAT_O2,

@@ -185,8 +185,11 @@ fn newer_schema_version_is_refused() {
         // directly, keyed the way Vitalgate keys it (raw key).
         let hex = std::fs::read_to_string(site.key_file()).expect("read key");
         let conn = rusqlite::Connection::open(site.db()).expect("open store with SQLCipher");
-        conn.execute_batch(&format!("PRAGMA key = \"x'{}'\";", hex.trim()))
-            .expect("set key");
+        conn.execute_batch(&format!(
+            "PRAGMA key = \"x'{}'\"; PRAGMA cipher_hmac_algorithm = HMAC_SHA256;",
+            hex.trim()
+        ))
+        .expect("set key");
         conn.pragma_update(None, "user_version", 99)
             .expect("set user_version");
         let v: u32 = conn

@@ -50,8 +50,7 @@ fn records(memory: &BpCuffMemory, range: std::ops::Range<u32>) -> Vec<Reading> {
 /// A second, raw connection for inspecting and arranging what the public API cannot.
 fn raw(path: &Path, key: &DbKey) -> rusqlite::Connection {
     let c = rusqlite::Connection::open(path).expect("open raw");
-    c.pragma_update(None, "key", key.pragma_value())
-        .expect("key");
+    apply_key(&c, key).expect("key");
     c
 }
 
@@ -156,7 +155,7 @@ fn a_failing_request_does_not_fail_the_requests_committed_with_it() {
     raw(&path, &key)
         .execute_batch(
             "CREATE TRIGGER refuse_13 BEFORE INSERT ON readings \
-             WHEN NEW.dedup_key LIKE 'seq:13/%' BEGIN SELECT RAISE(ABORT, 'refused'); END;",
+             WHEN NEW.dedup_key LIKE 'seq:0000000013/%' BEGIN SELECT RAISE(ABORT, 'refused'); END;",
         )
         .expect("trigger");
     let big = BpCuffMemory::new("AA:BB:CC:DD:EE:06", 2100);
