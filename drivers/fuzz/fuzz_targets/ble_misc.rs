@@ -3,67 +3,19 @@
 //! first byte picks the characteristic (and the CGM decode context); the rest is the value.
 #![no_main]
 
+mod common;
+
 use libfuzzer_sys::fuzz_target;
-use vitalgate_drivers::DecodeError;
-use vitalgate_drivers::ble::cgm::CgmSessionStartTime;
-use vitalgate_drivers::ble::{DecodeContext, Decoded, decode};
-use vitalgate_drivers::time::{LocalDateTime, TimeZone};
+use vitalgate_drivers::ble::Decoded;
 
-const CHARACTERISTICS: &[u16] = &[0x2A23, 0x2A24, 0x2A25, 0x2A26, 0x2A27, 0x2A28, 0x2A29, 0x2A2A, 0x2A50, 0x2A2B, 0x2A0F, 0x2A08];
-
-fn context(selector: u8) -> DecodeContext {
-    DecodeContext {
-        cgm_e2e_crc: match (selector >> 4) & 3 {
-            0 => None,
-            1 => Some(true),
-            _ => Some(false),
-        },
-        cgm_session_start: (selector & 0x40 != 0).then_some(CgmSessionStartTime {
-            time: LocalDateTime {
-                year: Some(2024),
-                month: Some(2),
-                day: Some(29),
-                hour: 23,
-                minute: 30,
-                second: 0,
-                millis: None,
-            },
-            zone: Some(TimeZone { quarter_hours: 4 }),
-            dst: None,
-            crc: None,
-        }),
-    }
-}
-
-fn check(characteristic: u16, bytes: &[u8], ctx: &DecodeContext) -> Option<Decoded> {
-    match decode(characteristic, bytes, ctx) {
-        Ok(d) => {
-            let _ = d.measurements();
-            Some(d)
-        }
-        Err(DecodeError::Truncated { offset, available, .. }) => {
-            assert!(offset + available <= bytes.len());
-            None
-        }
-        Err(DecodeError::TrailingBytes { offset, extra, .. }) => {
-            assert!(extra > 0 && offset + extra <= bytes.len());
-            None
-        }
-        Err(DecodeError::Invalid { offset, .. }) => {
-            assert!(offset <= bytes.len());
-            None
-        }
-        Err(e) => panic!("unexpected error {e}"),
-    }
-}
+const CHARACTERISTICS: &[u16] = &[
+    0x2A23, 0x2A24, 0x2A25, 0x2A26, 0x2A27, 0x2A28, 0x2A29, 0x2A2A, 0x2A50, 0x2A2B, 0x2A0F, 0x2A08,
+];
 
 fuzz_target!(|data: &[u8]| {
-    let Some((selector, rest)) = data.split_first() else {
+    let Some((decoded, rest)) = common::run(data, CHARACTERISTICS) else {
         return;
     };
-    let characteristic = CHARACTERISTICS[usize::from(*selector) % CHARACTERISTICS.len()];
-    let ctx = context(*selector);
-    let decoded = check(characteristic, rest, &ctx);
     if let Some(Decoded::CurrentTime(t)) = &decoded {
         assert_eq!(t.encode().as_slice(), rest);
     }
