@@ -226,28 +226,7 @@ impl StoreReader {
             }
         }
 
-        let mut alarms = Vec::new();
-        {
-            let mut stmt = c
-                .prepare(
-                    "SELECT at_ms, severity, kind, detail FROM events \
-                     WHERE severity = 'alarm' ORDER BY id DESC LIMIT 10",
-                )
-                .map_err(self.sql("events"))?;
-            let rows = stmt
-                .query_map([], |r| {
-                    Ok(EventSummary {
-                        at_ms: r.get(0)?,
-                        severity: r.get(1)?,
-                        kind: r.get(2)?,
-                        detail: r.get(3)?,
-                    })
-                })
-                .map_err(self.sql("events"))?;
-            for row in rows {
-                alarms.push(row.map_err(self.sql("events"))?);
-            }
-        }
+        let alarms = self.query_events(Some("alarm"), 10)?;
 
         let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
         Ok(StoreStatus {
@@ -327,12 +306,24 @@ impl StoreReader {
 
     /// Recent events, newest first.
     pub fn events(&self, limit: usize) -> Result<Vec<EventSummary>, StoreError> {
+        self.query_events(None, limit)
+    }
+
+    /// Recent events of one severity (or all), newest first.
+    fn query_events(
+        &self,
+        severity: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<EventSummary>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT at_ms, severity, kind, detail FROM events ORDER BY id DESC LIMIT ?1")
+            .prepare(
+                "SELECT at_ms, severity, kind, detail FROM events \
+                 WHERE ?1 IS NULL OR severity = ?1 ORDER BY id DESC LIMIT ?2",
+            )
             .map_err(self.sql("events"))?;
         let rows = stmt
-            .query_map([limit as i64], |r| {
+            .query_map(rusqlite::params![severity, limit as i64], |r| {
                 Ok(EventSummary {
                     at_ms: r.get(0)?,
                     severity: r.get(1)?,
