@@ -251,8 +251,10 @@ pub(crate) fn open_connection(
     }
     // synchronous = FULL: every commit fsyncs the WAL before it returns. With NORMAL, a commit
     // acknowledged to a device could vanish on power loss, and gateways in patients' homes
-    // lose power; the device would already have cleared its memory. Batched commits keep the
-    // cost of the fsync low per reading.
+    // lose power; the device would already have cleared its memory. The store writer is the
+    // one exception: it switches to NORMAL because its `LogSyncer` fsyncs the log after each
+    // commit and holds the acknowledgements until then, which keeps the same guarantee
+    // without the writer waiting on the disk.
     conn.pragma_update(None, "synchronous", "FULL")
         .map_err(sql("set synchronous"))?;
     conn.pragma_update(None, "cache_size", -(cache_size_kib as i64))
