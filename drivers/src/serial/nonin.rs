@@ -130,7 +130,7 @@ impl Framer {
         loop {
             let b = self.buf.bytes();
             let first = *b.first()?;
-            if self.format == Format::Df7 && !self.in_lock {
+            if self.format == Format::Df7 && first & 0x80 == 0 {
                 match first {
                     ACK | NAK => {
                         if self.buf.has_garbage() {
