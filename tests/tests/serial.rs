@@ -310,6 +310,30 @@ fn taidoc_downloads_everything_once_through_garbage_and_bad_checksums() {
 }
 
 #[test]
+fn taidoc_memory_is_cleared_only_after_the_store_committed_the_download() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let link = dir.path().join("ttyGlu");
+    let mut sim = Sim::start(&link, &["--protocol", "taidoc", "--records", "5"]);
+    let site = site_with(&serial_config(
+        &link,
+        "taidoc",
+        "clear_memory = true\nset_clock = true",
+    ));
+    let agent = Agent::start(&site);
+    let line = sim.wait_for("INFO memory cleared", Duration::from_secs(30));
+    assert_eq!(line, "INFO memory cleared (5 records)");
+    // The meter forgot its records only once they were in the store.
+    let got = stored(&site, &sim.address());
+    assert_eq!(got.len(), 5, "committed before the clear");
+    agent.stop();
+    // Next time there is nothing to download (and nothing is lost).
+    let mut agent = Agent::start(&site);
+    agent.wait_log(DOWNLOADED, 1, Duration::from_secs(30));
+    agent.stop();
+    assert_eq!(stored(&site, &sim.address()).len(), 5);
+}
+
+#[test]
 fn taidoc_unplug_and_replug_mid_download_loses_and_duplicates_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let link = dir.path().join("ttyTD");

@@ -43,6 +43,11 @@ pub trait Device: Send + fmt::Debug {
     fn trigger(&mut self, _now_ms: u64) {}
     /// A line for the log.
     fn describe(&self) -> String;
+    /// Notable things the device did since the last call (memory cleared, clock set), for
+    /// the simulator's report.
+    fn take_notes(&mut self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// Answers and stream output waiting for their time.
@@ -261,6 +266,9 @@ impl Simulator {
             let input = p.read_available()?;
             if !input.is_empty() {
                 self.device.receive(now, &input);
+                for note in self.device.take_notes() {
+                    (self.report)(Report::Info(note));
+                }
             }
             let mut frames = Vec::new();
             let next = self.device.poll(now, &mut frames);

@@ -22,6 +22,7 @@ pub struct TaidocDevice {
     framer: Framer,
     outbox: Outbox,
     second_try: SecondTry,
+    notes: Vec<String>,
 }
 
 /// Record `i` of a simulated memory of `n` (0 = newest): one every 6 hours back from the
@@ -63,6 +64,7 @@ impl TaidocDevice {
             framer: Framer::new(taidoc::HOST),
             outbox: Outbox::default(),
             second_try: SecondTry::new(o.second_try),
+            notes: Vec::new(),
         }
     }
 
@@ -86,6 +88,7 @@ impl TaidocDevice {
                 if let (Ok(a), Ok(b)) = (t.epoch_seconds(), cur.epoch_seconds()) {
                     self.clock_shift_s += a - b;
                 }
+                self.notes.push(format!("clock set to {t}"));
                 f.message
             }
             cmd::RECORD_COUNT => {
@@ -99,6 +102,8 @@ impl TaidocDevice {
             cmd::RECORD_TIME => taidoc::encode_datetime(&self.records.get(index)?.0),
             cmd::RECORD_VALUE => self.records.get(index)?.1,
             cmd::CLEAR_MEMORY => {
+                self.notes
+                    .push(format!("memory cleared ({} records)", self.records.len()));
                 self.records.clear();
                 [0; 4]
             }
@@ -145,6 +150,10 @@ impl Device for TaidocDevice {
     fn unplugged(&mut self, _now_ms: u64) {
         self.outbox.clear();
         self.framer = Framer::new(taidoc::HOST);
+    }
+
+    fn take_notes(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notes)
     }
 
     fn describe(&self) -> String {
