@@ -385,7 +385,11 @@ fn demo(explicit: Option<&Path>, state_dir: &Path, records: u32) -> Result<u8> {
          after its commit. Run the demo again: the records are recognised and not stored twice."
     );
     println!(
-        "Not in this build yet: the Bluetooth LE and serial drivers with their simulators, and \
+        "Serial devices (TaiDoc, Nonin, Contec, ASTM) are read by `vitalgate run` from \
+         `[[serial]]` entries; try one on a simulated device with `vitalgate-serial-sim`."
+    );
+    println!(
+        "Not in this build yet: the Bluetooth LE driver with its simulator, and \
          delivery of FHIR Observations to a local FHIR server. Readings stay in the store."
     );
     Ok(exit::OK)

@@ -3,7 +3,8 @@
 //! stored records are downloaded completely and a second download adds nothing; live streams
 //! are reduced by the configured policy; garbage and bad checksums are survived (counted,
 //! logged, link kept); an unplug and replug in the middle of a download loses nothing and
-//! duplicates nothing. Results are checked in the store itself and through `status --json`.
+//! duplicates nothing; a stall and a device that answers only on the second try are waited
+//! out. Results are checked in the store itself and through `status --json`.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
@@ -235,7 +236,7 @@ const DOWNLOADED: &str = "Serial download complete and committed.";
 fn taidoc_downloads_everything_once_through_garbage_and_bad_checksums() {
     let dir = tempfile::tempdir().expect("tempdir");
     let link = dir.path().join("ttyFORA");
-    let sim = Sim::start(
+    let mut sim = Sim::start(
         &link,
         &[
             "--protocol",
@@ -248,6 +249,11 @@ fn taidoc_downloads_everything_once_through_garbage_and_bad_checksums() {
             "4",
             "--bad-checksum-every",
             "9",
+            // A stall longer than the request timeout in the middle of the download.
+            "--stall-after",
+            "7",
+            "--stall-ms",
+            "1500",
         ],
     );
     let site = site_with(&serial_config(&link, "taidoc", ""));
@@ -255,6 +261,11 @@ fn taidoc_downloads_everything_once_through_garbage_and_bad_checksums() {
     let mut agent = Agent::start(&site);
     agent.wait_log(DOWNLOADED, 1, Duration::from_secs(30));
     let log = agent.stop();
+    sim.wait_for("STALLED 1500", Duration::from_secs(1));
+    assert!(
+        log.iter().any(|l| l.contains("Serial download complete")),
+        "the download went on after the stall"
+    );
     let first = stored(&site, &sim.address());
     assert_eq!(first.len(), 12, "6 BP records, each BP + pulse rate");
     assert_unique_keys(&first);
@@ -508,6 +519,8 @@ fn astm_meter_results_arrive_once_through_naks_and_a_replug() {
             "4",
             "--garbage-every",
             "3",
+            // It takes the host's ACK to its ENQ only the second time.
+            "--second-try",
             // The cable goes in the middle of the first transfer.
             "--unplug-after",
             "8",

@@ -65,6 +65,8 @@ const COMMIT_LINGER: Duration = Duration::from_millis(200);
 const COMMIT_BATCH: usize = 64;
 /// A write to the device that takes longer than this means the device is gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often an open port's node is checked for existence.
+const NODE_CHECK: Duration = Duration::from_secs(2);
 /// Problems of one kind logged at warn level per link before the rest go to debug.
 const PROBLEM_LOG_LIMIT: u64 = 5;
 
@@ -163,7 +165,7 @@ impl SerialSource {
                 "Serial device connected."
             );
             let end = self
-                .run_link(&mut port, &store, clock.as_ref(), &cancel)
+                .run_link(&path, &mut port, &store, clock.as_ref(), &cancel)
                 .await;
             drop(port);
             match end {
@@ -248,15 +250,22 @@ impl SerialSource {
         }
     }
 
-    fn read_cursor(&self) -> Option<String> {
-        let reader = StoreReader::open(&self.store_path, &self.keying)
-            .map_err(|e| tracing::warn!(error = %e, "Cannot read the serial cursor; downloading everything."))
-            .ok()?;
-        reader
-            .cursor(Transport::Serial, &self.identity.address, &self.stream_name())
-            .map_err(|e| tracing::warn!(error = %e, "Cannot read the serial cursor; downloading everything."))
-            .ok()
-            .flatten()
+    /// The stored cursor, read on a blocking thread (opening the store decrypts a page).
+    async fn read_cursor(&self) -> Option<String> {
+        let (path, keying) = (self.store_path.clone(), self.keying.clone());
+        let (address, stream) = (self.identity.address.clone(), self.stream_name());
+        let read = tokio::task::spawn_blocking(move || {
+            StoreReader::open(&path, &keying)?.cursor(Transport::Serial, &address, &stream)
+        })
+        .await;
+        match read {
+            Ok(Ok(cursor)) => cursor,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "Cannot read the serial cursor; downloading everything.");
+                None
+            }
+            Err(_) => None,
+        }
     }
 
     fn reading(&self, measurement: Measurement, raw: Vec<u8>, clock: &dyn Clock) -> Reading {
@@ -295,12 +304,13 @@ impl SerialSource {
 
     async fn run_link(
         &mut self,
+        path: &Path,
         port: &mut SerialStream,
         store: &StoreHandle,
         clock: &dyn Clock,
         cancel: &CancellationToken,
     ) -> LinkEnd {
-        let cursor = self.read_cursor();
+        let cursor = self.read_cursor().await;
         let set_clock = (self.config.set_clock && clock.receipt().clock_synchronized)
             .then(|| host_local_time(clock))
             .flatten();
@@ -323,6 +333,10 @@ impl SerialSource {
         let mut totals = (0usize, 0usize);
         let mut events = Vec::new();
         let mut buf = vec![0u8; 4096];
+        // Some drivers keep a vanished port readable (no EOF, no error): look for the node
+        // now and then as well.
+        let mut node_check = tokio::time::interval(NODE_CHECK);
+        node_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.clock_offset_ms = None;
         s.start(now_ms(), &mut events);
         let end = loop {
@@ -435,6 +449,11 @@ impl SerialSource {
                     Err(e) => break LinkEnd::Gone(format!("read failed: {e}")),
                 },
                 _ = sleep_until(deadline), if deadline.is_some() => s.on_timeout(now_ms(), &mut events),
+                _ = node_check.tick() => {
+                    if !path.exists() {
+                        break LinkEnd::Gone("the device node disappeared".into());
+                    }
+                }
                 _ = sleep_until(flush_at), if flush_at.is_some() => {
                     flush_at = None;
                     if let Err(e) = self.commit(store, &mut pending, None, &mut totals).await {
