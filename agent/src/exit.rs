@@ -7,7 +7,8 @@ use vitalgate::supervisor::SupervisorError;
 pub const OK: u8 = 0;
 /// Bad command line or bad configuration file.
 pub const USAGE: u8 = 64;
-/// The store's contents are unusable: wrong key, corrupt, or from a newer version.
+/// The store's contents are unusable (wrong key, corrupt, or from a newer version), or the
+/// bytes given to `decode` cannot be decoded.
 pub const DATAERR: u8 = 65;
 /// Something that must exist does not (no store yet, no config file).
 pub const NOINPUT: u8 = 66;
@@ -23,6 +24,9 @@ pub const CONFIG: u8 = 78;
 /// The exit code for an error chain, from the first error in it we recognise.
 pub fn code_for(error: &anyhow::Error) -> u8 {
     for cause in error.chain() {
+        if cause.downcast_ref::<crate::cli::DecodeFailure>().is_some() {
+            return DATAERR;
+        }
         if cause.downcast_ref::<ConfigError>().is_some() {
             return USAGE;
         }

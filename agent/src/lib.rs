@@ -3,10 +3,12 @@
 //! Modules follow the data flow: devices (the `vitalgate-drivers` crate) hand readings to the
 //! [`store`], which keeps them encrypted and durable; the [`supervisor`] runs the task tree;
 //! [`config`] is the checked configuration; [`clock`] says what the gateway knows about time;
+//! [`serial`] runs the configured serial devices over tokio-serial;
 //! the `vitalgate` binary puts the command line on top of all of it.
 
 pub mod clock;
 pub mod config;
 pub mod logging;
+pub mod serial;
 pub mod store;
 pub mod supervisor;

@@ -160,10 +160,12 @@ impl Supervisor {
 
         let sources = TaskTracker::new();
         let failed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        if self.sources.is_empty() {
+        let mut all_sources = self.sources;
+        all_sources.extend(crate::serial::sources(c, &self.keying, &store_path));
+        if all_sources.is_empty() {
             tracing::info!("No reading sources configured.");
         }
-        for source in self.sources {
+        for source in all_sources {
             let name = source.name();
             let fut = source.run(store.clone(), self.clock.clone(), cancel.child_token());
             let failed = failed.clone();

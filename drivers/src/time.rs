@@ -154,6 +154,46 @@ impl LocalDateTime {
         })
     }
 
+    /// Seconds since 1970-01-01T00:00:00 of this wall time read as if it were UTC. Serial
+    /// devices keep local time with no zone; the caller adds the zone it knows.
+    pub fn epoch_seconds(&self) -> Result<i64, TimeError> {
+        let (year, month, day) = self.checked_date()?;
+        let days = days_from_civil(i64::from(year), i64::from(month), i64::from(day));
+        Ok(days * 86_400
+            + i64::from(self.hour) * 3600
+            + i64::from(self.minute) * 60
+            + i64::from(self.second))
+    }
+
+    /// The inverse of [`LocalDateTime::epoch_seconds`] (no milliseconds).
+    pub fn from_epoch_seconds(secs: i64) -> Result<LocalDateTime, TimeError> {
+        let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
+        let sod = secs.rem_euclid(86_400);
+        let year = u16::try_from(y)
+            .ok()
+            .filter(|y| (1582..=9999).contains(y))
+            .ok_or(TimeError::OutOfRange)?;
+        let narrow = |v: i64| u8::try_from(v).map_err(|_| TimeError::OutOfRange);
+        Ok(LocalDateTime {
+            year: Some(year),
+            month: Some(narrow(mo)?),
+            day: Some(narrow(d)?),
+            hour: narrow(sod / 3600)?,
+            minute: narrow(sod / 60 % 60)?,
+            second: narrow(sod % 60)?,
+            millis: None,
+        })
+    }
+
+    /// This time plus `seconds` on the calendar (stored oximeter samples are 1 s apart).
+    pub fn add_seconds(&self, seconds: i64) -> Result<LocalDateTime, TimeError> {
+        let start = self.epoch_seconds()?;
+        let mut t =
+            Self::from_epoch_seconds(start.checked_add(seconds).ok_or(TimeError::OutOfRange)?)?;
+        t.millis = self.millis;
+        Ok(t)
+    }
+
     /// ISO day of the week, 1 = Monday … 7 = Sunday (the Bluetooth Day of Week coding).
     pub fn day_of_week(&self) -> Result<u8, TimeError> {
         let (year, month, day) = self.checked_date()?;

@@ -1,7 +1,9 @@
 //! Device simulators, the supported-device catalog, udev rules and gateway board notes.
 //!
-//! For now it holds [`sim`], simulated device memories that produce readings in the
-//! measurement model. The Bluetooth (emulated BlueZ) and serial (PTY) simulators, which drive
-//! the real transports, grow here with the driver work.
+//! [`sim`] holds simulated device memories that produce readings in the measurement model;
+//! [`serial`] the serial device simulators on pseudo-terminals (one per protocol, with fault
+//! controls), which the `vitalgate-serial-sim` binary runs for tests and the demo. The
+//! Bluetooth (emulated BlueZ) simulators grow here with the BLE driver work.
 
+pub mod serial;
 pub mod sim;

@@ -226,3 +226,88 @@ fn run_starts_and_stops_cleanly_on_sigterm() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `decode serial` turns captured device bytes into the readings the agent would store, as
+/// JSON with MDC codes, UCUM units, exact decimals and device timestamps; bad input exits 65.
+#[test]
+fn decode_serial_prints_readings_as_json() {
+    let out = vitalgate([
+        "decode",
+        "serial",
+        "taidoc",
+        "51 25 6F 30 1E 08 A5 E0",
+        "51:26:69:00:00:40:A5:C5",
+    ]);
+    out.expect_code(0);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON");
+    let r = &v["readings"][0];
+    assert_eq!(r["code"], 160020, "{v:#}");
+    assert_eq!(r["value"], "105");
+    assert_eq!(r["unit"], "mg/dL");
+    assert_eq!(r["device_time"], "2024-03-15T08:30:00");
+    assert_eq!(r["dedup_key"], "ts:2024-03-15T08:30:00/160020/u-1");
+    assert_eq!(r["measurement"]["value"]["Number"]["mantissa"], 105);
+    assert_eq!(r["raw"], "51256F301E08A5E0512669000040A5C5");
+
+    // ASTM, mmol/L: the decimal is exact (mantissa 54, exponent -1), never a float.
+    let frame = |n: u8, text: &str, last: bool| {
+        let term = if last { 0x03u8 } else { 0x17 };
+        let mut f = vec![0x02, b'0' + n];
+        f.extend(text.as_bytes());
+        f.push(term);
+        let sum = f[1..].iter().fold(0u8, |a, b| a.wrapping_add(*b));
+        f.extend(format!("{sum:02X}\r\n").as_bytes());
+        f
+    };
+    let mut bytes = vec![0x05];
+    bytes.extend(frame(
+        1,
+        "H|\\^&|||METER^1.0^SN42||||||||1|202403150800\r",
+        false,
+    ));
+    bytes.extend(frame(
+        2,
+        "R|1|^^^Glucose|5.4|mmol/L^W||B||202403150730\r",
+        false,
+    ));
+    bytes.extend(frame(3, "L|1||N\r", true));
+    bytes.push(0x04);
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let out = vitalgate(["decode", "serial", "astm", hex.as_str()]);
+    out.expect_code(0);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON");
+    assert_eq!(v["device"]["serial_number"], "SN42");
+    let r = &v["readings"][0];
+    assert_eq!(
+        (r["value"].as_str(), r["unit"].as_str()),
+        (Some("5.4"), Some("mmol/L"))
+    );
+    assert_eq!(r["measurement"]["value"]["Number"]["exponent"], -1);
+    assert_eq!(r["code"], 160184, "capillary whole blood");
+
+    // A bad checksum is reported and the rest still decodes.
+    let out = vitalgate([
+        "decode",
+        "serial",
+        "nonin-ascii",
+        // "SPO2=097 HR=072\r\n" twice, the first damaged.
+        "53504f323d783937204852303732 0d0a 53504f323d303937204852 3d303732 0d0a",
+    ]);
+    out.expect_code(0);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON");
+    assert_eq!(v["readings"].as_array().map(Vec::len), Some(2));
+    assert_eq!(v["problems"].as_array().map(Vec::len), Some(1), "{v:#}");
+
+    let out = vitalgate(["decode", "serial", "contec", "zz"]);
+    out.expect_code(65);
+    assert!(out.stderr.contains("not hex"), "{}", out.stderr);
+    let out = vitalgate(["decode", "serial", "taidoc", "00 11 22"]);
+    out.expect_code(65);
+    assert!(
+        out.stderr.contains("taidoc") && out.stderr.contains("offset 0"),
+        "{}",
+        out.stderr
+    );
+    let out = vitalgate(["decode", "serial", "modbus", "00"]);
+    out.expect_code(64);
+}

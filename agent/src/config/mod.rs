@@ -4,6 +4,7 @@
 //! keys are rejected, and every error names the file, the line and the key. Secrets are never
 //! configured inline: the file only says where to find them.
 
+pub mod serial;
 pub mod types;
 
 use std::path::{Path, PathBuf};
@@ -12,6 +13,7 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
 
+pub use serial::{LinePolicy, SerialConfig, StreamConfig, UsbId};
 pub use types::{BrokerUrl, BtAddr, EndpointUrl, GatewayId, LogFilter, Name};
 
 /// Where the configuration lives unless `--config` says otherwise.
@@ -46,6 +48,8 @@ pub struct Config {
     /// listed here until routing rules say otherwise.
     #[serde(rename = "destination")]
     pub destinations: Vec<DestinationConfig>,
+    /// Serial devices (`[[serial]]`, see [`serial`]).
+    pub serial: Vec<SerialConfig>,
 }
 
 /// `[gateway]`
@@ -329,6 +333,16 @@ impl Config {
                 "supervisor.channel_capacity".into(),
                 "must be at least 1".into(),
             ));
+        }
+        let mut ports = std::collections::BTreeSet::new();
+        for (i, d) in self.serial.iter().enumerate() {
+            d.validate(i)?;
+            if !ports.insert(d.address()) {
+                return Err((
+                    format!("serial[{i}]"),
+                    format!("port {:?} is listed twice", d.address()),
+                ));
+            }
         }
         let mut seen = std::collections::BTreeSet::new();
         for d in &self.destinations {
