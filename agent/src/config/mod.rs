@@ -4,6 +4,7 @@
 //! keys are rejected, and every error names the file, the line and the key. Secrets are never
 //! configured inline: the file only says where to find them.
 
+pub mod fleet;
 pub mod types;
 
 use std::path::{Path, PathBuf};
@@ -12,6 +13,7 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
 
+pub use fleet::FleetConfig;
 pub use types::{BrokerUrl, BtAddr, EndpointUrl, GatewayId, LogFilter, Name};
 
 /// Where the configuration lives unless `--config` says otherwise.
@@ -164,14 +166,6 @@ impl Default for SupervisorConfig {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         }
     }
-}
-
-/// `[fleet]`: MQTT fleet management. Unset broker: fleet management is off.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct FleetConfig {
-    /// e.g. "mqtts://broker.example.org:8883".
-    pub broker: Option<BrokerUrl>,
 }
 
 /// `[ble]`
@@ -330,6 +324,7 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
+        self.fleet.validate()?;
         let mut seen = std::collections::BTreeSet::new();
         for d in &self.destinations {
             if !seen.insert(d.id.clone()) {
