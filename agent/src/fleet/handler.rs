@@ -95,6 +95,12 @@ async fn command<S: FleetStore>(
         return;
     }
     ctx.counters.commands.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(
+        command = id,
+        bytes = payload.len(),
+        redelivered,
+        "Command received."
+    );
     let parsed = command::parse(id, payload, SystemTime::now());
     let kind_name = match &parsed {
         Ok(c) => c.kind.type_name(),

@@ -265,11 +265,20 @@ pub async fn run<S: FleetStore>(
     let (in_tx, in_rx) = mpsc::channel(256);
     let (out_tx, out_rx) = mpsc::channel(256);
     let worker = tokio::spawn(handler::run(ctx.clone(), in_rx, out_tx.clone()));
+    let (events_tx, events_rx) = mpsc::channel(64);
+    let backoff_reset = Arc::new(Notify::new());
+    let poller = tokio::spawn(poll(
+        eventloop,
+        Backoff::new(setup.config.reconnect_min, setup.config.reconnect_max),
+        events_tx,
+        backoff_reset.clone(),
+    ));
     let mut conn = Connection {
         ctx: ctx.clone(),
         client,
-        eventloop,
-        backoff: Backoff::new(setup.config.reconnect_min, setup.config.reconnect_max),
+        events: events_rx,
+        backoff_reset,
+        unacked: 0,
         connected: false,
         ready: false,
         subscribed_once: false,
@@ -282,16 +291,60 @@ pub async fn run<S: FleetStore>(
         clock_synced: None,
     };
     conn.run(&cancel).await;
+    poller.abort();
     worker.abort();
     ctx.set_connection("stopped");
     Ok(())
 }
 
+/// What the poller saw.
+enum Polled {
+    Event(Box<Event>),
+    /// The connection failed or was lost; the poller now waits `wait` before reconnecting.
+    Lost {
+        error: String,
+        wait: Duration,
+    },
+}
+
+/// Drives rumqttc's event loop in a task of its own, so its `poll` future is never dropped
+/// half-way (by a `select!` in which another branch won), and sleeps the backoff between
+/// connection attempts. A notification on `reset` (the connection became usable) starts
+/// the backoff over.
+async fn poll(
+    mut eventloop: EventLoop,
+    mut backoff: Backoff,
+    tx: mpsc::Sender<Polled>,
+    reset: Arc<Notify>,
+) {
+    loop {
+        tokio::select! {
+            ev = eventloop.poll() => match ev {
+                Ok(ev) => {
+                    if tx.send(Polled::Event(Box::new(ev))).await.is_err() {
+                        return;
+                    }
+                }
+                Err(error) => {
+                    let wait = backoff.next_random_delay();
+                    if tx.send(Polled::Lost { error: error.to_string(), wait }).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(wait).await;
+                }
+            },
+            () = reset.notified() => backoff.reset(),
+        }
+    }
+}
+
 struct Connection<S> {
     ctx: Arc<Context<S>>,
     client: AsyncClient,
-    eventloop: EventLoop,
-    backoff: Backoff,
+    events: mpsc::Receiver<Polled>,
+    backoff_reset: Arc<Notify>,
+    /// QoS 1 publishes queued on this connection and not yet acknowledged by the broker.
+    unacked: usize,
     connected: bool,
     ready: bool,
     subscribed_once: bool,
@@ -312,14 +365,17 @@ impl<S: FleetStore> Connection<S> {
     }
 
     async fn run(&mut self, cancel: &CancellationToken) {
-        let mut tick = tokio::time::interval(*self.interval_rx.borrow());
+        let every = *self.interval_rx.borrow();
+        // The first telemetry goes out when the connection is ready; the period starts then.
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                ev = self.eventloop.poll() => match ev {
-                    Ok(ev) => self.on_event(ev).await,
-                    Err(error) => {
+                polled = self.events.recv() => match polled {
+                    None => break,
+                    Some(Polled::Event(ev)) => self.on_event(*ev).await,
+                    Some(Polled::Lost { error, wait }) => {
                         if self.connected {
                             self.ctx.counters.reconnects.fetch_add(1, Ordering::Relaxed);
                             tracing::warn!(%error, "Fleet broker connection lost.");
@@ -330,13 +386,9 @@ impl<S: FleetStore> Connection<S> {
                         self.ctx.note_error(&format!("broker connection: {error}"));
                         self.connected = false;
                         self.ready = false;
+                        self.unacked = 0;
                         self.ctx.set_connection("disconnected");
-                        let wait = self.backoff.next_random_delay();
                         tracing::debug!(wait_ms = wait.as_millis() as u64, "Reconnecting after a random wait.");
-                        tokio::select! {
-                            _ = cancel.cancelled() => break,
-                            _ = tokio::time::sleep(wait) => {}
-                        }
                     }
                 },
                 Some(out) = self.out_rx.recv() => self.on_outbound(out).await,
@@ -413,6 +465,7 @@ impl<S: FleetStore> Connection<S> {
                 };
                 let _ = self.in_tx.send(msg).await;
             }
+            Packet::PubAck(_) => self.unacked = self.unacked.saturating_sub(1),
             Packet::Disconnect(d) => {
                 tracing::warn!(reason = ?d.reason_code, "Fleet broker sent DISCONNECT.");
             }
@@ -423,7 +476,7 @@ impl<S: FleetStore> Connection<S> {
     async fn become_ready(&mut self) {
         self.ready = true;
         self.subscribed_once = true;
-        self.backoff.reset();
+        self.backoff_reset.notify_one();
         self.observe(ConnectionEvent::Ready);
         self.ctx.set_connection("connected");
         let state = json!({
@@ -474,7 +527,12 @@ impl<S: FleetStore> Connection<S> {
             .client
             .try_publish_with_properties(topic, qos, retain, payload, props)
         {
-            Ok(()) => true,
+            Ok(()) => {
+                if qos != QoS::AtMostOnce {
+                    self.unacked += 1;
+                }
+                true
+            }
             Err(error) => {
                 tracing::debug!(%error, "Publish not queued.");
                 false
@@ -630,7 +688,10 @@ impl<S: FleetStore> Connection<S> {
     }
 
     /// A clean goodbye: the retained state says offline (the will only fires on an unclean
-    /// loss), then DISCONNECT, waiting briefly for queued results to go out first.
+    /// loss), then DISCONNECT once the broker has acknowledged what was queued (the last
+    /// command results among it). Seen with mosquitto 2.0.11: a DISCONNECT right behind
+    /// unacknowledged QoS 1 publishes made it drop the connection ("out of memory"), the
+    /// publishes with it, and send the last will.
     async fn shutdown(&mut self) {
         if !self.connected {
             return;
@@ -642,13 +703,28 @@ impl<S: FleetStore> Connection<S> {
             QoS::AtLeastOnce,
             None,
         );
-        let _ = self.client.try_disconnect();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        while self.unacked > 0 {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(Polled::Event(ev)))
+                    if matches!(*ev, Event::Incoming(Packet::PubAck(_))) =>
+                {
+                    self.unacked -= 1;
+                }
+                Ok(Some(Polled::Event(_))) => {}
+                Ok(Some(Polled::Lost { .. }) | None) | Err(_) => return,
+            }
+        }
+        let _ = self.client.try_disconnect();
         loop {
-            match tokio::time::timeout_at(deadline, self.eventloop.poll()).await {
-                Ok(Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect))) => break,
-                Ok(Ok(_)) => {}
-                Ok(Err(_)) | Err(_) => break,
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(Polled::Event(ev)))
+                    if matches!(*ev, Event::Outgoing(rumqttc::Outgoing::Disconnect)) =>
+                {
+                    break;
+                }
+                Ok(Some(Polled::Event(_))) => {}
+                Ok(Some(Polled::Lost { .. }) | None) | Err(_) => break,
             }
         }
         tracing::info!("Fleet broker disconnected.");
