@@ -25,6 +25,7 @@ pub struct Broker {
     pub port: u16,
     /// TLS with a required client certificate whose CN is the username.
     pub mtls_port: u16,
+    extra_conf: String,
     child: Option<Child>,
 }
 
@@ -140,6 +141,23 @@ impl Broker {
     /// Starts mosquitto in `dir` with the given password users (plus [`IT_USER`]) and
     /// client-certificate names.
     pub fn start(dir: &Path, users: &[(&str, &str)], cert_clients: &[&str]) -> Self {
+        // Each gateway may only touch its own subtree; IT may touch all of them.
+        let acl = format!(
+            "user {it}\ntopic readwrite vitalgate/#\n\npattern readwrite vitalgate/%u/#\n",
+            it = IT_USER.0
+        );
+        Self::start_with(dir, users, cert_clients, &acl, "")
+    }
+
+    /// Like [`Broker::start`], with an ACL file and extra `mosquitto.conf` lines of the
+    /// caller's (the benchmark's gateways share one user and are told apart by client id).
+    pub fn start_with(
+        dir: &Path,
+        users: &[(&str, &str)],
+        cert_clients: &[&str],
+        acl: &str,
+        extra_conf: &str,
+    ) -> Self {
         std::fs::create_dir_all(dir).expect("broker dir");
         make_certs(dir, cert_clients);
         let passwd = dir.join("passwd");
@@ -152,16 +170,12 @@ impl Broker {
                 .arg(p));
         }
         set_private(&passwd);
-        // Each gateway may only touch its own subtree; IT may touch all of them.
-        let acl = format!(
-            "user {it}\ntopic readwrite vitalgate/#\n\npattern readwrite vitalgate/%u/#\n",
-            it = IT_USER.0
-        );
         std::fs::write(dir.join("acl"), acl).expect("acl");
         let mut b = Self {
             dir: dir.to_owned(),
             port: free_port(),
             mtls_port: free_port(),
+            extra_conf: extra_conf.to_owned(),
             child: None,
         };
         b.write_conf();
@@ -178,9 +192,10 @@ impl Broker {
              max_keepalive 65535\n\
              listener {p} 127.0.0.1\ncafile {d}/ca.crt\ncertfile {d}/server.crt\nkeyfile {d}/server.key\n\
              listener {m} 127.0.0.1\ncafile {d}/ca.crt\ncertfile {d}/server.crt\nkeyfile {d}/server.key\n\
-             require_certificate true\nuse_identity_as_username true\n",
+             require_certificate true\nuse_identity_as_username true\n{extra}",
             p = self.port,
-            m = self.mtls_port
+            m = self.mtls_port,
+            extra = self.extra_conf,
         );
         std::fs::write(self.dir.join("mosquitto.conf"), conf).expect("mosquitto.conf");
     }

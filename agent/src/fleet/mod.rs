@@ -68,12 +68,11 @@ impl std::fmt::Debug for Hooks {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnectionEvent {
     /// CONNACK received.
-    Connected {
-        session_present: bool,
-    },
+    Connected { session_present: bool },
     /// Subscriptions acknowledged; publishing.
     Ready,
-    Lost,
+    /// The connection was lost or an attempt failed; the next attempt is in `retry_in`.
+    Lost { retry_in: Duration },
 }
 
 /// Everything [`run`] needs.
@@ -376,10 +375,10 @@ impl<S: FleetStore> Connection<S> {
                     None => break,
                     Some(Polled::Event(ev)) => self.on_event(*ev).await,
                     Some(Polled::Lost { error, wait }) => {
+                        self.observe(ConnectionEvent::Lost { retry_in: wait });
                         if self.connected {
                             self.ctx.counters.reconnects.fetch_add(1, Ordering::Relaxed);
                             tracing::warn!(%error, "Fleet broker connection lost.");
-                            self.observe(ConnectionEvent::Lost);
                         } else {
                             tracing::debug!(%error, "Fleet broker connect failed.");
                         }
