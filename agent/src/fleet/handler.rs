@@ -477,3 +477,285 @@ impl LastCommand {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::path::PathBuf;
+    use std::sync::Mutex;
+    use std::time::Instant;
+
+    use tokio::sync::{Notify, watch};
+    use tokio_util::sync::CancellationToken;
+    use vitalgate_drivers::Transport;
+
+    use super::*;
+    use crate::clock::SystemClock;
+    use crate::config::LogFilter;
+    use crate::fleet::command::PatientRef;
+    use crate::fleet::desired::Binding;
+    use crate::fleet::status::FleetStatus;
+    use crate::fleet::store::OutEvent;
+    use crate::fleet::topics::Topics;
+    use crate::fleet::{Counters, Hooks, RuntimeState};
+    use crate::store::{StoreError, StoreStatus};
+
+    /// The store as a few maps; enough to check the handler's decisions.
+    #[derive(Default)]
+    struct MemStore {
+        commands: Mutex<HashMap<String, (String, String)>>,
+        bindings: Mutex<HashMap<(String, i64), String>>,
+        config: Mutex<Option<(u64, String)>>,
+        events: Mutex<Vec<String>>,
+    }
+
+    impl FleetStore for MemStore {
+        async fn admit_command(
+            &self,
+            id: &str,
+            _: &str,
+            _: i64,
+            status: &str,
+            reason: &str,
+        ) -> Result<Admission, StoreError> {
+            let mut c = self.commands.lock().expect("lock");
+            if let Some((s, r)) = c.get(id) {
+                return Ok(Admission::Seen {
+                    status: s.clone(),
+                    reason: r.clone(),
+                });
+            }
+            c.insert(id.into(), (status.into(), reason.into()));
+            Ok(Admission::New)
+        }
+        async fn finish_command(&self, id: &str, s: &str, r: &str) -> Result<(), StoreError> {
+            self.commands
+                .lock()
+                .expect("lock")
+                .insert(id.into(), (s.into(), r.into()));
+            Ok(())
+        }
+        async fn bind(
+            &self,
+            _: Transport,
+            address: &str,
+            user: i64,
+            p: &PatientRef,
+            _: &str,
+        ) -> Result<(), StoreError> {
+            self.bindings
+                .lock()
+                .expect("lock")
+                .insert((address.into(), user), p.expose().into());
+            Ok(())
+        }
+        async fn unbind(
+            &self,
+            _: Transport,
+            address: &str,
+            user: i64,
+            _: &str,
+        ) -> Result<bool, StoreError> {
+            Ok(self
+                .bindings
+                .lock()
+                .expect("lock")
+                .remove(&(address.into(), user))
+                .is_some())
+        }
+        async fn open_pairing_window(&self, _: &str, _: i64) -> Result<(), StoreError> {
+            Ok(())
+        }
+        async fn applied_config(&self) -> Result<Option<(u64, String)>, StoreError> {
+            Ok(self.config.lock().expect("lock").clone())
+        }
+        async fn apply_config(
+            &self,
+            v: u64,
+            d: String,
+            _: Option<Vec<Binding>>,
+        ) -> Result<(), StoreError> {
+            *self.config.lock().expect("lock") = Some((v, d));
+            Ok(())
+        }
+        async fn record_event(&self, e: NewEvent) -> Result<(), StoreError> {
+            self.events.lock().expect("lock").push(e.kind);
+            Ok(())
+        }
+        async fn pending_events(&self, _: usize) -> Result<Vec<OutEvent>, StoreError> {
+            Ok(Vec::new())
+        }
+        async fn mark_events_published(&self, _: i64) -> Result<(), StoreError> {
+            Ok(())
+        }
+        async fn snapshot(&self) -> Result<StoreStatus, StoreError> {
+            Ok(StoreStatus::default())
+        }
+    }
+
+    fn no_log(_: &LogFilter) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn context() -> Context<MemStore> {
+        let gateway: crate::config::GatewayId = "gw-t".parse().expect("id");
+        Context {
+            topics: Topics::new(&gateway),
+            gateway,
+            store: Arc::new(MemStore::default()),
+            hooks: Hooks {
+                restart: CancellationToken::new(),
+                sync_now: Arc::new(Notify::new()),
+                clock: Arc::new(SystemClock::new()),
+                set_log_level: no_log,
+            },
+            started: Instant::now(),
+            counters: Counters::default(),
+            runtime: Mutex::new(RuntimeState::default()),
+            telemetry_interval: watch::channel(Duration::from_secs(60)).0,
+            errors: Mutex::new(VecDeque::new()),
+            status: Mutex::new(FleetStatus::default()),
+            state_dir: None::<PathBuf>,
+        }
+    }
+
+    /// Runs one inbound message and returns the (topic, status) of every publish.
+    async fn handle(ctx: &Context<MemStore>, msg: Inbound) -> Vec<(String, serde_json::Value)> {
+        let (tx, mut rx) = mpsc::channel(64);
+        match msg {
+            Inbound::Desired { payload } => desired_config(ctx, &tx, &payload).await,
+            Inbound::Command {
+                id,
+                payload,
+                redelivered,
+            } => command(ctx, &tx, &id, &payload, redelivered).await,
+        }
+        drop(tx);
+        let mut out = Vec::new();
+        while let Some(o) = rx.recv().await {
+            if let Outbound::Publish { topic, payload, .. } = o {
+                out.push((topic, serde_json::from_slice(&payload).expect("json")));
+            }
+        }
+        out
+    }
+
+    fn cmd(id: &str, body: serde_json::Value, redelivered: bool) -> Inbound {
+        Inbound::Command {
+            id: id.into(),
+            payload: body.to_string().into_bytes(),
+            redelivered,
+        }
+    }
+
+    fn later() -> String {
+        format_rfc3339(SystemTime::now() + Duration::from_secs(600))
+    }
+
+    #[tokio::test]
+    async fn a_command_runs_once_and_replays_are_refused() {
+        let ctx = context();
+        let bind = json!({"type": "bind", "expires_at": later(),
+            "device": {"transport": "ble", "address": "00:1C:05:FF:E8:74"}, "patient_ref": "pr-1"});
+        let out = handle(&ctx, cmd("c1", bind.clone(), false)).await;
+        let statuses: Vec<&str> = out
+            .iter()
+            .map(|(_, v)| v["status"].as_str().expect("status"))
+            .collect();
+        assert_eq!(statuses, ["accepted", "running", "succeeded"]);
+        assert!(out.iter().all(|(t, _)| t == "vitalgate/gw-t/cmd/c1/result"));
+        assert!(out.iter().all(|(_, v)| !v.to_string().contains("pr-1")));
+
+        // The same id again, now as an unbind: refused, and the binding stays.
+        let unbind = json!({"type": "unbind", "expires_at": later(),
+            "device": {"transport": "ble", "address": "00:1C:05:FF:E8:74"}});
+        let out = handle(&ctx, cmd("c1", unbind.clone(), false)).await;
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].1["status"], "failed");
+        assert_eq!(out[0].1["detail"]["original"]["status"], "succeeded");
+        assert_eq!(ctx.store.bindings.lock().expect("lock").len(), 1);
+
+        // A retained or QoS 1 redelivery of a known id is ignored silently.
+        assert!(handle(&ctx, cmd("c1", unbind, true)).await.is_empty());
+        assert_eq!(ctx.counters.commands.load(Ordering::Relaxed), 3);
+    }
+
+    #[tokio::test]
+    async fn refused_commands_are_recorded_so_they_are_not_run_later() {
+        let ctx = context();
+        let expired = json!({"type": "sync-now", "expires_at": "2020-01-01T00:00:00Z"});
+        let out = handle(&ctx, cmd("old", expired, false)).await;
+        assert_eq!(out.len(), 1);
+        assert!(
+            out[0].1["reason"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("expired"))
+        );
+        // A fresh expiry on the same id does not make it runnable.
+        let fresh = json!({"type": "sync-now", "expires_at": later()});
+        let out = handle(&ctx, cmd("old", fresh, false)).await;
+        assert!(
+            out[0].1["reason"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("replayed"))
+        );
+        // A bad id is answered but not recorded.
+        let out = handle(&ctx, cmd("bad id", json!({}), false)).await;
+        assert_eq!(out[0].1["status"], "failed");
+        assert!(
+            !ctx.store
+                .commands
+                .lock()
+                .expect("lock")
+                .contains_key("bad id")
+        );
+    }
+
+    #[tokio::test]
+    async fn desired_versions_only_move_forward_and_rejections_keep_the_running_one() {
+        let ctx = context();
+        let doc = |v: u64, extra: serde_json::Value| {
+            let mut d = json!({"version": v});
+            if let (Some(o), Some(e)) = (d.as_object_mut(), extra.as_object()) {
+                o.extend(e.clone());
+            }
+            Inbound::Desired {
+                payload: d.to_string().into_bytes(),
+            }
+        };
+        let out = handle(
+            &ctx,
+            doc(
+                2,
+                json!({"telemetry_interval": "5s", "pairing": {"mode": "allowlist-only"}}),
+            ),
+        )
+        .await;
+        assert_eq!(out[0].0, "vitalgate/gw-t/config/reported");
+        assert_eq!(out[0].1["status"], "applied");
+        assert_eq!(ctx.config_version(), Some(2));
+        assert_eq!(*ctx.telemetry_interval.borrow(), Duration::from_secs(5));
+
+        let out = handle(&ctx, doc(3, json!({"telemetry_interval": "1ms"}))).await;
+        assert_eq!(out[0].1["status"], "rejected");
+        assert_eq!(out[0].1["applied_version"], 2);
+        assert_eq!(ctx.config_version(), Some(2));
+        assert_eq!(*ctx.telemetry_interval.borrow(), Duration::from_secs(5));
+
+        let out = handle(&ctx, doc(1, json!({}))).await;
+        assert_eq!(out[0].1["status"], "rejected");
+        assert!(
+            out[0].1["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("older"))
+        );
+
+        let out = handle(&ctx, doc(2, json!({}))).await;
+        assert_eq!(
+            out[0].1["status"], "applied",
+            "the same version is re-reported"
+        );
+        let events = ctx.store.events.lock().expect("lock").clone();
+        assert_eq!(events, ["config-applied", "config-rejected"]);
+    }
+}
