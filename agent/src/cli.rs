@@ -40,6 +40,8 @@ enum Command {
         /// How many stored records the simulated cuff holds.
         #[arg(long, default_value_t = 48)]
         records: u32,
+        #[command(flatten)]
+        fleet: DemoFleetArgs,
     },
     /// Show reading counts, backlog, devices and alarms from the store.
     Status {
@@ -80,6 +82,18 @@ enum ConfigCommand {
     Check,
 }
 
+/// `demo --mqtt`: connect the demo gateway to a broker and keep running until Ctrl-C.
+#[derive(Debug, Args)]
+struct DemoFleetArgs {
+    /// Broker to connect the demo gateway to, e.g. mqtt://127.0.0.1:1883 (watch it with
+    /// `mosquitto_sub -t 'vitalgate/#' -v`). The demo then runs until interrupted.
+    #[arg(long, value_name = "URL")]
+    mqtt: Option<vitalgate::config::BrokerUrl>,
+    /// Gateway id for the demo's topics (default: the configured one).
+    #[arg(long, value_name = "ID", requires = "mqtt")]
+    gateway_id: Option<vitalgate::config::GatewayId>,
+}
+
 #[derive(Debug, Args)]
 struct StateDirArg {
     /// State directory (the store and, for the demo, its key).
@@ -95,15 +109,23 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
             let config = load_config(cli.config.as_deref(), Required::Yes)?;
             vitalgate::logging::init(&config.log);
             let keying = find_key(&config, &s.state_dir, CreateKey::No)?;
-            runtime()?.block_on(async {
+            let summary = runtime()?.block_on(async {
                 Supervisor::new(config, s.state_dir, keying)
                     .stop_when(StopWhen::Signal)
                     .run()
                     .await
             })?;
+            if summary.restart_requested {
+                // Non-zero on purpose: the unit restarts the agent on failure only.
+                return Ok(exit::TEMPFAIL);
+            }
             Ok(exit::OK)
         }
-        Command::Demo { state, records } => demo(cli.config.as_deref(), &state.state_dir, records),
+        Command::Demo {
+            state,
+            records,
+            fleet,
+        } => demo(cli.config.as_deref(), &state.state_dir, records, fleet),
         Command::Status {
             state,
             json,
@@ -283,12 +305,16 @@ fn status(explicit: Option<&Path>, state_dir: &Path, json: bool, verify: bool) -
         store::verify(&path, &keying)?;
     }
     let status = StoreReader::open(&path, &keying)?.status()?;
+    let fleet = vitalgate::fleet::status::read(state_dir)
+        .with_context(|| format!("cannot read the fleet state in {}", state_dir.display()))?;
     if json {
         let mut v = serde_json::to_value(&status)?;
         v["verified"] = serde_json::Value::Bool(verify);
+        v["fleet"] = serde_json::to_value(&fleet)?;
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print_status(&status);
+        print_fleet(fleet.as_ref());
         if verify {
             println!("Integrity: every page verified.");
         }
@@ -359,16 +385,77 @@ fn print_status(s: &StoreStatus) {
     }
 }
 
-fn demo(explicit: Option<&Path>, state_dir: &Path, records: u32) -> Result<u8> {
-    let config = load_config(explicit, Required::IfPresent)?;
+fn print_fleet(fleet: Option<&vitalgate::fleet::status::FleetStatus>) {
+    let Some(f) = fleet else {
+        println!("Fleet:    not connected to a broker (no [fleet] broker, or never run)");
+        return;
+    };
+    println!(
+        "Fleet:    {} to {} as {} since {} ({} reconnects), config version {}",
+        f.connection,
+        f.broker,
+        f.gateway_id,
+        f.since,
+        f.reconnects,
+        f.config_version
+            .map_or_else(|| "none".to_owned(), |v| v.to_string())
+    );
+    if let Some(e) = &f.last_error {
+        println!("  last error: {e}");
+    }
+    match &f.last_command {
+        Some(c) => println!(
+            "  last command: {} {} {} at {}{}",
+            c.id,
+            c.kind,
+            c.status,
+            c.at,
+            if c.reason.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", c.reason)
+            }
+        ),
+        None => println!("  last command: none"),
+    }
+}
+
+fn demo(
+    explicit: Option<&Path>,
+    state_dir: &Path,
+    records: u32,
+    fleet: DemoFleetArgs,
+) -> Result<u8> {
+    let mut config = load_config(explicit, Required::IfPresent)?;
+    let watch_broker = fleet.mqtt.is_some();
+    if let Some(url) = fleet.mqtt {
+        config.fleet.broker = Some(url);
+        // A newcomer watching the topics should not wait a minute for the first figures.
+        config.fleet.telemetry_interval = Duration::from_secs(5);
+        config.fleet.reconnect_min = Duration::from_secs(1);
+    }
+    if let Some(id) = fleet.gateway_id {
+        config.gateway.id = id;
+    }
     vitalgate::logging::init(&config.log);
     let keying = find_key(&config, state_dir, CreateKey::Yes)?;
     println!("Vitalgate demo: state in {}", state_dir.display());
     let cuff = BpCuffMemory::new("00:1C:05:FF:E8:74", records);
+    if watch_broker {
+        println!(
+            "Connecting to the broker as gateway {}; watch with: mosquitto_sub -t 'vitalgate/{}/#' -v. \
+             Ctrl-C stops the demo.",
+            config.gateway.id, config.gateway.id
+        );
+    }
     let summary = runtime()?.block_on(async {
         Supervisor::new(config.clone(), state_dir.to_owned(), keying.clone())
             .with_source(Box::new(SimulatedCuff { memory: cuff }))
-            .stop_when(StopWhen::SourcesDone)
+            .stop_when(if watch_broker {
+                StopWhen::Signal
+            } else {
+                StopWhen::SourcesDone
+            })
             .run()
             .await
     })?;

@@ -8,6 +8,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod fleet;
 pub mod logging;
 pub mod serial;
 pub mod store;

@@ -90,6 +90,9 @@ impl std::fmt::Debug for Supervisor {
 pub struct RunSummary {
     pub store_path: PathBuf,
     pub sources_failed: usize,
+    /// Fleet management asked for a restart (the `restart` command): exit non-zero so the
+    /// service manager starts the agent again.
+    pub restart_requested: bool,
 }
 
 impl Supervisor {
@@ -158,6 +161,34 @@ impl Supervisor {
             tracker.spawn(watchdog(store.clone(), period, cancel.child_token()));
         }
 
+        let restart = CancellationToken::new();
+        if c.fleet.broker.is_some() {
+            let setup = crate::fleet::FleetSetup {
+                gateway: c.gateway.id.clone(),
+                client_id: c.gateway.id.to_string(),
+                config: c.fleet.clone(),
+                credentials_dir: std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
+                state_dir: Some(self.state_dir.clone()),
+                store: Arc::new(crate::fleet::store::SqlFleetStore::new(
+                    store.clone(),
+                    self.keying.clone(),
+                )),
+                hooks: crate::fleet::Hooks {
+                    restart: restart.clone(),
+                    sync_now: Arc::new(tokio::sync::Notify::new()),
+                    clock: self.clock.clone(),
+                    set_log_level: crate::logging::set_filter,
+                },
+                observer: None,
+            };
+            let fleet_cancel = cancel.child_token();
+            tracker.spawn(async move {
+                if let Err(error) = crate::fleet::run(setup, fleet_cancel).await {
+                    tracing::error!(%error, "Fleet management cannot start.");
+                }
+            });
+        }
+
         let sources = TaskTracker::new();
         let failed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut all_sources = self.sources;
@@ -194,6 +225,7 @@ impl Supervisor {
             tokio::select! {
                 _ = sigterm.recv() => { tracing::info!("SIGTERM received, shutting down."); break; }
                 _ = sigint.recv() => { tracing::info!("SIGINT received, shutting down."); break; }
+                _ = restart.cancelled() => { tracing::info!("Restart requested, shutting down."); break; }
                 _ = &mut sources_done, if !sources_finished => {
                     sources_finished = true;
                     if self.stop_when == StopWhen::SourcesDone {
@@ -224,6 +256,7 @@ impl Supervisor {
         Ok(RunSummary {
             store_path,
             sources_failed: failed.load(std::sync::atomic::Ordering::Relaxed),
+            restart_requested: restart.is_cancelled(),
         })
     }
 }

@@ -5,6 +5,7 @@
 //! configured inline: the file only says where to find them.
 
 pub mod serial;
+pub mod fleet;
 pub mod types;
 
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
 
 pub use serial::{LinePolicy, SerialConfig, StreamConfig, UsbId};
+pub use fleet::FleetConfig;
 pub use types::{BrokerUrl, BtAddr, EndpointUrl, GatewayId, LogFilter, Name};
 
 /// Where the configuration lives unless `--config` says otherwise.
@@ -168,14 +170,6 @@ impl Default for SupervisorConfig {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         }
     }
-}
-
-/// `[fleet]`: MQTT fleet management. Unset broker: fleet management is off.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct FleetConfig {
-    /// e.g. "mqtts://broker.example.org:8883".
-    pub broker: Option<BrokerUrl>,
 }
 
 /// `[ble]`
@@ -344,6 +338,7 @@ impl Config {
                 ));
             }
         }
+        self.fleet.validate()?;
         let mut seen = std::collections::BTreeSet::new();
         for d in &self.destinations {
             if !seen.insert(d.id.clone()) {

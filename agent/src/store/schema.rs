@@ -108,6 +108,38 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (device_id, stream)
     ) WITHOUT ROWID;
     "#,
+    // 1 -> 2: fleet management (additive: new tables only).
+    r#"
+    -- Every command id received over MQTT, kept until its expiry so that a replayed id is
+    -- refused across restarts; after that the expiry check refuses it. `reason` never holds
+    -- patient data (it is published).
+    CREATE TABLE fleet_commands (
+        id          TEXT    PRIMARY KEY,
+        type        TEXT    NOT NULL,
+        received_ms INTEGER NOT NULL,
+        expires_ms  INTEGER NOT NULL,
+        status      TEXT    NOT NULL,
+        reason      TEXT    NOT NULL DEFAULT '',
+        updated_ms  INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX fleet_commands_expiry ON fleet_commands (expires_ms);
+
+    -- The desired configuration document last applied (one row), as received.
+    CREATE TABLE fleet_config (
+        id         INTEGER PRIMARY KEY CHECK (id = 1),
+        version    INTEGER NOT NULL,
+        document   TEXT    NOT NULL,
+        applied_ms INTEGER NOT NULL
+    );
+
+    -- Pairing windows opened by command; pairing itself reads the latest.
+    CREATE TABLE pairing_windows (
+        id         INTEGER PRIMARY KEY,
+        opened_ms  INTEGER NOT NULL,
+        until_ms   INTEGER NOT NULL,
+        command_id TEXT    NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -242,8 +242,20 @@ enum Command {
     Ping {
         reply: oneshot::Sender<()>,
     },
+    /// SQL of another module (fleet management) run in the writer's transaction. It may run
+    /// twice (once together with its neighbours, again in a savepoint of its own if one of
+    /// them failed), so it is `Fn`, and all it changes is rolled back with the transaction.
+    Exec {
+        op: ExecFn,
+        reply: oneshot::Sender<Result<serde_json::Value, StoreError>>,
+    },
     Shutdown,
 }
+
+/// A statement group for [`StoreHandle::exec`]: gets the connection (inside the open
+/// transaction) and the writer's `now`, and returns a JSON answer.
+pub type ExecFn =
+    Box<dyn Fn(&Connection, i64) -> rusqlite::Result<serde_json::Value> + Send + 'static>;
 
 impl Command {
     fn readings(&self) -> usize {
@@ -272,6 +284,7 @@ impl std::fmt::Debug for Command {
             Command::Audit { .. } => "Audit",
             Command::Housekeeping { .. } => "Housekeeping",
             Command::Ping { .. } => "Ping",
+            Command::Exec { .. } => "Exec",
             Command::Shutdown => "Shutdown",
         };
         f.write_str(name)
@@ -359,6 +372,17 @@ impl StoreHandle {
             .await
             .map_err(|_| StoreError::WriterStopped)?;
         rx.await.map_err(|_| StoreError::WriterStopped)
+    }
+
+    /// Runs `op` inside a store transaction on the writer thread and returns its answer once
+    /// the transaction is durable. For modules that keep tables of their own in the store
+    /// (fleet management's commands and desired config) without a request type each here.
+    pub async fn exec(
+        &self,
+        op: impl Fn(&Connection, i64) -> rusqlite::Result<serde_json::Value> + Send + 'static,
+    ) -> Result<serde_json::Value, StoreError> {
+        let op: ExecFn = Box::new(op);
+        self.request(|reply| Command::Exec { op, reply }).await
     }
 
     /// Asks the writer to commit everything queued before this call, then stop.
@@ -699,6 +723,10 @@ enum Pending {
         oneshot::Sender<Result<usize, StoreError>>,
         Result<usize, StoreError>,
     ),
+    Value(
+        oneshot::Sender<Result<serde_json::Value, StoreError>>,
+        Result<serde_json::Value, StoreError>,
+    ),
     Unit(
         oneshot::Sender<Result<(), StoreError>>,
         Result<(), StoreError>,
@@ -713,6 +741,9 @@ impl Pending {
                 let _ = tx.send(Err(e()));
             }
             Pending::Count(tx, _) => {
+                let _ = tx.send(Err(e()));
+            }
+            Pending::Value(tx, _) => {
                 let _ = tx.send(Err(e()));
             }
             Pending::Unit(tx, _) => {
@@ -732,6 +763,9 @@ impl Pending {
             Pending::Count(tx, r) => {
                 let _ = tx.send(r);
             }
+            Pending::Value(tx, r) => {
+                let _ = tx.send(r);
+            }
             Pending::Unit(tx, r) => {
                 let _ = tx.send(r);
             }
@@ -746,6 +780,7 @@ impl Pending {
 enum Done {
     Receipt(CommitReceipt),
     Count(usize),
+    Value(serde_json::Value),
     Unit,
 }
 
@@ -756,14 +791,21 @@ fn pending_reply(c: Command, r: Result<Done, StoreError>) -> Option<Pending> {
             reply,
             r.map(|d| match d {
                 Done::Receipt(receipt) => receipt,
-                Done::Count(_) | Done::Unit => CommitReceipt::default(),
+                Done::Count(_) | Done::Value(_) | Done::Unit => CommitReceipt::default(),
             }),
         ),
         Command::MarkDelivered { reply, .. } => Pending::Count(
             reply,
             r.map(|d| match d {
                 Done::Count(n) => n,
-                Done::Receipt(_) | Done::Unit => 0,
+                Done::Receipt(_) | Done::Value(_) | Done::Unit => 0,
+            }),
+        ),
+        Command::Exec { reply, .. } => Pending::Value(
+            reply,
+            r.map(|d| match d {
+                Done::Value(v) => v,
+                Done::Receipt(_) | Done::Count(_) | Done::Unit => serde_json::Value::Null,
             }),
         ),
         Command::Event { reply, .. } | Command::Audit { reply, .. } => {
@@ -1035,6 +1077,9 @@ impl Writer {
             } => self
                 .insert_audit(actor, action, detail, now)
                 .map(|()| Done::Unit),
+            Command::Exec { op, .. } => op(&self.conn, now)
+                .map(Done::Value)
+                .map_err(|e| StoreError::from_sqlite(&self.opts.path, "fleet request", e)),
             Command::Ping { .. } | Command::Housekeeping { .. } | Command::Shutdown => {
                 Ok(Done::Unit)
             }
@@ -1471,6 +1516,9 @@ fn fail_command(c: Command, e: &dyn Fn() -> StoreError) {
         }
         Command::Ping { reply } => {
             let _ = reply.send(());
+        }
+        Command::Exec { reply, .. } => {
+            let _ = reply.send(Err(e()));
         }
         Command::Shutdown => {}
     }

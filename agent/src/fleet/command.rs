@@ -1,0 +1,607 @@
+//! The command wire format, parsed and validated without I/O.
+//!
+//! IT publishes `{"type": "...", "expires_at": "<RFC 3339>", ...}` to
+//! `vitalgate/<gateway>/cmd/<command-id>`; the gateway answers on `.../cmd/<id>/result`
+//! (retained) with `{"status": "accepted" | "running" | "succeeded" | "failed", "reason":
+//! "..."}`. Parsing never panics: every way a payload can be wrong has a reason that is
+//! published back to IT. A reason never repeats payload text that could carry patient data
+//! (a patient reference is named by its field, never by its value).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use vitalgate_drivers::Transport;
+
+use crate::config::{BtAddr, LogFilter};
+
+/// Largest command payload accepted; anything bigger is refused before parsing.
+pub const MAX_PAYLOAD: usize = 16 * 1024;
+/// Furthest in the future a command may expire. Seen ids are kept until they expire, so this
+/// bounds how long the gateway remembers them.
+pub const MAX_EXPIRY_HORIZON: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Longest pairing window a command may open.
+pub const MAX_PAIRING_WINDOW_S: u32 = 3600;
+
+/// A command id: 1 to 64 of `[A-Za-z0-9._-]`, the last level of its topic.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct CommandId(String);
+
+impl CommandId {
+    pub fn parse(s: &str) -> Result<Self, CommandError> {
+        let ok = !s.is_empty()
+            && s.len() <= 64
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(CommandError::BadId)
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A device as commands name it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceRef {
+    /// "ble" or "serial".
+    pub transport: String,
+    /// BLE: "AA:BB:CC:DD:EE:FF". Serial: the stable port name or VID:PID plus serial.
+    pub address: String,
+}
+
+impl DeviceRef {
+    /// Checks the transport and normalises a BLE address to upper case.
+    pub fn validate(&self) -> Result<(Transport, String), String> {
+        let transport = Transport::parse(&self.transport).ok_or_else(|| {
+            format!(
+                "device.transport {:?} is not \"ble\" or \"serial\"",
+                truncate(&self.transport)
+            )
+        })?;
+        let address = match transport {
+            Transport::Ble => self
+                .address
+                .parse::<BtAddr>()
+                .map_err(|_| "device.address is not a Bluetooth address".to_owned())?
+                .to_string(),
+            Transport::Serial => {
+                if self.address.is_empty() || self.address.len() > 256 {
+                    return Err("device.address must be 1 to 256 characters".into());
+                }
+                self.address.clone()
+            }
+        };
+        Ok((transport, address))
+    }
+}
+
+/// An opaque patient reference: only the FHIR side can resolve it. It is written to the
+/// encrypted store and never published, logged at info, or echoed in a reason.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PatientRef(String);
+
+impl PatientRef {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let ok = !s.is_empty()
+            && s.len() <= 128
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '/'));
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err("patient_ref must be 1 to 128 of A-Z, a-z, 0-9, '.', '_', '-', ':', '/'".into())
+        }
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for PatientRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PatientRef(<redacted>)")
+    }
+}
+
+/// A user of a multi-user device: 0 to 254, or every user when absent.
+pub fn user_index(v: Option<i64>) -> Result<i64, String> {
+    match v {
+        None => Ok(-1),
+        Some(i) if (0..=254).contains(&i) => Ok(i),
+        Some(_) => Err("user_index must be between 0 and 254".into()),
+    }
+}
+
+/// What a command asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CommandKind {
+    SyncNow,
+    OpenPairingWindow {
+        seconds: u32,
+    },
+    Bind {
+        transport: Transport,
+        address: String,
+        user_index: i64,
+        patient: PatientRef,
+    },
+    Unbind {
+        transport: Transport,
+        address: String,
+        user_index: i64,
+    },
+    SetLogLevel {
+        level: LogFilter,
+    },
+    Restart,
+    Diagnostics,
+}
+
+impl CommandKind {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            CommandKind::SyncNow => "sync-now",
+            CommandKind::OpenPairingWindow { .. } => "open-pairing-window",
+            CommandKind::Bind { .. } => "bind",
+            CommandKind::Unbind { .. } => "unbind",
+            CommandKind::SetLogLevel { .. } => "set-log-level",
+            CommandKind::Restart => "restart",
+            CommandKind::Diagnostics => "diagnostics",
+        }
+    }
+}
+
+/// The command types this gateway knows, for error messages and the README.
+pub const COMMAND_TYPES: &[&str] = &[
+    "sync-now",
+    "open-pairing-window",
+    "bind",
+    "unbind",
+    "set-log-level",
+    "restart",
+    "diagnostics",
+];
+
+/// A valid, unexpired command.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Command {
+    pub id: CommandId,
+    pub expires_at: SystemTime,
+    pub kind: CommandKind,
+}
+
+/// Why a command was refused. The text is the published reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    #[error("command id must be 1 to 64 of A-Z, a-z, 0-9, '.', '_' and '-'")]
+    BadId,
+    #[error("payload is {0} bytes; at most {MAX_PAYLOAD} are accepted")]
+    TooLarge(usize),
+    #[error("malformed payload: {0}")]
+    Malformed(String),
+    #[error("unknown command type {0:?}; known types: {types}", types = COMMAND_TYPES.join(", "))]
+    UnknownType(String),
+    #[error("invalid {kind} command: {detail}")]
+    Invalid { kind: &'static str, detail: String },
+    #[error("expired at {0}")]
+    Expired(String),
+    #[error("expires_at is more than {days} days ahead; commands must expire sooner", days = MAX_EXPIRY_HORIZON.as_secs() / 86400)]
+    TooFarAhead,
+}
+
+/// The type name of a payload, when it has one, for results of commands that failed to
+/// parse further. Only a known type name is returned (never arbitrary text).
+pub fn known_type_of(payload: &[u8]) -> Option<&'static str> {
+    let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    let t = v.get("type")?.as_str()?;
+    COMMAND_TYPES.iter().copied().find(|k| *k == t)
+}
+
+/// Parses and validates one command. `now` is the gateway's wall clock.
+pub fn parse(id: &str, payload: &[u8], now: SystemTime) -> Result<Command, CommandError> {
+    let id = CommandId::parse(id)?;
+    if payload.len() > MAX_PAYLOAD {
+        return Err(CommandError::TooLarge(payload.len()));
+    }
+    let value: serde_json::Value = serde_json::from_slice(payload).map_err(|e| {
+        CommandError::Malformed(format!(
+            "not JSON (line {} column {})",
+            e.line(),
+            e.column()
+        ))
+    })?;
+    let serde_json::Value::Object(mut fields) = value else {
+        return Err(CommandError::Malformed("not a JSON object".into()));
+    };
+    let kind = match fields.remove("type") {
+        Some(serde_json::Value::String(t)) => t,
+        Some(_) => return Err(CommandError::Malformed("\"type\" is not a string".into())),
+        None => return Err(CommandError::Malformed("\"type\" is missing".into())),
+    };
+    let Some(&kind) = COMMAND_TYPES.iter().find(|k| **k == kind) else {
+        return Err(CommandError::UnknownType(truncate(&kind)));
+    };
+    let expires_at = match fields.remove("expires_at") {
+        Some(serde_json::Value::String(t)) => parse_rfc3339(&t).map_err(|e| {
+            CommandError::Malformed(format!("\"expires_at\" is not an RFC 3339 time: {e}"))
+        })?,
+        Some(_) => {
+            return Err(CommandError::Malformed(
+                "\"expires_at\" is not a string".into(),
+            ));
+        }
+        None => return Err(CommandError::Malformed("\"expires_at\" is missing".into())),
+    };
+    if expires_at <= now {
+        return Err(CommandError::Expired(format_rfc3339(expires_at)));
+    }
+    if expires_at > now + MAX_EXPIRY_HORIZON {
+        return Err(CommandError::TooFarAhead);
+    }
+    let rest = serde_json::Value::Object(fields);
+    let invalid = |detail: String| CommandError::Invalid { kind, detail };
+    let kind = match kind {
+        "sync-now" => {
+            no_fields(&rest).map_err(invalid)?;
+            CommandKind::SyncNow
+        }
+        "restart" => {
+            no_fields(&rest).map_err(invalid)?;
+            CommandKind::Restart
+        }
+        "diagnostics" => {
+            no_fields(&rest).map_err(invalid)?;
+            CommandKind::Diagnostics
+        }
+        "open-pairing-window" => {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct F {
+                seconds: u32,
+            }
+            let f: F = fields_of(rest).map_err(invalid)?;
+            if f.seconds == 0 || f.seconds > MAX_PAIRING_WINDOW_S {
+                return Err(invalid(format!(
+                    "seconds must be between 1 and {MAX_PAIRING_WINDOW_S}"
+                )));
+            }
+            CommandKind::OpenPairingWindow { seconds: f.seconds }
+        }
+        "bind" => {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct F {
+                device: DeviceRef,
+                user_index: Option<i64>,
+                patient_ref: String,
+            }
+            let f: F = fields_of(rest).map_err(invalid)?;
+            let (transport, address) = f.device.validate().map_err(invalid)?;
+            CommandKind::Bind {
+                transport,
+                address,
+                user_index: user_index(f.user_index).map_err(invalid)?,
+                patient: PatientRef::parse(&f.patient_ref).map_err(invalid)?,
+            }
+        }
+        "unbind" => {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct F {
+                device: DeviceRef,
+                user_index: Option<i64>,
+            }
+            let f: F = fields_of(rest).map_err(invalid)?;
+            let (transport, address) = f.device.validate().map_err(invalid)?;
+            CommandKind::Unbind {
+                transport,
+                address,
+                user_index: user_index(f.user_index).map_err(invalid)?,
+            }
+        }
+        "set-log-level" => {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct F {
+                level: String,
+            }
+            let f: F = fields_of(rest).map_err(invalid)?;
+            let level = f
+                .level
+                .parse::<LogFilter>()
+                .map_err(|_| invalid("level is not a valid log filter".into()))?;
+            CommandKind::SetLogLevel { level }
+        }
+        _ => return Err(CommandError::UnknownType(kind.to_owned())),
+    };
+    Ok(Command {
+        id,
+        expires_at,
+        kind,
+    })
+}
+
+fn no_fields(rest: &serde_json::Value) -> Result<(), String> {
+    match rest.as_object() {
+        Some(m) if !m.is_empty() => {
+            let names: Vec<String> = m.keys().map(|k| truncate(k)).collect();
+            Err(format!("unexpected field(s): {}", names.join(", ")))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Deserializes the type-specific fields, naming the field that is wrong (never its value).
+fn fields_of<T: serde::de::DeserializeOwned>(rest: serde_json::Value) -> Result<T, String> {
+    serde_path_to_error::deserialize::<_, T>(rest).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        // serde_json's messages quote unexpected strings; keep only what names the problem.
+        let what = redact_serde_message(&inner);
+        if path == "." {
+            what
+        } else {
+            format!("{path}: {what}")
+        }
+    })
+}
+
+/// serde messages such as `invalid type: string "x", expected u32` quote the value; values
+/// may be anything a sender typed (a patient's name in the wrong field), so quoted values are
+/// cut out. Field names of `unknown field` / `missing field` messages are kept: they name
+/// the problem, and the list of expected fields is ours.
+pub(crate) fn redact_serde_message(m: &str) -> String {
+    let keep_ticks = m.starts_with("unknown field") || m.starts_with("missing field");
+    let mut out = String::with_capacity(m.len());
+    let mut quote: Option<char> = None;
+    for c in m.chars() {
+        match quote {
+            None if c == '"' || (c == '`' && !keep_ticks) => {
+                out.push(c);
+                out.push('…');
+                quote = Some(c);
+            }
+            Some(q) if c == q => {
+                out.push(c);
+                quote = None;
+            }
+            Some(_) => {}
+            None => out.push(c),
+        }
+    }
+    out
+}
+
+/// Caps echoed text (a type name, a field name) so a reason stays short.
+fn truncate(s: &str) -> String {
+    let mut t: String = s.chars().take(40).collect();
+    if t.len() < s.len() {
+        t.push('…');
+    }
+    t
+}
+
+/// Parses an RFC 3339 time: `Z` or a numeric offset, optional fraction.
+pub fn parse_rfc3339(s: &str) -> Result<SystemTime, String> {
+    if s.len() > 40 {
+        return Err("too long".into());
+    }
+    let (base, offset_s): (String, i64) = if let Some(b) = s.strip_suffix(['Z', 'z']) {
+        (format!("{b}Z"), 0)
+    } else {
+        // ±HH:MM at the end.
+        let n = s.len();
+        let bytes = s.as_bytes();
+        if n < 6 || !s.is_char_boundary(n - 6) || bytes[n - 3] != b':' {
+            return Err("missing time zone (Z or ±HH:MM)".into());
+        }
+        let sign = match bytes[n - 6] {
+            b'+' => 1,
+            b'-' => -1,
+            _ => return Err("missing time zone (Z or ±HH:MM)".into()),
+        };
+        let hh: i64 = s[n - 5..n - 3].parse().map_err(|_| "bad offset hours")?;
+        let mm: i64 = s[n - 2..].parse().map_err(|_| "bad offset minutes")?;
+        if hh > 23 || mm > 59 {
+            return Err("offset out of range".into());
+        }
+        (format!("{}Z", &s[..n - 6]), sign * (hh * 3600 + mm * 60))
+    };
+    let t = humantime::parse_rfc3339(&base).map_err(|e| e.to_string())?;
+    // Local time = UTC + offset, so UTC = local - offset.
+    let adjusted = if offset_s >= 0 {
+        t.checked_sub(Duration::from_secs(offset_s as u64))
+    } else {
+        t.checked_add(Duration::from_secs((-offset_s) as u64))
+    };
+    adjusted.ok_or_else(|| "out of range".to_owned())
+}
+
+pub fn format_rfc3339(t: SystemTime) -> String {
+    if t < UNIX_EPOCH {
+        return "1970-01-01T00:00:00Z".into();
+    }
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> SystemTime {
+        parse_rfc3339("2026-05-01T12:00:00Z").expect("time")
+    }
+    const LATER: &str = "2026-05-01T13:00:00Z";
+
+    fn ok(payload: &str) -> CommandKind {
+        parse("c-1", payload.as_bytes(), now())
+            .unwrap_or_else(|e| panic!("{payload}: {e}"))
+            .kind
+    }
+    fn err(payload: &str) -> CommandError {
+        parse("c-1", payload.as_bytes(), now()).expect_err(payload)
+    }
+
+    #[test]
+    fn every_command_type_parses() {
+        assert_eq!(
+            ok(&format!(r#"{{"type":"sync-now","expires_at":"{LATER}"}}"#)),
+            CommandKind::SyncNow
+        );
+        assert_eq!(
+            ok(&format!(
+                r#"{{"type":"open-pairing-window","expires_at":"{LATER}","seconds":120}}"#
+            )),
+            CommandKind::OpenPairingWindow { seconds: 120 }
+        );
+        match ok(&format!(
+            r#"{{"type":"bind","expires_at":"{LATER}","device":{{"transport":"ble","address":"00:1c:05:ff:e8:74"}},"user_index":1,"patient_ref":"pr-7f3a"}}"#
+        )) {
+            CommandKind::Bind {
+                transport,
+                address,
+                user_index,
+                patient,
+            } => {
+                assert_eq!(transport, Transport::Ble);
+                assert_eq!(address, "00:1C:05:FF:E8:74");
+                assert_eq!(user_index, 1);
+                assert_eq!(patient.expose(), "pr-7f3a");
+                assert!(!format!("{patient:?}").contains("pr-7f3a"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            ok(&format!(
+                r#"{{"type":"unbind","expires_at":"{LATER}","device":{{"transport":"serial","address":"usb-0403:6001-A1"}}}}"#
+            )),
+            CommandKind::Unbind {
+                transport: Transport::Serial,
+                address: "usb-0403:6001-A1".into(),
+                user_index: -1
+            }
+        );
+        assert_eq!(
+            ok(&format!(
+                r#"{{"type":"set-log-level","expires_at":"{LATER}","level":"debug"}}"#
+            )),
+            CommandKind::SetLogLevel {
+                level: "debug".parse().expect("filter")
+            }
+        );
+        assert_eq!(
+            ok(&format!(r#"{{"type":"restart","expires_at":"{LATER}"}}"#)),
+            CommandKind::Restart
+        );
+        assert_eq!(
+            ok(&format!(
+                r#"{{"type":"diagnostics","expires_at":"{LATER}"}}"#
+            )),
+            CommandKind::Diagnostics
+        );
+    }
+
+    #[test]
+    fn bad_payloads_get_clear_reasons() {
+        assert!(matches!(err("not json"), CommandError::Malformed(_)));
+        assert!(matches!(err("[1,2]"), CommandError::Malformed(_)));
+        assert!(matches!(
+            err(r#"{"expires_at":"2026-05-01T13:00:00Z"}"#),
+            CommandError::Malformed(_)
+        ));
+        let e = err(&format!(r#"{{"type":"reboot","expires_at":"{LATER}"}}"#));
+        assert_eq!(e, CommandError::UnknownType("reboot".into()));
+        assert!(e.to_string().contains("sync-now"), "{e}");
+        assert!(matches!(
+            err(r#"{"type":"sync-now"}"#),
+            CommandError::Malformed(_)
+        ));
+        assert!(matches!(
+            err(r#"{"type":"sync-now","expires_at":"tomorrow"}"#),
+            CommandError::Malformed(_)
+        ));
+        assert!(matches!(
+            err(r#"{"type":"sync-now","expires_at":"2026-05-01T11:59:59Z"}"#),
+            CommandError::Expired(_)
+        ));
+        assert_eq!(
+            err(r#"{"type":"sync-now","expires_at":"2027-05-01T11:59:59Z"}"#),
+            CommandError::TooFarAhead
+        );
+        let e = err(&format!(
+            r#"{{"type":"open-pairing-window","expires_at":"{LATER}","seconds":"lots"}}"#
+        ));
+        assert!(e.to_string().contains("seconds"), "{e}");
+        assert!(!e.to_string().contains("lots"), "{e}");
+        assert!(matches!(
+            err(&format!(
+                r#"{{"type":"open-pairing-window","expires_at":"{LATER}","seconds":0}}"#
+            )),
+            CommandError::Invalid { .. }
+        ));
+        assert!(matches!(
+            err(&format!(
+                r#"{{"type":"sync-now","expires_at":"{LATER}","force":true}}"#
+            )),
+            CommandError::Invalid { .. }
+        ));
+        assert!(matches!(
+            err(&format!(
+                r#"{{"type":"set-log-level","expires_at":"{LATER}","level":"[[["}}"#
+            )),
+            CommandError::Invalid { .. }
+        ));
+        assert_eq!(
+            parse("a/b", b"{}", now()).expect_err("bad id"),
+            CommandError::BadId
+        );
+        let big = vec![b' '; MAX_PAYLOAD + 1];
+        assert!(matches!(
+            parse("c", &big, now()),
+            Err(CommandError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn reasons_never_echo_a_patient_reference() {
+        // A patient reference of the wrong type or shape is named by field, not by value.
+        for payload in [
+            format!(
+                r#"{{"type":"bind","expires_at":"{LATER}","device":{{"transport":"ble","address":"00:1C:05:FF:E8:74"}},"patient_ref":"Jane Doe 1970-01-01"}}"#
+            ),
+            format!(
+                r#"{{"type":"bind","expires_at":"{LATER}","device":{{"transport":"ble","address":"00:1C:05:FF:E8:74"}},"patient_ref":["Jane Doe"]}}"#
+            ),
+            format!(
+                r#"{{"type":"bind","expires_at":"{LATER}","device":{{"transport":"usb","address":"x"}},"patient_ref":"Jane Doe"}}"#
+            ),
+        ] {
+            let e = err(&payload).to_string();
+            assert!(!e.contains("Jane"), "{e}");
+        }
+    }
+
+    #[test]
+    fn rfc3339_with_offsets() {
+        let z = parse_rfc3339("2026-05-01T12:00:00Z").expect("z");
+        assert_eq!(parse_rfc3339("2026-05-01T14:00:00+02:00").expect("+"), z);
+        assert_eq!(parse_rfc3339("2026-05-01T07:30:00-04:30").expect("-"), z);
+        assert_eq!(
+            parse_rfc3339("2026-05-01T12:00:00.250Z").expect("frac"),
+            z + Duration::from_millis(250)
+        );
+        for bad in [
+            "",
+            "2026-05-01",
+            "2026-05-01T12:00:00",
+            "2026-05-01T12:00:00+2",
+            "é€€€€€€",
+        ] {
+            assert!(parse_rfc3339(bad).is_err(), "{bad}");
+        }
+    }
+}

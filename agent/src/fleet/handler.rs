@@ -1,0 +1,761 @@
+//! Carrying out commands and desired configurations, one at a time, in arrival order.
+//!
+//! A command moves `accepted` → `running` → `succeeded` | `failed`; each step is published,
+//! retained, on its result topic, and the id with its last status is kept in the store. A
+//! desired document is validated completely, persisted with its bindings in one transaction,
+//! then swapped into the running state in one step, and reported on `config/reported`.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use super::command::{self, CommandKind, format_rfc3339};
+use super::desired::{self, PairingMode};
+use super::status::LastCommand;
+use super::store::{Admission, FleetStore};
+use super::{Context, Outbound};
+use crate::store::{NewEvent, Severity};
+
+/// A message for the handler.
+#[derive(Debug)]
+pub(crate) enum Inbound {
+    Desired {
+        payload: Vec<u8>,
+    },
+    Command {
+        id: String,
+        payload: Vec<u8>,
+        /// Delivered because it was retained, or a QoS 1 redelivery: a known id is then not
+        /// a replay by IT, and is ignored without a new result.
+        redelivered: bool,
+    },
+}
+
+pub(crate) async fn run<S: FleetStore>(
+    ctx: Arc<Context<S>>,
+    mut rx: mpsc::Receiver<Inbound>,
+    out: mpsc::Sender<Outbound>,
+) {
+    while let Some(msg) = rx.recv().await {
+        match msg {
+            Inbound::Desired { payload } => desired_config(&ctx, &out, &payload).await,
+            Inbound::Command {
+                id,
+                payload,
+                redelivered,
+            } => command(&ctx, &out, &id, &payload, redelivered).await,
+        }
+    }
+}
+
+async fn publish(out: &mpsc::Sender<Outbound>, topic: String, payload: serde_json::Value) {
+    let _ = out
+        .send(Outbound::Publish {
+            topic,
+            payload: serde_json::to_vec(&payload).unwrap_or_default(),
+            retain: true,
+        })
+        .await;
+}
+
+fn now_rfc3339() -> String {
+    format_rfc3339(SystemTime::now())
+}
+
+fn result_payload(
+    id: &str,
+    kind: &str,
+    status: &str,
+    reason: &str,
+    detail: Option<serde_json::Value>,
+) -> serde_json::Value {
+    let mut v = json!({
+        "id": id, "type": kind, "status": status, "reason": reason, "at": now_rfc3339(),
+    });
+    if let Some(d) = detail {
+        v["detail"] = d;
+    }
+    v
+}
+
+async fn command<S: FleetStore>(
+    ctx: &Context<S>,
+    out: &mpsc::Sender<Outbound>,
+    id: &str,
+    payload: &[u8],
+    redelivered: bool,
+) {
+    let topic = ctx.topics.command_result(id);
+    if payload.is_empty() {
+        // IT clearing a retained command: nothing to do.
+        return;
+    }
+    ctx.counters.commands.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(
+        command = id,
+        bytes = payload.len(),
+        redelivered,
+        "Command received."
+    );
+    let parsed = command::parse(id, payload, SystemTime::now());
+    let kind_name = match &parsed {
+        Ok(c) => c.kind.type_name(),
+        Err(_) => command::known_type_of(payload).unwrap_or("unknown"),
+    };
+    if let Err(command::CommandError::BadId) = parsed {
+        // Not recorded: the id cannot be a key. The result still tells IT why.
+        let reason = command::CommandError::BadId.to_string();
+        publish(
+            out,
+            topic,
+            result_payload(id, kind_name, "failed", &reason, None),
+        )
+        .await;
+        ctx.note_command(id, kind_name, "failed", &reason);
+        return;
+    }
+    let (first_status, first_reason, expires_ms) = match &parsed {
+        Ok(c) => (
+            "accepted",
+            String::new(),
+            c.expires_at
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64),
+        ),
+        Err(e) => ("failed", e.to_string(), 0),
+    };
+    let admission = match ctx
+        .store
+        .admit_command(id, kind_name, expires_ms, first_status, &first_reason)
+        .await
+    {
+        Ok(a) => a,
+        Err(e) => {
+            // Without the record, replays could not be refused: do not run it.
+            let reason = format!("cannot record the command in the store: {e}");
+            ctx.note_error(&reason);
+            publish(
+                out,
+                topic,
+                result_payload(id, kind_name, "failed", &reason, None),
+            )
+            .await;
+            ctx.note_command(id, kind_name, "failed", &reason);
+            return;
+        }
+    };
+    if let Admission::Seen { status, reason } = admission {
+        if redelivered {
+            tracing::debug!(command = id, "Redelivered command id ignored.");
+            return;
+        }
+        let why = "replayed command id: it was already received and is not run again";
+        tracing::warn!(command = id, "Replayed command refused.");
+        publish(
+            out,
+            topic,
+            result_payload(
+                id,
+                kind_name,
+                "failed",
+                why,
+                Some(json!({"original": {"status": status, "reason": reason}})),
+            ),
+        )
+        .await;
+        ctx.note_command(id, kind_name, "failed", why);
+        return;
+    }
+    let cmd = match parsed {
+        Ok(c) => c,
+        Err(e) => {
+            let reason = e.to_string();
+            tracing::info!(command = id, %reason, "Command refused.");
+            publish(
+                out,
+                topic,
+                result_payload(id, kind_name, "failed", &reason, None),
+            )
+            .await;
+            ctx.note_command(id, kind_name, "failed", &reason);
+            return;
+        }
+    };
+    tracing::info!(command = id, kind = kind_name, "Command accepted.");
+    publish(
+        out,
+        topic.clone(),
+        result_payload(id, kind_name, "accepted", "", None),
+    )
+    .await;
+    publish(
+        out,
+        topic.clone(),
+        result_payload(id, kind_name, "running", "", None),
+    )
+    .await;
+    let _ = ctx.store.finish_command(id, "running", "").await;
+    let (ok, reason, detail, then) = execute(ctx, out, id, &cmd.kind).await;
+    let status = if ok { "succeeded" } else { "failed" };
+    if let Err(e) = ctx.store.finish_command(id, status, &reason).await {
+        ctx.note_error(&format!("cannot record a command result: {e}"));
+    }
+    if !ok {
+        ctx.note_error(&format!("command {kind_name} failed: {reason}"));
+    }
+    tracing::info!(command = id, kind = kind_name, status, "Command finished.");
+    publish(
+        out,
+        topic,
+        result_payload(id, kind_name, status, &reason, detail),
+    )
+    .await;
+    ctx.note_command(id, kind_name, status, &reason);
+    if let Some(then) = then {
+        let _ = out.send(then).await;
+    }
+}
+
+type Executed = (bool, String, Option<serde_json::Value>, Option<Outbound>);
+
+async fn execute<S: FleetStore>(
+    ctx: &Context<S>,
+    out: &mpsc::Sender<Outbound>,
+    id: &str,
+    kind: &CommandKind,
+) -> Executed {
+    let actor = format!("fleet:cmd/{id}");
+    match kind {
+        CommandKind::SyncNow => {
+            ctx.hooks.sync_now.notify_waiters();
+            let backlog = ctx.store.snapshot().await.ok().map(|s| s.readings.pending);
+            let _ = out.send(Outbound::TelemetryNow).await;
+            (
+                true,
+                "sync requested; telemetry published".into(),
+                Some(json!({ "backlog": backlog })),
+                None,
+            )
+        }
+        CommandKind::OpenPairingWindow { seconds } => {
+            let policy = ctx.runtime().pairing.clone();
+            if let Some(p) = &policy {
+                if p.mode == PairingMode::AllowlistOnly {
+                    return (
+                        false,
+                        "the pairing policy is allowlist-only; windows are refused".into(),
+                        None,
+                        None,
+                    );
+                }
+                if Duration::from_secs(u64::from(*seconds)) > p.max_window {
+                    return (
+                        false,
+                        format!(
+                            "{seconds}s is longer than the policy's max_window of {}s",
+                            p.max_window.as_secs()
+                        ),
+                        None,
+                        None,
+                    );
+                }
+            }
+            let until = SystemTime::now() + Duration::from_secs(u64::from(*seconds));
+            let until_ms = until
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            match ctx.store.open_pairing_window(id, until_ms).await {
+                Ok(()) => (
+                    true,
+                    format!("pairing window open for {seconds}s"),
+                    Some(json!({ "until": format_rfc3339(until) })),
+                    None,
+                ),
+                Err(e) => (false, format!("cannot record the window: {e}"), None, None),
+            }
+        }
+        CommandKind::Bind {
+            transport,
+            address,
+            user_index,
+            patient,
+        } => match ctx
+            .store
+            .bind(*transport, address, *user_index, patient, &actor)
+            .await
+        {
+            Ok(()) => (true, "bound".into(), None, None),
+            Err(e) => (false, format!("cannot store the binding: {e}"), None, None),
+        },
+        CommandKind::Unbind {
+            transport,
+            address,
+            user_index,
+        } => match ctx
+            .store
+            .unbind(*transport, address, *user_index, &actor)
+            .await
+        {
+            Ok(true) => (true, "unbound".into(), None, None),
+            Ok(false) => (true, "was not bound".into(), None, None),
+            Err(e) => (false, format!("cannot remove the binding: {e}"), None, None),
+        },
+        CommandKind::SetLogLevel { level } => match (ctx.hooks.set_log_level)(level) {
+            Ok(()) => (true, format!("log level is now {level}"), None, None),
+            Err(e) => (false, e, None, None),
+        },
+        CommandKind::Restart => (
+            true,
+            "restarting: the service manager starts the agent again".into(),
+            None,
+            Some(Outbound::Restart),
+        ),
+        CommandKind::Diagnostics => (
+            true,
+            "diagnostics collected".into(),
+            Some(diagnostics(ctx).await),
+            None,
+        ),
+    }
+}
+
+/// A redacted summary: versions, counters, the last errors and store counts. Event and
+/// error texts are the agent's own (never payload or patient data).
+async fn diagnostics<S: FleetStore>(ctx: &Context<S>) -> serde_json::Value {
+    let store = match ctx.store.snapshot().await {
+        Ok(s) => json!({
+            "schema_version": s.schema_version,
+            "store_bytes": s.store_bytes,
+            "readings": s.readings,
+            "destinations": s.destinations.len(),
+            "devices": s.devices.len(),
+            "recent_alarms": s.alarms.iter().map(|a| json!({"at_ms": a.at_ms, "kind": a.kind})).collect::<Vec<_>>(),
+        }),
+        Err(e) => json!({ "error": e.to_string() }),
+    };
+    let c = &ctx.counters;
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "gateway_id": ctx.gateway.as_str(),
+        "config_version": ctx.config_version(),
+        "uptime_s": ctx.started.elapsed().as_secs(),
+        "counters": {
+            "commands": c.commands.load(Ordering::Relaxed),
+            "telemetry": c.telemetry.load(Ordering::Relaxed),
+            "events": c.events.load(Ordering::Relaxed),
+            "reconnects": c.reconnects.load(Ordering::Relaxed),
+        },
+        "last_errors": ctx.last_errors(),
+        "store": store,
+    })
+}
+
+async fn desired_config<S: FleetStore>(
+    ctx: &Context<S>,
+    out: &mpsc::Sender<Outbound>,
+    payload: &[u8],
+) {
+    if payload.is_empty() {
+        return;
+    }
+    let topic = ctx.topics.config_reported();
+    let applied = ctx.config_version();
+    let reject = |version: Option<u64>, reason: String| {
+        json!({
+            "status": "rejected", "version": version, "reason": reason,
+            "applied_version": applied, "at": now_rfc3339(),
+        })
+    };
+    let doc = match desired::parse(payload) {
+        Ok(d) => d,
+        Err(e) => {
+            let version = desired::version_of(payload);
+            tracing::warn!(?version, reason = %e, "Desired configuration rejected.");
+            ctx.note_error(&format!("desired config rejected: {e}"));
+            let _ = ctx
+                .store
+                .record_event(NewEvent {
+                    severity: Severity::Warning,
+                    kind: "config-rejected".into(),
+                    detail: json!({ "version": version, "reason": e.to_string() }),
+                })
+                .await;
+            let _ = out.send(Outbound::EventsChanged).await;
+            publish(out, topic, reject(version, e.to_string())).await;
+            return;
+        }
+    };
+    if applied == Some(doc.version) {
+        // The retained document again (after a reconnect): already applied.
+        publish(out, topic, applied_report(doc.version)).await;
+        return;
+    }
+    if let Some(a) = applied
+        && doc.version < a
+    {
+        let reason = format!(
+            "version {} is older than the applied version {a}",
+            doc.version
+        );
+        publish(out, topic, reject(Some(doc.version), reason)).await;
+        return;
+    }
+    let text = String::from_utf8_lossy(payload).into_owned();
+    if let Err(e) = ctx
+        .store
+        .apply_config(doc.version, text, doc.bindings.clone())
+        .await
+    {
+        let reason = format!("cannot persist the configuration: {e}");
+        ctx.note_error(&reason);
+        publish(out, topic, reject(Some(doc.version), reason)).await;
+        return;
+    }
+    ctx.apply_runtime(&doc);
+    tracing::info!(version = doc.version, "Desired configuration applied.");
+    let _ = ctx
+        .store
+        .record_event(NewEvent {
+            severity: Severity::Info,
+            kind: "config-applied".into(),
+            detail: json!({ "version": doc.version }),
+        })
+        .await;
+    let _ = out.send(Outbound::EventsChanged).await;
+    publish(out, topic, applied_report(doc.version)).await;
+}
+
+pub(crate) fn applied_report(version: u64) -> serde_json::Value {
+    json!({
+        "status": "applied", "version": version, "reason": "",
+        "applied_version": version, "at": now_rfc3339(),
+    })
+}
+
+/// Re-applies the persisted document at start. It was valid when stored; if this build
+/// refuses it, the file configuration runs and the reason is logged.
+pub(crate) async fn restore<S: FleetStore>(ctx: &Context<S>) {
+    match ctx.store.applied_config().await {
+        Ok(Some((version, text))) => match desired::parse(text.as_bytes()) {
+            Ok(doc) => {
+                ctx.apply_runtime(&doc);
+                tracing::info!(version, "Desired configuration restored from the store.");
+            }
+            Err(e) => {
+                tracing::warn!(version, reason = %e, "Stored desired configuration is not valid for this version; using the file configuration.")
+            }
+        },
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "Cannot read the stored desired configuration."),
+    }
+}
+
+/// Keeps the last few error texts for diagnostics.
+pub(crate) fn push_error(list: &mut VecDeque<String>, text: &str) {
+    if list.len() >= 8 {
+        list.pop_front();
+    }
+    let mut t: String = text.chars().take(300).collect();
+    if t.len() < text.len() {
+        t.push('…');
+    }
+    list.push_back(t);
+}
+
+impl LastCommand {
+    pub(crate) fn new(id: &str, kind: &str, status: &str, reason: &str) -> Self {
+        Self {
+            id: id.to_owned(),
+            kind: kind.to_owned(),
+            status: status.to_owned(),
+            reason: reason.to_owned(),
+            at: now_rfc3339(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::path::PathBuf;
+    use std::sync::Mutex;
+    use std::time::Instant;
+
+    use tokio::sync::{Notify, watch};
+    use tokio_util::sync::CancellationToken;
+    use vitalgate_drivers::Transport;
+
+    use super::*;
+    use crate::clock::SystemClock;
+    use crate::config::LogFilter;
+    use crate::fleet::command::PatientRef;
+    use crate::fleet::desired::Binding;
+    use crate::fleet::status::FleetStatus;
+    use crate::fleet::store::OutEvent;
+    use crate::fleet::topics::Topics;
+    use crate::fleet::{Counters, Hooks, RuntimeState};
+    use crate::store::{StoreError, StoreStatus};
+
+    /// The store as a few maps; enough to check the handler's decisions.
+    #[derive(Default)]
+    struct MemStore {
+        commands: Mutex<HashMap<String, (String, String)>>,
+        bindings: Mutex<HashMap<(String, i64), String>>,
+        config: Mutex<Option<(u64, String)>>,
+        events: Mutex<Vec<String>>,
+    }
+
+    impl FleetStore for MemStore {
+        async fn admit_command(
+            &self,
+            id: &str,
+            _: &str,
+            _: i64,
+            status: &str,
+            reason: &str,
+        ) -> Result<Admission, StoreError> {
+            let mut c = self.commands.lock().expect("lock");
+            if let Some((s, r)) = c.get(id) {
+                return Ok(Admission::Seen {
+                    status: s.clone(),
+                    reason: r.clone(),
+                });
+            }
+            c.insert(id.into(), (status.into(), reason.into()));
+            Ok(Admission::New)
+        }
+        async fn finish_command(&self, id: &str, s: &str, r: &str) -> Result<(), StoreError> {
+            self.commands
+                .lock()
+                .expect("lock")
+                .insert(id.into(), (s.into(), r.into()));
+            Ok(())
+        }
+        async fn bind(
+            &self,
+            _: Transport,
+            address: &str,
+            user: i64,
+            p: &PatientRef,
+            _: &str,
+        ) -> Result<(), StoreError> {
+            self.bindings
+                .lock()
+                .expect("lock")
+                .insert((address.into(), user), p.expose().into());
+            Ok(())
+        }
+        async fn unbind(
+            &self,
+            _: Transport,
+            address: &str,
+            user: i64,
+            _: &str,
+        ) -> Result<bool, StoreError> {
+            Ok(self
+                .bindings
+                .lock()
+                .expect("lock")
+                .remove(&(address.into(), user))
+                .is_some())
+        }
+        async fn open_pairing_window(&self, _: &str, _: i64) -> Result<(), StoreError> {
+            Ok(())
+        }
+        async fn applied_config(&self) -> Result<Option<(u64, String)>, StoreError> {
+            Ok(self.config.lock().expect("lock").clone())
+        }
+        async fn apply_config(
+            &self,
+            v: u64,
+            d: String,
+            _: Option<Vec<Binding>>,
+        ) -> Result<(), StoreError> {
+            *self.config.lock().expect("lock") = Some((v, d));
+            Ok(())
+        }
+        async fn record_event(&self, e: NewEvent) -> Result<(), StoreError> {
+            self.events.lock().expect("lock").push(e.kind);
+            Ok(())
+        }
+        async fn pending_events(&self, _: usize) -> Result<Vec<OutEvent>, StoreError> {
+            Ok(Vec::new())
+        }
+        async fn mark_events_published(&self, _: i64) -> Result<(), StoreError> {
+            Ok(())
+        }
+        async fn snapshot(&self) -> Result<StoreStatus, StoreError> {
+            Ok(StoreStatus::default())
+        }
+    }
+
+    fn no_log(_: &LogFilter) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn context() -> Context<MemStore> {
+        let gateway: crate::config::GatewayId = "gw-t".parse().expect("id");
+        Context {
+            topics: Topics::new(&gateway),
+            gateway,
+            store: Arc::new(MemStore::default()),
+            hooks: Hooks {
+                restart: CancellationToken::new(),
+                sync_now: Arc::new(Notify::new()),
+                clock: Arc::new(SystemClock::new()),
+                set_log_level: no_log,
+            },
+            started: Instant::now(),
+            counters: Counters::default(),
+            runtime: Mutex::new(RuntimeState::default()),
+            telemetry_interval: watch::channel(Duration::from_secs(60)).0,
+            errors: Mutex::new(VecDeque::new()),
+            status: Mutex::new(FleetStatus::default()),
+            state_dir: None::<PathBuf>,
+        }
+    }
+
+    /// Runs one inbound message and returns the (topic, status) of every publish.
+    async fn handle(ctx: &Context<MemStore>, msg: Inbound) -> Vec<(String, serde_json::Value)> {
+        let (tx, mut rx) = mpsc::channel(64);
+        match msg {
+            Inbound::Desired { payload } => desired_config(ctx, &tx, &payload).await,
+            Inbound::Command {
+                id,
+                payload,
+                redelivered,
+            } => command(ctx, &tx, &id, &payload, redelivered).await,
+        }
+        drop(tx);
+        let mut out = Vec::new();
+        while let Some(o) = rx.recv().await {
+            if let Outbound::Publish { topic, payload, .. } = o {
+                out.push((topic, serde_json::from_slice(&payload).expect("json")));
+            }
+        }
+        out
+    }
+
+    fn cmd(id: &str, body: serde_json::Value, redelivered: bool) -> Inbound {
+        Inbound::Command {
+            id: id.into(),
+            payload: body.to_string().into_bytes(),
+            redelivered,
+        }
+    }
+
+    fn later() -> String {
+        format_rfc3339(SystemTime::now() + Duration::from_secs(600))
+    }
+
+    #[tokio::test]
+    async fn a_command_runs_once_and_replays_are_refused() {
+        let ctx = context();
+        let bind = json!({"type": "bind", "expires_at": later(),
+            "device": {"transport": "ble", "address": "00:1C:05:FF:E8:74"}, "patient_ref": "pr-1"});
+        let out = handle(&ctx, cmd("c1", bind.clone(), false)).await;
+        let statuses: Vec<&str> = out
+            .iter()
+            .map(|(_, v)| v["status"].as_str().expect("status"))
+            .collect();
+        assert_eq!(statuses, ["accepted", "running", "succeeded"]);
+        assert!(out.iter().all(|(t, _)| t == "vitalgate/gw-t/cmd/c1/result"));
+        assert!(out.iter().all(|(_, v)| !v.to_string().contains("pr-1")));
+
+        // The same id again, now as an unbind: refused, and the binding stays.
+        let unbind = json!({"type": "unbind", "expires_at": later(),
+            "device": {"transport": "ble", "address": "00:1C:05:FF:E8:74"}});
+        let out = handle(&ctx, cmd("c1", unbind.clone(), false)).await;
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].1["status"], "failed");
+        assert_eq!(out[0].1["detail"]["original"]["status"], "succeeded");
+        assert_eq!(ctx.store.bindings.lock().expect("lock").len(), 1);
+
+        // A retained or QoS 1 redelivery of a known id is ignored silently.
+        assert!(handle(&ctx, cmd("c1", unbind, true)).await.is_empty());
+        assert_eq!(ctx.counters.commands.load(Ordering::Relaxed), 3);
+    }
+
+    #[tokio::test]
+    async fn refused_commands_are_recorded_so_they_are_not_run_later() {
+        let ctx = context();
+        let expired = json!({"type": "sync-now", "expires_at": "2020-01-01T00:00:00Z"});
+        let out = handle(&ctx, cmd("old", expired, false)).await;
+        assert_eq!(out.len(), 1);
+        assert!(
+            out[0].1["reason"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("expired"))
+        );
+        // A fresh expiry on the same id does not make it runnable.
+        let fresh = json!({"type": "sync-now", "expires_at": later()});
+        let out = handle(&ctx, cmd("old", fresh, false)).await;
+        assert!(
+            out[0].1["reason"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("replayed"))
+        );
+        // A bad id is answered but not recorded.
+        let out = handle(&ctx, cmd("bad id", json!({}), false)).await;
+        assert_eq!(out[0].1["status"], "failed");
+        assert!(
+            !ctx.store
+                .commands
+                .lock()
+                .expect("lock")
+                .contains_key("bad id")
+        );
+    }
+
+    #[tokio::test]
+    async fn desired_versions_only_move_forward_and_rejections_keep_the_running_one() {
+        let ctx = context();
+        let doc = |v: u64, extra: serde_json::Value| {
+            let mut d = json!({"version": v});
+            if let (Some(o), Some(e)) = (d.as_object_mut(), extra.as_object()) {
+                o.extend(e.clone());
+            }
+            Inbound::Desired {
+                payload: d.to_string().into_bytes(),
+            }
+        };
+        let out = handle(
+            &ctx,
+            doc(
+                2,
+                json!({"telemetry_interval": "5s", "pairing": {"mode": "allowlist-only"}}),
+            ),
+        )
+        .await;
+        assert_eq!(out[0].0, "vitalgate/gw-t/config/reported");
+        assert_eq!(out[0].1["status"], "applied");
+        assert_eq!(ctx.config_version(), Some(2));
+        assert_eq!(*ctx.telemetry_interval.borrow(), Duration::from_secs(5));
+
+        let out = handle(&ctx, doc(3, json!({"telemetry_interval": "1ms"}))).await;
+        assert_eq!(out[0].1["status"], "rejected");
+        assert_eq!(out[0].1["applied_version"], 2);
+        assert_eq!(ctx.config_version(), Some(2));
+        assert_eq!(*ctx.telemetry_interval.borrow(), Duration::from_secs(5));
+
+        let out = handle(&ctx, doc(1, json!({}))).await;
+        assert_eq!(out[0].1["status"], "rejected");
+        assert!(
+            out[0].1["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("older"))
+        );
+
+        let out = handle(&ctx, doc(2, json!({}))).await;
+        assert_eq!(
+            out[0].1["status"], "applied",
+            "the same version is re-reported"
+        );
+        let events = ctx.store.events.lock().expect("lock").clone();
+        assert_eq!(events, ["config-applied", "config-rejected"]);
+    }
+}

@@ -1,0 +1,828 @@
+//! Fleet management end to end: a real mosquitto (TLS, password file, ACL, a client
+//! certificate listener) started on free loopback ports, the real `vitalgate run`, and an
+//! IT-side MQTT 5 client that publishes commands and desired configurations and records
+//! everything. Every test ends by scanning all it captured for the patient references it used.
+
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::{Duration, SystemTime};
+
+use serde_json::Value;
+use vitalgate_e2e::broker::{Broker, IT_USER, Recorder};
+use vitalgate_e2e::{run, vitalgate_cmd, wait_deadline};
+
+const WAIT: Duration = Duration::from_secs(15);
+/// Opaque patient references used in bindings; they must never come back over MQTT.
+const PATIENT_REFS: &[&str] = &["pr-7f3a9c1e", "pr-0b44d2aa", "pr-desired-91c2"];
+/// A patient name typed into the wrong field; it must not be echoed in a reason.
+const PATIENT_NAME: &str = "Jane Q Patient";
+
+const GW_A: (&str, &str) = ("gw-a", "gw-a-pw");
+const GW_B: (&str, &str) = ("gw-b", "gw-b-pw");
+
+const FAST: &str = "telemetry_interval = \"1s\"\nreconnect_min = \"200ms\"\nreconnect_max = \"1s\"\n\
+                    keepalive = \"5s\"\nconnect_timeout = \"2s\"\n";
+
+struct World {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    broker: Broker,
+    it: Recorder,
+}
+
+impl World {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().to_owned();
+        let broker = Broker::start(&root.join("broker"), &[GW_A, GW_B], &["gw-tls"]);
+        let it = Recorder::connect(broker.port, &broker.ca(), IT_USER, "vitalgate/#");
+        Self {
+            _tmp: tmp,
+            root,
+            broker,
+            it,
+        }
+    }
+
+    /// A gateway directory with a key and a config; `fleet` is the `[fleet]` section.
+    fn gateway(&self, id: &str, fleet: &str, destinations: bool) -> Gateway {
+        let dir = self.root.join(id);
+        let state = dir.join("state");
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .recursive(true)
+                .create(&state)
+                .expect("state dir");
+        }
+        let key = state.join("db.key");
+        vitalgate::store::key::create_key_file(&key).expect("key");
+        let dest = if destinations {
+            "[[destination]]\nid = \"hospital\"\nbase_url = \"http://127.0.0.1:9/fhir\"\n\n"
+        } else {
+            ""
+        };
+        let config = dir.join("vitalgate.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[gateway]\nid = \"{id}\"\n\n[store]\nkey_file = \"{}\"\nkey_credential = \"absent\"\n\n{dest}{fleet}",
+                key.display()
+            ),
+        )
+        .expect("config");
+        Gateway {
+            config,
+            state,
+            log: dir.join("agent.log"),
+            child: None,
+        }
+    }
+
+    fn password_gateway(&self, who: (&str, &str), destinations: bool) -> Gateway {
+        self.gateway(
+            who.0,
+            &self.broker.fleet_toml(who.0, who.1, FAST),
+            destinations,
+        )
+    }
+
+    fn topic(&self, gw: &str, rest: &str) -> String {
+        format!("vitalgate/{gw}/{rest}")
+    }
+
+    /// Publishes a command and waits for its final result.
+    fn command(&self, gw: &str, id: &str, body: Value) -> Value {
+        self.it.publish(
+            &self.topic(gw, &format!("cmd/{id}")),
+            &body.to_string(),
+            false,
+        );
+        self.final_result(gw, id)
+    }
+
+    fn final_result(&self, gw: &str, id: &str) -> Value {
+        self.it
+            .wait_for(&self.topic(gw, &format!("cmd/{id}/result")), WAIT, |v| {
+                v["status"] == "succeeded" || v["status"] == "failed"
+            })
+    }
+
+    fn statuses(&self, gw: &str, id: &str) -> Vec<String> {
+        let t = self.topic(gw, &format!("cmd/{id}/result"));
+        self.it
+            .all()
+            .iter()
+            .filter(|m| m.topic == t)
+            .map(|m| m.json()["status"].as_str().unwrap_or("?").to_owned())
+            .collect()
+    }
+
+    /// Everything a gateway published (not what IT wrote) is free of the patient data used.
+    fn assert_no_phi(&self) {
+        let all = self.it.all();
+        assert!(!all.is_empty());
+        let mut scanned = 0;
+        for m in &all {
+            let it_wrote = m.topic.ends_with("/config/desired")
+                || (m.topic.contains("/cmd/") && !m.topic.ends_with("/result"));
+            if it_wrote {
+                continue;
+            }
+            scanned += 1;
+            let text = String::from_utf8_lossy(&m.payload);
+            for p in PATIENT_REFS.iter().chain(std::iter::once(&PATIENT_NAME)) {
+                assert!(
+                    !text.contains(p),
+                    "patient data {p:?} published on {}: {text}",
+                    m.topic
+                );
+            }
+        }
+        assert!(scanned > 0, "nothing from a gateway was captured");
+    }
+}
+
+struct Gateway {
+    config: PathBuf,
+    state: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Gateway {
+    fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log");
+        let child = vitalgate_cmd()
+            .arg("run")
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--state-dir")
+            .arg(&self.state)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start vitalgate run");
+        self.child = Some(child);
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().expect("kill -9");
+            let _ = c.wait();
+        }
+    }
+
+    fn wait_exit(&mut self) -> Option<i32> {
+        let mut c = self.child.take().expect("running");
+        wait_deadline(&mut c, WAIT).and_then(|s| s.code())
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn status_json(&self) -> Value {
+        let mut c = vitalgate_cmd();
+        c.arg("status")
+            .arg("--json")
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--state-dir")
+            .arg(&self.state);
+        let out = run(c);
+        assert_eq!(out.code(), 0, "{out:#?}");
+        serde_json::from_str(&out.stdout).expect("status json")
+    }
+
+    /// Bindings in the store, read with SQLCipher directly: no Vitalgate API lists them.
+    fn bindings(&self) -> Vec<(String, i64, String)> {
+        let hex = std::fs::read_to_string(self.state.join("db.key")).expect("key");
+        let conn = rusqlite::Connection::open(self.state.join("vitalgate.db")).expect("open");
+        conn.execute_batch(&format!(
+            "PRAGMA key = \"x'{}'\"; PRAGMA cipher_hmac_algorithm = HMAC_SHA256;",
+            hex.trim()
+        ))
+        .expect("key");
+        let mut s = conn
+            .prepare(
+                "SELECT d.address, b.user_index, b.patient FROM bindings b \
+                 JOIN devices d ON d.id = b.device_id ORDER BY d.address, b.user_index",
+            )
+            .expect("prepare");
+        s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows")
+    }
+
+    fn audit_actions(&self) -> Vec<String> {
+        let hex = std::fs::read_to_string(self.state.join("db.key")).expect("key");
+        let conn = rusqlite::Connection::open(self.state.join("vitalgate.db")).expect("open");
+        conn.execute_batch(&format!(
+            "PRAGMA key = \"x'{}'\"; PRAGMA cipher_hmac_algorithm = HMAC_SHA256;",
+            hex.trim()
+        ))
+        .expect("key");
+        let mut s = conn
+            .prepare("SELECT action FROM audit ORDER BY id")
+            .expect("prepare");
+        s.query_map([], |r| r.get(0))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows")
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn expires_in(secs: i64) -> String {
+    let t = if secs >= 0 {
+        SystemTime::now() + Duration::from_secs(secs as u64)
+    } else {
+        SystemTime::now() - Duration::from_secs((-secs) as u64)
+    };
+    vitalgate::fleet::command::format_rfc3339(t)
+}
+
+fn online(v: &Value) -> bool {
+    v["status"] == "online"
+}
+
+#[test]
+fn state_is_online_then_the_last_will_says_offline_when_killed() {
+    let w = World::new();
+    let mut gw = w.password_gateway(GW_A, false);
+    gw.start();
+    let state = w.it.wait_for(&w.topic("gw-a", "state"), WAIT, online);
+    assert_eq!(state["version"], env!("CARGO_PKG_VERSION"));
+    assert!(state["uptime_s"].is_u64(), "{state}");
+    gw.kill9();
+    let will = w.it.wait_for(&w.topic("gw-a", "state"), WAIT, |v| {
+        v["status"] == "offline"
+    });
+    assert_eq!(will["reason"], "connection lost", "{will}");
+    // Retained: a client that arrives later still learns the gateway is offline.
+    let late = Recorder::connect(
+        w.broker.port,
+        &w.broker.ca(),
+        IT_USER,
+        "vitalgate/gw-a/state",
+    );
+    let seen = late.wait_for(&w.topic("gw-a", "state"), WAIT, |_| true);
+    assert_eq!(seen["status"], "offline");
+    assert!(late.all().iter().all(|m| m.retain));
+    w.assert_no_phi();
+}
+
+#[test]
+fn a_clean_stop_publishes_offline_and_status_shows_the_connection() {
+    let w = World::new();
+    let mut gw = w.password_gateway(GW_A, false);
+    gw.start();
+    w.it.wait_for(&w.topic("gw-a", "state"), WAIT, online);
+    let s = gw.status_json();
+    assert_eq!(s["fleet"]["connection"], "connected", "{s}");
+    assert_eq!(s["fleet"]["gateway_id"], "gw-a");
+    vitalgate_e2e::sigterm(gw.child.as_ref().expect("child"));
+    assert_eq!(gw.wait_exit(), Some(0), "{}", gw.log());
+    let off = w.it.wait_for(&w.topic("gw-a", "state"), WAIT, |v| {
+        v["status"] == "offline"
+    });
+    assert_eq!(off["reason"], "shutdown");
+    assert_eq!(gw.status_json()["fleet"]["connection"], "stopped");
+    w.assert_no_phi();
+}
+
+#[test]
+fn telemetry_reports_backlog_devices_and_the_process() {
+    let w = World::new();
+    let mut gw = w.password_gateway(GW_A, true);
+    // Readings first (the demo's simulated cuff), routed to the one destination; nothing
+    // delivers them yet, so they are backlog. The demo must not connect: no [fleet] for it.
+    let demo_cfg = gw.config.with_file_name("demo.toml");
+    let text = std::fs::read_to_string(&gw.config).expect("config");
+    let no_fleet = text.split("[fleet]").next().expect("head").to_owned();
+    std::fs::write(&demo_cfg, no_fleet).expect("demo config");
+    let mut c = vitalgate_cmd();
+    c.arg("demo")
+        .arg("--records")
+        .arg("20")
+        .arg("--config")
+        .arg(&demo_cfg)
+        .arg("--state-dir")
+        .arg(&gw.state);
+    assert_eq!(run(c).code(), 0);
+
+    gw.start();
+    let topic = w.topic("gw-a", "telemetry");
+    // The second message has a CPU figure (it needs two samples).
+    let t =
+        w.it.wait_for(&topic, WAIT, |v| v["cpu_percent"].is_number());
+    assert_eq!(t["backlog"], 20, "{t}");
+    assert!(t["oldest_undelivered_age_s"].is_u64(), "{t}");
+    let d = &t["destinations"][0];
+    assert_eq!(d["id"], "hospital", "{t}");
+    assert_eq!(d["backlog"], 20);
+    assert_eq!(d["quarantined"], 0);
+    assert!(d["last_successful_delivery"].is_null());
+    assert_eq!(t["quarantine_size"], 0);
+    assert!(t["last_successful_delivery"].is_null());
+    let dev = &t["devices"][0];
+    assert_eq!(dev["transport"], "ble");
+    assert_eq!(dev["address"], "00:1C:05:FF:E8:74");
+    assert!(dev["last_seen"].is_string());
+    assert!(
+        dev.as_object()
+            .expect("device")
+            .contains_key("battery_percent")
+    );
+    assert!(dev.as_object().expect("device").contains_key("rssi_dbm"));
+    assert!(t["store_bytes"].as_u64().expect("store_bytes") > 4096);
+    assert!(t["disk_free_bytes"].as_u64().expect("disk_free") > 0);
+    assert!(t["rss_bytes"].as_u64().expect("rss") > 1 << 20);
+    assert!(t["clock_synchronized"].is_boolean());
+    // Nothing of a reading travels: the fields are exactly these.
+    let keys: Vec<&String> = t.as_object().expect("object").keys().collect();
+    assert_eq!(
+        keys,
+        [
+            "at",
+            "backlog",
+            "clock_synchronized",
+            "config_version",
+            "cpu_percent",
+            "destinations",
+            "devices",
+            "disk_free_bytes",
+            "last_successful_delivery",
+            "mqtt_reconnects",
+            "oldest_undelivered_age_s",
+            "quarantine_size",
+            "rss_bytes",
+            "store_bytes",
+            "uptime_s"
+        ]
+    );
+    w.assert_no_phi();
+}
+
+#[test]
+fn desired_config_is_applied_and_an_invalid_one_is_rejected_keeping_the_running_one() {
+    let w = World::new();
+    let mut gw = w.password_gateway(GW_A, true);
+    gw.start();
+    w.it.wait_for(&w.topic("gw-a", "state"), WAIT, online);
+    let desired = w.topic("gw-a", "config/desired");
+    let reported = w.topic("gw-a", "config/reported");
+    let v1 = serde_json::json!({
+        "version": 1,
+        "telemetry_interval": "2s",
+        "log_level": "info",
+        "destinations": [{"id": "hospital", "base_url": "https://fhir.example.org/r4", "credential": "hospital-token"}],
+        "routing": {"default": ["hospital"]},
+        "bindings": [{"device": {"transport": "ble", "address": "00:1C:05:FF:E8:74"}, "user_index": 1, "patient_ref": PATIENT_REFS[2]}],
+        "pairing": {"mode": "allowlist-only", "allow": ["00:1C:05:FF:E8:74"]}
+    });
+    w.it.publish(&desired, &v1.to_string(), true);
+    let r = w.it.wait_for(&reported, WAIT, |v| v["status"] == "applied");
+    assert_eq!(r["version"], 1);
+    assert_eq!(
+        gw.bindings(),
+        vec![("00:1C:05:FF:E8:74".into(), 1, PATIENT_REFS[2].into())]
+    );
+    w.it.wait_for(&w.topic("gw-a", "events"), WAIT, |v| {
+        v["kind"] == "config-applied" && v["detail"]["version"] == 1
+    });
+    // Telemetry now says which config runs.
+    w.it.wait_for(&w.topic("gw-a", "telemetry"), WAIT, |v| {
+        v["config_version"] == 1
+    });
+
+    // v2 routes to a destination it does not define: rejected as a whole, nothing applied.
+    let v2 = serde_json::json!({
+        "version": 2,
+        "telemetry_interval": "1s",
+        "routing": {"default": ["nowhere"]},
+        "bindings": [],
+    });
+    w.it.publish(&desired, &v2.to_string(), true);
+    let r =
+        w.it.wait_for(&reported, WAIT, |v| v["status"] == "rejected");
+    assert_eq!(r["version"], 2, "{r}");
+    assert_eq!(r["applied_version"], 1, "{r}");
+    assert!(
+        r["reason"]
+            .as_str()
+            .is_some_and(|s| s.contains("routing.default")),
+        "{r}"
+    );
+    w.it.wait_for(&w.topic("gw-a", "events"), WAIT, |v| {
+        v["kind"] == "config-rejected"
+    });
+    // The running config is v1: its bindings and its pairing policy are still in force.
+    assert_eq!(gw.bindings().len(), 1);
+    let res = w.command(
+        "gw-a",
+        "pair-1",
+        serde_json::json!({"type": "open-pairing-window", "expires_at": expires_in(300), "seconds": 60}),
+    );
+    assert_eq!(res["status"], "failed", "{res}");
+    assert!(
+        res["reason"]
+            .as_str()
+            .is_some_and(|s| s.contains("allowlist-only"))
+    );
+
+    // A document carrying a secret is refused too.
+    let secret = r#"{"version": 3, "destinations": [{"id": "h", "base_url": "https://x.example", "token": "s3cr3t-token"}]}"#;
+    w.it.publish(&desired, secret, true);
+    let r = w.it.wait_for(&reported, WAIT, |v| {
+        v["status"] == "rejected" && v["version"] == 3
+    });
+    assert!(!r.to_string().contains("s3cr3t-token"), "{r}");
+
+    // The applied version survives a restart (persisted) and is reported again.
+    gw.kill9();
+    w.it.publish(&desired, &v1.to_string(), true);
+    let before = w.it.all().len();
+    gw.start();
+    w.it.wait_for(&w.topic("gw-a", "state"), WAIT, |v| {
+        online(v) && v["config_version"] == 1
+    });
+    let again = w.it.all()[before..].iter().any(|m| {
+        m.topic == reported && m.json()["status"] == "applied" && m.json()["version"] == 1
+    });
+    assert!(again || w.it.wait_for(&reported, WAIT, |v| v["status"] == "applied")["version"] == 1);
+    assert_eq!(gw.status_json()["fleet"]["config_version"], 1);
+    w.assert_no_phi();
+}
+
+#[test]
+fn every_command_with_replays_and_expiry() {
+    let w = World::new();
+    let mut gw = w.password_gateway(GW_A, true);
+    gw.start();
+    w.it.wait_for(&w.topic("gw-a", "state"), WAIT, online);
+    let exp = expires_in(600);
+
+    let r = w.command(
+        "gw-a",
+        "sync-1",
+        serde_json::json!({"type": "sync-now", "expires_at": exp}),
+    );
+    assert_eq!(r["status"], "succeeded", "{r}");
+    assert_eq!(r["detail"]["backlog"], 0);
+    assert_eq!(
+        w.statuses("gw-a", "sync-1"),
+        ["accepted", "running", "succeeded"]
+    );
+
+    let r = w.command(
+        "gw-a",
+        "pair-1",
+        serde_json::json!({"type": "open-pairing-window", "expires_at": exp, "seconds": 120}),
+    );
+    assert_eq!(r["status"], "succeeded", "{r}");
+    assert!(r["detail"]["until"].is_string());
+
+    let bind = serde_json::json!({"type": "bind", "expires_at": exp,
+        "device": {"transport": "ble", "address": "00:1c:05:ff:e8:74"}, "user_index": 2,
+        "patient_ref": PATIENT_REFS[0]});
+    let r = w.command("gw-a", "bind-1", bind.clone());
+    assert_eq!(r["status"], "succeeded", "{r}");
+    let r = w.command(
+        "gw-a",
+        "bind-2",
+        serde_json::json!({"type": "bind", "expires_at": exp,
+            "device": {"transport": "serial", "address": "usb-0403:6001-A10K"},
+            "patient_ref": PATIENT_REFS[1]}),
+    );
+    assert_eq!(r["status"], "succeeded", "{r}");
+    assert_eq!(
+        gw.bindings(),
+        vec![
+            ("00:1C:05:FF:E8:74".into(), 2, PATIENT_REFS[0].into()),
+            ("usb-0403:6001-A10K".into(), -1, PATIENT_REFS[1].into()),
+        ]
+    );
+    let r = w.command(
+        "gw-a",
+        "unbind-1",
+        serde_json::json!({"type": "unbind", "expires_at": exp,
+            "device": {"transport": "serial", "address": "usb-0403:6001-A10K"}}),
+    );
+    assert_eq!(
+        (r["status"].as_str(), r["reason"].as_str()),
+        (Some("succeeded"), Some("unbound"))
+    );
+    assert_eq!(gw.bindings().len(), 1);
+    let audit = gw.audit_actions();
+    assert!(
+        audit.contains(&"bind".to_owned()) && audit.contains(&"unbind".to_owned()),
+        "{audit:?}"
+    );
+    assert!(
+        audit.contains(&"open-pairing-window".to_owned()),
+        "{audit:?}"
+    );
+
+    // A patient's name in the wrong place is refused without being echoed.
+    let r = w.command(
+        "gw-a",
+        "bind-bad",
+        serde_json::json!({"type": "bind", "expires_at": exp,
+            "device": {"transport": "ble", "address": PATIENT_NAME}, "patient_ref": PATIENT_NAME}),
+    );
+    assert_eq!(r["status"], "failed");
+
+    assert!(!gw.log().contains("DEBUG"), "the configured level is info");
+    let r = w.command(
+        "gw-a",
+        "log-1",
+        serde_json::json!({"type": "set-log-level", "expires_at": exp, "level": "debug"}),
+    );
+    assert_eq!(r["status"], "succeeded", "{r}");
+    let r = w.command(
+        "gw-a",
+        "sync-2",
+        serde_json::json!({"type": "sync-now", "expires_at": exp}),
+    );
+    assert_eq!(r["status"], "succeeded");
+    // Debug lines appear only now that the level is debug.
+    let log = gw.log();
+    assert!(
+        log.contains("DEBUG vitalgate::fleet::handler: Command received. command=\"sync-2\""),
+        "set-log-level had no effect: {log}"
+    );
+    let r = w.command(
+        "gw-a",
+        "log-2",
+        serde_json::json!({"type": "set-log-level", "expires_at": exp, "level": "info"}),
+    );
+    assert_eq!(r["status"], "succeeded", "{r}");
+
+    let r = w.command(
+        "gw-a",
+        "diag-1",
+        serde_json::json!({"type": "diagnostics", "expires_at": exp}),
+    );
+    assert_eq!(r["status"], "succeeded", "{r}");
+    let d = &r["detail"];
+    assert_eq!(d["version"], env!("CARGO_PKG_VERSION"));
+    assert!(
+        d["counters"]["commands"].as_u64().expect("commands") >= 8,
+        "{d}"
+    );
+    assert!(d["last_errors"].is_array());
+    assert_eq!(d["store"]["schema_version"], 2);
+
+    // Unknown type and malformed payloads: failed with a reason, and the agent carries on.
+    let r = w.command(
+        "gw-a",
+        "x-1",
+        serde_json::json!({"type": "format-disk", "expires_at": exp}),
+    );
+    assert_eq!(r["status"], "failed");
+    assert!(
+        r["reason"]
+            .as_str()
+            .is_some_and(|s| s.contains("unknown command type")),
+        "{r}"
+    );
+    w.it.publish(&w.topic("gw-a", "cmd/x-2"), "{not json", false);
+    let r = w.final_result("gw-a", "x-2");
+    assert!(
+        r["reason"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("malformed payload")),
+        "{r}"
+    );
+    w.it.publish(
+        &w.topic("gw-a", "cmd/x-3"),
+        r#"{"type": "sync-now"}"#,
+        false,
+    );
+    let r = w.final_result("gw-a", "x-3");
+    assert!(
+        r["reason"]
+            .as_str()
+            .is_some_and(|s| s.contains("expires_at")),
+        "{r}"
+    );
+
+    // Expired.
+    let r = w.command(
+        "gw-a",
+        "old-1",
+        serde_json::json!({"type": "sync-now", "expires_at": expires_in(-60)}),
+    );
+    assert_eq!(r["status"], "failed");
+    assert!(
+        r["reason"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("expired")),
+        "{r}"
+    );
+    assert_eq!(w.statuses("gw-a", "old-1"), ["failed"]);
+
+    // Replay of an id already run: refused, not run again, the original outcome attached.
+    let before = gw.bindings();
+    let unbind_again = serde_json::json!({"type": "unbind", "expires_at": exp,
+        "device": {"transport": "ble", "address": "00:1C:05:FF:E8:74"}, "user_index": 2});
+    w.it.publish(
+        &w.topic("gw-a", "cmd/bind-1"),
+        &unbind_again.to_string(),
+        false,
+    );
+    let r =
+        w.it.wait_for(&w.topic("gw-a", "cmd/bind-1/result"), WAIT, |v| {
+            v["reason"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("replayed"))
+        });
+    assert_eq!(r["status"], "failed");
+    assert_eq!(r["detail"]["original"]["status"], "succeeded");
+    assert_eq!(gw.bindings(), before, "a replayed id must not run");
+
+    // Restart: the result goes out, then the process exits non-zero for systemd to restart it.
+    w.it.publish(
+        &w.topic("gw-a", "cmd/restart-1"),
+        &serde_json::json!({"type": "restart", "expires_at": exp}).to_string(),
+        false,
+    );
+    assert_eq!(gw.wait_exit(), Some(75), "{}", gw.log());
+    let r = w.final_result("gw-a", "restart-1");
+    assert_eq!(r["status"], "succeeded");
+    let off = w.it.wait_for(&w.topic("gw-a", "state"), WAIT, |v| {
+        v["status"] == "offline"
+    });
+    assert_eq!(off["reason"], "shutdown", "a clean stop, not the last will");
+    assert_eq!(gw.status_json()["fleet"]["last_command"]["id"], "restart-1");
+
+    // After the restart the seen ids are still known: a replay is refused across restarts.
+    gw.start();
+    w.it.wait_for(&w.topic("gw-a", "state"), WAIT, |v| {
+        online(v) && v["uptime_s"] == 0
+    });
+    let n = w.statuses("gw-a", "sync-1").len();
+    w.it.publish(
+        &w.topic("gw-a", "cmd/sync-1"),
+        &serde_json::json!({"type": "sync-now", "expires_at": exp}).to_string(),
+        false,
+    );
+    w.it.wait_for(&w.topic("gw-a", "cmd/sync-1/result"), WAIT, |v| {
+        v["reason"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("replayed"))
+    });
+    assert_eq!(
+        w.statuses("gw-a", "sync-1").len(),
+        n + 1,
+        "exactly one rejection"
+    );
+    let s = gw.status_json();
+    assert_eq!(s["fleet"]["last_command"]["id"], "sync-1", "{s}");
+    assert_eq!(s["fleet"]["last_command"]["status"], "failed", "{s}");
+    w.assert_no_phi();
+}
+
+#[test]
+fn after_a_broker_restart_the_gateway_resubscribes() {
+    let mut w = World::new();
+    let mut gw = w.password_gateway(GW_A, false);
+    gw.start();
+    w.it.wait_for(&w.topic("gw-a", "state"), WAIT, online);
+    let before = w.it.all().len();
+    // The broker keeps nothing (persistence false): no session, no retained state.
+    w.broker.restart();
+    // Online again, published anew after the new SUBACK.
+    let until = std::time::Instant::now() + WAIT;
+    loop {
+        let fresh = w.it.all()[before..]
+            .iter()
+            .any(|m| m.topic == w.topic("gw-a", "state") && online(&m.json()));
+        if fresh {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "gateway did not come back: {}",
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(gw.log().contains("session_present=false"), "{}", gw.log());
+    // Commands reach it: the subscription was made again.
+    let r = w.command(
+        "gw-a",
+        "after-restart",
+        serde_json::json!({"type": "sync-now", "expires_at": expires_in(300)}),
+    );
+    assert_eq!(r["status"], "succeeded", "{r}");
+    let s = gw.status_json();
+    assert!(
+        s["fleet"]["reconnects"].as_u64().expect("reconnects") >= 1,
+        "{s}"
+    );
+    w.assert_no_phi();
+}
+
+#[test]
+fn a_gateway_cannot_reach_another_gateways_topics() {
+    let w = World::new();
+    let mut a = w.password_gateway(GW_A, false);
+    a.start();
+    w.it.wait_for(&w.topic("gw-a", "state"), WAIT, online);
+    // gw-b's credentials: it may read and write only vitalgate/gw-b/#.
+    let b = Recorder::connect(w.broker.port, &w.broker.ca(), GW_B, "vitalgate/gw-a/#");
+    b.publish(
+        &w.topic("gw-a", "cmd/evil-1"),
+        &serde_json::json!({"type": "restart", "expires_at": expires_in(300)}).to_string(),
+        false,
+    );
+    b.publish(&w.topic("gw-a", "state"), r#"{"status":"offline"}"#, true);
+    // A command from IT right after shows the gateway is listening and the forged one never
+    // arrived.
+    let r = w.command(
+        "gw-a",
+        "legit-1",
+        serde_json::json!({"type": "sync-now", "expires_at": expires_in(300)}),
+    );
+    assert_eq!(r["status"], "succeeded");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        w.it.all().iter().all(|m| !m.topic.contains("evil-1")),
+        "a forged command reached the broker's gw-a topics"
+    );
+    assert!(
+        a.child
+            .as_mut()
+            .expect("running")
+            .try_wait()
+            .expect("wait")
+            .is_none()
+    );
+    // gw-b saw nothing of gw-a, though gw-a publishes telemetry every second.
+    assert!(b.all().is_empty(), "gw-b read gw-a's topics: {:?}", b.all());
+    let state: Vec<_> =
+        w.it.all()
+            .into_iter()
+            .filter(|m| m.topic == w.topic("gw-a", "state"))
+            .map(|m| m.json()["status"].clone())
+            .collect();
+    assert!(state.iter().all(|s| s == "online"), "{state:?}");
+    w.assert_no_phi();
+}
+
+#[test]
+fn mutual_tls_gateway_connects_with_its_certificate() {
+    let w = World::new();
+    let d = &w.broker.dir;
+    let fleet = format!(
+        "[fleet]\nbroker = \"{}\"\nca_file = \"{}\"\nclient_cert_file = \"{}\"\nclient_key_file = \"{}\"\n{FAST}",
+        w.broker.mtls_url(),
+        w.broker.ca().display(),
+        d.join("gw-tls.crt").display(),
+        d.join("gw-tls.key").display(),
+    );
+    let mut gw = w.gateway("gw-tls", &fleet, false);
+    gw.start();
+    w.it.wait_for(&w.topic("gw-tls", "state"), WAIT, online);
+    w.it.wait_for(&w.topic("gw-tls", "telemetry"), WAIT, |_| true);
+    w.assert_no_phi();
+}
+
+#[test]
+fn a_wrong_password_keeps_retrying_without_crashing() {
+    let w = World::new();
+    let mut gw = w.gateway("gw-a", &w.broker.fleet_toml("gw-a", "wrong", FAST), false);
+    gw.start();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        gw.child
+            .as_mut()
+            .expect("running")
+            .try_wait()
+            .expect("wait")
+            .is_none(),
+        "{}",
+        gw.log()
+    );
+    let s = gw.status_json();
+    assert_eq!(s["fleet"]["connection"], "disconnected", "{s}");
+    assert!(
+        w.it.all()
+            .iter()
+            .all(|m| !m.topic.starts_with("vitalgate/gw-a/"))
+    );
+}
