@@ -1,7 +1,8 @@
 //! Device simulators, the supported-device catalog, udev rules and gateway board notes.
 //!
-//! For now it holds [`sim`], simulated device memories that produce readings in the
-//! measurement model. The Bluetooth (emulated BlueZ) and serial (PTY) simulators, which drive
-//! the real transports, grow here with the driver work.
+//! [`sim`] holds simulated device memories that produce readings in the measurement model;
+//! [`bluez`] is the emulated BlueZ (a private D-Bus bus with virtual Bluetooth peripherals)
+//! that the real btleplug transport is tested against.
 
+pub mod bluez;
 pub mod sim;
