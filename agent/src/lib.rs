@@ -5,6 +5,7 @@
 //! [`config`] is the checked configuration; [`clock`] says what the gateway knows about time;
 //! the `vitalgate` binary puts the command line on top of all of it.
 
+pub mod ble;
 pub mod clock;
 pub mod config;
 pub mod logging;

@@ -304,6 +304,19 @@ impl StoreReader {
             .map_err(self.sql("read cursor"))
     }
 
+    /// Addresses of the devices of one transport on this gateway's allowlist.
+    pub fn allowed_addresses(&self, transport: Transport) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT address FROM devices WHERE transport = ?1 AND allowed = 1")
+            .map_err(self.sql("allowlist"))?;
+        let rows = stmt
+            .query_map([transport.as_str()], |r| r.get(0))
+            .map_err(self.sql("allowlist"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(self.sql("allowlist"))
+    }
+
     /// Recent events, newest first.
     pub fn events(&self, limit: usize) -> Result<Vec<EventSummary>, StoreError> {
         self.query_events(None, limit)

@@ -285,6 +285,7 @@ fn racp_write(core: &Arc<Core>, address: &str, value: &[u8]) -> Result<(), Bluez
         let Some(d) = w.devices.get_mut(address) else {
             return Err(BluezError::Failed("Not connected".into()));
         };
+        d.racp_requests.push(value.to_vec());
         // Before indications are enabled, meters answer with CCCD Improperly Configured.
         if !d.is_notifying(0x2A52) {
             return Err(BluezError::att(0xFD));

@@ -213,6 +213,16 @@ impl Emulator {
             .map(|d| d.clock_offset_ms)
     }
 
+    /// Every RACP request written to the device, in order.
+    pub fn racp_requests(&self, address: &str) -> Vec<Vec<u8>> {
+        self.core
+            .world()
+            .devices
+            .get(&address.to_ascii_uppercase())
+            .map(|d| d.racp_requests.clone())
+            .unwrap_or_default()
+    }
+
     /// How many connections the device has accepted so far.
     pub fn connections(&self, address: &str) -> u64 {
         let a = format!("/dev_{}", address.to_ascii_uppercase().replace(':', "_"));

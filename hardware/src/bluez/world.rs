@@ -88,6 +88,8 @@ pub(crate) struct DeviceState {
     /// RACP records: glucose sequence numbers or CGM time offsets.
     pub racp_records: Vec<u16>,
     pub racp: Racp,
+    /// Every RACP request written, in order.
+    pub racp_requests: Vec<Vec<u8>>,
     /// Drop the link after this many more RACP records have been sent.
     pub drop_after_records: Option<u32>,
     pub live_counter: u32,
@@ -161,6 +163,7 @@ impl DeviceState {
             next_index,
             racp_records,
             racp: Racp::Idle,
+            racp_requests: Vec::new(),
             drop_after_records: None,
             live_counter: 0,
         }
