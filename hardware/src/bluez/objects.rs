@@ -246,6 +246,11 @@ impl Adapter {
     fn modalias(&self) -> String {
         "usb:v1D6Bp0246d0542".into()
     }
+    /// BlueZ 5.66+; bleak picks the adapter by it.
+    #[zbus(property)]
+    fn roles(&self) -> Vec<String> {
+        vec!["central".into(), "peripheral".into()]
+    }
 }
 
 /// `org.bluez.Device1`.
