@@ -234,6 +234,9 @@ impl BleSource {
         let mut allow = self.allowlist().await;
         let mut devices: HashMap<PeripheralId, DeviceTask> = HashMap::new();
         let mut ignored: HashSet<String> = HashSet::new();
+        // Peripherals already looked at and turned away: advertisements repeat several times
+        // a second, and each look costs D-Bus round trips. Cleared when the allowlist changes.
+        let mut turned_away: HashSet<PeripheralId> = HashSet::new();
         let tasks = TaskTracker::new();
         let mut refresh = tokio::time::interval(REFRESH);
         let ctx = Ctx {
@@ -265,14 +268,29 @@ impl BleSource {
                         | CentralEvent::ServicesAdvertisement { id, .. }
                         | CentralEvent::ServiceDataAdvertisement { id, .. }
                         | CentralEvent::ManufacturerDataAdvertisement { id, .. },
-                    ) => ctx.consider(&id, &allow, &mut devices, &mut ignored).await,
+                    ) => {
+                        if !turned_away.contains(&id)
+                            && !ctx.consider(&id, &allow, &mut devices, &mut ignored).await
+                        {
+                            turned_away.insert(id);
+                        }
+                    }
                     Some(_) => {}
                 },
                 _ = refresh.tick() => {
-                    allow = self.allowlist().await;
+                    let now = self.allowlist().await;
+                    if now != allow || self.pairing.is_open() {
+                        turned_away.clear();
+                    }
+                    allow = now;
                     if let Ok(known) = adapter.peripherals().await {
                         for p in known {
-                            ctx.consider(&p.id(), &allow, &mut devices, &mut ignored).await;
+                            let id = p.id();
+                            if !turned_away.contains(&id)
+                                && !ctx.consider(&id, &allow, &mut devices, &mut ignored).await
+                            {
+                                turned_away.insert(id);
+                            }
                         }
                     }
                 }
@@ -297,32 +315,33 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     /// Starts a device task for a peripheral that is allowed and speaks a supported
     /// profile, unless one runs already. The scan filter does not hide devices BlueZ already
-    /// knows (pitfall 3), so the advertised services are checked here.
+    /// knows (pitfall 3), so the advertised services are checked here. Returns false when
+    /// the peripheral was turned away (not allowed, or no supported profile).
     async fn consider(
         &self,
         id: &PeripheralId,
         allow: &BTreeSet<String>,
         devices: &mut HashMap<PeripheralId, DeviceTask>,
         ignored: &mut HashSet<String>,
-    ) {
+    ) -> bool {
         if devices.get(id).is_some_and(|t| !t.handle.is_finished()) {
-            return;
+            return true;
         }
         let Ok(p) = self.adapter.peripheral(id).await else {
-            return;
+            return true;
         };
         let Ok(Some(props)) = p.properties().await else {
-            return;
+            return true;
         };
         let address = props.address.to_string().to_ascii_uppercase();
         if !profiles::supported(&props.services) {
-            return;
+            return props.services.is_empty();
         }
         if !allow.contains(&address) && !self.source.pairing.is_open() {
             if ignored.insert(address.clone()) {
                 tracing::info!(device = %address, "Bluetooth LE device not on the allowlist; ignored.");
             }
-            return;
+            return false;
         }
         let shared = Arc::new(DeviceShared {
             address: address.clone(),
@@ -350,6 +369,7 @@ impl Ctx<'_> {
                 disconnected,
             },
         );
+        true
     }
 }
 
