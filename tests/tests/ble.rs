@@ -438,3 +438,41 @@ fn malformed_notifications_are_logged_and_counted_and_the_link_stays_up() {
     assert!(log.contains("malformed_total=3"), "{log}");
     rig.stop_agent();
 }
+
+#[test]
+fn racp_att_errors_are_handled_as_the_spec_says() {
+    use vitalgate_hardware::bluez::BluezError;
+    let mut rig = Rig::new(
+        vec![PeripheralSpec::new(Profile::Glucose, GLUCOSE).with_records(3)],
+        &[GLUCOSE],
+    );
+    // First "CCCD improperly configured", then "procedure already in progress".
+    rig.emu
+        .fail_next("WriteValue", Some(GLUCOSE), BluezError::att(0xFD));
+    rig.emu
+        .fail_next("WriteValue", Some(GLUCOSE), BluezError::att(0xFE));
+    rig.start_agent();
+    rig.wait_for("download despite ATT errors", |r| {
+        r.cursor(GLUCOSE, "racp-2A18").as_deref() == Some("3")
+    });
+    assert_eq!(sequences(&rig.readings(GLUCOSE)), [1, 2, 3]);
+    // 0xFD: subscribed again and retried; 0xFE: aborted, then retried.
+    assert_eq!(
+        rig.emu.racp_requests(GLUCOSE),
+        vec![vec![0x03, 0x00], vec![0x01, 0x01]]
+    );
+    // The RACP is the glucose service's fourth characteristic (handle 0x000a).
+    let racp_subscriptions = rig
+        .emu
+        .call_log()
+        .iter()
+        .filter(|c| c.starts_with("StartNotify") && c.contains("/service0001/char000a "))
+        .count();
+    assert_eq!(racp_subscriptions, 2, "re-subscribed after 0xFD");
+    assert_eq!(
+        rig.emu.connections(GLUCOSE),
+        1,
+        "handled without reconnecting"
+    );
+    rig.stop_agent();
+}
