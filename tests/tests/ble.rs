@@ -289,6 +289,13 @@ fn every_profile_lands_in_the_store_with_the_right_values() {
         assert!(off.abs() < 5_000, "{a} clock set, offset now {off} ms");
     }
     assert_eq!(rig.emu.clock_offset_ms(GLUCOSE), Some(90_000));
+    // The offset measured at the connection (before setting) goes with every reading.
+    for a in [GLUCOSE, THERMO, CGM] {
+        for r in rig.readings(a) {
+            let off = r.clock_offset_ms.expect("clock offset recorded");
+            assert!((off - 90_000).abs() < 5_000, "{a}: offset {off} ms");
+        }
+    }
     rig.stop_agent();
 }
 
@@ -473,6 +480,37 @@ fn racp_att_errors_are_handled_as_the_spec_says() {
         rig.emu.connections(GLUCOSE),
         1,
         "handled without reconnecting"
+    );
+    rig.stop_agent();
+}
+
+#[test]
+fn a_failed_or_slow_call_is_retried_with_backoff() {
+    use vitalgate_hardware::bluez::BluezError;
+    let mut rig = Rig::new(
+        vec![PeripheralSpec::new(Profile::Thermometer, THERMO).with_records(1)],
+        &[THERMO],
+    );
+    rig.emu.fail_next(
+        "Connect",
+        Some(THERMO),
+        BluezError::Failed("le-connection-abort-by-remote".into()),
+    );
+    rig.emu
+        .delay_next("ReadValue", Some(THERMO), Duration::from_millis(400));
+    rig.start_agent();
+    rig.wait_for("temperature after a failed connect", |r| {
+        has_value(&r.readings(THERMO), &["37.60"])
+    });
+    assert_eq!(
+        rig.emu.connections(THERMO),
+        2,
+        "one failed attempt, one good one"
+    );
+    assert!(
+        rig.log_text().contains("session failed; reconnecting"),
+        "{}",
+        rig.log_text()
     );
     rig.stop_agent();
 }
