@@ -259,6 +259,88 @@ fn bluez_contract_and_control_interface() {
             .try_into()
             .expect("ay");
         assert_eq!(v, vec![0x05, 0x00, 3, 0]);
+        // Unsupported op code, invalid operator, and abort during a report.
+        call::<()>(
+            &c,
+            &racp,
+            "org.bluez.GattCharacteristic1",
+            "WriteValue",
+            &(vec![2u8, 1], no.clone()),
+        )
+        .await
+        .expect("delete");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let v: Vec<u8> = prop(&c, &racp, "org.bluez.GattCharacteristic1", "Value")
+            .await
+            .try_into()
+            .expect("ay");
+        assert_eq!(v, vec![0x06, 0x00, 2, 2], "op code not supported");
+        call::<()>(
+            &c,
+            &racp,
+            "org.bluez.GattCharacteristic1",
+            "WriteValue",
+            &(vec![1u8, 9], no.clone()),
+        )
+        .await
+        .expect("bad operator");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let v: Vec<u8> = prop(&c, &racp, "org.bluez.GattCharacteristic1", "Value")
+            .await
+            .try_into()
+            .expect("ay");
+        assert_eq!(v, vec![0x06, 0x00, 1, 3], "invalid operator");
+        emu.add_records("A0:00:00:00:18:08", 200);
+        call::<()>(
+            &c,
+            &racp,
+            "org.bluez.GattCharacteristic1",
+            "WriteValue",
+            &(vec![1u8, 1], no.clone()),
+        )
+        .await
+        .expect("report all");
+        let e = call::<()>(
+            &c,
+            &racp,
+            "org.bluez.GattCharacteristic1",
+            "WriteValue",
+            &(vec![1u8, 1], no.clone()),
+        )
+        .await
+        .expect_err("busy");
+        assert!(format!("{e}").contains("ATT error: 0xfe"), "{e}");
+        call::<()>(
+            &c,
+            &racp,
+            "org.bluez.GattCharacteristic1",
+            "WriteValue",
+            &(vec![3u8, 0], no.clone()),
+        )
+        .await
+        .expect("abort");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let v: Vec<u8> = prop(&c, &racp, "org.bluez.GattCharacteristic1", "Value")
+            .await
+            .try_into()
+            .expect("ay");
+        assert_eq!(v, vec![0x06, 0x00, 3, 1], "abort succeeded");
+        // After the abort the meter takes requests again.
+        call::<()>(
+            &c,
+            &racp,
+            "org.bluez.GattCharacteristic1",
+            "WriteValue",
+            &(vec![4u8, 3, 1, 200, 0], no.clone()),
+        )
+        .await
+        .expect("count >= 200");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let v: Vec<u8> = prop(&c, &racp, "org.bluez.GattCharacteristic1", "Value")
+            .await
+            .try_into()
+            .expect("ay");
+        assert_eq!(v, vec![0x05, 0x00, 4, 0]);
 
         // The control interface: a fault for the next Disconnect, then the call log.
         let ctl = |m: &'static str| (m, "io.vitalgate.Control1");

@@ -507,6 +507,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn att_error_codes_are_read_from_bluez_messages() {
+        let e = |m: &str| SessionError::Ble {
+            step: "write RACP",
+            source: btleplug::Error::Other(m.to_owned().into()),
+        };
+        assert_eq!(
+            att_error(&e("Operation failed with ATT error: 0xfd")),
+            Some(0xFD)
+        );
+        assert_eq!(
+            att_error(&e(
+                "org.bluez.Error.Failed: Operation failed with ATT error: 0xfe"
+            )),
+            Some(0xFE)
+        );
+        assert_eq!(att_error(&e("le-connection-abort-by-local")), None);
+        assert_eq!(att_error(&e("ATT error: 0x")), None);
+        assert_eq!(att_error(&SessionError::Timeout { step: "x" }), None);
+    }
+
+    #[test]
     fn clock_offset_is_device_minus_gateway() {
         let now = 1_780_000_000_000i64;
         let local = now + local_utc_offset_s(now) * 1000 + 90_000;
