@@ -49,7 +49,8 @@ const GOOD_SESSION: Duration = Duration::from_secs(30);
 /// Link-state check while receiving, in case the disconnect event was missed.
 const LINK_CHECK: Duration = Duration::from_secs(2);
 
-/// Lets any supported device connect for a while (pairing), besides the allowlist.
+/// Lets any supported device connect for a while (pairing), besides the allowlist. The
+/// pairing command opens it through [`BleSource::pairing_window`]; bonding itself is BlueZ's.
 #[derive(Debug, Clone, Default)]
 pub struct PairingWindow(Arc<Mutex<Option<Instant>>>);
 
@@ -68,6 +69,23 @@ impl PairingWindow {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .is_some_and(|until| Instant::now() < until)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairing_window_opens_expires_and_closes() {
+        let w = PairingWindow::default();
+        assert!(!w.is_open());
+        w.open_for(Duration::from_secs(60));
+        assert!(w.clone().is_open(), "clones share the window");
+        w.close();
+        assert!(!w.is_open());
+        w.open_for(Duration::ZERO);
+        assert!(!w.is_open(), "an elapsed window is closed");
     }
 }
 

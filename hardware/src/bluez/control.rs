@@ -68,14 +68,14 @@ impl Control {
     }
 }
 
-/// Serves the control interface on a connection of its own.
-pub(crate) async fn serve(address: &str, emulator: Emulator) -> Result<(), zbus::Error> {
-    let conn = zbus::connection::Builder::address(address)?
+/// Serves the control interface on a connection of its own, which the emulator keeps.
+pub(crate) async fn serve(
+    address: &str,
+    emulator: Emulator,
+) -> Result<zbus::Connection, zbus::Error> {
+    zbus::connection::Builder::address(address)?
         .name(CONTROL_NAME)?
         .serve_at(CONTROL_PATH, Control { emulator })?
         .build()
-        .await?;
-    // The connection lives as long as the process: leaking it keeps the name owned.
-    std::mem::forget(conn);
-    Ok(())
+        .await
 }

@@ -43,12 +43,32 @@ pub enum EmulatorError {
     Bus(#[from] zbus::Error),
 }
 
-/// A running emulated BlueZ. Cheap to clone; the service stops when the last clone (and its
-/// tasks) are dropped with the runtime.
+/// A running emulated BlueZ. Cheap to clone; the scan and client-watch tasks stop and the
+/// control interface leaves the bus when the last clone returned by [`Emulator::start`] is
+/// dropped.
 #[derive(Debug, Clone)]
 pub struct Emulator {
     core: Arc<Core>,
-    tasks: Arc<Vec<tokio::task::AbortHandle>>,
+    /// `None` in the control interface's own handle, so that it does not keep the
+    /// emulation alive.
+    _guard: Option<Arc<Guard>>,
+}
+
+#[derive(Debug)]
+struct Guard {
+    tasks: Vec<tokio::task::AbortHandle>,
+    control: std::sync::Mutex<Option<zbus::Connection>>,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        if let Ok(mut c) = self.control.lock() {
+            c.take();
+        }
+    }
 }
 
 impl Emulator {
@@ -73,12 +93,21 @@ impl Emulator {
         conn.request_name("org.bluez").await?;
         let scan = tokio::spawn(link::scan(core.clone(), ADVERTISING_INTERVAL));
         let watch = tokio::spawn(link::watch_clients(core.clone()));
-        let emulator = Self {
+        let control = control::serve(
+            address,
+            Self {
+                core: core.clone(),
+                _guard: None,
+            },
+        )
+        .await?;
+        Ok(Self {
             core,
-            tasks: Arc::new(vec![scan.abort_handle(), watch.abort_handle()]),
-        };
-        control::serve(address, emulator.clone()).await?;
-        Ok(emulator)
+            _guard: Some(Arc::new(Guard {
+                tasks: vec![scan.abort_handle(), watch.abort_handle()],
+                control: std::sync::Mutex::new(Some(control)),
+            })),
+        })
     }
 
     /// Adds a peripheral; it advertises from now on.
@@ -232,15 +261,5 @@ impl Emulator {
             .iter()
             .filter(|c| c.starts_with("Connect ") && c.contains(&a))
             .count() as u64
-    }
-}
-
-impl Drop for Emulator {
-    fn drop(&mut self) {
-        if Arc::strong_count(&self.tasks) == 1 {
-            for t in self.tasks.iter() {
-                t.abort();
-            }
-        }
     }
 }

@@ -215,16 +215,10 @@ impl Adapter {
     fn powered(&self) -> bool {
         self.core.world().powered
     }
+    /// Writable, as btleplug sets it before every scan; the generated setter announces it.
     #[zbus(property)]
-    async fn set_powered(&mut self, on: bool) {
-        let changed = {
-            let mut w = self.core.world();
-            let c = w.powered != on;
-            w.powered = on;
-            c
-        };
-        // The generated setter already announces the new value; nothing else changes here.
-        let _ = changed;
+    fn set_powered(&mut self, on: bool) {
+        self.core.world().powered = on;
     }
     #[zbus(property)]
     fn discoverable(&self) -> bool {
