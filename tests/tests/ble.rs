@@ -514,3 +514,27 @@ fn a_failed_or_slow_call_is_retried_with_backoff() {
     );
     rig.stop_agent();
 }
+
+#[test]
+fn a_glucose_meter_that_is_not_bonded_is_reported_not_downloaded() {
+    let mut rig = Rig::new(
+        vec![
+            PeripheralSpec::new(Profile::Glucose, GLUCOSE)
+                .with_records(3)
+                .unbonded(),
+        ],
+        &[GLUCOSE],
+    );
+    rig.start_agent();
+    rig.wait_for("a clear bonding error", |r| {
+        r.log_text().contains("pair it through BlueZ")
+    });
+    assert!(rig.readings(GLUCOSE).is_empty());
+    assert_eq!(rig.cursor(GLUCOSE, "racp-2A18"), None);
+    // Once bonded (through BlueZ), the next connection downloads everything.
+    rig.emu.bond(GLUCOSE);
+    rig.wait_for("download after bonding", |r| {
+        sequences(&r.readings(GLUCOSE)) == [1, 2, 3]
+    });
+    rig.stop_agent();
+}

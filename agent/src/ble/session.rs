@@ -51,6 +51,11 @@ pub enum SessionError {
     },
     #[error("{step}: timed out")]
     Timeout { step: &'static str },
+    #[error(
+        "the device needs a bonded link for its stored records (ATT error 0x05): pair it \
+         through BlueZ (bluetoothctl) first"
+    )]
+    NeedsBonding,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -264,6 +269,9 @@ async fn request_records(
                 )
                 .await?;
                 tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) if matches!(att_error(&e), Some(0x05 | 0x0F)) => {
+                return Err(SessionError::NeedsBonding);
             }
             Err(e) => return Err(e),
         }

@@ -286,6 +286,10 @@ fn racp_write(core: &Arc<Core>, address: &str, value: &[u8]) -> Result<(), Bluez
             return Err(BluezError::Failed("Not connected".into()));
         };
         d.racp_requests.push(value.to_vec());
+        // RACP writes need an authenticated (bonded) link: Insufficient Authentication.
+        if !d.paired {
+            return Err(BluezError::att(0x05));
+        }
         // Before indications are enabled, meters answer with CCCD Improperly Configured.
         if !d.is_notifying(0x2A52) {
             return Err(BluezError::att(0xFD));

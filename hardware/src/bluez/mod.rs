@@ -171,6 +171,18 @@ impl Emulator {
         }
     }
 
+    /// Bonds the device with the adapter, as pairing it through `bluetoothctl` would.
+    pub fn bond(&self, address: &str) {
+        if let Some(d) = self
+            .core
+            .world()
+            .devices
+            .get_mut(&address.to_ascii_uppercase())
+        {
+            d.paired = true;
+        }
+    }
+
     /// Drops the link now, as if the device went out of range for a moment.
     pub async fn drop_link(&self, address: &str) {
         link::disconnect(&self.core, &address.to_ascii_uppercase()).await;

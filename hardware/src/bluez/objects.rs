@@ -296,7 +296,7 @@ impl Device {
             a
         };
         if already {
-            return Err(BluezError::Failed("Already Exists".into()));
+            return Err(BluezError::AlreadyExists("Already Exists".into()));
         }
         self.core
             .changed(

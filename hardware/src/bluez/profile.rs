@@ -131,6 +131,9 @@ pub struct PeripheralSpec {
     /// Period of the live stream (heart rate, PLX continuous); `None` disables it.
     pub live_interval: Option<Duration>,
     pub rssi: i16,
+    /// Whether the device is already bonded with this adapter (paired earlier through
+    /// BlueZ). Glucose meters and CGMs only serve the RACP over a bonded link.
+    pub bonded: bool,
 }
 
 impl PeripheralSpec {
@@ -161,6 +164,7 @@ impl PeripheralSpec {
             stored_records: 3,
             live_interval: Some(Duration::from_secs(1)),
             rssi: -52,
+            bonded: true,
         }
     }
 
@@ -171,6 +175,12 @@ impl PeripheralSpec {
 
     pub fn with_live_interval(mut self, every: Option<Duration>) -> Self {
         self.live_interval = every;
+        self
+    }
+
+    /// A device never bonded with this gateway.
+    pub fn unbonded(mut self) -> Self {
+        self.bonded = false;
         self
     }
 

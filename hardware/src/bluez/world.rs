@@ -146,6 +146,7 @@ impl DeviceState {
             Profile::Cgm => (0..spec.stored_records as u16).map(|i| i * 5).collect(),
             _ => Vec::new(),
         };
+        let bonded = spec.bonded;
         Self {
             rssi: spec.rssi,
             clock_offset_ms: spec.clock_offset_ms,
@@ -156,7 +157,7 @@ impl DeviceState {
             advertising: true,
             connected: false,
             services_resolved: false,
-            paired: false,
+            paired: bonded,
             services,
             epoch: 0,
             unsent,
