@@ -161,8 +161,6 @@ pub struct DeviceShared {
     pub readings: AtomicU64,
     /// Gateway time of the last downloaded record, for the idle flush.
     pub last_record: AtomicI64,
-    /// Device clock offset measured at the last connection (`i64::MIN` when unknown).
-    pub last_offset_ms: AtomicI64,
 }
 
 impl DeviceShared {
@@ -371,7 +369,6 @@ impl Ctx<'_> {
             malformed: AtomicU64::new(0),
             readings: AtomicU64::new(0),
             last_record: AtomicI64::new(0),
-            last_offset_ms: AtomicI64::new(i64::MIN),
         });
         let disconnected = Arc::new(Notify::new());
         let handle = self.tasks.spawn(device_loop(
@@ -436,7 +433,12 @@ async fn device_loop(
         match session.await {
             Ok(Ok(End::Cancelled)) => return,
             Ok(Ok(End::LinkLost)) => {
-                tracing::info!(device = %address, "Bluetooth LE link lost; reconnecting.");
+                tracing::info!(
+                    device = %address,
+                    readings_total = shared.readings.load(std::sync::atomic::Ordering::Relaxed),
+                    malformed_total = shared.malformed.load(std::sync::atomic::Ordering::Relaxed),
+                    "Bluetooth LE link lost; reconnecting."
+                );
             }
             Ok(Err(error)) => {
                 tracing::warn!(device = %address, %error, "Bluetooth LE session failed; reconnecting.");

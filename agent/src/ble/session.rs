@@ -160,9 +160,6 @@ pub async fn run(
         )
         .await?;
     }
-    shared
-        .last_offset_ms
-        .store(clock_offset_ms.unwrap_or(i64::MIN), Ordering::Relaxed);
     // CGM records need the session start and whether they carry an E2E-CRC.
     let mut ctx = DecodeContext::default();
     if let Some(c) = find(profiles::CGM_FEATURE) {
@@ -179,7 +176,12 @@ pub async fn run(
             ctx.cgm_session_start = Some(s);
         }
     }
-    tracing::info!(device = %address, subscribed = subscribed.len(), "BLE device connected.");
+    tracing::info!(
+        device = %address,
+        subscribed = subscribed.len(),
+        clock_offset_ms,
+        "BLE device connected."
+    );
 
     let mut rx = Receiver {
         shared,
