@@ -346,6 +346,17 @@ fn glucose_download_is_incremental_across_connections() {
             vec![0x01, 0x03, 0x01, 9, 0]
         ],
     );
+    // Nothing new: the meter answers "no records found", which is a successful download.
+    let completions = |r: &Rig| r.log_text().matches("Record download complete").count();
+    let before = completions(&rig);
+    rig.block_on(rig.emu.drop_link(GLUCOSE));
+    rig.wait_for("an empty download", |r| completions(r) > before);
+    assert_eq!(
+        rig.emu.racp_requests(GLUCOSE).last(),
+        Some(&vec![0x01, 0x03, 0x01, 11, 0])
+    );
+    assert!(!rig.log_text().contains("refused"), "{}", rig.log_text());
+    assert_eq!(sequences(&rig.readings(GLUCOSE)).len(), 10);
     rig.stop_agent();
 }
 
