@@ -109,8 +109,14 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
             let config = load_config(cli.config.as_deref(), Required::Yes)?;
             vitalgate::logging::init(&config.log);
             let keying = find_key(&config, &s.state_dir, CreateKey::No)?;
+            let ble = vitalgate::ble::BleSource::new(
+                config.ble.clone(),
+                config.store_path(&s.state_dir),
+                keying.clone(),
+            );
             let summary = runtime()?.block_on(async {
                 Supervisor::new(config, s.state_dir, keying)
+                    .with_source(Box::new(ble))
                     .stop_when(StopWhen::Signal)
                     .run()
                     .await

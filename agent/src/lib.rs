@@ -6,6 +6,7 @@
 //! [`serial`] runs the configured serial devices over tokio-serial;
 //! the `vitalgate` binary puts the command line on top of all of it.
 
+pub mod ble;
 pub mod clock;
 pub mod config;
 pub mod fleet;

@@ -75,6 +75,8 @@ pub struct StoredReading {
     pub received_ms: i64,
     pub measurement: Measurement,
     pub raw: Vec<u8>,
+    /// Device clock minus gateway clock at the connection the reading came in on, if known.
+    pub clock_offset_ms: Option<i64>,
 }
 
 /// A read-only view of the store.
@@ -250,7 +252,8 @@ impl StoreReader {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT r.id, r.dedup_key, r.received_ms, r.measurement, r.raw FROM readings r \
+                "SELECT r.id, r.dedup_key, r.received_ms, r.measurement, r.raw, r.clock_offset_ms \
+                 FROM readings r \
                  JOIN devices d ON d.id = r.device_id \
                  WHERE d.transport = ?1 AND d.address = ?2 ORDER BY r.id",
             )
@@ -263,12 +266,14 @@ impl StoreReader {
                     r.get::<_, i64>(2)?,
                     r.get::<_, Vec<u8>>(3)?,
                     r.get::<_, Vec<u8>>(4)?,
+                    r.get::<_, Option<i64>>(5)?,
                 ))
             })
             .map_err(self.sql("list readings"))?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, dedup_key, received_ms, body, raw) = row.map_err(self.sql("list readings"))?;
+            let (id, dedup_key, received_ms, body, raw, clock_offset_ms) =
+                row.map_err(self.sql("list readings"))?;
             let measurement = postcard::from_bytes(&body).map_err(|e| StoreError::Corrupt {
                 path: self.path.clone(),
                 detail: format!("reading {id} cannot be decoded: {e}"),
@@ -281,6 +286,7 @@ impl StoreReader {
                 received_ms,
                 measurement,
                 raw,
+                clock_offset_ms,
             });
         }
         Ok(out)
@@ -302,6 +308,19 @@ impl StoreReader {
             )
             .optional()
             .map_err(self.sql("read cursor"))
+    }
+
+    /// Addresses of the devices of one transport on this gateway's allowlist.
+    pub fn allowed_addresses(&self, transport: Transport) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT address FROM devices WHERE transport = ?1 AND allowed = 1")
+            .map_err(self.sql("allowlist"))?;
+        let rows = stmt
+            .query_map([transport.as_str()], |r| r.get(0))
+            .map_err(self.sql("allowlist"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(self.sql("allowlist"))
     }
 
     /// Recent events, newest first.

@@ -1,0 +1,560 @@
+//! One connection to one device, in the order real devices need (issue #3): connect, discover
+//! services, open the notification stream, subscribe, read Device Information, read the
+//! device clock (and set it where the device allows), then receive — including the RACP
+//! record download for glucose meters and CGMs, committed with its cursor before anything
+//! is acknowledged.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use btleplug::api::{Characteristic, Peripheral as _, WriteType};
+use btleplug::platform::Peripheral;
+use futures::StreamExt;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+use vitalgate_drivers::ble::{self, DecodeContext, Decoded, dis, racp::RacpResponse};
+use vitalgate_drivers::time::LocalDateTime;
+use vitalgate_drivers::{DecodeError, DeviceIdentity, Reading, Transport};
+
+use super::DeviceShared;
+use super::profiles::{self, short};
+use crate::store::{Batch, CursorUpdate, NewEvent, Severity, StoreError};
+
+/// Connect, including BlueZ resolving the services.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+/// Any single GATT operation.
+const GATT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Downloaded records are committed in batches of at most this many.
+const RECORD_BATCH: usize = 32;
+/// ... or when no record arrived for this long.
+const RECORD_IDLE_FLUSH: Duration = Duration::from_millis(300);
+/// Malformed notifications recorded as store events per connection (all are counted).
+const MALFORMED_EVENTS_PER_LINK: u64 = 10;
+
+/// Why a session ended without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    Cancelled,
+    LinkLost,
+}
+
+/// Why a session failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("{step}: {source}")]
+    Ble {
+        step: &'static str,
+        #[source]
+        source: btleplug::Error,
+    },
+    #[error("{step}: timed out")]
+    Timeout { step: &'static str },
+    #[error(
+        "the device needs a bonded link for its stored records (ATT error 0x05): pair it \
+         through BlueZ (bluetoothctl) first"
+    )]
+    NeedsBonding,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+async fn gatt<T>(
+    step: &'static str,
+    within: Duration,
+    f: impl Future<Output = btleplug::Result<T>>,
+) -> Result<T, SessionError> {
+    match tokio::time::timeout(within, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(source)) => Err(SessionError::Ble { step, source }),
+        Err(_) => Err(SessionError::Timeout { step }),
+    }
+}
+
+/// The ATT error code inside a BlueZ error, e.g. 0xFD from
+/// "Operation failed with ATT error: 0xfd".
+fn att_error(e: &SessionError) -> Option<u8> {
+    let SessionError::Ble { source, .. } = e else {
+        return None;
+    };
+    let text = source.to_string();
+    let at = text.find("ATT error: 0x")?;
+    u8::from_str_radix(text.get(at + 13..at + 15)?, 16).ok()
+}
+
+/// Runs one connection until the link is lost, the agent stops, or something fails.
+pub async fn run(
+    p: &Peripheral,
+    shared: &DeviceShared,
+    disconnected: &Notify,
+    cancel: &CancellationToken,
+) -> Result<End, SessionError> {
+    let address = shared.address.clone();
+    // 1. Connect (a device BlueZ still holds connected is fine: Connect is then a no-op).
+    gatt("connect", CONNECT_TIMEOUT, p.connect()).await?;
+    // 2. Discover services; notifications are matched to characteristics through them.
+    gatt("discover services", GATT_TIMEOUT, p.discover_services()).await?;
+    let chars: Vec<Characteristic> = p.characteristics().into_iter().collect();
+    let find = |u: u16| chars.iter().find(|c| short(&c.uuid) == Some(u));
+    // 3. Open the notification stream before subscribing: meters indicate at once.
+    let mut stream = gatt("open notifications", GATT_TIMEOUT, p.notifications()).await?;
+    // 4. Subscribe.
+    let mut subscribed = BTreeSet::new();
+    for c in &chars {
+        if let Some(u) = short(&c.uuid)
+            && profiles::SUBSCRIBE.contains(&u)
+        {
+            gatt("subscribe", GATT_TIMEOUT, p.subscribe(c)).await?;
+            subscribed.insert(u);
+        }
+    }
+    // 5. Device Information.
+    let mut identity = DeviceIdentity::new(Transport::Ble, address.clone());
+    for u in profiles::DEVICE_INFORMATION {
+        if let Some(c) = find(u) {
+            let value = gatt("read device information", GATT_TIMEOUT, p.read(c)).await?;
+            match ble::decode(u, &value, &DecodeContext::default()) {
+                Ok(Decoded::DeviceInformation(s)) => dis::apply_string(&mut identity, &s),
+                Ok(Decoded::SystemId(id)) => dis::apply_system_id(&mut identity, &id),
+                Ok(_) => {}
+                Err(error) => tracing::warn!(
+                    device = %address,
+                    characteristic = %format!("{u:04X}"),
+                    %error,
+                    "Unreadable Device Information value ignored."
+                ),
+            }
+        }
+    }
+    // 6. The device clock: its offset from ours at this connection, then set it if allowed.
+    let mut clock_offset_ms = None;
+    if let Some(c) = find(profiles::CURRENT_TIME) {
+        let value = gatt("read current time", GATT_TIMEOUT, p.read(c)).await?;
+        if let Ok(Decoded::CurrentTime(t)) =
+            ble::decode(profiles::CURRENT_TIME, &value, &DecodeContext::default())
+        {
+            clock_offset_ms = device_offset_ms(&t.time, shared.now_ms());
+        }
+        if c.properties.contains(btleplug::api::CharPropFlags::WRITE)
+            && let Some(now) = local_now()
+            && let Ok(ct) = ble::cts::CurrentTime::for_write(now)
+        {
+            gatt(
+                "set current time",
+                GATT_TIMEOUT,
+                p.write(c, &ct.encode(), WriteType::WithResponse),
+            )
+            .await?;
+        }
+    }
+    if let Some(c) = find(profiles::DATE_TIME)
+        && c.properties.contains(btleplug::api::CharPropFlags::WRITE)
+        && let Some(now) = local_now()
+    {
+        let bytes = vitalgate_drivers::time::encode_date_time(&now);
+        gatt(
+            "set date time",
+            GATT_TIMEOUT,
+            p.write(c, &bytes, WriteType::WithResponse),
+        )
+        .await?;
+    }
+    // CGM records need the session start and whether they carry an E2E-CRC.
+    let mut ctx = DecodeContext::default();
+    if let Some(c) = find(profiles::CGM_FEATURE) {
+        let value = gatt("read CGM feature", GATT_TIMEOUT, p.read(c)).await?;
+        if let Ok(Decoded::CgmFeature(f)) = ble::decode(profiles::CGM_FEATURE, &value, &ctx) {
+            ctx.cgm_e2e_crc = Some(f.features.e2e_crc);
+        }
+    }
+    if let Some(c) = find(profiles::CGM_SESSION_START) {
+        let value = gatt("read CGM session start", GATT_TIMEOUT, p.read(c)).await?;
+        if let Ok(Decoded::CgmSessionStartTime(s)) =
+            ble::decode(profiles::CGM_SESSION_START, &value, &ctx)
+        {
+            ctx.cgm_session_start = Some(s);
+        }
+    }
+    tracing::info!(
+        device = %address,
+        subscribed = subscribed.len(),
+        clock_offset_ms,
+        "BLE device connected."
+    );
+
+    let mut rx = Receiver {
+        shared,
+        identity,
+        ctx,
+        clock_offset_ms,
+        subscribed,
+        pending: Vec::new(),
+        pending_cursor: None,
+        download: None,
+        malformed_this_link: 0,
+    };
+    // 7. Receive; a glucose meter or CGM is first asked for the records after the cursor.
+    if let Some(racp) = find(profiles::RACP) {
+        let measurement = if find(profiles::CGM_MEASUREMENT).is_some() {
+            profiles::CGM_MEASUREMENT
+        } else {
+            profiles::GLUCOSE_MEASUREMENT
+        };
+        let after = shared.cursor(measurement).await?;
+        let request = match after {
+            // Greater than or equal to sequence n+1 (filter type 1: sequence number, or the
+            // CGM time offset).
+            Some(n) if n < u16::MAX => {
+                let [lo, hi] = (n + 1).to_le_bytes();
+                vec![0x01, 0x03, 0x01, lo, hi]
+            }
+            Some(_) => Vec::new(),
+            None => vec![0x01, 0x01],
+        };
+        rx.download = Some(measurement);
+        if !request.is_empty() {
+            request_records(p, racp, &request).await?;
+        }
+    }
+    let mut flush_tick = tokio::time::interval(RECORD_IDLE_FLUSH);
+    let end = loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break End::Cancelled,
+            _ = disconnected.notified() => break End::LinkLost,
+            n = stream.next() => match n {
+                Some(n) => rx.handle(n.uuid, &n.value).await?,
+                None => break End::LinkLost,
+            },
+            _ = flush_tick.tick() => {
+                if rx.idle_for_flush() {
+                    rx.flush().await?;
+                }
+            }
+        }
+    };
+    // Records received before the link went are kept: committed with their cursor, so the
+    // next connection asks only for what came after.
+    rx.flush().await?;
+    if end == End::Cancelled {
+        let _ = tokio::time::timeout(GATT_TIMEOUT, p.disconnect()).await;
+    }
+    Ok(end)
+}
+
+/// Writes a RACP request, handling the ATT errors meters answer with: 0xFD (indications not
+/// enabled yet) by subscribing again, 0xFE (a procedure already running) by aborting it.
+async fn request_records(
+    p: &Peripheral,
+    racp: &Characteristic,
+    request: &[u8],
+) -> Result<(), SessionError> {
+    for attempt in 0..3 {
+        match gatt(
+            "write RACP",
+            GATT_TIMEOUT,
+            p.write(racp, request, WriteType::WithResponse),
+        )
+        .await
+        {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt < 2 && att_error(&e) == Some(0xFD) => {
+                tracing::info!("RACP: indications not configured yet; subscribing again.");
+                gatt("subscribe RACP", GATT_TIMEOUT, p.subscribe(racp)).await?;
+            }
+            Err(e) if attempt < 2 && att_error(&e) == Some(0xFE) => {
+                tracing::info!("RACP: a procedure is already running; aborting it first.");
+                gatt(
+                    "abort RACP",
+                    GATT_TIMEOUT,
+                    p.write(racp, &[0x03, 0x00], WriteType::WithResponse),
+                )
+                .await?;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) if matches!(att_error(&e), Some(0x05 | 0x0F)) => {
+                return Err(SessionError::NeedsBonding);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+struct Receiver<'a> {
+    shared: &'a DeviceShared,
+    identity: DeviceIdentity,
+    ctx: DecodeContext,
+    clock_offset_ms: Option<i64>,
+    subscribed: BTreeSet<u16>,
+    /// Downloaded records not yet committed, and the cursor they advance to.
+    pending: Vec<Reading>,
+    pending_cursor: Option<u32>,
+    /// The measurement characteristic of a RACP download in progress.
+    download: Option<u16>,
+    malformed_this_link: u64,
+}
+
+impl Receiver<'_> {
+    async fn handle(&mut self, uuid: Uuid, value: &[u8]) -> Result<(), SessionError> {
+        let Some(u) = short(&uuid) else {
+            return Ok(());
+        };
+        // Read results arrive on the same stream (test-harness.md pitfall 2): only what was
+        // subscribed to is a notification.
+        if !self.subscribed.contains(&u) {
+            return Ok(());
+        }
+        let decoded = match ble::decode(u, value, &self.ctx) {
+            Ok(d) => d,
+            Err(error) => return self.malformed(u, &error).await,
+        };
+        if let Decoded::Racp(resp) = &decoded {
+            return self.racp_response(resp).await;
+        }
+        let measurements = decoded.measurements();
+        if measurements.is_empty() {
+            return Ok(());
+        }
+        let receipt = self.shared.clock.receipt();
+        let readings: Vec<Reading> = measurements
+            .into_iter()
+            .map(|measurement| Reading {
+                device: self.identity.clone(),
+                measurement,
+                receipt,
+                device_clock_offset_ms: self.clock_offset_ms,
+                instance: Uuid::new_v4(),
+                raw: value.to_vec(),
+            })
+            .collect();
+        if self.download == Some(u) {
+            for r in &readings {
+                if let Some(seq) = r.measurement.sequence {
+                    self.pending_cursor = Some(self.pending_cursor.map_or(seq, |c| c.max(seq)));
+                }
+            }
+            self.pending.extend(readings);
+            self.shared
+                .last_record
+                .store(crate::store::now_ms(), Ordering::Relaxed);
+            if self.pending.len() >= RECORD_BATCH {
+                self.flush().await?;
+            }
+            return Ok(());
+        }
+        let n = readings.len();
+        self.shared
+            .store
+            .commit(Batch {
+                readings,
+                cursor: None,
+            })
+            .await?;
+        self.shared.readings.fetch_add(n as u64, Ordering::Relaxed);
+        tracing::debug!(device = %self.shared.address, characteristic = %format!("{u:04X}"), readings = n, "BLE readings committed.");
+        Ok(())
+    }
+
+    fn idle_for_flush(&self) -> bool {
+        !self.pending.is_empty()
+            && crate::store::now_ms() - self.shared.last_record.load(Ordering::Relaxed)
+                >= RECORD_IDLE_FLUSH.as_millis() as i64
+    }
+
+    /// Commits downloaded records together with the cursor they advance to; only then is the
+    /// cursor remembered for the next request.
+    async fn flush(&mut self) -> Result<(), SessionError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let Some(measurement) = self.download else {
+            return Ok(());
+        };
+        let readings = std::mem::take(&mut self.pending);
+        let n = readings.len();
+        let cursor = self.pending_cursor.take();
+        self.shared
+            .store
+            .commit(Batch {
+                readings,
+                cursor: cursor.map(|c| CursorUpdate {
+                    transport: Transport::Ble,
+                    address: self.shared.address.clone(),
+                    stream: profiles::cursor_stream(measurement),
+                    value: c.to_string(),
+                }),
+            })
+            .await?;
+        self.shared.readings.fetch_add(n as u64, Ordering::Relaxed);
+        if let Some(c) = cursor {
+            self.shared.remember_cursor(measurement, c);
+        }
+        tracing::info!(device = %self.shared.address, records = n, "Stored records committed; cursor advanced.");
+        Ok(())
+    }
+
+    async fn racp_response(&mut self, resp: &RacpResponse) -> Result<(), SessionError> {
+        if resp.is_download_complete() {
+            self.flush().await?;
+            tracing::info!(device = %self.shared.address, "Record download complete.");
+        } else {
+            tracing::warn!(device = %self.shared.address, response = ?resp, "Record access control point refused the request.");
+        }
+        Ok(())
+    }
+
+    /// A notification that does not decode: logged without its bytes (they may be patient
+    /// data), counted, and recorded as an event; the connection stays up.
+    async fn malformed(&mut self, u: u16, error: &DecodeError) -> Result<(), SessionError> {
+        let total = self.shared.malformed.fetch_add(1, Ordering::Relaxed) + 1;
+        self.malformed_this_link += 1;
+        let offset = match error {
+            DecodeError::Truncated { offset, .. }
+            | DecodeError::TrailingBytes { offset, .. }
+            | DecodeError::Invalid { offset, .. } => Some(*offset),
+            _ => None,
+        };
+        let kind = match error {
+            DecodeError::Truncated { .. } => "truncated",
+            DecodeError::TrailingBytes { .. } => "trailing-bytes",
+            _ => "invalid",
+        };
+        tracing::warn!(
+            device = %self.shared.address,
+            characteristic = %format!("{u:04X}"),
+            offset,
+            kind,
+            malformed_total = total,
+            "Malformed notification dropped; the connection stays up."
+        );
+        tracing::debug!(device = %self.shared.address, %error, "Malformed notification detail.");
+        if self.malformed_this_link <= MALFORMED_EVENTS_PER_LINK {
+            self.shared
+                .store
+                .record_event(NewEvent {
+                    severity: Severity::Warning,
+                    kind: "ble-malformed-notification".into(),
+                    detail: serde_json::json!({
+                        "device": self.shared.address,
+                        "characteristic": format!("{u:04X}"),
+                        "offset": offset,
+                        "kind": kind,
+                        "malformed_total": total,
+                    }),
+                })
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Device clock minus gateway clock: the device's local wall time against ours.
+fn device_offset_ms(device: &LocalDateTime, now_ms: i64) -> Option<i64> {
+    let (y, mo, d) = (device.year?, device.month?, device.day?);
+    let days = days_from_civil(i64::from(y), i64::from(mo), i64::from(d));
+    let device_local_ms = (days * 86_400
+        + i64::from(device.hour) * 3600
+        + i64::from(device.minute) * 60
+        + i64::from(device.second))
+        * 1000
+        + i64::from(device.millis.unwrap_or(0));
+    Some(device_local_ms - (now_ms + local_utc_offset_s(now_ms) * 1000))
+}
+
+/// The gateway's local wall time now, for setting a device clock.
+fn local_now() -> Option<LocalDateTime> {
+    let now = crate::store::now_ms();
+    let local_s = now.div_euclid(1000) + local_utc_offset_s(now);
+    let (y, m, d) = civil_from_days(local_s.div_euclid(86_400));
+    let sod = local_s.rem_euclid(86_400);
+    Some(LocalDateTime {
+        year: u16::try_from(y).ok(),
+        month: u8::try_from(m).ok(),
+        day: u8::try_from(d).ok(),
+        hour: (sod / 3600) as u8,
+        minute: (sod % 3600 / 60) as u8,
+        second: (sod % 60) as u8,
+        millis: None,
+    })
+}
+
+/// The local time zone's offset from UTC at `at_ms`, in seconds (0 when unknown).
+#[allow(unsafe_code)]
+fn local_utc_offset_s(at_ms: i64) -> i64 {
+    let t: libc::time_t = at_ms.div_euclid(1000) as libc::time_t;
+    // SAFETY: localtime_r only reads `t` and writes into the zeroed `tm` we own.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are valid for the duration of the call.
+    let r = unsafe { libc::localtime_r(&t, &mut tm) };
+    if r.is_null() { 0 } else { tm.tm_gmtoff }
+}
+
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn att_error_codes_are_read_from_bluez_messages() {
+        let e = |m: &str| SessionError::Ble {
+            step: "write RACP",
+            source: btleplug::Error::Other(m.to_owned().into()),
+        };
+        assert_eq!(
+            att_error(&e("Operation failed with ATT error: 0xfd")),
+            Some(0xFD)
+        );
+        assert_eq!(
+            att_error(&e(
+                "org.bluez.Error.Failed: Operation failed with ATT error: 0xfe"
+            )),
+            Some(0xFE)
+        );
+        assert_eq!(att_error(&e("le-connection-abort-by-local")), None);
+        assert_eq!(att_error(&e("ATT error: 0x")), None);
+        assert_eq!(att_error(&SessionError::Timeout { step: "x" }), None);
+    }
+
+    #[test]
+    fn clock_offset_is_device_minus_gateway() {
+        let now = 1_780_000_000_000i64;
+        let local = now + local_utc_offset_s(now) * 1000 + 90_000;
+        let s = local.div_euclid(1000);
+        let (y, m, d) = civil_from_days(s.div_euclid(86_400));
+        let sod = s.rem_euclid(86_400);
+        let t = LocalDateTime {
+            year: Some(y as u16),
+            month: Some(m as u8),
+            day: Some(d as u8),
+            hour: (sod / 3600) as u8,
+            minute: (sod % 3600 / 60) as u8,
+            second: (sod % 60) as u8,
+            millis: None,
+        };
+        assert_eq!(device_offset_ms(&t, now), Some(90_000));
+        let unknown = LocalDateTime { year: None, ..t };
+        assert_eq!(device_offset_ms(&unknown, now), None);
+    }
+}
