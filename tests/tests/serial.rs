@@ -549,3 +549,23 @@ fn astm_meter_results_arrive_once_through_naks_and_a_replug() {
         "damaged frames were counted (and NAKed)"
     );
 }
+
+#[test]
+fn nonin_ascii_stream_gives_one_reading_per_placement_with_the_stable_policy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let link = dir.path().join("ttyNoninAscii");
+    let sim = Sim::start(&link, &["--protocol", "nonin-ascii", "--rate", "10"]);
+    let site = site_with(&serial_config(
+        &link,
+        "nonin-ascii",
+        "stream = { policy = \"stable\", settle = \"1s\", spo2_tolerance = 3, pulse_tolerance = 5 }",
+    ));
+    let mut agent = Agent::start(&site);
+    agent.wait_log("Serial device connected.", 1, Duration::from_secs(10));
+    agent.run_for(Duration::from_millis(3000));
+    agent.stop();
+    // About 30 lines arrived; the values settled once and stayed: one SpO2 + pulse pair.
+    let got = stored(&site, &sim.address());
+    let kinds: Vec<u32> = got.iter().map(|r| r.measurement.kind.0).collect();
+    assert_eq!(kinds, vec![150456, 149530], "{got:#?}");
+}

@@ -11,6 +11,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use vitalgate_drivers::serial::Protocol;
+use vitalgate_drivers::time::LocalDateTime;
 use vitalgate_hardware::serial::{self, Control, DeviceOptions, Faults, Simulator};
 
 #[derive(Debug, Parser)]
@@ -60,10 +61,57 @@ struct Args {
     /// ...and plug back in after this many milliseconds.
     #[arg(long, value_name = "MS")]
     replug_after_ms: Option<u64>,
+    /// The device clock at start: "now" (this machine's local time) or
+    /// YYYY-MM-DDTHH:MM:SS. Stored records are dated back from it.
+    #[arg(long, default_value = "now")]
+    clock: String,
+}
+
+/// This machine's local wall time.
+#[allow(unsafe_code)]
+fn local_now() -> Option<LocalDateTime> {
+    let utc = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs() as i64;
+    let t: libc::time_t = utc as libc::time_t;
+    // SAFETY: localtime_r writes only into the tm we own; both pointers are valid.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let r = unsafe { libc::localtime_r(&t, &mut tm) };
+    let offset = if r.is_null() { 0 } else { tm.tm_gmtoff };
+    LocalDateTime::from_epoch_seconds(utc + offset).ok()
+}
+
+fn parse_clock(s: &str) -> Option<LocalDateTime> {
+    if s == "now" {
+        return local_now();
+    }
+    let n = |r: std::ops::Range<usize>| s.get(r)?.parse::<u16>().ok();
+    if s.len() != 19 {
+        return None;
+    }
+    let t = LocalDateTime {
+        year: Some(n(0..4)?),
+        month: Some(u8::try_from(n(5..7)?).ok()?),
+        day: Some(u8::try_from(n(8..10)?).ok()?),
+        hour: u8::try_from(n(11..13)?).ok()?,
+        minute: u8::try_from(n(14..16)?).ok()?,
+        second: u8::try_from(n(17..19)?).ok()?,
+        millis: None,
+    };
+    t.epoch_seconds().ok().map(|_| t)
 }
 
 fn main() -> ExitCode {
     let a = Args::parse();
+    let Some(clock) = parse_clock(&a.clock) else {
+        eprintln!(
+            "vitalgate-serial-sim: --clock {:?} is not \"now\" or YYYY-MM-DDTHH:MM:SS",
+            a.clock
+        );
+        return ExitCode::from(64);
+    };
     let rate = a.rate.unwrap_or(match a.protocol {
         Protocol::NoninAscii => 1,
         Protocol::Contec => 60,
@@ -76,7 +124,7 @@ fn main() -> ExitCode {
         rate,
         second_try: a.second_try,
         legacy: a.legacy,
-        ..DeviceOptions::default()
+        clock,
     };
     let faults = Faults {
         bad_checksum_every: a.bad_checksum_every,
