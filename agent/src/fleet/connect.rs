@@ -73,6 +73,10 @@ pub fn mqtt_options(
         cfg.session_expiry.as_secs().min(u32::MAX as u64) as u32
     ));
     o.set_max_packet_size(Some(512 * 1024));
+    // rumqttc sizes its in-flight table by this bound before the broker's receive maximum is
+    // known: unbounded (65,535 slots) it costs about 8 MB per connection. A gateway has a few
+    // results and events in flight at most.
+    o.set_outgoing_inflight_upper_limit(32);
     let topics = Topics::new(gateway);
     o.set_last_will(LastWill::new(
         topics.state(),
