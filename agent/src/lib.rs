@@ -10,3 +10,4 @@ pub mod config;
 pub mod logging;
 pub mod store;
 pub mod supervisor;
+pub mod update;

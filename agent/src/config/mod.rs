@@ -5,6 +5,7 @@
 //! configured inline: the file only says where to find them.
 
 pub mod types;
+pub mod update;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -46,6 +47,7 @@ pub struct Config {
     /// listed here until routing rules say otherwise.
     #[serde(rename = "destination")]
     pub destinations: Vec<DestinationConfig>,
+    pub update: update::UpdateConfig,
 }
 
 /// `[gateway]`
@@ -330,6 +332,7 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
+        self.update.validate()?;
         let mut seen = std::collections::BTreeSet::new();
         for d in &self.destinations {
             if !seen.insert(d.id.clone()) {

@@ -1,0 +1,4 @@
+//! Signed software update with automatic rollback.
+//!
+//! [`manifest`] is the signed description of an update (pure).
+pub mod manifest;
