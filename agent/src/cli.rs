@@ -54,6 +54,9 @@ enum Command {
     /// Configuration commands.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Signed software update: keys, signing, applying, status.
+    #[command(subcommand)]
+    Update(crate::cli_update::UpdateCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -76,13 +79,7 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
             let config = load_config(cli.config.as_deref(), Required::Yes)?;
             vitalgate::logging::init(&config.log);
             let keying = find_key(&config, &s.state_dir, CreateKey::No)?;
-            runtime()?.block_on(async {
-                Supervisor::new(config, s.state_dir, keying)
-                    .stop_when(StopWhen::Signal)
-                    .run()
-                    .await
-            })?;
-            Ok(exit::OK)
+            runtime()?.block_on(crate::cli_update::run_daemon(config, s.state_dir, keying))
         }
         Command::Demo { state, records } => demo(cli.config.as_deref(), &state.state_dir, records),
         Command::Status {
@@ -90,10 +87,13 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
             json,
             verify,
         } => status(cli.config.as_deref(), &state.state_dir, json, verify),
+        Command::Update(u) => crate::cli_update::dispatch(u, || {
+            load_config(cli.config.as_deref(), Required::IfPresent)
+        }),
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     // Two workers: gateways have few cores, and the store writer has a thread of its own.
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -1,0 +1,290 @@
+//! `vitalgate update ...` (keygen, sign, apply, status) and the update work the daemon does
+//! around the supervisor: resuming an interrupted operation at start and running the new
+//! version's health gate while the agent runs.
+
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use rand::TryRngCore as _;
+use tokio_util::sync::CancellationToken;
+use vitalgate::config::Config;
+use vitalgate::store::Keying;
+use vitalgate::supervisor::{StopWhen, Supervisor};
+use vitalgate::update::manifest::{self, PrivateKey};
+use vitalgate::update::{self, Outcome, Report, Status, Updater};
+
+use crate::exit;
+
+#[derive(Debug, Subcommand)]
+pub enum UpdateCommand {
+    /// Create an Ed25519 signing key pair for update manifests (run offline, by IT).
+    Keygen {
+        /// Writes <PREFIX>.key (private, mode 0600) and <PREFIX>.pub (public).
+        #[arg(long, value_name = "PREFIX")]
+        out: PathBuf,
+    },
+    /// Sign a manifest (adds or replaces this key's signature).
+    Sign {
+        /// The manifest JSON file.
+        manifest: PathBuf,
+        /// The private key file written by `keygen`.
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// Where to write the signed manifest (default: replace the input file).
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Apply a signed manifest now: verify, download, install, switch. The service must then
+    /// restart (the fleet command does that itself) for the health gate to run.
+    Apply {
+        /// The signed manifest JSON file.
+        manifest: PathBuf,
+        /// The id reported with every step (the fleet command id).
+        #[arg(long, default_value = "cli")]
+        command_id: String,
+    },
+    /// Show the running version, the installed versions and the last update operation.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn dispatch(cmd: UpdateCommand, config: impl FnOnce() -> Result<Config>) -> Result<u8> {
+    match cmd {
+        UpdateCommand::Keygen { out } => keygen(&out),
+        UpdateCommand::Sign {
+            manifest,
+            key,
+            output,
+        } => sign(&manifest, &key, output.as_deref()),
+        UpdateCommand::Apply {
+            manifest,
+            command_id,
+        } => apply(&config()?, &manifest, &command_id),
+        UpdateCommand::Status { json } => status(&config()?, json),
+    }
+}
+
+fn keygen(prefix: &Path) -> Result<u8> {
+    let mut seed = [0u8; 32];
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut seed)
+        .context("cannot read random bytes from the OS")?;
+    let key = PrivateKey::from_seed(&seed);
+    let secret = prefix.with_extension("key");
+    let public = prefix.with_extension("pub");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&secret)
+        .with_context(|| format!("cannot create {} (it must not exist yet)", secret.display()))?;
+    writeln!(f, "{}", key.to_base64()).context("cannot write the private key")?;
+    f.sync_all().context("cannot write the private key")?;
+    std::fs::write(&public, format!("{}\n", key.public().to_base64()))
+        .with_context(|| format!("cannot write {}", public.display()))?;
+    println!("Private key: {} (keep it offline)", secret.display());
+    println!("Public key:  {}", public.display());
+    println!("Key id:      {}", key.public().id());
+    println!(
+        "For [update] trusted_keys: \"{}\"",
+        key.public().to_base64()
+    );
+    Ok(exit::OK)
+}
+
+fn sign(manifest_path: &Path, key_path: &Path, output: Option<&Path>) -> Result<u8> {
+    let key_text = std::fs::read_to_string(key_path)
+        .with_context(|| format!("cannot read {}", key_path.display()))?;
+    let key = PrivateKey::from_base64(&key_text).with_context(|| key_path.display().to_string())?;
+    let bytes = std::fs::read(manifest_path)
+        .with_context(|| format!("cannot read {}", manifest_path.display()))?;
+    let signed =
+        manifest::sign(&bytes, &key).with_context(|| manifest_path.display().to_string())?;
+    let out = output.unwrap_or(manifest_path);
+    update::state::write_atomic(out, &signed)
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    println!("Signed {} with key {}", out.display(), key.public().id());
+    Ok(exit::OK)
+}
+
+fn print_report(r: &Report) {
+    let status = match r.status {
+        Status::InProgress => "in_progress",
+        Status::Succeeded => "succeeded",
+        Status::Failed => "failed",
+    };
+    println!(
+        "update {} {}: {}{}",
+        r.version,
+        r.step.as_str(),
+        status,
+        r.reason
+            .as_deref()
+            .map(|x| format!(" ({x})"))
+            .unwrap_or_default()
+    );
+}
+
+fn apply(config: &Config, manifest_path: &Path, command_id: &str) -> Result<u8> {
+    let bytes = std::fs::read(manifest_path)
+        .with_context(|| format!("cannot read {}", manifest_path.display()))?;
+    let updater = Updater::open(&config.update)?;
+    let cancel = CancellationToken::new();
+    let outcome = crate::cli::runtime()?.block_on(async {
+        updater
+            .start(&bytes, command_id, &mut |r| print_report(r), &cancel)
+            .await
+    })?;
+    Ok(match outcome {
+        Outcome::RestartRequired => {
+            println!("Restart the service to run the new version's health gate.");
+            exit::OK
+        }
+        Outcome::Done(r) if r.status == Status::Failed => exit::DATAERR,
+        _ => exit::OK,
+    })
+}
+
+fn status(config: &Config, json: bool) -> Result<u8> {
+    let layout = update::install::Layout::new(&config.update.install_dir);
+    let op_file = update::state::OperationFile::new(&config.update.download_dir);
+    let operation = op_file.load()?;
+    let current = layout.current_target()?;
+    let marker = layout.read_marker()?;
+    let mut versions: Vec<String> = std::fs::read_dir(config.update.install_dir.join("versions"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    versions.sort();
+    if json {
+        let v = serde_json::json!({
+            "running_version": update::running_version(),
+            "current": current.as_ref().map(|p| p.display().to_string()),
+            "installed_versions": versions,
+            "pending": marker.as_ref().map(|m| serde_json::json!({
+                "new_version": m.new_version,
+                "previous_version": m.previous_version,
+                "attempts_left": m.attempts_left,
+            })),
+            "operation": operation,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!("Running version: {}", update::running_version());
+        println!(
+            "Current:         {}",
+            current
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "(packaged binary)".into())
+        );
+        println!("Installed:       {}", versions.join(", "));
+        if let Some(m) = marker {
+            println!(
+                "On trial:        {} (previous {}, {} start(s) left)",
+                m.new_version, m.previous_version, m.attempts_left
+            );
+        }
+        match operation {
+            Some(op) => println!(
+                "Last operation:  {} for {} (command {}): {:?}",
+                op.id, op.version, op.command_id, op.state
+            ),
+            None => println!("Last operation:  none"),
+        }
+    }
+    Ok(exit::OK)
+}
+
+/// The daemon: resumes an interrupted update first (which may require an immediate restart),
+/// then runs the supervisor, with the new version's health gate alongside when one is due.
+/// Returns the exit code: `TEMPFAIL` when a restart is needed, so systemd's
+/// `Restart=on-failure` runs the launcher again.
+pub async fn run_daemon(config: Config, state_dir: PathBuf, keying: Keying) -> Result<u8> {
+    let cancel = CancellationToken::new();
+    let mut log_report = |r: &Report| {
+        tracing::info!(
+            operation = %r.operation_id,
+            command = %r.command_id,
+            version = %r.version,
+            step = r.step.as_str(),
+            status = ?r.status,
+            reason = r.reason.as_deref().unwrap_or(""),
+            "Update progress."
+        );
+    };
+    let updater = match Updater::open(&config.update) {
+        Ok(u) => Some(u),
+        Err(error) => {
+            tracing::warn!(%error, "Software update unavailable.");
+            None
+        }
+    };
+    let mut gate_due = false;
+    if let Some(u) = &updater {
+        match u.resume(&mut log_report, &cancel).await? {
+            Outcome::RestartRequired => {
+                tracing::info!("Restarting into the switched version.");
+                return Ok(exit::TEMPFAIL);
+            }
+            Outcome::HealthGatePending => gate_due = true,
+            Outcome::Idle | Outcome::Done(_) => {}
+        }
+    }
+    tracing::info!(version = update::running_version(), "Vitalgate version.");
+    // The lock is only held while an operation runs in this process.
+    let updater = if gate_due { updater } else { None };
+    let restart = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gate = {
+        let restart = restart.clone();
+        let cancel = cancel.clone();
+        let checks = update::default_checks(&config, &state_dir, keying.clone());
+        async move {
+            let Some(u) = updater else { return };
+            let mut log_report = |r: &Report| {
+                tracing::info!(
+                    operation = %r.operation_id,
+                    command = %r.command_id,
+                    version = %r.version,
+                    step = r.step.as_str(),
+                    status = ?r.status,
+                    reason = r.reason.as_deref().unwrap_or(""),
+                    "Update progress."
+                );
+            };
+            match u.health_gate(&checks, &mut log_report, &cancel).await {
+                Ok(Outcome::RestartRequired) => {
+                    restart.store(true, std::sync::atomic::Ordering::SeqCst);
+                    // Stop the way systemd would: the supervisor shuts down gracefully.
+                    let _ = rustix::process::kill_process(
+                        rustix::process::getpid(),
+                        rustix::process::Signal::TERM,
+                    );
+                }
+                Ok(_) => {}
+                Err(error) => tracing::error!(%error, "Update health gate could not run."),
+            }
+        }
+    };
+    let gate = tokio::spawn(gate);
+    let result = Supervisor::new(config, state_dir, keying)
+        .stop_when(StopWhen::Signal)
+        .run()
+        .await;
+    cancel.cancel();
+    let _ = gate.await;
+    result?;
+    Ok(if restart.load(std::sync::atomic::Ordering::SeqCst) {
+        exit::TEMPFAIL
+    } else {
+        exit::OK
+    })
+}
