@@ -204,65 +204,37 @@ fn status(config: &Config, json: bool) -> Result<u8> {
     Ok(exit::OK)
 }
 
-/// The daemon: resumes an interrupted update first (which may require an immediate restart),
-/// then runs the supervisor, with the new version's health gate alongside when one is due.
-/// Returns the exit code: `TEMPFAIL` when a restart is needed, so systemd's
-/// `Restart=on-failure` runs the launcher again.
+fn log_report(r: &Report) {
+    tracing::info!(
+        operation = %r.operation_id,
+        command = %r.command_id,
+        version = %r.version,
+        step = r.step.as_str(),
+        status = ?r.status,
+        reason = r.reason.as_deref().unwrap_or(""),
+        "Update progress."
+    );
+}
+
+/// The daemon: the supervisor, with the update work alongside it — resuming an operation a
+/// restart or power cut interrupted, and the new version's health gate. When the update
+/// needs another version to run, the agent stops gracefully and exits with `TEMPFAIL`, so
+/// systemd's `Restart=on-failure` runs the launcher again.
 pub async fn run_daemon(config: Config, state_dir: PathBuf, keying: Keying) -> Result<u8> {
+    tracing::info!(version = update::running_version(), "Vitalgate starting.");
     let cancel = CancellationToken::new();
-    let mut log_report = |r: &Report| {
-        tracing::info!(
-            operation = %r.operation_id,
-            command = %r.command_id,
-            version = %r.version,
-            step = r.step.as_str(),
-            status = ?r.status,
-            reason = r.reason.as_deref().unwrap_or(""),
-            "Update progress."
-        );
-    };
-    let updater = match Updater::open(&config.update) {
-        Ok(u) => Some(u),
-        Err(error) => {
-            tracing::warn!(%error, "Software update unavailable.");
-            None
-        }
-    };
-    let mut gate_due = false;
-    if let Some(u) = &updater {
-        match u.resume(&mut log_report, &cancel).await? {
-            Outcome::RestartRequired => {
-                tracing::info!("Restarting into the switched version.");
-                return Ok(exit::TEMPFAIL);
-            }
-            Outcome::HealthGatePending => gate_due = true,
-            Outcome::Idle | Outcome::Done(_) => {}
-        }
-    }
-    tracing::info!(version = update::running_version(), "Vitalgate version.");
-    // The lock is only held while an operation runs in this process.
-    let updater = if gate_due { updater } else { None };
     let restart = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let gate = {
+    let work = {
         let restart = restart.clone();
         let cancel = cancel.clone();
+        let update_config = config.update.clone();
         let checks = update::default_checks(&config, &state_dir, keying.clone());
         async move {
-            let Some(u) = updater else { return };
-            let mut log_report = |r: &Report| {
-                tracing::info!(
-                    operation = %r.operation_id,
-                    command = %r.command_id,
-                    version = %r.version,
-                    step = r.step.as_str(),
-                    status = ?r.status,
-                    reason = r.reason.as_deref().unwrap_or(""),
-                    "Update progress."
-                );
-            };
-            match u.health_gate(&checks, &mut log_report, &cancel).await {
+            let outcome = update_work(&update_config, &checks, &cancel).await;
+            match outcome {
                 Ok(Outcome::RestartRequired) => {
                     restart.store(true, std::sync::atomic::Ordering::SeqCst);
+                    tracing::info!("Restarting into the switched version.");
                     // Stop the way systemd would: the supervisor shuts down gracefully.
                     let _ = rustix::process::kill_process(
                         rustix::process::getpid(),
@@ -270,21 +242,34 @@ pub async fn run_daemon(config: Config, state_dir: PathBuf, keying: Keying) -> R
                     );
                 }
                 Ok(_) => {}
-                Err(error) => tracing::error!(%error, "Update health gate could not run."),
+                Err(error) => tracing::error!(%error, "Software update could not run."),
             }
         }
     };
-    let gate = tokio::spawn(gate);
+    let work = tokio::spawn(work);
     let result = Supervisor::new(config, state_dir, keying)
         .stop_when(StopWhen::Signal)
         .run()
         .await;
     cancel.cancel();
-    let _ = gate.await;
+    let _ = work.await;
     result?;
     Ok(if restart.load(std::sync::atomic::Ordering::SeqCst) {
         exit::TEMPFAIL
     } else {
         exit::OK
     })
+}
+
+async fn update_work(
+    cfg: &vitalgate::config::update::UpdateConfig,
+    checks: &[Box<dyn update::health::HealthCheck>],
+    cancel: &CancellationToken,
+) -> Result<Outcome, update::UpdateError> {
+    // The updater (and its lock) is held only while an operation runs in this process.
+    let updater = Updater::open(cfg)?;
+    match updater.resume(&mut log_report, cancel).await? {
+        Outcome::HealthGatePending => updater.health_gate(checks, &mut log_report, cancel).await,
+        other => Ok(other),
+    }
 }

@@ -2,6 +2,10 @@
 //! directories, running processes with a deadline, and reading what the store-writer helper
 //! acknowledged. The tests themselves live in `tests/` beside this crate's `src/`.
 
+pub mod update;
+
+pub use update::next_version;
+
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read};

@@ -236,6 +236,7 @@ impl Updater {
             updated_ms: now_ms(),
         };
         self.file.save(&op)?;
+        test_hook(&op.state);
         self.prepare_and_switch(&mut op, progress, cancel).await
     }
 
@@ -298,6 +299,7 @@ impl Updater {
         if op.state != State::HealthGate {
             self.file.transition(&mut op, State::HealthGate, now_ms())?;
         }
+        test_hook(&op.state);
         progress(&self.report(
             &op,
             Status::InProgress,
@@ -354,7 +356,12 @@ impl Updater {
         progress: &mut (dyn FnMut(&Report) + Send),
         cancel: &CancellationToken,
     ) -> Result<Outcome, UpdateError> {
-        // 1. Signature and applicability.
+        // 1. Signature and applicability (again, when resuming: keys or the clock may have
+        // changed since).
+        let verify = State::Preparing { step: Step::Verify };
+        if op.state != verify {
+            self.file.transition(op, verify, now_ms())?;
+        }
         progress(&self.report(op, Status::InProgress, None));
         let m = match manifest::verify(op.manifest.as_bytes(), &self.keys).and_then(|v| {
             manifest::check_applicable(&v.manifest, &self.platform, SystemTime::now()).map(|()| v)

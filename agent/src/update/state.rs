@@ -207,7 +207,8 @@ impl Step {
 pub fn allowed(from: &State, to: &State) -> bool {
     use State::*;
     match (from, to) {
-        (Preparing { step: a }, Preparing { step: b }) => b >= a,
+        // Forward, or back to the start when a resumed operation re-verifies everything.
+        (Preparing { step: a }, Preparing { step: b }) => b >= a || *b == Step::Verify,
         (Preparing { .. }, Installing) => true,
         (Preparing { .. }, Failed { .. }) => true,
         (Installing, Installing | Switching | Failed { .. }) => true,

@@ -88,7 +88,8 @@ fn terminal_states_are_reported_once() {
 fn transitions_only_move_forward() {
     let p = |step| State::Preparing { step };
     assert!(allowed(&p(Step::Verify), &p(Step::DiskSpace)));
-    assert!(!allowed(&p(Step::Download), &p(Step::Verify)));
+    assert!(!allowed(&p(Step::Download), &p(Step::DiskSpace)));
+    assert!(allowed(&p(Step::Download), &p(Step::Verify)));
     assert!(!allowed(&p(Step::Verify), &State::Switching));
     assert!(!allowed(&p(Step::Verify), &State::Committed));
     assert!(!allowed(&State::Committed, &p(Step::Verify)));
