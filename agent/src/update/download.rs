@@ -326,3 +326,58 @@ pub fn verify_artifact(part: &Path, manifest: &Manifest) -> Result<(), DownloadE
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest_for(bytes: &[u8]) -> Manifest {
+        let v = serde_json::json!({
+            "format": 1,
+            "version": "0.2.0",
+            "architectures": ["amd64"],
+            "urls": ["https://updates.example.org/a"],
+            "size": bytes.len(),
+            "sha256": hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes)),
+        });
+        Manifest::parse(&serde_json::to_vec(&v).expect("json")).expect("manifest")
+    }
+
+    #[test]
+    fn verify_artifact_accepts_the_right_bytes_and_deletes_wrong_ones() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let part = dir.path().join("0.2.0.part");
+        let m = manifest_for(b"the artifact");
+        std::fs::write(&part, b"the artifact").expect("write");
+        verify_artifact(&part, &m).expect("right bytes");
+        std::fs::write(&part, b"the artifacT").expect("write");
+        assert!(matches!(
+            verify_artifact(&part, &m),
+            Err(DownloadError::WrongHash { .. })
+        ));
+        assert!(!part.exists(), "a wrong artifact is deleted");
+        std::fs::write(&part, b"the artif").expect("write");
+        assert!(matches!(
+            verify_artifact(&part, &m),
+            Err(DownloadError::WrongSize { got: 9, want: 12 })
+        ));
+        assert!(!part.exists());
+    }
+
+    #[test]
+    fn space_check_refuses_what_does_not_fit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        check_space(dir.path(), 1, 0).expect("one byte fits");
+        let e = check_space(dir.path(), u64::MAX / 2, 0).expect_err("cannot fit");
+        assert!(matches!(e, DownloadError::NoSpace { .. }), "{e}");
+    }
+
+    #[test]
+    fn backoff_is_jittered_and_capped() {
+        for attempt in 1..40 {
+            let d = backoff(attempt);
+            assert!(d <= Duration::from_secs(60), "{attempt}: {d:?}");
+            assert!(d >= Duration::from_millis(500), "{attempt}: {d:?}");
+        }
+    }
+}

@@ -132,3 +132,77 @@ pub enum GateStop {
     /// The agent is shutting down: the gate runs again after the restart.
     Cancelled,
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Answers from a script, then passes.
+    struct Scripted(Mutex<Vec<bool>>);
+
+    impl HealthCheck for Scripted {
+        fn name(&self) -> &str {
+            "scripted"
+        }
+        fn check(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+            let ok = {
+                let mut s = self.0.lock().expect("lock");
+                if s.is_empty() { true } else { s.remove(0) }
+            };
+            Box::pin(async move { if ok { Ok(()) } else { Err("down".into()) } })
+        }
+    }
+
+    fn policy() -> GatePolicy {
+        GatePolicy {
+            window: Duration::from_millis(30),
+            interval: Duration::from_millis(5),
+            max_consecutive_failures: 3,
+        }
+    }
+
+    fn gate(script: Vec<bool>) -> Result<(), GateStop> {
+        let checks: Vec<Box<dyn HealthCheck>> = vec![Box::new(Scripted(Mutex::new(script)))];
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime")
+            .block_on(run_gate(&checks, policy(), &CancellationToken::new()))
+    }
+
+    #[test]
+    fn healthy_for_the_window_passes() {
+        assert_eq!(gate(vec![]), Ok(()));
+    }
+
+    #[test]
+    fn transient_failures_recover_but_consecutive_ones_fail() {
+        assert_eq!(gate(vec![false, false, true, false, false, true]), Ok(()));
+        let Err(GateStop::Unhealthy(reason)) = gate(vec![true, false, false, false]) else {
+            panic!("three failures in a row must fail the gate");
+        };
+        assert!(
+            reason.contains("scripted") && reason.contains("down"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn cancellation_is_not_a_verdict() {
+        let checks: Vec<Box<dyn HealthCheck>> = vec![Box::new(Scripted(Mutex::new(vec![])))];
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let p = GatePolicy {
+            window: Duration::from_secs(3600),
+            ..policy()
+        };
+        let r = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime")
+            .block_on(run_gate(&checks, p, &cancel));
+        assert_eq!(r, Err(GateStop::Cancelled));
+    }
+}

@@ -286,3 +286,6 @@ pub fn hash_file(path: &Path) -> std::io::Result<String> {
     }
     Ok(hex::encode(h.finalize()))
 }
+
+#[cfg(test)]
+mod tests;

@@ -373,6 +373,17 @@ impl Updater {
             Err(e) => return self.fail(op, Step::Verify, &e.to_string(), progress),
         };
         op.version = m.version.to_string();
+        if m.expires.is_some() && !crate::clock::wall_clock_synchronized() {
+            // Without a synchronised clock (no RTC, no NTP yet) "now" may be far in the past,
+            // which would let an expired manifest through.
+            return self.fail(
+                op,
+                Step::Verify,
+                "the manifest has an expiry and the gateway clock is not synchronised; \
+                 retry after time synchronisation",
+                progress,
+            );
+        }
         self.step(op, Step::DiskSpace, progress)?;
         // 2. Space for the download (what is missing of it) and for the installed copy.
         let part = download::part_path(&self.cfg.download_dir, &op.version);
