@@ -266,6 +266,13 @@ async fn update_work(
     checks: &[Box<dyn update::health::HealthCheck>],
     cancel: &CancellationToken,
 ) -> Result<Outcome, update::UpdateError> {
+    // Nothing was ever started: touch nothing (no directories, no lock).
+    if !update::state::OperationFile::new(&cfg.download_dir)
+        .path()
+        .exists()
+    {
+        return Ok(Outcome::Idle);
+    }
     // The updater (and its lock) is held only while an operation runs in this process.
     let updater = Updater::open(cfg)?;
     match updater.resume(&mut log_report, cancel).await? {

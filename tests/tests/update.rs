@@ -649,6 +649,46 @@ fn killed_at(state: &str) {
     sd.stop();
 }
 
+#[test]
+fn kill_9_mid_download_resumes_with_a_range_request_after_restart() {
+    let rig = Rig::new("");
+    let art = next_artifact(&rig.root);
+    const FIRST: usize = 1 << 20;
+    let url = rig
+        .server
+        .put_file("next", &art, Fault::StallOnceAfter(FIRST));
+    let next = next_version();
+    let m = rig.manifest(&next, &url, &art, &rig.signing_key, |_| {});
+    let mut apply = rig.apply_cmd(&m);
+    apply.stdout(Stdio::null()).stderr(Stdio::null());
+    let mut child = apply.spawn().expect("apply");
+    let part = rig.download.join(format!("{next}.part"));
+    let end = Instant::now() + Duration::from_secs(60);
+    while std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0) < FIRST as u64 {
+        assert!(Instant::now() < end, "the first megabyte never arrived");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().expect("kill -9");
+    child.wait().expect("reap");
+    assert_eq!(rig.op_state(), "preparing");
+    let mut sd = TestSystemd::new(&rig);
+    sd.start();
+    sd.until("a terminal update state", Duration::from_secs(90), || {
+        matches!(
+            rig.op_state().as_str(),
+            "committed" | "rolled_back" | "failed"
+        )
+    });
+    assert_eq!(rig.op_state(), "committed", "{:#}", rig.status());
+    let reqs = rig.server.requests();
+    assert_eq!(reqs.len(), 2, "{reqs:?}");
+    assert_eq!(
+        reqs[1].range.as_deref(),
+        Some(format!("bytes={FIRST}-").as_str())
+    );
+    sd.stop();
+}
+
 macro_rules! kill_tests {
     ($($name:ident => $state:literal),* $(,)?) => {
         $(

@@ -16,6 +16,9 @@ pub enum Fault {
     /// Announces the full length but closes the connection after this many bytes, on the
     /// first request only (a dropped connection mid-transfer).
     DropOnceAfter(usize),
+    /// Sends this many bytes on the first request, then stalls with the connection open (the
+    /// client is killed meanwhile).
+    StallOnceAfter(usize),
     /// Serves only the first this-many bytes, as if the file on the mirror were truncated.
     Truncate(usize),
     /// Serves other bytes of the same length.
@@ -211,6 +214,12 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
             s.write_all(&body[..n.min(body.len())]).await?;
             s.flush().await?;
             // Drop the connection without a TLS close_notify, as a cut cable would.
+            Ok(())
+        }
+        Fault::StallOnceAfter(n) if entry.served == 1 => {
+            s.write_all(&body[..n.min(body.len())]).await?;
+            s.flush().await?;
+            tokio::time::sleep(std::time::Duration::from_secs(120)).await;
             Ok(())
         }
         _ => {
