@@ -223,9 +223,7 @@ fn log_report(r: &Report) {
 pub async fn run_daemon(config: Config, state_dir: PathBuf, keying: Keying) -> Result<u8> {
     tracing::info!(version = update::running_version(), "Vitalgate starting.");
     let cancel = CancellationToken::new();
-    let restart = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let work = {
-        let restart = restart.clone();
         let cancel = cancel.clone();
         let update_config = config.update.clone();
         let checks = update::default_checks(&config, &state_dir, keying.clone());
@@ -233,13 +231,9 @@ pub async fn run_daemon(config: Config, state_dir: PathBuf, keying: Keying) -> R
             let outcome = update_work(&update_config, &checks, &cancel).await;
             match outcome {
                 Ok(Outcome::RestartRequired) => {
-                    restart.store(true, std::sync::atomic::Ordering::SeqCst);
                     tracing::info!("Restarting into the switched version.");
-                    // Stop the way systemd would: the supervisor shuts down gracefully.
-                    let _ = rustix::process::kill_process(
-                        rustix::process::getpid(),
-                        rustix::process::Signal::TERM,
-                    );
+                    // Stops the way systemd would: the supervisor shuts down gracefully.
+                    update::request_restart();
                 }
                 Ok(_) => {}
                 Err(error) => tracing::error!(%error, "Software update could not run."),
@@ -254,7 +248,7 @@ pub async fn run_daemon(config: Config, state_dir: PathBuf, keying: Keying) -> R
     cancel.cancel();
     let _ = work.await;
     result?;
-    Ok(if restart.load(std::sync::atomic::Ordering::SeqCst) {
+    Ok(if update::restart_requested() {
         exit::TEMPFAIL
     } else {
         exit::OK

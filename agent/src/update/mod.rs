@@ -56,6 +56,22 @@ pub fn embed_version(version: &str) {
     let _ = VERSION_OVERRIDE.set(version.to_owned());
 }
 
+static RESTART_REQUESTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Asks the daemon to stop gracefully and exit for a restart, after [`Outcome::RestartRequired`]
+/// (a fleet command handler calls this once the step is reported). The daemon then exits with
+/// `EX_TEMPFAIL` (75), so systemd's `Restart=on-failure` runs the launcher, which starts the
+/// switched version.
+pub fn request_restart() {
+    RESTART_REQUESTED.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::TERM);
+}
+
+/// Whether [`request_restart`] was called.
+pub fn restart_requested() -> bool {
+    RESTART_REQUESTED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// How a step went, as reported to the fleet on `cmd/<id>/result`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
