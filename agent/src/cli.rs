@@ -60,6 +60,9 @@ enum Command {
     /// Decode captured device bytes into the readings the agent would store.
     #[command(subcommand)]
     Decode(DecodeCommand),
+    /// Signed software update: keys, signing, applying, status.
+    #[command(subcommand)]
+    Update(crate::cli_update::UpdateCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -114,18 +117,12 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
                 config.store_path(&s.state_dir),
                 keying.clone(),
             );
-            let summary = runtime()?.block_on(async {
-                Supervisor::new(config, s.state_dir, keying)
-                    .with_source(Box::new(ble))
-                    .stop_when(StopWhen::Signal)
-                    .run()
-                    .await
-            })?;
-            if summary.restart_requested {
-                // Non-zero on purpose: the unit restarts the agent on failure only.
-                return Ok(exit::TEMPFAIL);
-            }
-            Ok(exit::OK)
+            runtime()?.block_on(crate::cli_update::run_daemon(
+                config,
+                s.state_dir,
+                keying,
+                vec![Box::new(ble)],
+            ))
         }
         Command::Demo {
             state,
@@ -137,6 +134,9 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
             json,
             verify,
         } => status(cli.config.as_deref(), &state.state_dir, json, verify),
+        Command::Update(u) => crate::cli_update::dispatch(u, || {
+            load_config(cli.config.as_deref(), Required::IfPresent)
+        }),
     }
 }
 
@@ -217,7 +217,7 @@ fn decode_json(
     })
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     // Two workers: gateways have few cores, and the store writer has a thread of its own.
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

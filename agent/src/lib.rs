@@ -14,3 +14,4 @@ pub mod logging;
 pub mod serial;
 pub mod store;
 pub mod supervisor;
+pub mod update;

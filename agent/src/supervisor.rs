@@ -216,7 +216,10 @@ impl Supervisor {
             sd_notify::NotifyState::Ready,
             sd_notify::NotifyState::Status("running"),
         ]);
-        tracing::info!(version = env!("CARGO_PKG_VERSION"), "Vitalgate running.");
+        tracing::info!(
+            version = crate::update::running_version(),
+            "Vitalgate running."
+        );
 
         let sources_done = sources.wait();
         tokio::pin!(sources_done);

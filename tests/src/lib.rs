@@ -3,6 +3,9 @@
 //! acknowledged. The tests themselves live in `tests/` beside this crate's `src/`.
 
 pub mod broker;
+pub mod update;
+
+pub use update::next_version;
 
 use std::collections::BTreeSet;
 use std::ffi::OsStr;

@@ -7,6 +7,7 @@
 pub mod serial;
 pub mod fleet;
 pub mod types;
+pub mod update;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -52,6 +53,7 @@ pub struct Config {
     pub destinations: Vec<DestinationConfig>,
     /// Serial devices (`[[serial]]`, see [`serial`]).
     pub serial: Vec<SerialConfig>,
+    pub update: update::UpdateConfig,
 }
 
 /// `[gateway]`
@@ -339,6 +341,7 @@ impl Config {
             }
         }
         self.fleet.validate()?;
+        self.update.validate()?;
         let mut seen = std::collections::BTreeSet::new();
         for d in &self.destinations {
             if !seen.insert(d.id.clone()) {

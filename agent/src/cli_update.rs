@@ -1,0 +1,283 @@
+//! `vitalgate update ...` (keygen, sign, apply, status) and the update work the daemon does
+//! around the supervisor: resuming an interrupted operation at start and running the new
+//! version's health gate while the agent runs.
+
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use rand::TryRngCore as _;
+use tokio_util::sync::CancellationToken;
+use vitalgate::config::Config;
+use vitalgate::store::Keying;
+use vitalgate::supervisor::{StopWhen, Supervisor};
+use vitalgate::update::manifest::{self, PrivateKey};
+use vitalgate::update::{self, Outcome, Report, Status, Updater};
+
+use crate::exit;
+
+#[derive(Debug, Subcommand)]
+pub enum UpdateCommand {
+    /// Create an Ed25519 signing key pair for update manifests (run offline, by IT).
+    Keygen {
+        /// Writes <PREFIX>.key (private, mode 0600) and <PREFIX>.pub (public).
+        #[arg(long, value_name = "PREFIX")]
+        out: PathBuf,
+    },
+    /// Sign a manifest (adds or replaces this key's signature).
+    Sign {
+        /// The manifest JSON file.
+        manifest: PathBuf,
+        /// The private key file written by `keygen`.
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// Where to write the signed manifest (default: replace the input file).
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Apply a signed manifest now: verify, download, install, switch. The service must then
+    /// restart (the fleet command does that itself) for the health gate to run.
+    Apply {
+        /// The signed manifest JSON file.
+        manifest: PathBuf,
+        /// The id reported with every step (the fleet command id).
+        #[arg(long, default_value = "cli")]
+        command_id: String,
+    },
+    /// Show the running version, the installed versions and the last update operation.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn dispatch(cmd: UpdateCommand, config: impl FnOnce() -> Result<Config>) -> Result<u8> {
+    match cmd {
+        UpdateCommand::Keygen { out } => keygen(&out),
+        UpdateCommand::Sign {
+            manifest,
+            key,
+            output,
+        } => sign(&manifest, &key, output.as_deref()),
+        UpdateCommand::Apply {
+            manifest,
+            command_id,
+        } => apply(&config()?, &manifest, &command_id),
+        UpdateCommand::Status { json } => status(&config()?, json),
+    }
+}
+
+fn keygen(prefix: &Path) -> Result<u8> {
+    let mut seed = [0u8; 32];
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut seed)
+        .context("cannot read random bytes from the OS")?;
+    let key = PrivateKey::from_seed(&seed);
+    let secret = prefix.with_extension("key");
+    let public = prefix.with_extension("pub");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&secret)
+        .with_context(|| format!("cannot create {} (it must not exist yet)", secret.display()))?;
+    writeln!(f, "{}", key.to_base64()).context("cannot write the private key")?;
+    f.sync_all().context("cannot write the private key")?;
+    std::fs::write(&public, format!("{}\n", key.public().to_base64()))
+        .with_context(|| format!("cannot write {}", public.display()))?;
+    println!("Private key: {} (keep it offline)", secret.display());
+    println!("Public key:  {}", public.display());
+    println!("Key id:      {}", key.public().id());
+    println!(
+        "For [update] trusted_keys: \"{}\"",
+        key.public().to_base64()
+    );
+    Ok(exit::OK)
+}
+
+fn sign(manifest_path: &Path, key_path: &Path, output: Option<&Path>) -> Result<u8> {
+    let key_text = std::fs::read_to_string(key_path)
+        .with_context(|| format!("cannot read {}", key_path.display()))?;
+    let key = PrivateKey::from_base64(&key_text).with_context(|| key_path.display().to_string())?;
+    let bytes = std::fs::read(manifest_path)
+        .with_context(|| format!("cannot read {}", manifest_path.display()))?;
+    let signed =
+        manifest::sign(&bytes, &key).with_context(|| manifest_path.display().to_string())?;
+    let out = output.unwrap_or(manifest_path);
+    update::state::write_atomic(out, &signed)
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    println!("Signed {} with key {}", out.display(), key.public().id());
+    Ok(exit::OK)
+}
+
+fn print_report(r: &Report) {
+    let status = match r.status {
+        Status::InProgress => "in_progress",
+        Status::Succeeded => "succeeded",
+        Status::Failed => "failed",
+    };
+    println!(
+        "update {} {}: {}{}",
+        r.version,
+        r.step.as_str(),
+        status,
+        r.reason
+            .as_deref()
+            .map(|x| format!(" ({x})"))
+            .unwrap_or_default()
+    );
+}
+
+fn apply(config: &Config, manifest_path: &Path, command_id: &str) -> Result<u8> {
+    let bytes = std::fs::read(manifest_path)
+        .with_context(|| format!("cannot read {}", manifest_path.display()))?;
+    let updater = Updater::open(&config.update)?;
+    let cancel = CancellationToken::new();
+    let outcome = crate::cli::runtime()?.block_on(async {
+        updater
+            .start(&bytes, command_id, &mut |r| print_report(r), &cancel)
+            .await
+    })?;
+    Ok(match outcome {
+        Outcome::RestartRequired => {
+            println!("Restart the service to run the new version's health gate.");
+            exit::OK
+        }
+        Outcome::Done(r) if r.status == Status::Failed => exit::DATAERR,
+        _ => exit::OK,
+    })
+}
+
+fn status(config: &Config, json: bool) -> Result<u8> {
+    let layout = update::install::Layout::new(&config.update.install_dir);
+    let op_file = update::state::OperationFile::new(&config.update.download_dir);
+    let operation = op_file.load()?;
+    let current = layout.current_target()?;
+    let marker = layout.read_marker()?;
+    let mut versions: Vec<String> = std::fs::read_dir(config.update.install_dir.join("versions"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    versions.sort();
+    if json {
+        let v = serde_json::json!({
+            "running_version": update::running_version(),
+            "current": current.as_ref().map(|p| p.display().to_string()),
+            "installed_versions": versions,
+            "pending": marker.as_ref().map(|m| serde_json::json!({
+                "new_version": m.new_version,
+                "previous_version": m.previous_version,
+                "attempts_left": m.attempts_left,
+            })),
+            "operation": operation,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!("Running version: {}", update::running_version());
+        println!(
+            "Current:         {}",
+            current
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "(packaged binary)".into())
+        );
+        println!("Installed:       {}", versions.join(", "));
+        if let Some(m) = marker {
+            println!(
+                "On trial:        {} (previous {}, {} start(s) left)",
+                m.new_version, m.previous_version, m.attempts_left
+            );
+        }
+        match operation {
+            Some(op) => println!(
+                "Last operation:  {} for {} (command {}): {:?}",
+                op.id, op.version, op.command_id, op.state
+            ),
+            None => println!("Last operation:  none"),
+        }
+    }
+    Ok(exit::OK)
+}
+
+fn log_report(r: &Report) {
+    tracing::info!(
+        operation = %r.operation_id,
+        command = %r.command_id,
+        version = %r.version,
+        step = r.step.as_str(),
+        status = ?r.status,
+        reason = r.reason.as_deref().unwrap_or(""),
+        "Update progress."
+    );
+}
+
+/// The daemon: the supervisor, with the update work alongside it — resuming an operation a
+/// restart or power cut interrupted, and the new version's health gate. When the update
+/// needs another version to run, the agent stops gracefully and exits with `TEMPFAIL`, so
+/// systemd's `Restart=on-failure` runs the launcher again.
+pub async fn run_daemon(
+    config: Config,
+    state_dir: PathBuf,
+    keying: Keying,
+    sources: Vec<Box<dyn vitalgate::supervisor::ReadingSource>>,
+) -> Result<u8> {
+    tracing::info!(version = update::running_version(), "Vitalgate starting.");
+    let cancel = CancellationToken::new();
+    let work = {
+        let cancel = cancel.clone();
+        let update_config = config.update.clone();
+        let checks = update::default_checks(&config, &state_dir, keying.clone());
+        async move {
+            let outcome = update_work(&update_config, &checks, &cancel).await;
+            match outcome {
+                Ok(Outcome::RestartRequired) => {
+                    tracing::info!("Restarting into the switched version.");
+                    // Stops the way systemd would: the supervisor shuts down gracefully.
+                    update::request_restart();
+                }
+                Ok(_) => {}
+                Err(error) => tracing::error!(%error, "Software update could not run."),
+            }
+        }
+    };
+    let work = tokio::spawn(work);
+    let mut supervisor = Supervisor::new(config, state_dir, keying).stop_when(StopWhen::Signal);
+    for source in sources {
+        supervisor = supervisor.with_source(source);
+    }
+    let result = supervisor.run().await;
+    cancel.cancel();
+    let _ = work.await;
+    let summary = result?;
+    // Non-zero on purpose: the unit restarts the agent on failure only.
+    Ok(if update::restart_requested() || summary.restart_requested {
+        exit::TEMPFAIL
+    } else {
+        exit::OK
+    })
+}
+
+async fn update_work(
+    cfg: &vitalgate::config::update::UpdateConfig,
+    checks: &[Box<dyn update::health::HealthCheck>],
+    cancel: &CancellationToken,
+) -> Result<Outcome, update::UpdateError> {
+    // Nothing was ever started: touch nothing (no directories, no lock).
+    if !update::state::OperationFile::new(&cfg.download_dir)
+        .path()
+        .exists()
+    {
+        return Ok(Outcome::Idle);
+    }
+    // The updater (and its lock) is held only while an operation runs in this process.
+    let updater = Updater::open(cfg)?;
+    match updater.resume(&mut log_report, cancel).await? {
+        Outcome::HealthGatePending => updater.health_gate(checks, &mut log_report, cancel).await,
+        other => Ok(other),
+    }
+}
