@@ -7,6 +7,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod fhir;
 pub mod logging;
 pub mod store;
 pub mod supervisor;
