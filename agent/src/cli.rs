@@ -54,6 +54,9 @@ enum Command {
     /// Configuration commands.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Decode device bytes and print the FHIR resources they map to.
+    #[command(subcommand)]
+    Decode(crate::cli_fhir::DecodeCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -72,6 +75,10 @@ struct StateDirArg {
 pub fn dispatch(cli: Cli) -> Result<u8> {
     match cli.command {
         Command::Config(ConfigCommand::Check) => config_check(cli.config.as_deref()),
+        Command::Decode(cmd) => {
+            let config = load_config(cli.config.as_deref(), Required::IfPresent)?;
+            crate::cli_fhir::decode_cmd(&crate::cli_fhir::gateway_id(&config), cmd)
+        }
         Command::Run(s) => {
             let config = load_config(cli.config.as_deref(), Required::Yes)?;
             vitalgate::logging::init(&config.log);

@@ -11,3 +11,4 @@ pub mod fhir;
 pub mod logging;
 pub mod store;
 pub mod supervisor;
+pub mod sync;

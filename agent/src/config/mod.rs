@@ -4,6 +4,7 @@
 //! keys are rejected, and every error names the file, the line and the key. Secrets are never
 //! configured inline: the file only says where to find them.
 
+pub mod destination;
 pub mod types;
 
 use std::path::{Path, PathBuf};
@@ -12,6 +13,7 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
 
+pub use destination::DestinationConfig;
 pub use types::{BrokerUrl, BtAddr, EndpointUrl, GatewayId, LogFilter, Name};
 
 /// Where the configuration lives unless `--config` says otherwise.
@@ -193,16 +195,6 @@ impl Default for BleConfig {
     }
 }
 
-/// `[[destination]]`: one FHIR endpoint.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DestinationConfig {
-    /// A short name, used in the store, status output and telemetry.
-    pub id: Name,
-    /// The FHIR R4 base URL.
-    pub base_url: EndpointUrl,
-}
-
 /// A configuration file that could not be used. Displayed as `file:line:column: key: what`.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -329,6 +321,9 @@ impl Config {
                 "supervisor.channel_capacity".into(),
                 "must be at least 1".into(),
             ));
+        }
+        for (i, d) in self.destinations.iter().enumerate() {
+            d.check(i)?;
         }
         let mut seen = std::collections::BTreeSet::new();
         for d in &self.destinations {

@@ -35,7 +35,7 @@ pub struct DeviceId {
 impl DeviceId {
     /// `identifier=<system>|<value>` for `ifNoneExist` and searches.
     pub fn search(&self) -> String {
-        format!("identifier={}|{}", self.system, self.value)
+        super::identifier_search(self.system, &self.value)
     }
 }
 

@@ -16,6 +16,7 @@
 //! `arbitrary_precision`), so SFLOAT 0xF014 is `2.0`, never `2`.
 
 pub mod codes;
+pub mod decode;
 pub mod device;
 pub mod time;
 
@@ -134,6 +135,10 @@ pub struct GatewayInfo {
 pub struct MapItem<'a> {
     pub reading: &'a Reading,
     pub patient: &'a PatientRef,
+    /// The store's dedup key for the reading, when it came from the store: names readings
+    /// without a device timestamp stably across re-sends (a live reading's own key holds an
+    /// in-memory instance id that is not stored).
+    pub stored_key: Option<&'a str>,
 }
 
 /// Why a reading cannot be mapped (now).
@@ -154,6 +159,23 @@ pub fn mdc_coding(code: u32, display: &str) -> Value {
         c["display"] = json!(display);
     }
     c
+}
+
+/// `identifier=<system>|<value>` as a search string: the value percent-encoded where a
+/// query string would change it (`+` would read as a space, `&` would end the parameter).
+pub fn identifier_search(system: &str, value: &str) -> String {
+    let enc = |s: &str| {
+        let mut out = String::with_capacity(s.len());
+        for b in s.bytes() {
+            if b.is_ascii_alphanumeric() || b"-._~:/".contains(&b) {
+                out.push(b as char);
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+        out
+    };
+    format!("identifier={}|{}", enc(system), enc(value))
 }
 
 /// A decimal as a JSON number that keeps its digits: `2.0` stays `2.0`.
@@ -283,7 +305,7 @@ impl Builder<'_> {
                     "resourceType": "Patient",
                     "identifier": [{ "system": system, "value": value }],
                 });
-                let i = self.push("Patient", patient, format!("identifier={system}|{value}"));
+                let i = self.push("Patient", patient, identifier_search(system, value));
                 reference(&self.out.entries[i])
             }
         }
@@ -351,7 +373,7 @@ impl Builder<'_> {
                         device::identifier_part(&r.device),
                         item.patient.identifier_part(),
                         type_code,
-                        r.dedup_key()
+                        item.stored_key.map_or_else(|| r.dedup_key(), str::to_owned)
                     ),
                 ),
             }
@@ -367,14 +389,14 @@ impl Builder<'_> {
         let supplemental: Vec<u32> = m.supplemental.iter().map(|c| c.0).collect();
         let (sys, val) = identifier(m.kind.0, &supplemental);
         let obs = measurement_observation(r, &common, &sys, &val)?;
-        let main = self.push("Observation", obs, format!("identifier={sys}|{val}"));
+        let main = self.push("Observation", obs, identifier_search(&sys, &val));
         let mut mine = vec![main];
         for s in &m.status {
             let Some((code, name)) = codes::status_code(&s.attribute) else {
                 continue;
             };
             let (sys, val) = identifier(code, &[]);
-            let key = format!("identifier={sys}|{val}");
+            let key = identifier_search(&sys, &val);
             let main_ref = reference(&self.out.entries[main]);
             if let Some(&i) = self.by_key.get(&key) {
                 // One status report covers several measurements of the same notification
@@ -405,7 +427,7 @@ impl Builder<'_> {
     ) -> Result<usize, MapError> {
         let dev = device::identifier_part(&r.device);
         let value = format!("coin-{dev}-{}-{offset_ms}", r.receipt.boot_id.simple());
-        let key = format!("identifier={READING_IDENTIFIER_SYSTEM}|{value}");
+        let key = identifier_search(READING_IDENTIFIER_SYSTEM, &value);
         if let Some(&i) = self.by_key.get(&key) {
             return Ok(i);
         }

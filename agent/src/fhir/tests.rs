@@ -75,6 +75,7 @@ fn map(rs: &[Reading], patient: &PatientRef, offset_s: i32) -> Assembly {
         .map(|r| MapItem {
             reading: r,
             patient,
+            stored_key: None,
         })
         .collect();
     assemble(&gateway(), &gw_time(offset_s), &items)
@@ -534,6 +535,7 @@ fn unsynchronised_gateway_clock_holds_instead_of_inventing_a_time() {
     let items = [MapItem {
         reading: &rs[0],
         patient: &patient,
+        stored_key: None,
     }];
     // Still unsynchronised now: held.
     let mut gt = gw_time(0);
