@@ -1,19 +1,13 @@
 //! Subcommands: argument definitions and what each one does.
 
-use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
-use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use tokio_util::sync::CancellationToken;
-use vitalgate::clock::Clock;
 use vitalgate::config::{Config, DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR};
-use vitalgate::store::{self, Batch, CursorUpdate, Keying, StoreHandle, StoreReader, StoreStatus};
-use vitalgate::supervisor::{ReadingSource, SourceError, StopWhen, Supervisor};
-use vitalgate_hardware::sim::BpCuffMemory;
+use vitalgate::store::{self, Keying, StoreReader, StoreStatus};
+use vitalgate::supervisor::{StopWhen, Supervisor};
 
 use crate::exit;
 
@@ -39,6 +33,26 @@ enum Command {
         /// How many stored records the simulated cuff holds.
         #[arg(long, default_value_t = 48)]
         records: u32,
+        /// Deliver to this FHIR R4 base URL instead of starting a local server.
+        #[arg(long, value_name = "BASE_URL")]
+        fhir: Option<String>,
+        /// Stop after this many seconds of live readings (default: run until Ctrl-C).
+        #[arg(long = "for", value_name = "SECONDS")]
+        run_for: Option<u64>,
+        /// Only store the cuff's records: no FHIR server, no delivery, no live readings.
+        #[arg(long, conflicts_with_all = ["fhir", "run_for"])]
+        offline: bool,
+        /// Where the local FHIR server lives (default: tests/fhir-server found upwards).
+        #[arg(long, value_name = "DIR")]
+        fhir_server_dir: Option<PathBuf>,
+    },
+    /// Deliver now: one delivery round per destination, with per-destination results.
+    Sync {
+        #[command(flatten)]
+        state: StateDirArg,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Show reading counts, backlog, devices and alarms from the store.
     Status {
@@ -91,7 +105,30 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
             })?;
             Ok(exit::OK)
         }
-        Command::Demo { state, records } => demo(cli.config.as_deref(), &state.state_dir, records),
+        Command::Demo {
+            state,
+            records,
+            fhir,
+            run_for,
+            offline,
+            fhir_server_dir,
+        } => crate::cli_fhir::demo(
+            cli.config.as_deref(),
+            &state.state_dir,
+            crate::cli_fhir::DemoArgs {
+                records,
+                fhir,
+                run_for: run_for.map(Duration::from_secs),
+                offline,
+                fhir_server_dir,
+            },
+        ),
+        Command::Sync { state, json } => {
+            let config = load_config(cli.config.as_deref(), Required::Yes)?;
+            vitalgate::logging::init(&config.log);
+            let keying = find_key(&config, &state.state_dir, CreateKey::No)?;
+            crate::cli_fhir::sync_cmd(&config, &state.state_dir, keying, json)
+        }
         Command::Status {
             state,
             json,
@@ -100,7 +137,7 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     // Two workers: gateways have few cores, and the store writer has a thread of its own.
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -110,13 +147,13 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 #[derive(PartialEq, Eq)]
-enum Required {
+pub(crate) enum Required {
     Yes,
     /// Use defaults when no `--config` is given and the default file does not exist.
     IfPresent,
 }
 
-fn load_config(explicit: Option<&Path>, required: Required) -> Result<Config> {
+pub(crate) fn load_config(explicit: Option<&Path>, required: Required) -> Result<Config> {
     match explicit {
         Some(p) => Ok(Config::load(p)?),
         None => {
@@ -143,14 +180,14 @@ fn config_check(explicit: Option<&Path>) -> Result<u8> {
 }
 
 #[derive(PartialEq, Eq)]
-enum CreateKey {
+pub(crate) enum CreateKey {
     Yes,
     No,
 }
 
 /// The key: the systemd credential, then the configured key file, then `db.key` in the state
 /// directory (where `demo` creates one when there is none).
-fn find_key(config: &Config, state_dir: &Path, create: CreateKey) -> Result<Keying> {
+pub(crate) fn find_key(config: &Config, state_dir: &Path, create: CreateKey) -> Result<Keying> {
     let creds = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
     let local = state_dir.join("db.key");
     let first = store::key::load_key(
@@ -194,12 +231,15 @@ fn status(explicit: Option<&Path>, state_dir: &Path, json: bool, verify: bool) -
         store::verify(&path, &keying)?;
     }
     let status = StoreReader::open(&path, &keying)?.status()?;
+    let delivery = crate::cli_fhir::destination_summaries(&config, &path, &keying)?;
     if json {
         let mut v = serde_json::to_value(&status)?;
         v["verified"] = serde_json::Value::Bool(verify);
+        v["delivery"] = serde_json::to_value(&delivery)?;
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print_status(&status);
+        crate::cli_fhir::print_delivery(&delivery, store::now_ms());
         if verify {
             println!("Integrity: every page verified.");
         }
@@ -207,12 +247,12 @@ fn status(explicit: Option<&Path>, state_dir: &Path, json: bool, verify: bool) -
     Ok(exit::OK)
 }
 
-fn when(ms: i64) -> String {
+pub(crate) fn when(ms: i64) -> String {
     let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-fn print_status(s: &StoreStatus) {
+pub(crate) fn print_status(s: &StoreStatus) {
     let r = &s.readings;
     println!(
         "Store:    {} (schema {}, {})",
@@ -267,88 +307,5 @@ fn print_status(s: &StoreStatus) {
         for a in &s.alarms {
             println!("  {} {} {}", when(a.at_ms), a.kind, a.detail);
         }
-    }
-}
-
-fn demo(explicit: Option<&Path>, state_dir: &Path, records: u32) -> Result<u8> {
-    let config = load_config(explicit, Required::IfPresent)?;
-    vitalgate::logging::init(&config.log);
-    let keying = find_key(&config, state_dir, CreateKey::Yes)?;
-    println!("Vitalgate demo: state in {}", state_dir.display());
-    let cuff = BpCuffMemory::new("00:1C:05:FF:E8:74", records);
-    let summary = runtime()?.block_on(async {
-        Supervisor::new(config.clone(), state_dir.to_owned(), keying.clone())
-            .with_source(Box::new(SimulatedCuff { memory: cuff }))
-            .stop_when(StopWhen::SourcesDone)
-            .run()
-            .await
-    })?;
-    if summary.sources_failed > 0 {
-        anyhow::bail!("{} simulated device(s) failed", summary.sources_failed);
-    }
-    let status = StoreReader::open(&summary.store_path, &keying)?.status()?;
-    println!();
-    print_status(&status);
-    println!();
-    println!(
-        "What ran: a simulated blood-pressure cuff downloaded {records} stored records into the \
-         encrypted store, committed in batches, each batch acknowledged (cursor advanced) only \
-         after its commit. Run the demo again: the records are recognised and not stored twice."
-    );
-    println!(
-        "Not in this build yet: the Bluetooth LE and serial drivers with their simulators, and \
-         delivery of FHIR Observations to a local FHIR server. Readings stay in the store."
-    );
-    Ok(exit::OK)
-}
-
-/// A simulated cuff whose memory is downloaded the way a RACP download works: chunks of
-/// records, each committed (with the cursor) before the next is requested.
-struct SimulatedCuff {
-    memory: BpCuffMemory,
-}
-
-impl ReadingSource for SimulatedCuff {
-    fn name(&self) -> String {
-        "simulated-bp-cuff".into()
-    }
-
-    fn run(
-        self: Box<Self>,
-        store: StoreHandle,
-        clock: Arc<dyn Clock>,
-        cancel: CancellationToken,
-    ) -> Pin<Box<dyn Future<Output = Result<(), SourceError>> + Send>> {
-        Box::pin(async move {
-            const CHUNK: u32 = 16;
-            let mut next = 0;
-            while next < self.memory.records {
-                if cancel.is_cancelled() {
-                    break;
-                }
-                let end = (next + CHUNK).min(self.memory.records);
-                let readings = (next..end)
-                    .map(|i| self.memory.record(i, clock.receipt()))
-                    .collect();
-                let receipt = store
-                    .commit(Batch {
-                        readings,
-                        cursor: Some(CursorUpdate {
-                            transport: self.memory.identity.transport,
-                            address: self.memory.identity.address.clone(),
-                            stream: "racp-2A35".into(),
-                            value: (end - 1).to_string(),
-                        }),
-                    })
-                    .await?;
-                tracing::info!(
-                    inserted = receipt.inserted(),
-                    duplicates = receipt.duplicates(),
-                    "Simulated cuff batch committed; device acknowledged."
-                );
-                next = end;
-            }
-            Ok(())
-        })
     }
 }

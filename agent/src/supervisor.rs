@@ -157,6 +157,7 @@ impl Supervisor {
         crate::sync::spawn_all(
             &tracker,
             c,
+            &self.state_dir,
             &store_path,
             &self.keying,
             &store,

@@ -253,7 +253,7 @@ impl Site {
 
     /// Runs the demo and asserts it succeeded.
     pub fn demo(&self, records: u32) -> Finished {
-        let out = self.vitalgate("demo", &["--records", &records.to_string()]);
+        let out = self.vitalgate("demo", &["--offline", "--records", &records.to_string()]);
         out.expect_code(0);
         out
     }

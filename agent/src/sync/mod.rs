@@ -346,6 +346,9 @@ impl Destination {
     ) -> Result<Sent, SyncError> {
         let mut stack: Vec<Vec<usize>> = vec![(0..chosen.len()).collect()];
         while let Some(part) = stack.pop() {
+            if part.is_empty() {
+                continue;
+            }
             let items: Vec<MapItem<'_>> = part
                 .iter()
                 .map(|&i| MapItem {
@@ -384,7 +387,7 @@ impl Destination {
                     let (a, b) = part.split_at(part.len() / 2);
                     stack.push(b.to_vec());
                     stack.push(a.to_vec());
-                    let _ = outcome;
+                    tracing::debug!(destination = %self.id, issues = ?response::issue_codes(&outcome), "Refused transaction.");
                 }
                 Classified::Rejected { status, outcome } => {
                     let id = chosen[part[0]].3;
@@ -560,17 +563,25 @@ pub fn routes(route: &RouteConfig, patient: &PatientRef, reading: &Reading) -> b
     true
 }
 
-/// Starts one delivery task per configured destination. A destination that cannot start
-/// (unreadable secret, bad CA bundle) raises an alarm and is skipped; the others run.
+/// Starts one delivery task per configured destination, once this process holds the
+/// state directory's delivery lock (a `vitalgate sync` may hold it briefly). A destination
+/// that cannot start (unreadable secret, bad CA bundle) raises an alarm and is skipped; the
+/// others run.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn_all(
     tracker: &tokio_util::task::TaskTracker,
     config: &Config,
+    state_dir: &std::path::Path,
     store_path: &std::path::Path,
     keying: &Keying,
     store: &StoreHandle,
     clock: Arc<dyn Clock>,
     cancel: &CancellationToken,
 ) {
+    if config.destinations.is_empty() {
+        return;
+    }
+    let mut dests = Vec::new();
     for d in &config.destinations {
         match Destination::new(
             d.clone(),
@@ -580,9 +591,7 @@ pub fn spawn_all(
             clock.clone(),
             config.gateway.id.to_string(),
         ) {
-            Ok(dest) => {
-                tracker.spawn(dest.run(cancel.child_token()));
-            }
+            Ok(dest) => dests.push(dest),
             Err(error) => {
                 tracing::error!(destination = %d.id, %error, "Destination cannot start.");
                 let store = store.clone();
@@ -599,6 +608,44 @@ pub fn spawn_all(
             }
         }
     }
+    let lock = lock_path(state_dir);
+    let cancel = cancel.clone();
+    tracker.spawn(async move {
+        use std::os::fd::AsRawFd;
+        let file = match std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock)
+        {
+            Ok(f) => f,
+            Err(error) => {
+                tracing::error!(path = %lock.display(), %error, "Cannot open the delivery lock; not delivering.");
+                return;
+            }
+        };
+        while !try_lock(file.as_raw_fd()) {
+            tracing::info!("Another process is delivering; waiting for the delivery lock.");
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+        let tasks = tokio_util::task::TaskTracker::new();
+        for dest in dests {
+            tasks.spawn(dest.run(cancel.child_token()));
+        }
+        tasks.close();
+        tasks.wait().await;
+        drop(file);
+    });
+}
+
+/// Takes a non-blocking exclusive `flock` on an open file; false if another process holds it.
+#[allow(unsafe_code)]
+pub fn try_lock(fd: std::os::fd::RawFd) -> bool {
+    // SAFETY: flock only acts on the descriptor, which the caller keeps open.
+    unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }
 
 /// Where `vitalgate sync` and the daemon coordinate, so only one of them delivers.
