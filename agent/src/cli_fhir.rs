@@ -37,6 +37,10 @@ pub enum DecodeCommand {
         /// The device's Bluetooth address, for the Device identifier.
         #[arg(long, default_value = "00:00:00:00:00:00")]
         address: String,
+        /// `collection` (default) or `transaction`: the Bundle delivery would POST, every
+        /// entry a conditional create.
+        #[arg(long, default_value = "collection", value_parser = ["collection", "transaction"])]
+        bundle: String,
     },
 }
 
@@ -62,6 +66,7 @@ pub fn decode_cmd(gateway_id: &str, cmd: DecodeCommand) -> Result<u8> {
             characteristic,
             hex,
             address,
+            bundle,
         } => {
             let parsed = (|| {
                 let uuid = decode::parse_characteristic(&characteristic)?;
@@ -69,7 +74,7 @@ pub fn decode_cmd(gateway_id: &str, cmd: DecodeCommand) -> Result<u8> {
                 let (gw, time) = gateway_now(gateway_id);
                 let device = decode::placeholder_ble_device(&address);
                 let readings = decode::ble_readings(uuid, &bytes, &device, time.now)?;
-                decode::bundle_for_readings(&readings, &gw, &time)
+                decode::bundle_for_readings(&readings, &gw, &time, bundle == "transaction")
             })();
             match parsed {
                 Ok(bundle) => {
@@ -102,6 +107,9 @@ pub fn gateway_id(config: &vitalgate::config::Config) -> String {
 }
 
 // --- sync and status ------------------------------------------------------------------
+
+/// How often `vitalgate sync` retries a destination after a transient failure.
+const SYNC_RETRIES: u32 = 3;
 
 /// `vitalgate sync`: one forced delivery round per destination, results printed. Only one
 /// process delivers at a time: while the daemon runs, it holds the delivery lock.
@@ -150,14 +158,37 @@ pub fn sync_cmd(config: &Config, state_dir: &Path, keying: Keying, json: bool) -
                 clock.clone(),
                 c.gateway.id.to_string(),
             ) {
-                Ok(mut dest) => match dest.round(true, &cancel).await {
-                    Ok(r) => r,
-                    Err(e) => RoundReport {
+                Ok(mut dest) => {
+                    // A transient failure (network, 429, 5xx) is retried a few times, after
+                    // the backoff delay (and Retry-After), before the round gives up.
+                    let mut total = RoundReport {
                         destination: d.id.to_string(),
-                        error: Some(e.to_string()),
                         ..RoundReport::default()
-                    },
-                },
+                    };
+                    for attempt in 0..=SYNC_RETRIES {
+                        match dest.round(true, &cancel).await {
+                            Ok(r) => {
+                                total.delivered += r.delivered;
+                                total.quarantined += r.quarantined;
+                                total.held += r.held;
+                                total.unrouted += r.unrouted;
+                                total.requests += r.requests;
+                                total.error = r.error;
+                                match r.retry_in {
+                                    Some(wait) if attempt < SYNC_RETRIES => {
+                                        tokio::time::sleep(wait.min(Duration::from_secs(10))).await;
+                                    }
+                                    _ => break,
+                                }
+                            }
+                            Err(e) => {
+                                total.error = Some(e.to_string());
+                                break;
+                            }
+                        }
+                    }
+                    total
+                }
                 Err(e) => RoundReport {
                     destination: d.id.to_string(),
                     error: Some(e.to_string()),
@@ -209,11 +240,19 @@ pub fn destination_summaries(
     keying: &Keying,
 ) -> Result<Vec<DestinationSummary>> {
     let reader = OutboxReader::open(store_path, keying)?;
-    let mut out = Vec::new();
-    for d in &config.destinations {
-        out.push(reader.summary(d.id.as_str())?);
+    let mut ids: Vec<String> = config
+        .destinations
+        .iter()
+        .map(|d| d.id.to_string())
+        .collect();
+    // Destinations no longer (or never) in this configuration but with state in the store,
+    // such as the demo's.
+    for d in reader.destinations()? {
+        if !ids.contains(&d) {
+            ids.push(d);
+        }
     }
-    Ok(out)
+    ids.iter().map(|d| Ok(reader.summary(d)?)).collect()
 }
 
 pub fn print_delivery(summaries: &[DestinationSummary], now_ms: i64) {
@@ -376,6 +415,7 @@ struct DemoDevices {
     live_until: Option<std::time::Instant>,
     drain: Option<(std::path::PathBuf, Keying, Vec<String>)>,
     bind: bool,
+    bind_oximeter: bool,
 }
 
 impl ReadingSource for DemoDevices {
@@ -402,6 +442,8 @@ impl ReadingSource for DemoDevices {
                 store
                     .bind(cuff, -1, format!("{DEMO_PATIENT_SYSTEM}|demo-patient-1"))
                     .await?;
+            }
+            if self.bind_oximeter {
                 store
                     .bind(
                         oximeter.clone(),
@@ -588,7 +630,8 @@ pub fn demo(explicit: Option<&Path>, state_dir: &Path, args: DemoArgs) -> Result
                     .collect(),
             )
         }),
-        bind: base_url.is_some(),
+        bind: true,
+        bind_oximeter: base_url.is_some(),
     };
     let stop = if args.offline || args.run_for.is_some() {
         StopWhen::SourcesDone

@@ -56,6 +56,13 @@ const byIdentifier = new Map(); // "Type|system|value" -> Set(id)
 let journal = null; // [ [type, id] ] while a transaction runs
 const rejectIdentifiers = new Set();
 const stats = { requests: 0, creates: 0, transactions: 0, rejected: 0, faults: 0 };
+// The last FHIR requests: arrival time (ms) and the status answered, for tests that check
+// back-off timing.
+const requestLog = [];
+function logRequest(status) {
+  requestLog.push({ t: Date.now(), status });
+  if (requestLog.length > 2000) requestLog.shift();
+}
 
 function identifierKeys(r) {
   return (r.identifier ?? []).filter((i) => i.value).map((i) => `${r.resourceType}|${i.system ?? ''}|${i.value}`);
@@ -183,6 +190,81 @@ repo.withTransaction = async (callback) => {
 
 const router = new FhirRouter();
 
+// Transactions of POST entries are processed here rather than by the router, which refuses
+// "strict isolation" transactions (any conditional create) of more than 8 entries because of
+// its database heritage; this server handles one request at a time, so every transaction is
+// serialisable. Same semantics: ifNoneExist resolved first (one match → that resource, "200";
+// several → 412), urn:uuid references rewritten, every new resource validated, all or nothing.
+function isSimpleTransaction(body) {
+  return body?.resourceType === 'Bundle' && body.type === 'transaction' && Array.isArray(body.entry)
+    && body.entry.every((e) => e.request?.method === 'POST' && e.resource?.resourceType
+      && (!e.request.ifNoneExist || /^identifier=[^&]*$/.test(e.request.ifNoneExist)));
+}
+
+function rewriteReferences(value, ids) {
+  if (Array.isArray(value)) return value.map((v) => rewriteReferences(v, ids));
+  if (value && typeof value === 'object') {
+    const out = {};
+    for (const [k, v] of Object.entries(value)) {
+      out[k] = k === 'reference' && typeof v === 'string' && ids.has(v) ? ids.get(v) : rewriteReferences(v, ids);
+    }
+    return out;
+  }
+  return value;
+}
+
+async function processTransaction(bundle) {
+  const plan = [];
+  const ids = new Map();
+  const claimed = new Map(); // identifier key -> index in plan, for repeats within the bundle
+  for (const e of bundle.entry) {
+    const type = e.resource.resourceType;
+    let existing = null;
+    let key = null;
+    if (e.request.ifNoneExist) {
+      const v = new URLSearchParams(e.request.ifNoneExist).get('identifier') ?? '';
+      const bar = v.indexOf('|');
+      key = bar >= 0 ? `${type}|${v.slice(0, bar)}|${v.slice(bar + 1)}` : `${type}||${v}`;
+      const found = [...(byIdentifier.get(key) ?? [])];
+      if (found.length > 1) throw new OperationOutcomeError(multipleMatches);
+      if (found.length === 1) existing = repo.resources.get(type).get(found[0]);
+    }
+    let id;
+    if (existing) id = existing.id;
+    else if (key && claimed.has(key)) id = plan[claimed.get(key)].id;
+    else id = repo.generateId();
+    const step = { entry: e, type, id, existing, repeat: !existing && key && claimed.has(key) };
+    if (key && !claimed.has(key)) claimed.set(key, plan.length);
+    plan.push(step);
+    if (e.fullUrl) ids.set(e.fullUrl, `${type}/${id}`);
+  }
+  return repo.withTransaction(async () => {
+    const results = [];
+    for (const step of plan) {
+      if (step.existing) {
+        results.push({ status: '200 OK', resource: step.existing });
+      } else if (step.repeat) {
+        results.push({ status: '200 OK', resource: repo.resources.get(step.type).get(step.id) });
+      } else {
+        const resource = rewriteReferences({ ...step.entry.resource, id: step.id }, ids);
+        delete resource.meta?.versionId;
+        results.push({ status: '201 Created', resource: await repo.createResource(resource) });
+      }
+    }
+    return {
+      resourceType: 'Bundle', type: 'transaction-response',
+      entry: results.map(({ status, resource }) => ({
+        response: {
+          status,
+          location: `${resource.resourceType}/${resource.id}/_history/${resource.meta?.versionId}`,
+          etag: `W/"${resource.meta?.versionId}"`,
+          lastModified: resource.meta?.lastUpdated,
+        },
+      })),
+    };
+  });
+}
+
 // --- auth (SMART resource server) ---------------------------------------------------------
 let jwks = null;
 let jose = null;
@@ -282,15 +364,26 @@ async function handle(req, res) {
     const raw = await readBody(req);
     const body = raw ? JSON.parse(raw) : {};
     if (url.pathname === '/__reset') {
-      repo.clear(); byIdentifier.clear(); rejectIdentifiers.clear(); fault = null;
+      repo.clear(); byIdentifier.clear(); rejectIdentifiers.clear(); fault = null; requestLog.length = 0;
       return send(res, 200, { ok: true });
     }
     if (url.pathname === '/__fault') { fault = body.count === 0 ? null : body; return send(res, 200, { ok: true }); }
     if (url.pathname === '/__reject') { rejectIdentifiers.add(body.identifier); return send(res, 200, { ok: true }); }
+    if (url.pathname === '/__summary') {
+      // Observations by their first code, and identifiers held by more than one resource.
+      const byCode = {};
+      for (const r of repo.resources.get('Observation')?.values() ?? []) {
+        const code = r.code?.coding?.[0]?.code ?? '?';
+        byCode[code] = (byCode[code] ?? 0) + 1;
+      }
+      let duplicateIdentifiers = 0;
+      for (const ids of byIdentifier.values()) if (ids.size > 1) duplicateIdentifiers++;
+      return send(res, 200, { byCode, duplicateIdentifiers });
+    }
     if (url.pathname === '/__stats') {
       const counts = {};
       for (const [type, m] of repo.resources) counts[type] = m.size;
-      return send(res, 200, { ...stats, tokens: stats.tokens ? stats.tokens.size : 0, counts });
+      return send(res, 200, { ...stats, tokens: stats.tokens ? stats.tokens.size : 0, counts, log: requestLog });
     }
     return send(res, 404, notFoundOutcome());
   }
@@ -298,7 +391,8 @@ async function handle(req, res) {
   if (fault && (fault.count ?? 1) > 0) {
     if (fault.count !== undefined) fault.count--;
     stats.faults++;
-    if (fault.down) { req.socket.destroy(); return undefined; }
+    if (fault.down) { logRequest(0); req.socket.destroy(); return undefined; }
+    logRequest(fault.status ?? 503);
     const headers = fault.retryAfter !== undefined ? { 'retry-after': String(fault.retryAfter) } : {};
     return send(res, fault.status ?? 503, outcomeText(badRequest('x'), 'injected fault'), headers);
   }
@@ -315,6 +409,7 @@ async function handle(req, res) {
   const denied = await authorize(req, body);
   if (denied) {
     const [status, outcome, text] = denied;
+    logRequest(status);
     return send(res, status, outcomeText(outcome, text), status === 401 ? { 'www-authenticate': 'Bearer' } : {});
   }
   const query = {};
@@ -323,7 +418,9 @@ async function handle(req, res) {
   return serialised(async () => {
     let result;
     try {
-      result = await router.handleRequest({
+      if (pathname === '/' && req.method === 'POST' && isSimpleTransaction(body)) {
+        result = [allOk, await processTransaction(body)];
+      } else result = await router.handleRequest({
         method: req.method, url: pathname + url.search, body, params: {}, query, headers,
         config: { transactions: true },
       }, repo);
@@ -333,6 +430,7 @@ async function handle(req, res) {
     }
     const [outcome, resource] = result;
     const status = getStatus(outcome);
+    logRequest(status);
     if (body?.resourceType === 'Bundle' && body.type === 'transaction') stats.transactions++;
     const extra = {};
     if (resource?.id && resource.meta?.versionId) {

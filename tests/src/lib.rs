@@ -2,6 +2,8 @@
 //! directories, running processes with a deadline, and reading what the store-writer helper
 //! acknowledged. The tests themselves live in `tests/` beside this crate's `src/`.
 
+pub mod fhir;
+
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read};

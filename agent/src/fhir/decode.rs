@@ -93,11 +93,13 @@ pub fn placeholder_ble_device(address: &str) -> DeviceIdentity {
     DeviceIdentity::new(Transport::Ble, address)
 }
 
-/// The collection Bundle for readings from any transport, with a placeholder subject.
+/// The Bundle for readings from any transport, with a placeholder subject: a `collection`,
+/// or (`transaction`) exactly what delivery would POST.
 pub fn bundle_for_readings(
     readings: &[Reading],
     gw: &GatewayInfo,
     time: &GatewayTime,
+    transaction: bool,
 ) -> Result<Value, DecodeCommandError> {
     let patient = PatientRef::placeholder();
     let items: Vec<MapItem<'_>> = readings
@@ -117,5 +119,9 @@ pub fn bundle_for_readings(
             });
         }
     }
-    Ok(assembly.collection())
+    Ok(if transaction {
+        assembly.transaction()
+    } else {
+        assembly.collection()
+    })
 }

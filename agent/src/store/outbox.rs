@@ -209,6 +209,21 @@ impl OutboxReader {
         })
     }
 
+    /// Every destination the store knows: routed readings or delivery state.
+    pub fn destinations(&self) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT DISTINCT destination FROM deliveries UNION                  SELECT destination FROM destination_state ORDER BY 1",
+            )
+            .map_err(self.sql("list destinations"))?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(self.sql("list destinations"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(self.sql("list destinations"))
+    }
+
     /// The server id recorded for a reading at a destination.
     pub fn server_id(
         &self,

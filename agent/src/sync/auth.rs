@@ -95,6 +95,9 @@ pub fn client(cfg: &DestinationConfig) -> Result<reqwest::Client, AuthError> {
         .timeout(cfg.request_timeout)
         .connect_timeout(cfg.request_timeout.min(Duration::from_secs(10)))
         .pool_max_idle_per_host(2)
+        // Servers close idle keep-alive connections (Node after 5 s, others later); reusing
+        // one just as it is closed fails the request. Dropping ours first avoids the race.
+        .pool_idle_timeout(Duration::from_secs(4))
         .user_agent(concat!("vitalgate/", env!("CARGO_PKG_VERSION")))
         // Environment proxies are ignored: the configuration says what happens.
         .no_proxy();

@@ -394,11 +394,9 @@ impl Destination {
                     report.quarantined += 1;
                     let codes = response::issue_codes(&outcome);
                     tracing::warn!(destination = %self.id, reading = id, status, issues = ?codes, "Reading refused by the server; quarantined.");
-                    let severity = if status == 412 {
-                        Severity::Alarm
-                    } else {
-                        Severity::Warning
-                    };
+                    // A refused reading needs a person (fix the mapping, or the server's
+                    // configuration), so it is an alarm, not a warning.
+                    let severity = Severity::Alarm;
                     self.store
                         .deliveries(
                             &self.id,
