@@ -11,6 +11,12 @@
 //   - optional TLS and mutual TLS (TLS_CERT, TLS_KEY, TLS_CLIENT_CA);
 //   - optional SMART resource-server mode (AUTH_JWKS_URL, AUTH_ISSUER, AUTH_AUDIENCE): bearer
 //     JWTs verified against the authorization server's JWKS, system/ scopes enforced;
+//   - optional SMART Backend Services authorization server of its own (SMART_CLIENT_ID,
+//     SMART_CLIENT_KEY = the client's public key PEM, SMART_CLIENT_ALG = RS384|ES384,
+//     SMART_TOKEN_TTL seconds): POST /auth/token (client_credentials + private_key_jwt: aud,
+//     exp <= 5 min, jti never reused, kid and typ checked), GET /auth/jwks,
+//     GET /fhir/R4/.well-known/smart-configuration; FHIR requests then need its tokens.
+//     POST /__rotate makes every token issued so far invalid (a key rotation);
 //   - test hooks: POST /__fault {"status":429,"retryAfter":2,"count":2} (or "down":true to
 //     drop connections), POST /__reject {"identifier":"<value>"} to refuse one entry,
 //     POST /__reset, GET /__stats.
@@ -20,6 +26,7 @@
 import http from 'node:http';
 import https from 'node:https';
 import fs from 'node:fs';
+import crypto from 'node:crypto';
 import {
   OperationOutcomeError, allOk, badRequest, created, forbidden, getStatus,
   indexSearchParameterBundle, indexStructureDefinitionBundle, multipleMatches,
@@ -317,6 +324,72 @@ async function authorize(req, body) {
   return null;
 }
 
+// --- built-in SMART Backend Services authorization server ------------------------------------
+let smart = null;
+if (process.env.SMART_CLIENT_ID) {
+  jose = jose ?? await import('jose');
+  const alg = process.env.SMART_CLIENT_ALG || 'RS384';
+  smart = {
+    clientId: process.env.SMART_CLIENT_ID,
+    clientKey: await jose.importSPKI(fs.readFileSync(process.env.SMART_CLIENT_KEY, 'utf8'), alg),
+    clientAlg: alg,
+    ttl: Number(process.env.SMART_TOKEN_TTL || 300),
+    usedJti: new Map(),
+    generation: 0,
+    keys: null,
+  };
+  smart.keys = await jose.generateKeyPair('RS256');
+}
+
+async function smartToken(req, rawBody, res) {
+  const form = new URLSearchParams(rawBody);
+  const tokenUrl = `${req.socket.encrypted ? 'https' : 'http'}://${req.headers.host}/auth/token`;
+  const fail = (error, why) => {
+    stats.tokenErrors = (stats.tokenErrors ?? 0) + 1;
+    console.error(`token request refused: ${why}`);
+    return send(res, 401, { error, error_description: why });
+  };
+  if (form.get('grant_type') !== 'client_credentials') return fail('unsupported_grant_type', 'grant_type');
+  if (form.get('client_assertion_type') !== 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer') {
+    return fail('invalid_client', 'client_assertion_type');
+  }
+  let payload; let header;
+  try {
+    ({ payload, protectedHeader: header } = await jose.jwtVerify(form.get('client_assertion') ?? '', smart.clientKey, {
+      issuer: smart.clientId, subject: smart.clientId, audience: tokenUrl, algorithms: [smart.clientAlg],
+    }));
+  } catch (err) {
+    return fail('invalid_client', `assertion: ${err.code ?? err.message}`);
+  }
+  const now = Math.floor(Date.now() / 1000);
+  if (!header.kid || header.typ !== 'JWT') return fail('invalid_client', 'kid and typ JWT are required');
+  if (!payload.exp || payload.exp > now + 300) return fail('invalid_client', 'exp must be <= 5 minutes ahead');
+  if (!payload.jti || smart.usedJti.has(payload.jti)) return fail('invalid_client', 'jti reused');
+  smart.usedJti.set(payload.jti, payload.exp);
+  const scope = form.get('scope') || 'system/*.crs';
+  const jti = crypto.randomUUID();
+  const token = await new jose.SignJWT({ scope, client_id: smart.clientId, gen: smart.generation })
+    .setProtectedHeader({ alg: 'RS256', typ: 'at+jwt' })
+    .setIssuer(`http://${req.headers.host}/auth`).setAudience('fhir').setJti(jti)
+    .setIssuedAt(now).setExpirationTime(now + smart.ttl).sign(smart.keys.privateKey);
+  stats.tokensIssued = (stats.tokensIssued ?? 0) + 1;
+  return send(res, 200, { access_token: token, token_type: 'bearer', expires_in: smart.ttl, scope }, { 'content-type': 'application/json' });
+}
+
+async function smartAuthorize(req) {
+  const h = req.headers.authorization ?? '';
+  if (!h.startsWith('Bearer ')) return 'Missing bearer token';
+  try {
+    const { payload } = await jose.jwtVerify(h.slice(7), smart.keys.publicKey, { audience: 'fhir' });
+    if (payload.gen !== smart.generation) return 'Token from before a key rotation';
+    stats.tokens = stats.tokens ?? new Set();
+    stats.tokens.add(payload.jti);
+    return null;
+  } catch (err) {
+    return `Invalid token: ${err.code ?? err.message}`;
+  }
+}
+
 // --- faults ----------------------------------------------------------------------------
 let fault = null; // { status, retryAfter, count, down }
 
@@ -367,6 +440,7 @@ async function handle(req, res) {
       repo.clear(); byIdentifier.clear(); rejectIdentifiers.clear(); fault = null; requestLog.length = 0;
       return send(res, 200, { ok: true });
     }
+    if (url.pathname === '/__rotate' && smart) { smart.generation++; return send(res, 200, { ok: true }); }
     if (url.pathname === '/__fault') { fault = body.count === 0 ? null : body; return send(res, 200, { ok: true }); }
     if (url.pathname === '/__reject') { rejectIdentifiers.add(body.identifier); return send(res, 200, { ok: true }); }
     if (url.pathname === '/__summary') {
@@ -383,11 +457,22 @@ async function handle(req, res) {
     if (url.pathname === '/__stats') {
       const counts = {};
       for (const [type, m] of repo.resources) counts[type] = m.size;
-      return send(res, 200, { ...stats, tokens: stats.tokens ? stats.tokens.size : 0, counts, log: requestLog });
+      return send(res, 200, { ...stats, tokens: stats.tokens ? stats.tokens.size : 0, tokensIssued: stats.tokensIssued ?? 0, counts, log: requestLog });
     }
     return send(res, 404, notFoundOutcome());
   }
+  if (smart && url.pathname === '/auth/token' && req.method === 'POST') return smartToken(req, await readBody(req), res);
+  if (smart && url.pathname === '/auth/jwks') return send(res, 200, { keys: [await jose.exportJWK(smart.keys.publicKey)] });
   if (!url.pathname.startsWith(BASE_PATH)) return send(res, 404, notFoundOutcome());
+  if (smart && url.pathname === `${BASE_PATH}/.well-known/smart-configuration`) {
+    const root = `${req.socket.encrypted ? 'https' : 'http'}://${req.headers.host}`;
+    return send(res, 200, {
+      token_endpoint: `${root}/auth/token`, jwks_uri: `${root}/auth/jwks`,
+      grant_types_supported: ['client_credentials'], token_endpoint_auth_methods_supported: ['private_key_jwt'],
+      token_endpoint_auth_signing_alg_values_supported: ['RS384', 'ES384'],
+      capabilities: ['client-confidential-asymmetric', 'permission-v2'],
+    }, { 'content-type': 'application/json' });
+  }
   if (fault && (fault.count ?? 1) > 0) {
     if (fault.count !== undefined) fault.count--;
     stats.faults++;
@@ -404,6 +489,13 @@ async function handle(req, res) {
   if (raw) {
     try { body = JSON.parse(raw); } catch (err) {
       return send(res, 400, outcomeText(badRequest('x'), `Invalid JSON: ${err.message}`));
+    }
+  }
+  if (smart) {
+    const why = await smartAuthorize(req);
+    if (why) {
+      logRequest(401);
+      return send(res, 401, outcomeText(unauthorized, why), { 'www-authenticate': 'Bearer' });
     }
   }
   const denied = await authorize(req, body);

@@ -486,3 +486,309 @@ fn two_destinations_one_down_the_other_unaffected() {
     assert_eq!(cuff_observations(&medicaid), 50);
     assert_eq!(delivery(&status(&site), "medicaid")["backlog"], 0);
 }
+
+/// Runs openssl with these arguments in `dir`.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn private(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod 600");
+}
+
+/// A client key pair for SMART: (private PKCS#8 PEM path, public SPKI PEM path).
+fn smart_keys(dir: &std::path::Path, alg: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    match alg {
+        "ES384" => openssl(
+            dir,
+            &[
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-384",
+                "-out",
+                "client.key",
+            ],
+        ),
+        _ => openssl(
+            dir,
+            &[
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+                "-out",
+                "client.key",
+            ],
+        ),
+    }
+    openssl(
+        dir,
+        &["pkey", "-in", "client.key", "-pubout", "-out", "client.pub"],
+    );
+    private(&dir.join("client.key"));
+    (dir.join("client.key"), dir.join("client.pub"))
+}
+
+fn smart_destination(server: &FhirServer, alg: &str, key: &std::path::Path) -> String {
+    destination(
+        "payer",
+        &server.base_url,
+        &format!(
+            "[destination.auth]\ntype = \"smart-backend\"\ntoken_url = \"{}/auth/token\"\nclient_id = \"vitalgate-test\"\nalgorithm = \"{alg}\"\nkey_id = \"k1\"\nscope = \"system/Observation.crs system/Device.crs system/Patient.crs\"\n[destination.auth.private_key]\nfile = \"{}\"\n",
+            server.root,
+            key.display()
+        ),
+    )
+}
+
+#[test]
+fn smart_backend_services_tokens_are_minted_refreshed_and_rotated() {
+    let site = Site::new().with_key_only();
+    let (key, public) = smart_keys(&site.root, "ES384");
+    let public = public.display().to_string();
+    let server = FhirServer::start_with(
+        &[
+            ("SMART_CLIENT_ID", "vitalgate-test"),
+            ("SMART_CLIENT_KEY", &public),
+            ("SMART_CLIENT_ALG", "ES384"),
+            ("SMART_TOKEN_TTL", "10"),
+        ],
+        None,
+    );
+    configure(&site, &smart_destination(&server, "ES384", &key));
+    let mut child = spawn_run(&site);
+    std::thread::sleep(Duration::from_millis(500));
+    fill(&site, 10);
+    server.wait_for(Duration::from_secs(60), "first delivery", |s| {
+        cuff_observations(s) >= 10
+    });
+    let first = server.stats()["tokensIssued"].as_u64().unwrap_or(0);
+    assert!(first >= 1, "no token was minted");
+    // The 10 s token is refreshed from half its life on (5 s); after 6 s the agent mints a
+    // new one before using it again.
+    std::thread::sleep(Duration::from_secs(6));
+    fill(&site, 20);
+    server.wait_for(Duration::from_secs(60), "second delivery", |s| {
+        cuff_observations(s) >= 20
+    });
+    let second = server.stats()["tokensIssued"].as_u64().unwrap_or(0);
+    assert!(
+        second > first,
+        "the expired token was not replaced ({first} → {second})"
+    );
+    // A key rotation on the server: the cached token is refused (401), a new one is minted
+    // once, and delivery goes on.
+    let (s, _) = server.post("/__rotate", &json!({}));
+    assert_eq!(s, 200);
+    fill(&site, 30);
+    server.wait_for(Duration::from_secs(60), "delivery after rotation", |s| {
+        cuff_observations(s) >= 30
+    });
+    let stats = server.stats();
+    assert!(stats["tokensIssued"].as_u64().unwrap_or(0) > second);
+    let log = stats["log"].as_array().cloned().unwrap_or_default();
+    let i = log
+        .iter()
+        .rposition(|e| e["status"] == 401)
+        .expect("the rotated token was refused");
+    assert_eq!(
+        log.get(i + 1).map(|e| e["status"].clone()),
+        Some(json!(200))
+    );
+    assert_eq!(
+        stats["tokenErrors"].as_u64().unwrap_or(0),
+        0,
+        "a client assertion was refused"
+    );
+    vitalgate_e2e::sigterm(&child);
+    let _ = vitalgate_e2e::wait_deadline(&mut child, Duration::from_secs(20));
+    assert_eq!(server.duplicate_identifiers(), 0);
+    let st = status(&site);
+    assert!(
+        !st["alarms"].to_string().contains("fhir-unauthorized"),
+        "{st}"
+    );
+}
+
+#[test]
+fn smart_backend_services_rs384_and_a_wrong_key_alarms() {
+    let site = Site::new().with_key_only();
+    let (key, public) = smart_keys(&site.root, "RS384");
+    let public = public.display().to_string();
+    let server = FhirServer::start_with(
+        &[
+            ("SMART_CLIENT_ID", "vitalgate-test"),
+            ("SMART_CLIENT_KEY", &public),
+            ("SMART_CLIENT_ALG", "RS384"),
+        ],
+        None,
+    );
+    configure(&site, &smart_destination(&server, "RS384", &key));
+    fill(&site, 5);
+    run_within(cmd(&site, "sync", &[]), Duration::from_secs(60)).expect_code(0);
+    assert_eq!(cuff_observations(&server), 5);
+
+    // Another client key than the one registered: the token endpoint refuses it, nothing is
+    // sent, and an alarm is raised.
+    let other = site.root.join("other");
+    std::fs::create_dir(&other).expect("mkdir");
+    let (wrong, _) = smart_keys(&other, "RS384");
+    configure(&site, &smart_destination(&server, "RS384", &wrong));
+    fill(&site, 8);
+    let out = run_within(cmd(&site, "sync", &[]), Duration::from_secs(60));
+    out.expect_code(75);
+    assert_eq!(cuff_observations(&server), 5);
+    let st = status(&site);
+    assert_eq!(delivery(&st, "payer")["backlog"], 3, "{st}");
+    assert!(
+        st["alarms"].to_string().contains("fhir-unauthorized"),
+        "{st}"
+    );
+}
+
+#[test]
+fn mutual_tls_with_a_client_certificate_and_a_private_ca() {
+    let site = Site::new().with_key_only();
+    let d = site.root.clone();
+    openssl(
+        &d,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=Vitalgate test CA",
+        ],
+    );
+    std::fs::write(
+        d.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("write");
+    std::fs::write(d.join("client.ext"), "extendedKeyUsage=clientAuth\n").expect("write");
+    for who in ["server", "client"] {
+        openssl(
+            &d,
+            &[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                &format!("{who}.key"),
+                "-out",
+                &format!("{who}.csr"),
+                "-subj",
+                &format!("/CN=vitalgate-{who}"),
+            ],
+        );
+        openssl(
+            &d,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{who}.csr"),
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &format!("{who}.crt"),
+                "-days",
+                "2",
+                "-extfile",
+                &format!("{who}.ext"),
+            ],
+        );
+    }
+    // PKCS#8 for the client key, as rustls reads it.
+    openssl(
+        &d,
+        &[
+            "pkcs8",
+            "-topk8",
+            "-nocrypt",
+            "-in",
+            "client.key",
+            "-out",
+            "client.p8",
+        ],
+    );
+    private(&d.join("client.p8"));
+    let pem = |f: &str| std::fs::read(d.join(f)).expect("read pem");
+    let mut identity = pem("client.crt");
+    identity.extend(pem("client.p8"));
+    let looker = reqwest::Client::builder()
+        .use_rustls_tls()
+        .pool_max_idle_per_host(0)
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem("ca.crt")).expect("ca"))
+        .identity(reqwest::Identity::from_pem(&identity).expect("identity"))
+        .build()
+        .expect("client");
+    let p = |f: &str| d.join(f).display().to_string();
+    let server = FhirServer::start_with(
+        &[
+            ("TLS_CERT", &p("server.crt")),
+            ("TLS_KEY", &p("server.key")),
+            ("TLS_CLIENT_CA", &p("ca.crt")),
+        ],
+        Some(looker),
+    );
+    assert!(server.base_url.starts_with("https://"));
+    // Without a client certificate the handshake is refused: nothing is delivered.
+    configure(
+        &site,
+        &destination(
+            "hie",
+            &server.base_url,
+            &format!("ca_file = \"{}\"", p("ca.crt")),
+        ),
+    );
+    fill(&site, 12);
+    run_within(cmd(&site, "sync", &[]), Duration::from_secs(120)).expect_code(75);
+    assert_eq!(cuff_observations(&server), 0);
+    // With it, everything goes.
+    configure(
+        &site,
+        &destination(
+            "hie",
+            &server.base_url,
+            &format!(
+                "ca_file = \"{}\"\nclient_cert_file = \"{}\"\nclient_key_file = \"{}\"",
+                p("ca.crt"),
+                p("client.crt"),
+                p("client.p8")
+            ),
+        ),
+    );
+    run_within(cmd(&site, "sync", &[]), Duration::from_secs(60)).expect_code(0);
+    assert_eq!(cuff_observations(&server), 12);
+    assert_eq!(delivery(&status(&site), "hie")["backlog"], 0);
+}
