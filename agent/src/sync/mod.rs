@@ -332,7 +332,11 @@ impl Destination {
                 )
             })
             .collect();
-        self.send_narrowing(&gw, &time, &chosen, report).await
+        // When every reading could be mapped, the assembly already built is exactly the first
+        // transaction to send; it is not built again.
+        let first = (sendable.len() == ready.len()).then_some(assembly);
+        self.send_narrowing(&gw, &time, &chosen, first, report)
+            .await
     }
 
     /// Sends readings as one transaction; when the server refuses the whole transaction with
@@ -342,6 +346,7 @@ impl Destination {
         gw: &GatewayInfo,
         time: &GatewayTime,
         chosen: &[(&Reading, &PatientRef, &str, i64)],
+        mut first: Option<fhir::Assembly>,
         report: &mut RoundReport,
     ) -> Result<Sent, SyncError> {
         let mut stack: Vec<Vec<usize>> = vec![(0..chosen.len()).collect()];
@@ -357,7 +362,10 @@ impl Destination {
                     stored_key: Some(chosen[i].2),
                 })
                 .collect();
-            let assembly = fhir::assemble(gw, time, &items);
+            let assembly = match first.take() {
+                Some(a) => a,
+                None => fhir::assemble(gw, time, &items),
+            };
             match self.send(&assembly, report).await? {
                 Classified::Accepted(locations) => {
                     let updates = part

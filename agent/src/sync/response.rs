@@ -139,6 +139,13 @@ fn httpdate(s: &str) -> Option<std::time::SystemTime> {
     let [h, mi, se] = hms.as_slice() else {
         return None;
     };
+    // Bounds first: the arithmetic below must not overflow on a hostile header.
+    if !(1..=9999).contains(&year) || !(1..=31).contains(&day) || !(0..24).contains(h) {
+        return None;
+    }
+    if !(0..60).contains(mi) || !(0..61).contains(se) {
+        return None;
+    }
     let y = if month <= 2 { year - 1 } else { year };
     let era = y.div_euclid(400);
     let yoe = y - era * 400;
@@ -224,6 +231,14 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(parse_retry_after("soon", now()), None);
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 99999999999999999 08:49:37 GMT", now()),
+            None
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 99:49:37 GMT", now()),
+            None
+        );
     }
 
     #[test]
