@@ -59,7 +59,9 @@ fn config_check_accepts_valid_files_and_the_shipped_default() {
         dir.path(),
         &key,
         "batch_max_readings = 500\nbatch_linger = \"5ms\"\n\n\
-         [[destination]]\nid = \"hospital\"\nbase_url = \"https://fhir.example.org/r4\"\n",
+         [[destination]]\nid = \"hospital\"\nbase_url = \"https://fhir.example.org/r4\"\n\
+         [destination.auth]\ntype = \"bearer\"\n[destination.auth.token]\n\
+         credential = \"hospital-token\"\n",
     );
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/vitalgate.toml");
     for (file, destinations) in [(valid, 1), (shipped, 0)] {

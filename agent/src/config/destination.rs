@@ -217,3 +217,83 @@ impl DestinationConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::Config;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(Path::new("t.toml"), text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn destinations_parse_with_defaults_and_every_auth_kind() {
+        let c = parse(
+            "[[destination]]\nid = \"local\"\nbase_url = \"http://127.0.0.1:8080/fhir\"\n\
+             [[destination]]\nid = \"payer\"\nbase_url = \"https://payer.example/r4\"\n\
+             proxy = \"http://proxy.lan:3128\"\nca_file = \"/etc/ca.pem\"\n\
+             [destination.auth]\ntype = \"smart-backend\"\ntoken_url = \"https://payer.example/token\"\n\
+             client_id = \"gw\"\nalgorithm = \"ES384\"\nkey_id = \"k1\"\n\
+             [destination.auth.private_key]\nfile = \"/etc/vitalgate/k.pem\"\n\
+             [destination.route]\ndevice_types = [\"bp\"]\nmeasurements = [150020]\n",
+        )
+        .expect("valid");
+        let local = &c.destinations[0];
+        assert_eq!(local.auth, super::AuthConfig::None);
+        assert_eq!(local.batch_max, super::DEFAULT_BATCH_MAX);
+        assert_eq!(local.batch_linger, super::DEFAULT_BATCH_LINGER);
+        let payer = &c.destinations[1];
+        assert!(matches!(
+            payer.auth,
+            super::AuthConfig::SmartBackend {
+                algorithm: super::SigningAlgorithm::ES384,
+                ..
+            }
+        ));
+        assert_eq!(payer.route.measurements, [150020]);
+    }
+
+    #[test]
+    fn unsafe_or_inconsistent_destinations_are_refused_with_their_key() {
+        let cases = [
+            (
+                "[[destination]]\nid = \"h\"\nbase_url = \"https://h.example/r4\"\n",
+                "destination[0].auth",
+            ),
+            (
+                "[[destination]]\nid = \"h\"\nbase_url = \"http://h.example/r4\"\n",
+                "plain http",
+            ),
+            (
+                "[[destination]]\nid = \"h\"\nbase_url = \"https://h.example/r4\"\n\
+                 [destination.auth]\ntype = \"bearer\"\n[destination.auth.token]\n",
+                "never inline",
+            ),
+            (
+                "[[destination]]\nid = \"h\"\nbase_url = \"https://h.example/r4\"\n\
+                 [destination.auth]\ntype = \"bearer\"\ntoken = \"s3cret\"\n",
+                "destination",
+            ),
+            (
+                "[[destination]]\nid = \"l\"\nbase_url = \"http://localhost/r4\"\n\
+                 client_cert_file = \"/c.pem\"\n",
+                "client_key_file go together",
+            ),
+            (
+                "[[destination]]\nid = \"l\"\nbase_url = \"http://localhost/r4\"\n\
+                 [destination.route]\ndevice_types = [\"toaster\"]\n",
+                "not one of",
+            ),
+            (
+                "[[destination]]\nid = \"l\"\nbase_url = \"http://localhost/r4\"\nbatch_max = 0\n",
+                "batch_max",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = parse(text).expect_err(text);
+            assert!(e.contains(want), "{text}\n→ {e}");
+        }
+    }
+}
