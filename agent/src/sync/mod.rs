@@ -186,14 +186,18 @@ impl Destination {
                 return Ok(report);
             }
             if !force && batch.len() < self.cfg.batch_max {
-                // The latency window: a lone reading waits at most `batch_linger` (by the
-                // monotonic clock of this boot; a reading from an earlier boot is old enough).
-                let newest = batch
+                // The latency window: the oldest reading waits at most `batch_linger` for
+                // others to join it (by the monotonic clock of this boot; a reading from an
+                // earlier boot has waited long enough).
+                let older_boot = batch
+                    .iter()
+                    .any(|p| p.reading.receipt.boot_id != now.boot_id);
+                let oldest = batch
                     .iter()
                     .map(|p| p.reading.receipt)
-                    .max_by_key(|r| r.monotonic_ns);
-                if let Some(r) = newest
-                    && r.boot_id == now.boot_id
+                    .min_by_key(|r| r.monotonic_ns);
+                if let Some(r) = oldest
+                    && !older_boot
                 {
                     let age = Duration::from_nanos(now.monotonic_ns.saturating_sub(r.monotonic_ns));
                     if age < self.cfg.batch_linger {
