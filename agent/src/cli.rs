@@ -1,20 +1,13 @@
 //! Subcommands: argument definitions and what each one does.
 
-use std::future::Future;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
-use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use tokio_util::sync::CancellationToken;
-use vitalgate::clock::Clock;
 use vitalgate::config::{Config, DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR};
-use vitalgate::store::{self, Batch, CursorUpdate, Keying, StoreHandle, StoreReader, StoreStatus};
-use vitalgate::supervisor::{ReadingSource, SourceError, StopWhen, Supervisor};
-use vitalgate_hardware::sim::BpCuffMemory;
+use vitalgate::store::{self, Keying, StoreReader, StoreStatus};
 
 use crate::exit;
 
@@ -42,6 +35,26 @@ enum Command {
         records: u32,
         #[command(flatten)]
         fleet: DemoFleetArgs,
+        /// Deliver to this FHIR R4 base URL instead of starting a local server.
+        #[arg(long, value_name = "BASE_URL")]
+        fhir: Option<String>,
+        /// Stop after this many seconds of live readings (default: run until Ctrl-C).
+        #[arg(long = "for", value_name = "SECONDS")]
+        run_for: Option<u64>,
+        /// Only store the cuff's records: no FHIR server, no delivery, no live readings.
+        #[arg(long, conflicts_with_all = ["fhir", "run_for"])]
+        offline: bool,
+        /// Where the local FHIR server lives (default: tests/fhir-server found upwards).
+        #[arg(long, value_name = "DIR")]
+        fhir_server_dir: Option<PathBuf>,
+    },
+    /// Deliver now: one delivery round per destination, with per-destination results.
+    Sync {
+        #[command(flatten)]
+        state: StateDirArg,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Show reading counts, backlog, devices and alarms from the store.
     Status {
@@ -57,26 +70,12 @@ enum Command {
     /// Configuration commands.
     #[command(subcommand)]
     Config(ConfigCommand),
-    /// Decode captured device bytes into the readings the agent would store.
+    /// Decode device bytes and print the FHIR resources they map to.
     #[command(subcommand)]
-    Decode(DecodeCommand),
+    Decode(crate::cli_fhir::DecodeCommand),
     /// Signed software update: keys, signing, applying, status.
     #[command(subcommand)]
     Update(crate::cli_update::UpdateCommand),
-}
-
-#[derive(Debug, Subcommand)]
-enum DecodeCommand {
-    /// A device-to-host byte stream of a serial protocol, as hex ("51 26 69 00 00 40 A5 C5";
-    /// spaces, colons and a 0x prefix are ignored). Prints JSON: the readings with MDC codes,
-    /// UCUM units, exact decimals and device timestamps, and any problems met on the way.
-    Serial {
-        /// taidoc, nonin-df2, nonin-df7, nonin-ascii, contec or astm.
-        protocol: vitalgate_drivers::serial::Protocol,
-        /// The bytes, as hex (one or more arguments, joined).
-        #[arg(required = true, num_args = 1..)]
-        hex: Vec<String>,
-    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -107,7 +106,10 @@ struct StateDirArg {
 pub fn dispatch(cli: Cli) -> Result<u8> {
     match cli.command {
         Command::Config(ConfigCommand::Check) => config_check(cli.config.as_deref()),
-        Command::Decode(DecodeCommand::Serial { protocol, hex }) => decode_serial(protocol, &hex),
+        Command::Decode(cmd) => {
+            let config = load_config(cli.config.as_deref(), Required::IfPresent)?;
+            crate::cli_fhir::decode_cmd(&crate::cli_fhir::gateway_id(&config), cmd)
+        }
         Command::Run(s) => {
             let config = load_config(cli.config.as_deref(), Required::Yes)?;
             vitalgate::logging::init(&config.log);
@@ -128,7 +130,29 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
             state,
             records,
             fleet,
-        } => demo(cli.config.as_deref(), &state.state_dir, records, fleet),
+            fhir,
+            run_for,
+            offline,
+            fhir_server_dir,
+        } => crate::cli_fhir::demo(
+            cli.config.as_deref(),
+            &state.state_dir,
+            crate::cli_fhir::DemoArgs {
+                records,
+                fhir,
+                run_for: run_for.map(Duration::from_secs),
+                offline,
+                fhir_server_dir,
+                mqtt: fleet.mqtt,
+                gateway_id: fleet.gateway_id,
+            },
+        ),
+        Command::Sync { state, json } => {
+            let config = load_config(cli.config.as_deref(), Required::Yes)?;
+            vitalgate::logging::init(&config.log);
+            let keying = find_key(&config, &state.state_dir, CreateKey::No)?;
+            crate::cli_fhir::sync_cmd(&config, &state.state_dir, keying, json)
+        }
         Command::Status {
             state,
             json,
@@ -149,7 +173,16 @@ pub enum DecodeFailure {
     Serial(#[from] vitalgate_drivers::serial::SerialError),
 }
 
-fn decode_serial(protocol: vitalgate_drivers::serial::Protocol, hex_args: &[String]) -> Result<u8> {
+/// `decode serial`: by default the FHIR Bundle the readings map to (like `decode ble`), with
+/// any problems met on the way on stderr; `readings_only` prints the readings as the store
+/// keeps them instead, with the problems, for protocol debugging.
+pub(crate) fn decode_serial(
+    protocol: vitalgate_drivers::serial::Protocol,
+    hex_args: &[String],
+    gateway_id: &str,
+    readings_only: bool,
+    transaction: bool,
+) -> Result<u8> {
     let text: String = hex_args
         .iter()
         .map(|a| a.trim().trim_start_matches("0x").trim_start_matches("0X"))
@@ -161,7 +194,16 @@ fn decode_serial(protocol: vitalgate_drivers::serial::Protocol, hex_args: &[Stri
     let bytes = hex::decode(&text).map_err(|e| DecodeFailure::Hex(e.to_string()))?;
     let report = vitalgate_drivers::serial::decode_capture(protocol, &bytes)
         .map_err(DecodeFailure::Serial)?;
-    let text = serde_json::to_string_pretty(&decode_json(protocol, &report))?;
+    let value = if readings_only {
+        decode_json(protocol, &report)
+    } else {
+        for p in &report.problems {
+            eprintln!("vitalgate: {p}");
+        }
+        let (gw, time) = crate::cli_fhir::gateway_now(gateway_id);
+        vitalgate::fhir::decode::bundle_for_readings(&report.readings, &gw, &time, transaction)?
+    };
+    let text = serde_json::to_string_pretty(&value)?;
     // A closed pipe (`| head`) is not an error worth a panic.
     let _ = writeln!(std::io::stdout().lock(), "{text}");
     Ok(exit::OK)
@@ -227,13 +269,13 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 #[derive(PartialEq, Eq)]
-enum Required {
+pub(crate) enum Required {
     Yes,
     /// Use defaults when no `--config` is given and the default file does not exist.
     IfPresent,
 }
 
-fn load_config(explicit: Option<&Path>, required: Required) -> Result<Config> {
+pub(crate) fn load_config(explicit: Option<&Path>, required: Required) -> Result<Config> {
     match explicit {
         Some(p) => Ok(Config::load(p)?),
         None => {
@@ -260,14 +302,14 @@ fn config_check(explicit: Option<&Path>) -> Result<u8> {
 }
 
 #[derive(PartialEq, Eq)]
-enum CreateKey {
+pub(crate) enum CreateKey {
     Yes,
     No,
 }
 
 /// The key: the systemd credential, then the configured key file, then `db.key` in the state
 /// directory (where `demo` creates one when there is none).
-fn find_key(config: &Config, state_dir: &Path, create: CreateKey) -> Result<Keying> {
+pub(crate) fn find_key(config: &Config, state_dir: &Path, create: CreateKey) -> Result<Keying> {
     let creds = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
     let local = state_dir.join("db.key");
     let first = store::key::load_key(
@@ -313,13 +355,16 @@ fn status(explicit: Option<&Path>, state_dir: &Path, json: bool, verify: bool) -
     let status = StoreReader::open(&path, &keying)?.status()?;
     let fleet = vitalgate::fleet::status::read(state_dir)
         .with_context(|| format!("cannot read the fleet state in {}", state_dir.display()))?;
+    let delivery = crate::cli_fhir::destination_summaries(&config, &path, &keying)?;
     if json {
         let mut v = serde_json::to_value(&status)?;
         v["verified"] = serde_json::Value::Bool(verify);
+        v["delivery"] = serde_json::to_value(&delivery)?;
         v["fleet"] = serde_json::to_value(&fleet)?;
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print_status(&status);
+        crate::cli_fhir::print_delivery(&delivery, store::now_ms());
         print_fleet(fleet.as_ref());
         if verify {
             println!("Integrity: every page verified.");
@@ -328,12 +373,12 @@ fn status(explicit: Option<&Path>, state_dir: &Path, json: bool, verify: bool) -
     Ok(exit::OK)
 }
 
-fn when(ms: i64) -> String {
+pub(crate) fn when(ms: i64) -> String {
     let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-fn print_status(s: &StoreStatus) {
+pub(crate) fn print_status(s: &StoreStatus) {
     let r = &s.readings;
     println!(
         "Store:    {} (schema {}, {})",
@@ -423,118 +468,5 @@ fn print_fleet(fleet: Option<&vitalgate::fleet::status::FleetStatus>) {
             }
         ),
         None => println!("  last command: none"),
-    }
-}
-
-fn demo(
-    explicit: Option<&Path>,
-    state_dir: &Path,
-    records: u32,
-    fleet: DemoFleetArgs,
-) -> Result<u8> {
-    let mut config = load_config(explicit, Required::IfPresent)?;
-    let watch_broker = fleet.mqtt.is_some();
-    if let Some(url) = fleet.mqtt {
-        config.fleet.broker = Some(url);
-        // A newcomer watching the topics should not wait a minute for the first figures.
-        config.fleet.telemetry_interval = Duration::from_secs(5);
-        config.fleet.reconnect_min = Duration::from_secs(1);
-    }
-    if let Some(id) = fleet.gateway_id {
-        config.gateway.id = id;
-    }
-    vitalgate::logging::init(&config.log);
-    let keying = find_key(&config, state_dir, CreateKey::Yes)?;
-    println!("Vitalgate demo: state in {}", state_dir.display());
-    let cuff = BpCuffMemory::new("00:1C:05:FF:E8:74", records);
-    if watch_broker {
-        println!(
-            "Connecting to the broker as gateway {}; watch with: mosquitto_sub -t 'vitalgate/{}/#' -v. \
-             Ctrl-C stops the demo.",
-            config.gateway.id, config.gateway.id
-        );
-    }
-    let summary = runtime()?.block_on(async {
-        Supervisor::new(config.clone(), state_dir.to_owned(), keying.clone())
-            .with_source(Box::new(SimulatedCuff { memory: cuff }))
-            .stop_when(if watch_broker {
-                StopWhen::Signal
-            } else {
-                StopWhen::SourcesDone
-            })
-            .run()
-            .await
-    })?;
-    if summary.sources_failed > 0 {
-        anyhow::bail!("{} simulated device(s) failed", summary.sources_failed);
-    }
-    let status = StoreReader::open(&summary.store_path, &keying)?.status()?;
-    println!();
-    print_status(&status);
-    println!();
-    println!(
-        "What ran: a simulated blood-pressure cuff downloaded {records} stored records into the \
-         encrypted store, committed in batches, each batch acknowledged (cursor advanced) only \
-         after its commit. Run the demo again: the records are recognised and not stored twice."
-    );
-    println!(
-        "Serial devices (TaiDoc, Nonin, Contec, ASTM) are read by `vitalgate run` from \
-         `[[serial]]` entries; try one on a simulated device with `vitalgate-serial-sim`."
-    );
-    println!(
-        "Not in this build yet: the Bluetooth LE driver with its simulator, and \
-         delivery of FHIR Observations to a local FHIR server. Readings stay in the store."
-    );
-    Ok(exit::OK)
-}
-
-/// A simulated cuff whose memory is downloaded the way a RACP download works: chunks of
-/// records, each committed (with the cursor) before the next is requested.
-struct SimulatedCuff {
-    memory: BpCuffMemory,
-}
-
-impl ReadingSource for SimulatedCuff {
-    fn name(&self) -> String {
-        "simulated-bp-cuff".into()
-    }
-
-    fn run(
-        self: Box<Self>,
-        store: StoreHandle,
-        clock: Arc<dyn Clock>,
-        cancel: CancellationToken,
-    ) -> Pin<Box<dyn Future<Output = Result<(), SourceError>> + Send>> {
-        Box::pin(async move {
-            const CHUNK: u32 = 16;
-            let mut next = 0;
-            while next < self.memory.records {
-                if cancel.is_cancelled() {
-                    break;
-                }
-                let end = (next + CHUNK).min(self.memory.records);
-                let readings = (next..end)
-                    .map(|i| self.memory.record(i, clock.receipt()))
-                    .collect();
-                let receipt = store
-                    .commit(Batch {
-                        readings,
-                        cursor: Some(CursorUpdate {
-                            transport: self.memory.identity.transport,
-                            address: self.memory.identity.address.clone(),
-                            stream: "racp-2A35".into(),
-                            value: (end - 1).to_string(),
-                        }),
-                    })
-                    .await?;
-                tracing::info!(
-                    inserted = receipt.inserted(),
-                    duplicates = receipt.duplicates(),
-                    "Simulated cuff batch committed; device acknowledged."
-                );
-                next = end;
-            }
-            Ok(())
-        })
     }
 }

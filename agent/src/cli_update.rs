@@ -255,11 +255,13 @@ pub async fn run_daemon(
     let _ = work.await;
     let summary = result?;
     // Non-zero on purpose: the unit restarts the agent on failure only.
-    Ok(if update::restart_requested() || summary.restart_requested {
-        exit::TEMPFAIL
-    } else {
-        exit::OK
-    })
+    Ok(
+        if update::restart_requested() || summary.restart_requested {
+            exit::TEMPFAIL
+        } else {
+            exit::OK
+        },
+    )
 }
 
 async fn update_work(

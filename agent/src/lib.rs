@@ -9,9 +9,11 @@
 pub mod ble;
 pub mod clock;
 pub mod config;
+pub mod fhir;
 pub mod fleet;
 pub mod logging;
 pub mod serial;
 pub mod store;
 pub mod supervisor;
+pub mod sync;
 pub mod update;

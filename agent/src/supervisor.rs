@@ -157,6 +157,16 @@ impl Supervisor {
             c.store.retention_interval,
             cancel.child_token(),
         ));
+        crate::sync::spawn_all(
+            &tracker,
+            c,
+            &self.state_dir,
+            &store_path,
+            &self.keying,
+            &store,
+            self.clock.clone(),
+            &cancel,
+        );
         if let Some(period) = sd_notify::watchdog_enabled() {
             tracker.spawn(watchdog(store.clone(), period, cancel.child_token()));
         }

@@ -6,6 +6,7 @@ pub mod broker;
 pub mod update;
 
 pub use update::next_version;
+pub mod fhir;
 
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
@@ -258,7 +259,7 @@ impl Site {
 
     /// Runs the demo and asserts it succeeded.
     pub fn demo(&self, records: u32) -> Finished {
-        let out = self.vitalgate("demo", &["--records", &records.to_string()]);
+        let out = self.vitalgate("demo", &["--offline", "--records", &records.to_string()]);
         out.expect_code(0);
         out
     }

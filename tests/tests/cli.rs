@@ -59,7 +59,9 @@ fn config_check_accepts_valid_files_and_the_shipped_default() {
         dir.path(),
         &key,
         "batch_max_readings = 500\nbatch_linger = \"5ms\"\n\n\
-         [[destination]]\nid = \"hospital\"\nbase_url = \"https://fhir.example.org/r4\"\n",
+         [[destination]]\nid = \"hospital\"\nbase_url = \"https://fhir.example.org/r4\"\n\
+         [destination.auth]\ntype = \"bearer\"\n[destination.auth.token]\n\
+         credential = \"hospital-token\"\n",
     );
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/vitalgate.toml");
     for (file, destinations) in [(valid, 1), (shipped, 0)] {
@@ -231,9 +233,40 @@ fn run_starts_and_stops_cleanly_on_sigterm() {
 /// JSON with MDC codes, UCUM units, exact decimals and device timestamps; bad input exits 65.
 #[test]
 fn decode_serial_prints_readings_as_json() {
+    // By default: the FHIR collection Bundle the readings map to, exact precision kept.
     let out = vitalgate([
         "decode",
         "serial",
+        "taidoc",
+        "51 25 6F 30 1E 08 A5 E0",
+        "51:26:69:00:00:40:A5:C5",
+    ]);
+    out.expect_code(0);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON");
+    assert_eq!(v["resourceType"], "Bundle", "{v:#}");
+    assert_eq!(v["type"], "collection");
+    let obs: Vec<&serde_json::Value> = v["entry"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| &e["resource"])
+        .filter(|r| r["resourceType"] == "Observation" && r.get("valueQuantity").is_some())
+        .collect();
+    assert_eq!(obs.len(), 1, "{v:#}");
+    assert_eq!(obs[0]["valueQuantity"]["value"], serde_json::json!(105));
+    assert_eq!(obs[0]["valueQuantity"]["code"], "mg/dL");
+    assert!(
+        v["entry"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["resource"]["resourceType"] == "Device")),
+        "{v:#}"
+    );
+
+    // --readings: the readings as the store keeps them.
+    let out = vitalgate([
+        "decode",
+        "serial",
+        "--readings",
         "taidoc",
         "51 25 6F 30 1E 08 A5 E0",
         "51:26:69:00:00:40:A5:C5",
@@ -273,7 +306,7 @@ fn decode_serial_prints_readings_as_json() {
     bytes.extend(frame(3, "L|1||N\r", true));
     bytes.push(0x04);
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let out = vitalgate(["decode", "serial", "astm", hex.as_str()]);
+    let out = vitalgate(["decode", "serial", "--readings", "astm", hex.as_str()]);
     out.expect_code(0);
     let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON");
     assert_eq!(v["device"]["serial_number"], "SN42");
@@ -289,6 +322,7 @@ fn decode_serial_prints_readings_as_json() {
     let out = vitalgate([
         "decode",
         "serial",
+        "--readings",
         "nonin-ascii",
         // "SPO2=097 HR=072\r\n" twice, the first damaged.
         "53504f323d783937204852303732 0d0a 53504f323d303937204852 3d303732 0d0a",

@@ -4,8 +4,9 @@
 //! keys are rejected, and every error names the file, the line and the key. Secrets are never
 //! configured inline: the file only says where to find them.
 
-pub mod serial;
+pub mod destination;
 pub mod fleet;
+pub mod serial;
 pub mod types;
 pub mod update;
 
@@ -15,8 +16,9 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
 
-pub use serial::{LinePolicy, SerialConfig, StreamConfig, UsbId};
+pub use destination::DestinationConfig;
 pub use fleet::FleetConfig;
+pub use serial::{LinePolicy, SerialConfig, StreamConfig, UsbId};
 pub use types::{BrokerUrl, BtAddr, EndpointUrl, GatewayId, LogFilter, Name};
 
 /// Where the configuration lives unless `--config` says otherwise.
@@ -193,16 +195,6 @@ impl Default for BleConfig {
     }
 }
 
-/// `[[destination]]`: one FHIR endpoint.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DestinationConfig {
-    /// A short name, used in the store, status output and telemetry.
-    pub id: Name,
-    /// The FHIR R4 base URL.
-    pub base_url: EndpointUrl,
-}
-
 /// A configuration file that could not be used. Displayed as `file:line:column: key: what`.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -342,6 +334,9 @@ impl Config {
         }
         self.fleet.validate()?;
         self.update.validate()?;
+        for (i, d) in self.destinations.iter().enumerate() {
+            d.check(i)?;
+        }
         let mut seen = std::collections::BTreeSet::new();
         for d in &self.destinations {
             if !seen.insert(d.id.clone()) {

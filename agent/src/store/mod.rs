@@ -10,6 +10,7 @@
 //! dedup key, so a device that re-sends after a crash creates no duplicate.
 
 pub mod key;
+pub mod outbox;
 pub mod reader;
 pub mod schema;
 pub mod writer;

@@ -140,6 +140,19 @@ const MIGRATIONS: &[&str] = &[
         command_id TEXT    NOT NULL
     );
     "#,
+    // 2 -> 3: FHIR delivery. The server's id for a delivered reading, and per destination
+    // the last success and the last error (never patient data: status codes and
+    // OperationOutcome issue codes only).
+    r#"
+    ALTER TABLE deliveries ADD COLUMN server_id TEXT;
+    CREATE TABLE destination_state (
+        destination     TEXT    PRIMARY KEY,
+        last_success_ms INTEGER,
+        last_error_ms   INTEGER,
+        last_error      TEXT
+    ) WITHOUT ROWID;
+    CREATE INDEX bindings_device ON bindings (device_id, user_index);
+    "#,
 ];
 
 /// The schema version this build writes.

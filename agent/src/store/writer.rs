@@ -26,6 +26,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 use vitalgate_drivers::{DeviceIdentity, Reading, Transport};
 
+use super::outbox::{DeliveryUpdate, DestinationOutcome};
 use super::{Create, Keying, StoreError, now_ms, open_connection, schema, wal_path};
 
 /// What the writer needs to know beyond the connection.
@@ -228,6 +229,20 @@ enum Command {
         event: NewEvent,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+    /// FHIR delivery results for one destination (see `super::outbox`).
+    Deliveries {
+        destination: String,
+        updates: Vec<DeliveryUpdate>,
+        outcome: Option<DestinationOutcome>,
+        events: Vec<NewEvent>,
+        reply: oneshot::Sender<Result<usize, StoreError>>,
+    },
+    Bind {
+        identity: DeviceIdentity,
+        user_index: i32,
+        patient: String,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
     Audit {
         actor: String,
         action: String,
@@ -281,6 +296,8 @@ impl std::fmt::Debug for Command {
             Command::Commit { .. } => "Commit",
             Command::MarkDelivered { .. } => "MarkDelivered",
             Command::Event { .. } => "Event",
+            Command::Deliveries { .. } => "Deliveries",
+            Command::Bind { .. } => "Bind",
             Command::Audit { .. } => "Audit",
             Command::Housekeeping { .. } => "Housekeeping",
             Command::Ping { .. } => "Ping",
@@ -325,6 +342,42 @@ impl StoreHandle {
             destination,
             reading_ids,
             at_ms,
+            reply,
+        })
+        .await
+    }
+
+    /// Records delivery results for `destination` (and any events they raise) in one
+    /// transaction.
+    pub async fn deliveries(
+        &self,
+        destination: &str,
+        updates: Vec<DeliveryUpdate>,
+        outcome: Option<DestinationOutcome>,
+        events: Vec<NewEvent>,
+    ) -> Result<usize, StoreError> {
+        let destination = destination.to_owned();
+        self.request(|reply| Command::Deliveries {
+            destination,
+            updates,
+            outcome,
+            events,
+            reply,
+        })
+        .await
+    }
+
+    /// Binds a device (and user index, -1 for all users) to a patient reference.
+    pub async fn bind(
+        &self,
+        identity: DeviceIdentity,
+        user_index: i32,
+        patient: String,
+    ) -> Result<(), StoreError> {
+        self.request(|reply| Command::Bind {
+            identity,
+            user_index,
+            patient,
             reply,
         })
         .await
@@ -794,6 +847,14 @@ fn pending_reply(c: Command, r: Result<Done, StoreError>) -> Option<Pending> {
                 Done::Count(_) | Done::Value(_) | Done::Unit => CommitReceipt::default(),
             }),
         ),
+        Command::Deliveries { reply, .. } => Pending::Count(
+            reply,
+            r.map(|d| match d {
+                Done::Count(n) => n,
+                Done::Receipt(_) | Done::Value(_) | Done::Unit => 0,
+            }),
+        ),
+        Command::Bind { reply, .. } => Pending::Unit(reply, r.map(drop)),
         Command::MarkDelivered { reply, .. } => Pending::Count(
             reply,
             r.map(|d| match d {
@@ -1069,6 +1130,27 @@ impl Writer {
                 .mark_delivered(destination, reading_ids, *at_ms)
                 .map(Done::Count),
             Command::Event { event, .. } => self.insert_event(event, now).map(|()| Done::Unit),
+            Command::Deliveries {
+                destination,
+                updates,
+                outcome,
+                events,
+                ..
+            } => {
+                for e in events {
+                    self.insert_event(e, now)?;
+                }
+                super::outbox::apply(&self.conn, destination, updates, outcome.as_ref(), now)
+                    .map(Done::Count)
+                    .map_err(|e| StoreError::from_sqlite(&self.opts.path, "record deliveries", e))
+            }
+            Command::Bind {
+                identity,
+                user_index,
+                patient,
+                ..
+            } => super::outbox::bind(&self.conn, identity, *user_index, patient, now)
+                .map(|()| Done::Unit),
             Command::Audit {
                 actor,
                 action,
@@ -1505,7 +1587,10 @@ fn fail_command(c: Command, e: &dyn Fn() -> StoreError) {
         Command::Commit { reply, .. } => {
             let _ = reply.send(Err(e()));
         }
-        Command::MarkDelivered { reply, .. } => {
+        Command::MarkDelivered { reply, .. } | Command::Deliveries { reply, .. } => {
+            let _ = reply.send(Err(e()));
+        }
+        Command::Bind { reply, .. } => {
             let _ = reply.send(Err(e()));
         }
         Command::Event { reply, .. } | Command::Audit { reply, .. } => {

@@ -6,6 +6,8 @@
 
 #[path = "../../../agent/src/cli.rs"]
 mod cli;
+#[path = "../../../agent/src/cli_fhir.rs"]
+mod cli_fhir;
 #[path = "../../../agent/src/cli_update.rs"]
 mod cli_update;
 #[path = "../../../agent/src/entry.rs"]

@@ -1,0 +1,30 @@
+//! FHIR server replies and the other text the delivery path parses: any status, Retry-After
+//! and body must classify without panicking, and a 2xx is only "accepted" with one location
+//! slot per request entry. Also patient bindings and `decode` arguments.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use vitalgate::sync::response::{Classified, classify, issue_codes, parse_retry_after, resource_id};
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&head, rest)) = data.split_first() else {
+        return;
+    };
+    let status = 100 + u16::from(head) * 2;
+    let split = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
+    let (header, body) = rest.split_at(split);
+    let header = String::from_utf8_lossy(header);
+    let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+    let entries = usize::from(head % 8);
+    if let Classified::Accepted(locations) = classify(status, Some(&header), body, entries, now) {
+        assert_eq!(locations.len(), entries);
+        assert!((200..300).contains(&status));
+    }
+    let _ = parse_retry_after(&header, now);
+    let text = String::from_utf8_lossy(body);
+    let _ = resource_id(&text);
+    let _ = issue_codes(&text);
+    let _ = text.parse::<vitalgate::fhir::PatientRef>();
+    let _ = vitalgate::fhir::decode::parse_hex(&text);
+    let _ = vitalgate::fhir::decode::parse_characteristic(&header);
+});

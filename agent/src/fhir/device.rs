@@ -1,0 +1,199 @@
+//! PHD and PHG Device resources (ble-health-profiles.md §5.4), and the device part of the
+//! conditional-create identifier.
+//!
+//! SYSID byte order (a choice the IG leaves open): the IG's own example Device
+//! `phd-74E8FFFEFF051C00.001C05FFE874` prints the System ID characteristic in over-the-air
+//! (LSO-first) order, `74-E8-FF-FE-FF-05-1C-00`, although the canonical EUI-64 would be
+//! `00-1C-05-FF-FE-FF-E8-74`. We follow the example: the over-the-air order, uppercase,
+//! dash-separated. This feeds every Observation identifier, so it must never change for an
+//! installed fleet.
+
+use serde_json::{Value, json};
+use vitalgate_drivers::{DeviceIdentity, Transport};
+
+use super::{GatewayInfo, codes, mdc_coding};
+
+pub const SYSID_SYSTEM: &str = "urn:oid:1.2.840.10004.1.1.1.0.0.1.0.0.1.2680";
+pub const BTMAC_SYSTEM: &str = "http://hl7.org/fhir/sid/eui-48/bluetooth";
+pub const CONTINUA_IDS: &str = "http://hl7.org/fhir/uv/phd/CodeSystem/ContinuaDeviceIdentifiers";
+/// Devices with neither a System ID nor a Bluetooth address (serial meters): identified by
+/// manufacturer, model and serial number (or port) within this project's namespace.
+pub const SERIAL_DEVICE_SYSTEM: &str = "https://vitalgate.example/fhir/sid/serial-device";
+/// The gateway (PHG) by its provisioned gateway id.
+pub const GATEWAY_SYSTEM: &str = "https://vitalgate.example/fhir/sid/gateway";
+pub const PHD_DEVICE_PROFILE: &str = "http://hl7.org/fhir/uv/phd/StructureDefinition/PhdDevice";
+pub const PHG_DEVICE_PROFILE: &str = "http://hl7.org/fhir/uv/phd/StructureDefinition/PhgDevice";
+
+/// A device identifier: system, printed value, and the Continua identifier type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceId {
+    pub system: &'static str,
+    pub value: String,
+    pub continua_type: Option<&'static str>,
+}
+
+impl DeviceId {
+    /// `identifier=<system>|<value>` for `ifNoneExist` and searches.
+    pub fn search(&self) -> String {
+        super::identifier_search(self.system, &self.value)
+    }
+}
+
+fn dashed(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+/// The Bluetooth address as EUI-48 `00-1C-05-FF-E8-74`, if the address is one.
+fn btmac(identity: &DeviceIdentity) -> Option<String> {
+    if identity.transport != Transport::Ble {
+        return None;
+    }
+    let bytes: Vec<u8> = identity
+        .address
+        .split([':', '-'])
+        .map(|p| u8::from_str_radix(p, 16))
+        .collect::<Result<_, _>>()
+        .ok()?;
+    (bytes.len() == 6).then(|| dashed(&bytes))
+}
+
+/// Every identifier the device has, most specific first: SYSID, BTMAC, or the serial
+/// namespace.
+pub fn identifiers(identity: &DeviceIdentity) -> Vec<DeviceId> {
+    let mut out = Vec::new();
+    if let Some(sysid) = identity.system_id {
+        out.push(DeviceId {
+            system: SYSID_SYSTEM,
+            value: dashed(&sysid),
+            continua_type: Some("SYSID"),
+        });
+    }
+    if let Some(mac) = btmac(identity) {
+        out.push(DeviceId {
+            system: BTMAC_SYSTEM,
+            value: mac,
+            continua_type: Some("BTMAC"),
+        });
+    }
+    if out.is_empty() {
+        let value = match (
+            &identity.manufacturer,
+            &identity.model,
+            &identity.serial_number,
+        ) {
+            (Some(m), Some(model), Some(sn)) => format!("{m}|{model}|{sn}"),
+            _ => format!("{}|{}", identity.transport, identity.address),
+        };
+        out.push(DeviceId {
+            system: SERIAL_DEVICE_SYSTEM,
+            value,
+            continua_type: None,
+        });
+    }
+    out
+}
+
+/// The device part of the Observation identifier: the primary identifier's value, uppercase,
+/// without dashes (16 hex digits for a SYSID, 12 for a BTMAC).
+pub fn identifier_part(identity: &DeviceIdentity) -> String {
+    let id = identifiers(identity).remove(0);
+    match id.continua_type {
+        Some(_) => id.value.replace('-', "").to_uppercase(),
+        // Serial namespace values may hold dashes and bars; both would blur the dash-separated
+        // identifier, so they are dropped the same way.
+        None => id
+            .value
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .collect(),
+    }
+}
+
+fn identifier_json(id: &DeviceId) -> Value {
+    let mut v = json!({ "system": id.system, "value": id.value });
+    if let Some(t) = id.continua_type {
+        v["type"] = json!({ "coding": [{ "system": CONTINUA_IDS, "code": t }] });
+    }
+    v
+}
+
+/// A PhdDevice for a medical device; `kind` is a measurement code it reported, which picks
+/// the specialization.
+pub fn phd_device(identity: &DeviceIdentity, kind: vitalgate_drivers::mdc::MdcCode) -> Value {
+    let (spec, spec_name) = codes::specialization(kind);
+    let mut d = json!({
+        "resourceType": "Device",
+        "meta": { "profile": [PHD_DEVICE_PROFILE] },
+        "identifier": identifiers(identity).iter().map(identifier_json).collect::<Vec<_>>(),
+        "type": { "coding": [mdc_coding(65573, "MDC_MOC_VMS_MDS_SIMP")] },
+        "specialization": [{
+            "systemType": { "coding": [mdc_coding(spec, spec_name)] },
+            "version": "1"
+        }],
+    });
+    if let Some(m) = &identity.manufacturer {
+        d["manufacturer"] = json!(m);
+    }
+    if let Some(m) = &identity.model {
+        d["modelNumber"] = json!(m);
+    }
+    if let Some(s) = &identity.serial_number {
+        d["serialNumber"] = json!(s);
+    }
+    let versions: Vec<Value> = [
+        (&identity.hardware, 531974, "MDC_ID_PROD_SPEC_HW"),
+        (&identity.software, 531975, "MDC_ID_PROD_SPEC_SW"),
+        (&identity.firmware, 531976, "MDC_ID_PROD_SPEC_FW"),
+    ]
+    .into_iter()
+    .filter_map(|(v, code, name)| {
+        v.as_ref()
+            .map(|v| json!({ "type": { "coding": [mdc_coding(code, name)] }, "value": v }))
+    })
+    .collect();
+    if !versions.is_empty() {
+        d["version"] = Value::Array(versions);
+    }
+    d
+}
+
+/// The gateway's identifier.
+pub fn gateway_identifier(gw: &GatewayInfo) -> DeviceId {
+    DeviceId {
+        system: GATEWAY_SYSTEM,
+        value: gw.id.clone(),
+        continua_type: None,
+    }
+}
+
+/// The PhgDevice for this gateway: type MDC_MOC_VMS_MDS_AHD, its software version, and its
+/// time synchronisation (NTP when the kernel reports the clock synchronised).
+pub fn phg_device(gw: &GatewayInfo) -> Value {
+    let mut d = json!({
+        "resourceType": "Device",
+        "meta": { "profile": [PHG_DEVICE_PROFILE] },
+        "identifier": [identifier_json(&gateway_identifier(gw))],
+        "manufacturer": "Vitalgate",
+        "modelNumber": "vitalgate",
+        "type": { "coding": [mdc_coding(531981, "MDC_MOC_VMS_MDS_AHD")] },
+        "specialization": [{
+            "systemType": { "coding": [mdc_coding(528457, "MDC_DEV_SPEC_PROFILE_GENERIC")] },
+            "version": "1"
+        }],
+        "version": [{
+            "type": { "coding": [mdc_coding(531975, "MDC_ID_PROD_SPEC_SW")] },
+            "value": gw.version
+        }],
+    });
+    if gw.clock_synchronized {
+        d["property"] = json!([{
+            "type": { "coding": [mdc_coding(68220, "MDC_TIME_SYNC_PROTOCOL")] },
+            "valueCode": [{ "coding": [mdc_coding(532226, "MDC_TIME_SYNC_NTPV4")] }]
+        }]);
+    }
+    d
+}

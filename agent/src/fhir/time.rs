@@ -1,0 +1,235 @@
+//! The PHD IG's time rules (ble-health-profiles.md §5.5, §5.6), as pure functions: which
+//! instant an Observation's `effective[x]` gets, and the timestamp part of the
+//! conditional-create identifier, which is built from the device's own report only.
+//!
+//! The rules, for Bluetooth SIG devices (Date Time has no zone):
+//! - device time with a time fault, an unknown year/month/day, or only a tick counter with no
+//!   anchor: the device timestamp is thrown away ("not on the current timeline") and the
+//!   reception time is used, as for a reading with no timestamp;
+//! - device time with a zone: that instant; not synchronised and an offset measured this
+//!   connection: shifted onto the gateway's timeline by the offset;
+//! - device time without a zone: shifted by the measured offset when there is one (the offset
+//!   is "device wall clock read as if it were UTC, minus gateway UTC", so it carries the zone
+//!   difference too); without one, the PHG assumes the device shares its zone;
+//! - anything that needs the gateway clock (reception time, an offset measured against it)
+//!   while that clock was not synchronised: placed from the monotonic clock once the clock
+//!   is synchronised in the same boot, otherwise held; never invented.
+
+use vitalgate_drivers::Receipt;
+use vitalgate_drivers::time::{DeviceTimestamp, LocalDateTime};
+
+/// Seconds from 1970-01-01 to 2000-01-01, the PHD identifier epoch.
+const EPOCH_2000_S: i64 = 946_684_800;
+
+/// Why a reading has no usable time yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TimeHold {
+    /// The gateway clock was not synchronised at reception and still cannot place it.
+    #[error("the gateway clock is not synchronised yet; delivery waits until time is known")]
+    GatewayClockUnsynchronised,
+    /// Received unsynchronised in an earlier boot: the monotonic anchor is gone.
+    #[error("received while the gateway clock was unsynchronised, in an earlier boot")]
+    UnplaceableAfterReboot,
+}
+
+/// What the gateway's clock says now (at mapping time) and its zone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GatewayTime {
+    pub now: Receipt,
+    /// The gateway's UTC offset in seconds, used when a device reports local time with no
+    /// zone and no offset was measured (the PHG may assume the PHD shares its zone).
+    pub utc_offset_s: i32,
+}
+
+/// An Observation's time: an instant (ms since the Unix epoch) and the UTC offset to print.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Effective {
+    pub utc_ms: i64,
+    pub offset_s: i32,
+    /// The device timestamp was unusable and the reception time stands in.
+    pub from_reception: bool,
+}
+
+/// Where the reading's gateway reception time lies on the synchronised timeline.
+pub fn reception_ms(rx: &Receipt, gw: &GatewayTime) -> Result<i64, TimeHold> {
+    if rx.clock_synchronized {
+        return Ok(rx.wall_ms);
+    }
+    if !gw.now.clock_synchronized {
+        return Err(TimeHold::GatewayClockUnsynchronised);
+    }
+    if gw.now.boot_id != rx.boot_id {
+        return Err(TimeHold::UnplaceableAfterReboot);
+    }
+    let ago_ms = (gw.now.monotonic_ns.saturating_sub(rx.monotonic_ns) / 1_000_000) as i64;
+    Ok(gw.now.wall_ms - ago_ms)
+}
+
+/// Milliseconds of a complete local date time read as if it were UTC.
+pub fn naive_ms(t: &LocalDateTime) -> Option<i64> {
+    let (y, mo, d) = (t.year?, t.month?, t.day?);
+    if !(1..=12).contains(&mo) || d == 0 || d > vitalgate_drivers::time::days_in_month(y, mo) {
+        return None;
+    }
+    let days = days_from_civil(i64::from(y), i64::from(mo), i64::from(d));
+    let secs =
+        days * 86_400 + i64::from(t.hour) * 3600 + i64::from(t.minute) * 60 + i64::from(t.second);
+    Some(secs * 1000 + i64::from(t.millis.unwrap_or(0)))
+}
+
+/// The usable device time of a reading, if any: complete, not faulted, on a wall clock.
+fn usable(ts: Option<&DeviceTimestamp>, time_fault: bool) -> Option<(i64, Option<i32>)> {
+    if time_fault {
+        return None;
+    }
+    match ts? {
+        DeviceTimestamp::Local { time, zone, dst } => {
+            let naive = naive_ms(time)?;
+            let zone_s = zone.map(|z| (z.minutes() + dst.map_or(0, |d| d.minutes())) * 60);
+            Some((naive, zone_s))
+        }
+        DeviceTimestamp::Ticks { .. } => None,
+    }
+}
+
+/// The effective time of a reading per the rules in the module doc.
+pub fn effective(
+    device_time: Option<&DeviceTimestamp>,
+    time_fault: bool,
+    device_synchronized: bool,
+    offset_ms: Option<i64>,
+    rx: &Receipt,
+    gw: &GatewayTime,
+) -> Result<Effective, TimeHold> {
+    let Some((naive, zone_s)) = usable(device_time, time_fault) else {
+        return Ok(Effective {
+            utc_ms: reception_ms(rx, gw)?,
+            offset_s: gw.utc_offset_s,
+            from_reception: true,
+        });
+    };
+    let print_offset = zone_s.unwrap_or(gw.utc_offset_s);
+    let utc_ms = match (zone_s, offset_ms) {
+        (Some(z), _) if device_synchronized => naive - i64::from(z) * 1000,
+        (_, Some(off)) => {
+            // The offset was measured against the gateway clock: if that clock was not
+            // synchronised then, the offset is off by the clock's own error.
+            let correction = reception_ms(rx, gw)? - rx.wall_ms;
+            naive - off + correction
+        }
+        (Some(z), None) => naive - i64::from(z) * 1000,
+        (None, None) => naive - i64::from(gw.utc_offset_s) * 1000,
+    };
+    Ok(Effective {
+        utc_ms,
+        offset_s: print_offset,
+        from_reception: false,
+    })
+}
+
+/// The timestamp part of the PHD conditional-create identifier (IG 2.0.0,
+/// GeneratingtheReportedTimeStampIdentifier): seconds since 2000-01-01 of the device's own
+/// report at its resolution, then the device's zone+DST in signed 15-minute units when it
+/// reported one. Bluetooth Date Time has one-second resolution, so no fraction is printed
+/// (Exact Time 256 / ASTM milliseconds print three digits). `None`: the device gave no
+/// usable timestamp, and the identifier cannot follow the IG recipe.
+pub fn identifier_timestamp(ts: Option<&DeviceTimestamp>, time_fault: bool) -> Option<String> {
+    if time_fault {
+        return None;
+    }
+    match ts? {
+        DeviceTimestamp::Local { time, zone, dst } => {
+            let naive = naive_ms(time)?;
+            let secs = naive.div_euclid(1000) - EPOCH_2000_S;
+            let mut s = match time.millis {
+                Some(ms) => format!("{secs}.{ms:03}"),
+                None => secs.to_string(),
+            };
+            if let Some(z) = zone {
+                let q = i32::from(z.quarter_hours) + dst.map_or(0, |d| d.minutes() / 15);
+                s.push_str(&format!("{q:+}"));
+            }
+            Some(s)
+        }
+        DeviceTimestamp::Ticks {
+            ticks,
+            resolution_us,
+        } => {
+            // Tick counters: seconds at the counter's resolution ("12345678" ms → "12345.678").
+            let total_us = u128::from(*ticks) * u128::from(*resolution_us);
+            let digits = match resolution_us {
+                r if r % 1_000_000 == 0 => 0,
+                r if r % 1000 == 0 => 3,
+                _ => 6,
+            };
+            let secs = total_us / 1_000_000;
+            let frac = total_us % 1_000_000;
+            Some(match digits {
+                0 => secs.to_string(),
+                3 => format!("{secs}.{:03}", frac / 1000),
+                _ => format!("{secs}.{frac:06}"),
+            })
+        }
+    }
+}
+
+/// An instant as a FHIR `dateTime`/`instant` with the given UTC offset and one-second
+/// precision (milliseconds when not whole).
+pub fn format_date_time(utc_ms: i64, offset_s: i32) -> String {
+    let local_ms = utc_ms + i64::from(offset_s) * 1000;
+    let secs = local_ms.div_euclid(1000);
+    let ms = local_ms.rem_euclid(1000);
+    let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
+    let sod = secs.rem_euclid(86_400);
+    let (h, mi, s) = (sod / 3600, sod % 3600 / 60, sod % 60);
+    let frac = if ms == 0 {
+        String::new()
+    } else {
+        format!(".{ms:03}")
+    };
+    let zone = if offset_s == 0 {
+        "Z".to_owned()
+    } else {
+        let sign = if offset_s < 0 { '-' } else { '+' };
+        let a = offset_s.unsigned_abs();
+        format!("{sign}{:02}:{:02}", a / 3600, a % 3600 / 60)
+    };
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}{frac}{zone}")
+}
+
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
+}
+
+/// The gateway's current UTC offset from the C library's view of the local zone (TZ,
+/// /etc/localtime). Gateways usually run in UTC, giving 0.
+#[allow(unsafe_code)]
+pub fn local_utc_offset_s() -> i32 {
+    let now = crate::store::now_ms() / 1000;
+    let t = now as libc::time_t;
+    // SAFETY: localtime_r writes only into the tm we own and reads the time_t we pass.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::localtime_r(&t, &mut tm) };
+    if r.is_null() {
+        return 0;
+    }
+    tm.tm_gmtoff as i32
+}

@@ -1,0 +1,715 @@
+//! Delivery: each destination's outbox (its pending `deliveries` rows) to its FHIR server,
+//! exactly once at the server.
+//!
+//! One task per destination, so one endpoint being down never blocks another. A task sends
+//! one request at a time (the same Observation is never in flight twice), as a transaction
+//! Bundle in which every entry is a conditional create (`ifNoneExist` on its identifier), so a
+//! re-send after a crash or a lost response finds what the server already has instead of
+//! duplicating it. A reading is marked delivered only after the server's 2xx, in the store's
+//! writer, with the id the server gave it.
+//!
+//! Responses (fhir-endpoints.md §4): 2xx → delivered; network error, 408, 429, 5xx → the same
+//! readings again after a capped full-jitter backoff, never sooner than Retry-After; 401 → a
+//! new token once, then an alarm; any other 4xx → the batch is narrowed down (halved until
+//! the refused readings stand alone), and each refused reading is quarantined with the
+//! server's OperationOutcome and an event, while the rest are delivered.
+//!
+//! [`backoff`] and [`response`] are pure; [`auth`] owns the HTTP client and credentials.
+
+pub mod auth;
+pub mod backoff;
+pub mod response;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use vitalgate_drivers::Reading;
+
+use crate::clock::Clock;
+use crate::config::destination::RouteConfig;
+use crate::config::{Config, DestinationConfig};
+use crate::fhir::{self, GatewayInfo, GatewayTime, MapError, MapItem, PatientRef};
+use crate::store::outbox::{DeliveryUpdate, DestinationOutcome, OutboxReader, PendingReading};
+use crate::store::{Keying, NewEvent, Severity, StoreError, StoreHandle};
+use auth::{AuthError, Credentials};
+use backoff::Backoff;
+use response::Classified;
+
+/// How often an idle destination looks for new readings.
+const POLL: Duration = Duration::from_millis(100);
+/// When a reading cannot be sent yet (no binding, time unknown), look again after this.
+const HOLD_RETRY: Duration = crate::config::destination::DEFAULT_TIME_HOLD_RETRY;
+
+/// Why a destination cannot deliver at all.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What one delivery round did at one destination.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct RoundReport {
+    pub destination: String,
+    pub delivered: usize,
+    pub quarantined: usize,
+    pub held: usize,
+    pub unrouted: usize,
+    pub requests: usize,
+    /// Set when the round stopped on a retryable failure.
+    pub error: Option<String>,
+    /// The server's Retry-After or the backoff delay that stopped the round.
+    #[serde(skip)]
+    pub retry_in: Option<Duration>,
+}
+
+/// A destination's delivery machinery.
+pub struct Destination {
+    cfg: DestinationConfig,
+    id: String,
+    http: reqwest::Client,
+    creds: Credentials,
+    outbox: OutboxReader,
+    store: StoreHandle,
+    clock: Arc<dyn Clock>,
+    gateway_id: String,
+    backoff: Backoff,
+}
+
+impl std::fmt::Debug for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Destination")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The outcome of sending one set of readings.
+enum Sent {
+    Done,
+    /// Stop the round; retry after the delay.
+    Retry(Duration, String),
+}
+
+impl Destination {
+    pub fn new(
+        cfg: DestinationConfig,
+        store_path: &std::path::Path,
+        keying: &Keying,
+        store: StoreHandle,
+        clock: Arc<dyn Clock>,
+        gateway_id: String,
+    ) -> Result<Self, SyncError> {
+        let http = auth::client(&cfg)?;
+        let creds = Credentials::load(&cfg)?;
+        let outbox = OutboxReader::open(store_path, keying)?;
+        Ok(Self {
+            id: cfg.id.to_string(),
+            backoff: Backoff::new(cfg.retry_base, cfg.retry_max),
+            cfg,
+            http,
+            creds,
+            outbox,
+            store,
+            clock,
+            gateway_id,
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Token requests made so far.
+    pub fn tokens_minted(&self) -> u64 {
+        self.creds.minted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Runs until cancelled: waits for readings, batches them by size and age, delivers.
+    pub async fn run(mut self, cancel: CancellationToken) {
+        tracing::info!(destination = %self.id, "Delivery started.");
+        loop {
+            if cancel.is_cancelled() {
+                break;
+            }
+            let report = match self.round(false, &cancel).await {
+                Ok(r) => r,
+                Err(error) => {
+                    tracing::warn!(destination = %self.id, %error, "Delivery round failed.");
+                    RoundReport {
+                        retry_in: Some(Duration::from_secs(5)),
+                        ..RoundReport::default()
+                    }
+                }
+            };
+            let wait = report.retry_in.unwrap_or(if report.requests == 0 {
+                POLL
+            } else {
+                Duration::ZERO
+            });
+            if !wait.is_zero() {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+        tracing::info!(destination = %self.id, "Delivery stopped.");
+    }
+
+    /// One round: sends batches until the outbox has nothing due, a batch is not yet worth
+    /// sending (smaller than `batch_max` and younger than `batch_linger`, unless `force`),
+    /// or a retryable failure stops it.
+    pub async fn round(
+        &mut self,
+        force: bool,
+        cancel: &CancellationToken,
+    ) -> Result<RoundReport, SyncError> {
+        let mut report = RoundReport {
+            destination: self.id.clone(),
+            ..RoundReport::default()
+        };
+        loop {
+            if cancel.is_cancelled() {
+                return Ok(report);
+            }
+            let now = self.clock.receipt();
+            let batch = self
+                .outbox
+                .pending(&self.id, now.wall_ms, self.cfg.batch_max)?;
+            if batch.is_empty() {
+                return Ok(report);
+            }
+            if !force && batch.len() < self.cfg.batch_max {
+                // The latency window: the oldest reading waits at most `batch_linger` for
+                // others to join it (by the monotonic clock of this boot; a reading from an
+                // earlier boot has waited long enough).
+                let older_boot = batch
+                    .iter()
+                    .any(|p| p.reading.receipt.boot_id != now.boot_id);
+                let oldest = batch
+                    .iter()
+                    .map(|p| p.reading.receipt)
+                    .min_by_key(|r| r.monotonic_ns);
+                if let Some(r) = oldest
+                    && !older_boot
+                {
+                    let age = Duration::from_nanos(now.monotonic_ns.saturating_sub(r.monotonic_ns));
+                    if age < self.cfg.batch_linger {
+                        let wait = self.cfg.batch_linger - age;
+                        tokio::select! {
+                            _ = cancel.cancelled() => return Ok(report),
+                            _ = tokio::time::sleep(wait) => {}
+                        }
+                        continue;
+                    }
+                }
+            }
+            let full = batch.len() == self.cfg.batch_max;
+            match self.deliver(batch, &mut report).await? {
+                Sent::Done => {
+                    self.backoff.reset();
+                    if !full && !force {
+                        return Ok(report);
+                    }
+                }
+                Sent::Retry(after, reason) => {
+                    report.error = Some(reason);
+                    report.retry_in = Some(after);
+                    return Ok(report);
+                }
+            }
+        }
+    }
+
+    /// Maps and sends one batch, recording every outcome.
+    async fn deliver(
+        &mut self,
+        batch: Vec<PendingReading>,
+        report: &mut RoundReport,
+    ) -> Result<Sent, SyncError> {
+        let now = self.clock.receipt();
+        let mut updates = Vec::new();
+        let mut events = Vec::new();
+        let mut ready: Vec<(PendingReading, PatientRef)> = Vec::new();
+        for p in batch {
+            let Some(patient) = p.patient.as_deref() else {
+                report.held += 1;
+                updates.push(DeliveryUpdate::Retry {
+                    reading_id: p.id,
+                    next_attempt_ms: now.wall_ms + HOLD_RETRY.as_millis() as i64,
+                });
+                continue;
+            };
+            let patient: PatientRef = match patient.parse() {
+                Ok(pr) => pr,
+                Err(e) => {
+                    report.quarantined += 1;
+                    updates.push(DeliveryUpdate::Quarantine {
+                        reading_id: p.id,
+                        http_status: None,
+                        outcome: format!("binding is not a patient reference: {e}"),
+                    });
+                    continue;
+                }
+            };
+            if !routes(&self.cfg.route, &patient, &p.reading) {
+                report.unrouted += 1;
+                updates.push(DeliveryUpdate::Unroute { reading_id: p.id });
+                continue;
+            }
+            ready.push((p, patient));
+        }
+        if !updates.is_empty() {
+            self.store
+                .deliveries(&self.id, std::mem::take(&mut updates), None, Vec::new())
+                .await?;
+        }
+        if ready.is_empty() {
+            return Ok(Sent::Done);
+        }
+        let gw = GatewayInfo {
+            id: self.gateway_id.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            clock_synchronized: now.clock_synchronized,
+        };
+        let time = GatewayTime {
+            now,
+            utc_offset_s: fhir::time::local_utc_offset_s(),
+        };
+        // Map once to find what can go now.
+        let items: Vec<MapItem<'_>> = ready
+            .iter()
+            .map(|(p, patient)| MapItem {
+                reading: &p.reading,
+                patient,
+                stored_key: Some(&p.dedup_key),
+            })
+            .collect();
+        let assembly = fhir::assemble(&gw, &time, &items);
+        let mut sendable = Vec::new();
+        for (i, r) in assembly.items.iter().enumerate() {
+            let id = ready[i].0.id;
+            match r {
+                Ok(_) => sendable.push(i),
+                Err(MapError::Hold(hold)) => {
+                    report.held += 1;
+                    tracing::debug!(destination = %self.id, reading = id, %hold, "Reading held.");
+                    updates.push(DeliveryUpdate::Retry {
+                        reading_id: id,
+                        next_attempt_ms: now.wall_ms + HOLD_RETRY.as_millis() as i64,
+                    });
+                }
+                Err(MapError::Invalid(why)) => {
+                    report.quarantined += 1;
+                    updates.push(DeliveryUpdate::Quarantine {
+                        reading_id: id,
+                        http_status: None,
+                        outcome: why.clone(),
+                    });
+                    events.push(NewEvent {
+                        severity: Severity::Warning,
+                        kind: "fhir-unmappable".into(),
+                        detail: serde_json::json!({ "destination": self.id, "reading_id": id }),
+                    });
+                }
+            }
+        }
+        if !updates.is_empty() || !events.is_empty() {
+            self.store
+                .deliveries(&self.id, updates, None, events)
+                .await?;
+        }
+        let chosen: Vec<(&Reading, &PatientRef, &str, i64)> = sendable
+            .iter()
+            .map(|&i| {
+                (
+                    &ready[i].0.reading,
+                    &ready[i].1,
+                    ready[i].0.dedup_key.as_str(),
+                    ready[i].0.id,
+                )
+            })
+            .collect();
+        // When every reading could be mapped, the assembly already built is exactly the first
+        // transaction to send; it is not built again.
+        let first = (sendable.len() == ready.len()).then_some(assembly);
+        self.send_narrowing(&gw, &time, &chosen, first, report)
+            .await
+    }
+
+    /// Sends readings as one transaction; when the server refuses the whole transaction with
+    /// a 4xx, halves it until each refused reading is alone, and quarantines those.
+    async fn send_narrowing(
+        &mut self,
+        gw: &GatewayInfo,
+        time: &GatewayTime,
+        chosen: &[(&Reading, &PatientRef, &str, i64)],
+        mut first: Option<fhir::Assembly>,
+        report: &mut RoundReport,
+    ) -> Result<Sent, SyncError> {
+        let mut stack: Vec<Vec<usize>> = vec![(0..chosen.len()).collect()];
+        while let Some(part) = stack.pop() {
+            if part.is_empty() {
+                continue;
+            }
+            let items: Vec<MapItem<'_>> = part
+                .iter()
+                .map(|&i| MapItem {
+                    reading: chosen[i].0,
+                    patient: chosen[i].1,
+                    stored_key: Some(chosen[i].2),
+                })
+                .collect();
+            let assembly = match first.take() {
+                Some(a) => a,
+                None => fhir::assemble(gw, time, &items),
+            };
+            match self.send(&assembly, report).await? {
+                Classified::Accepted(locations) => {
+                    let updates = part
+                        .iter()
+                        .zip(&assembly.items)
+                        .filter_map(|(&i, entries)| {
+                            let main = *entries.as_ref().ok()?.first()?;
+                            Some(DeliveryUpdate::Delivered {
+                                reading_id: chosen[i].3,
+                                server_id: locations.get(main).cloned().flatten(),
+                            })
+                        })
+                        .collect::<Vec<_>>();
+                    report.delivered += updates.len();
+                    self.store
+                        .deliveries(
+                            &self.id,
+                            updates,
+                            Some(DestinationOutcome::Success),
+                            Vec::new(),
+                        )
+                        .await?;
+                    tracing::info!(destination = %self.id, readings = part.len(), "Delivered.");
+                }
+                Classified::Rejected { status, outcome } if part.len() > 1 => {
+                    tracing::info!(destination = %self.id, status, readings = part.len(), "Transaction refused; narrowing it down.");
+                    let (a, b) = part.split_at(part.len() / 2);
+                    stack.push(b.to_vec());
+                    stack.push(a.to_vec());
+                    tracing::debug!(destination = %self.id, issues = ?response::issue_codes(&outcome), "Refused transaction.");
+                }
+                Classified::Rejected { status, outcome } => {
+                    let id = chosen[part[0]].3;
+                    report.quarantined += 1;
+                    let codes = response::issue_codes(&outcome);
+                    tracing::warn!(destination = %self.id, reading = id, status, issues = ?codes, "Reading refused by the server; quarantined.");
+                    // A refused reading needs a person (fix the mapping, or the server's
+                    // configuration), so it is an alarm, not a warning.
+                    let severity = Severity::Alarm;
+                    self.store
+                        .deliveries(
+                            &self.id,
+                            vec![DeliveryUpdate::Quarantine {
+                                reading_id: id,
+                                http_status: Some(status),
+                                outcome,
+                            }],
+                            Some(DestinationOutcome::Error(format!(
+                                "HTTP {status} for one reading (quarantined)"
+                            ))),
+                            vec![NewEvent {
+                                severity,
+                                kind: "fhir-rejected".into(),
+                                detail: serde_json::json!({
+                                    "destination": self.id,
+                                    "reading_id": id,
+                                    "http_status": status,
+                                    "issues": codes,
+                                }),
+                            }],
+                        )
+                        .await?;
+                }
+                Classified::Unauthorized => {
+                    self.store
+                        .deliveries(
+                            &self.id,
+                            Vec::new(),
+                            Some(DestinationOutcome::Error(
+                                "HTTP 401 after a fresh token".into(),
+                            )),
+                            vec![NewEvent {
+                                severity: Severity::Alarm,
+                                kind: "fhir-unauthorized".into(),
+                                detail: serde_json::json!({ "destination": self.id }),
+                            }],
+                        )
+                        .await?;
+                    let delay = self.backoff.next(None, rand::random());
+                    return Ok(Sent::Retry(delay, "HTTP 401".into()));
+                }
+                Classified::Retry { after, reason } => {
+                    let delay = self.backoff.next(after, rand::random());
+                    tracing::warn!(destination = %self.id, %reason, retry_in_ms = delay.as_millis() as u64, "Delivery failed; will retry.");
+                    self.store
+                        .deliveries(
+                            &self.id,
+                            Vec::new(),
+                            Some(DestinationOutcome::Error(reason.clone())),
+                            Vec::new(),
+                        )
+                        .await?;
+                    return Ok(Sent::Retry(delay, reason));
+                }
+            }
+        }
+        Ok(Sent::Done)
+    }
+
+    /// POSTs one transaction (with one token refresh on 401).
+    async fn send(
+        &mut self,
+        assembly: &fhir::Assembly,
+        report: &mut RoundReport,
+    ) -> Result<Classified, SyncError> {
+        let body = serde_json::to_vec(&assembly.transaction()).unwrap_or_default();
+        let mut refreshed = false;
+        loop {
+            let header = match self.creds.header(&self.http).await {
+                Ok(h) => h,
+                Err(AuthError::TokenTransient(reason)) => {
+                    return Ok(Classified::Retry {
+                        after: None,
+                        reason: format!("token endpoint: {reason}"),
+                    });
+                }
+                Err(AuthError::TokenRefused { status, error }) => {
+                    tracing::error!(destination = %self.id, status, %error, "Token endpoint refused the client.");
+                    return Ok(Classified::Unauthorized);
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let request_id = uuid::Uuid::new_v4().to_string();
+            let mut req = self
+                .http
+                .post(self.cfg.base_url.as_url().clone())
+                .header("content-type", "application/fhir+json")
+                .header("accept", "application/fhir+json")
+                .header("x-request-id", &request_id)
+                .body(body.clone());
+            if let Some(h) = header {
+                req = req.header("authorization", h);
+            }
+            report.requests += 1;
+            let classified = match req.send().await {
+                Err(e) => Classified::Retry {
+                    after: None,
+                    reason: format!("network: {}", e.without_url()),
+                },
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    let retry_after = resp
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned);
+                    match resp.bytes().await {
+                        Ok(bytes) => response::classify(
+                            status,
+                            retry_after.as_deref(),
+                            &bytes,
+                            assembly.entries.len(),
+                            std::time::SystemTime::now(),
+                        ),
+                        Err(e) => Classified::Retry {
+                            after: None,
+                            reason: format!(
+                                "network while reading the response: {}",
+                                e.without_url()
+                            ),
+                        },
+                    }
+                }
+            };
+            tracing::debug!(destination = %self.id, %request_id, outcome = ?std::mem::discriminant(&classified), "Transaction sent.");
+            if classified == Classified::Unauthorized && !refreshed && self.creds.can_refresh() {
+                refreshed = true;
+                self.creds.invalidate().await;
+                continue;
+            }
+            return Ok(classified);
+        }
+    }
+}
+
+/// Whether a destination's routing rules want a reading.
+pub fn routes(route: &RouteConfig, patient: &PatientRef, reading: &Reading) -> bool {
+    let m = &reading.measurement;
+    if !route.patients.is_empty() && !route.patients.iter().any(|p| *p == patient.to_string()) {
+        return false;
+    }
+    if !route.measurements.is_empty() && !route.measurements.contains(&m.kind.0) {
+        return false;
+    }
+    if !route.device_types.is_empty() {
+        let (code, _) = fhir::codes::specialization(m.kind);
+        let ty = match code {
+            528391 => "bp",
+            528388 => "pulse-oximeter",
+            528392 => "thermometer",
+            528399 => "scale",
+            528404 => "body-composition",
+            528401 => "glucose",
+            528409 => "cgm",
+            _ => "generic",
+        };
+        if !route.device_types.iter().any(|t| t == ty) {
+            return false;
+        }
+    }
+    true
+}
+
+/// Starts one delivery task per configured destination, once this process holds the
+/// state directory's delivery lock (a `vitalgate sync` may hold it briefly). A destination
+/// that cannot start (unreadable secret, bad CA bundle) raises an alarm and is skipped; the
+/// others run.
+#[allow(clippy::too_many_arguments)]
+pub fn spawn_all(
+    tracker: &tokio_util::task::TaskTracker,
+    config: &Config,
+    state_dir: &std::path::Path,
+    store_path: &std::path::Path,
+    keying: &Keying,
+    store: &StoreHandle,
+    clock: Arc<dyn Clock>,
+    cancel: &CancellationToken,
+) {
+    if config.destinations.is_empty() {
+        return;
+    }
+    let mut dests = Vec::new();
+    for d in &config.destinations {
+        match Destination::new(
+            d.clone(),
+            store_path,
+            keying,
+            store.clone(),
+            clock.clone(),
+            config.gateway.id.to_string(),
+        ) {
+            Ok(dest) => dests.push(dest),
+            Err(error) => {
+                tracing::error!(destination = %d.id, %error, "Destination cannot start.");
+                let store = store.clone();
+                let id = d.id.to_string();
+                tracker.spawn(async move {
+                    let _ = store
+                        .record_event(NewEvent {
+                            severity: Severity::Alarm,
+                            kind: "fhir-destination-failed".into(),
+                            detail: serde_json::json!({ "destination": id }),
+                        })
+                        .await;
+                });
+            }
+        }
+    }
+    let lock = lock_path(state_dir);
+    let cancel = cancel.clone();
+    tracker.spawn(async move {
+        use std::os::fd::AsRawFd;
+        let file = match std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock)
+        {
+            Ok(f) => f,
+            Err(error) => {
+                tracing::error!(path = %lock.display(), %error, "Cannot open the delivery lock; not delivering.");
+                return;
+            }
+        };
+        while !try_lock(file.as_raw_fd()) {
+            tracing::info!("Another process is delivering; waiting for the delivery lock.");
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+        let tasks = tokio_util::task::TaskTracker::new();
+        for dest in dests {
+            tasks.spawn(dest.run(cancel.child_token()));
+        }
+        tasks.close();
+        tasks.wait().await;
+        drop(file);
+    });
+}
+
+/// Takes a non-blocking exclusive `flock` on an open file; false if another process holds it.
+#[allow(unsafe_code)]
+pub fn try_lock(fd: std::os::fd::RawFd) -> bool {
+    // SAFETY: flock only acts on the descriptor, which the caller keeps open.
+    unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
+/// Where `vitalgate sync` and the daemon coordinate, so only one of them delivers.
+pub fn lock_path(state_dir: &std::path::Path) -> PathBuf {
+    state_dir.join("delivery.lock")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vitalgate_drivers::ieee11073::Value;
+    use vitalgate_drivers::mdc::{self, Unit};
+    use vitalgate_drivers::{DeviceIdentity, Measurement, Receipt, Transport};
+
+    fn reading(kind: mdc::MdcCode) -> Reading {
+        Reading {
+            device: DeviceIdentity::new(Transport::Ble, "00:1C:05:FF:E8:74"),
+            measurement: Measurement::numeric(kind, Value::number(97, 0), Unit::percent()),
+            receipt: Receipt {
+                wall_ms: 0,
+                monotonic_ns: 0,
+                boot_id: uuid::Uuid::nil(),
+                clock_synchronized: true,
+            },
+            device_clock_offset_ms: None,
+            instance: uuid::Uuid::nil(),
+            raw: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn routing_rules_match_patient_device_type_and_measurement() {
+        let p: PatientRef = "Patient/a".parse().expect("patient");
+        let q: PatientRef = "https://mrn|7".parse().expect("patient");
+        let spo2 = reading(mdc::PULS_OXIM_SAT_O2);
+        let weight = reading(mdc::MASS_BODY_ACTUAL);
+        assert!(routes(&RouteConfig::default(), &p, &spo2));
+        let by_patient = RouteConfig {
+            patients: vec!["https://mrn|7".into()],
+            ..RouteConfig::default()
+        };
+        assert!(!routes(&by_patient, &p, &spo2));
+        assert!(routes(&by_patient, &q, &spo2));
+        let by_type = RouteConfig {
+            device_types: vec!["scale".into()],
+            ..RouteConfig::default()
+        };
+        assert!(routes(&by_type, &p, &weight));
+        assert!(!routes(&by_type, &p, &spo2));
+        let by_code = RouteConfig {
+            measurements: vec![150456],
+            ..RouteConfig::default()
+        };
+        assert!(routes(&by_code, &p, &spo2));
+        assert!(!routes(&by_code, &p, &weight));
+    }
+}
