@@ -311,6 +311,8 @@ fn backlog_built_while_the_server_is_down_is_drained_by_sync() {
     let site = Site::new();
     configure(&site, &destination("hospital", &server.base_url, ""));
     fill(&site, 1500);
+    // One forced round while the server is down: it fails and says why, and keeps everything.
+    let _ = run_within(cmd(&site, "sync", &[]), Duration::from_secs(120));
     let st = status(&site);
     assert_eq!(delivery(&st, "hospital")["backlog"], 1500, "{st}");
     assert!(delivery(&st, "hospital")["last_error"].is_string(), "{st}");

@@ -17,6 +17,7 @@
 
 use vitalgate_drivers::Receipt;
 use vitalgate_drivers::time::{DeviceTimestamp, LocalDateTime};
+use vitalgate_drivers::time::{civil_from_days, days_from_civil};
 
 /// Seconds from 1970-01-01 to 2000-01-01, the PHD identifier epoch.
 const EPOCH_2000_S: i64 = 946_684_800;
@@ -195,28 +196,6 @@ pub fn format_date_time(utc_ms: i64, offset_s: i32) -> String {
         format!("{sign}{:02}:{:02}", a / 3600, a % 3600 / 60)
     };
     format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}{frac}{zone}")
-}
-
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(month <= 2), month, day)
 }
 
 /// The gateway's current UTC offset from the C library's view of the local zone (TZ,

@@ -4,6 +4,7 @@
 //! as published; the rest are generated from a record index with values a test can predict.
 
 use vitalgate_drivers::crc::e2e_crc;
+use vitalgate_drivers::time::{civil_from_days, days_from_civil};
 
 /// A calendar time as the Bluetooth Date Time (0x2A08) carries it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,28 +70,6 @@ impl DateTime {
         );
         ((days + 3).rem_euclid(7) + 1) as u8
     }
-}
-
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(month <= 2), month, day)
 }
 
 /// An SFLOAT with exponent `exp` (two's-complement nibble) and 12-bit mantissa.
