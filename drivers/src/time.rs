@@ -129,28 +129,17 @@ impl LocalDateTime {
     /// Glucose "base time + time offset" and CGM "session start + time offset" use it. It
     /// refuses a date with an unknown field rather than guess one.
     pub fn add_minutes(&self, minutes: i64) -> Result<LocalDateTime, TimeError> {
-        let (year, month, day) = self.checked_date()?;
-        let start = days_from_civil(i64::from(year), i64::from(month), i64::from(day))
-            .checked_mul(1440)
-            .and_then(|m| m.checked_add(i64::from(self.hour) * 60 + i64::from(self.minute)))
+        // Through the minute boundary, so that a device's second (even a leap second 60) and
+        // milliseconds come back exactly as they were.
+        let start = self.epoch_seconds()? - i64::from(self.second);
+        let secs = minutes
+            .checked_mul(60)
+            .and_then(|m| m.checked_add(start))
             .ok_or(TimeError::OutOfRange)?;
-        let total = start.checked_add(minutes).ok_or(TimeError::OutOfRange)?;
-        let (y, mo, d) = civil_from_days(total.div_euclid(1440));
-        let minute_of_day = total.rem_euclid(1440);
-        let year = u16::try_from(y)
-            .ok()
-            .filter(|y| (1582..=9999).contains(y))
-            .ok_or(TimeError::OutOfRange)?;
-        // civil_from_days yields 1..=12 and 1..=31, and minute_of_day is 0..1440.
-        let narrow = |v: i64| u8::try_from(v).map_err(|_| TimeError::OutOfRange);
         Ok(LocalDateTime {
-            year: Some(year),
-            month: Some(narrow(mo)?),
-            day: Some(narrow(d)?),
-            hour: narrow(minute_of_day / 60)?,
-            minute: narrow(minute_of_day % 60)?,
             second: self.second,
             millis: self.millis,
+            ..Self::from_epoch_seconds(secs)?
         })
     }
 
