@@ -188,6 +188,7 @@ impl Supervisor {
                     sync_now: Arc::new(tokio::sync::Notify::new()),
                     clock: self.clock.clone(),
                     set_log_level: crate::logging::set_filter,
+                    update: Some(c.update.clone()),
                 },
                 observer: None,
             };

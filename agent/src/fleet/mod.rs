@@ -20,6 +20,7 @@ pub mod status;
 pub mod store;
 pub mod telemetry;
 pub mod topics;
+pub(crate) mod updating;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -56,6 +57,9 @@ pub struct Hooks {
     pub sync_now: Arc<Notify>,
     pub clock: Arc<dyn Clock>,
     pub set_log_level: fn(&LogFilter) -> Result<(), String>,
+    /// The `[update]` configuration, for the `update` command; `None`: the command is
+    /// refused (simulations).
+    pub update: Option<crate::config::update::UpdateConfig>,
 }
 
 impl std::fmt::Debug for Hooks {
@@ -215,6 +219,11 @@ pub(crate) enum Outbound {
     TelemetryNow,
     EventsChanged,
     Restart,
+    /// A report of the update task, handed back to the handler (see [`updating`]).
+    UpdateReport {
+        report: crate::update::Report,
+        restart: bool,
+    },
 }
 
 /// Results and reports held while disconnected; they are also in the store.
@@ -395,6 +404,11 @@ impl<S: FleetStore> Connection<S> {
                     self.publish_telemetry().await;
                     self.forward_events().await;
                 }
+                () = crate::update::announced(), if self.ctx.hooks.update.is_some() => {
+                    for report in crate::update::take_announced() {
+                        let _ = self.in_tx.send(Inbound::UpdateReport { report, restart: false }).await;
+                    }
+                }
                 Ok(()) = self.interval_rx.changed() => {
                     let every = *self.interval_rx.borrow_and_update();
                     tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -506,6 +520,11 @@ impl<S: FleetStore> Connection<S> {
         }
         self.publish_telemetry().await;
         self.forward_events().await;
+        if self.ctx.hooks.update.is_some() {
+            // An update's final result may have been decided while no broker was reachable
+            // (or by the previous version after a rollback): tell IT from the persisted state.
+            let _ = self.in_tx.send(Inbound::UpdateReconcile).await;
+        }
     }
 
     fn publish(
@@ -573,6 +592,12 @@ impl<S: FleetStore> Connection<S> {
             Outbound::Restart => {
                 tracing::info!("Restart requested over MQTT; stopping gracefully.");
                 self.ctx.hooks.restart.cancel();
+            }
+            Outbound::UpdateReport { report, restart } => {
+                let _ = self
+                    .in_tx
+                    .send(Inbound::UpdateReport { report, restart })
+                    .await;
             }
         }
     }
