@@ -541,7 +541,10 @@ mod tests {
             format!(r#"{{"type":"update","expires_at":"{LATER}","manifest":{{}},"force":true}}"#),
         ] {
             let e = err(&bad);
-            assert!(matches!(e, CommandError::Invalid { kind: "update", .. }), "{bad}: {e}");
+            assert!(
+                matches!(e, CommandError::Invalid { kind: "update", .. }),
+                "{bad}: {e}"
+            );
         }
         assert!(matches!(
             err(r#"{"type":"update","expires_at":"2026-05-01T11:00:00Z","manifest":{}}"#),

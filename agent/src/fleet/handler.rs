@@ -339,12 +339,9 @@ async fn execute<S: FleetStore>(
             None,
         ),
         // Started by `command` before it gets here.
-        CommandKind::Update { .. } => (
-            false,
-            "update commands run on their own".into(),
-            None,
-            None,
-        ),
+        CommandKind::Update { .. } => {
+            (false, "update commands run on their own".into(), None, None)
+        }
     }
 }
 
@@ -364,7 +361,7 @@ async fn diagnostics<S: FleetStore>(ctx: &Context<S>) -> serde_json::Value {
     };
     let c = &ctx.counters;
     json!({
-        "version": env!("CARGO_PKG_VERSION"),
+        "version": crate::update::running_version(),
         "gateway_id": ctx.gateway.as_str(),
         "config_version": ctx.config_version(),
         "uptime_s": ctx.started.elapsed().as_secs(),
@@ -553,10 +550,7 @@ mod tests {
             c.insert(id.into(), (status.into(), reason.into()));
             Ok(Admission::New)
         }
-        async fn command_outcome(
-            &self,
-            id: &str,
-        ) -> Result<Option<(String, String)>, StoreError> {
+        async fn command_outcome(&self, id: &str) -> Result<Option<(String, String)>, StoreError> {
             Ok(self.commands.lock().expect("lock").get(id).cloned())
         }
         async fn finish_command(&self, id: &str, s: &str, r: &str) -> Result<(), StoreError> {
@@ -832,7 +826,8 @@ mod tests {
         assert_eq!(op_file.load().expect("load").expect("operation"), first);
 
         // Expired: refused before anything runs.
-        let expired = json!({"type": "update", "expires_at": "2020-01-01T00:00:00Z", "manifest": {}});
+        let expired =
+            json!({"type": "update", "expires_at": "2020-01-01T00:00:00Z", "manifest": {}});
         let out = run_update(&ctx, cmd("u2", expired, false)).await;
         assert_eq!(out.len(), 1);
         assert_eq!(out[0]["status"], "failed");
@@ -844,7 +839,10 @@ mod tests {
         let ctx = context();
         let body = json!({"type": "update", "expires_at": later(), "manifest": {}});
         let out = run_update(&ctx, cmd("u3", body, false)).await;
-        let statuses: Vec<&str> = out.iter().map(|v| v["status"].as_str().unwrap_or("?")).collect();
+        let statuses: Vec<&str> = out
+            .iter()
+            .map(|v| v["status"].as_str().unwrap_or("?"))
+            .collect();
         assert_eq!(statuses, ["accepted", "running", "failed"]);
     }
 
@@ -883,7 +881,10 @@ mod tests {
             drop(tx);
             let mut out = Vec::new();
             while let Some(Outbound::Publish { topic, payload, .. }) = rx.recv().await {
-                out.push((topic, serde_json::from_slice::<serde_json::Value>(&payload).expect("json")));
+                out.push((
+                    topic,
+                    serde_json::from_slice::<serde_json::Value>(&payload).expect("json"),
+                ));
             }
             out
         };

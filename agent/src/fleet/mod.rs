@@ -494,7 +494,7 @@ impl<S: FleetStore> Connection<S> {
         self.ctx.set_connection("connected");
         let state = json!({
             "status": "online",
-            "version": env!("CARGO_PKG_VERSION"),
+            "version": crate::update::running_version(),
             "config_version": self.ctx.config_version(),
             "uptime_s": self.ctx.started.elapsed().as_secs(),
         });

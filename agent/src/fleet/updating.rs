@@ -64,7 +64,10 @@ pub(crate) async fn start<S: FleetStore>(
     manifest: &str,
 ) {
     let Some(cfg) = ctx.hooks.update.clone() else {
-        let report = refusal(id, "software update is not available in this process".into());
+        let report = refusal(
+            id,
+            "software update is not available in this process".into(),
+        );
         on_report(ctx, out, report, false).await;
         return;
     };
