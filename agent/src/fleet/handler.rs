@@ -874,7 +874,15 @@ mod tests {
             .commands
             .lock()
             .expect("lock")
-            .insert("u9".into(), ("running".into(), "restarting".into()));
+            // Recorded as final by the version that rolled back, which then exited before
+            // the broker ever saw the result: this process must still publish it.
+            .insert(
+                "u9".into(),
+                (
+                    "failed".into(),
+                    "rolled back to 0.1.0: health gate failed: broker unreachable".into(),
+                ),
+            );
         let reconcile = async || {
             let (tx, mut rx) = mpsc::channel(8);
             crate::fleet::updating::reconcile(&ctx, &tx).await;
@@ -897,8 +905,13 @@ mod tests {
             out[0].1["reason"],
             "rolled back to 0.1.0: health gate failed: broker unreachable"
         );
-        // Known now: a reconnect does not publish it again.
+        // Published by this process now: a reconnect does not publish it again.
         assert!(reconcile().await.is_empty());
+        assert_eq!(
+            ctx.store.commands.lock().expect("lock")["u9"].0,
+            "failed",
+            "the final result is recorded"
+        );
         // An operation started from the command line has no fleet record: never published.
         ctx.store.commands.lock().expect("lock").clear();
         assert!(reconcile().await.is_empty());

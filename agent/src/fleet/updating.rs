@@ -5,11 +5,10 @@
 //! meanwhile); its reports come back to the handler through the connection task, so every
 //! result of the command is published, recorded and deduplicated in one place. After the
 //! restart into the new version (or back into the previous one after a rollback), the
-//! daemon's update work announces its reports ([`crate::update::announce`]) and, whenever the
+//! daemon's update work announces its reports ([`crate::update::announce`]) and, when the
 //! broker connection becomes ready, the final result is rebuilt from the persisted operation
-//! and published if the command's record does not say it already. So the final
-//! `succeeded` | `failed` reaches IT from whichever version runs, and exactly what the
-//! persisted state says.
+//! and published unless this process already did. So the final `succeeded` | `failed` reaches
+//! IT from whichever version runs, and says exactly what the persisted state says.
 
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -75,6 +74,16 @@ pub(crate) async fn start<S: FleetStore>(
     tokio::spawn(async move {
         let updater = match Updater::open(&cfg) {
             Ok(u) => u,
+            Err(update::UpdateError::Locked { .. }) => {
+                let reason = "another update is in progress; try again when it has ended";
+                let _ = out
+                    .send(Outbound::UpdateReport {
+                        report: refusal(&id, reason.into()),
+                        restart: false,
+                    })
+                    .await;
+                return;
+            }
             Err(e) => {
                 let _ = out
                     .send(Outbound::UpdateReport {
@@ -148,9 +157,35 @@ fn refusal(id: &str, reason: String) -> Report {
     }
 }
 
-/// Publishes one update report on its command's result topic, unless the command is not a
-/// fleet command (an update applied from the command line) or the same result is already
-/// recorded for it; then records it. With `restart`, asks for the restart afterwards.
+/// Command ids whose final update result this process has queued for publishing.
+///
+/// The store's record cannot say whether a result reached the broker: a result decided while
+/// the broker is unreachable is held in memory, and is lost if the process then exits (the
+/// new version failing its health gate because the broker is gone does exactly that). So a
+/// final result is published once by each process that finds it, whatever the record says;
+/// IT may see it again after a restart, never not at all. One update engine per process, so
+/// the set is process-wide.
+static FINALS_QUEUED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Marks `id`'s final result as queued; false if it already was in this process.
+fn first_final(id: &str) -> bool {
+    let mut q = FINALS_QUEUED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if q.iter().any(|x| x == id) {
+        return false;
+    }
+    if q.len() >= 64 {
+        q.remove(0);
+    }
+    q.push(id.to_owned());
+    true
+}
+
+/// Publishes one update report on its command's result topic and records it, unless the
+/// command is not a fleet command (an update applied from the command line), or the report
+/// is a step already recorded (the restart report comes twice), or a final result this
+/// process already published. With `restart`, asks for the restart afterwards.
 pub(crate) async fn on_report<S: FleetStore>(
     ctx: &Context<S>,
     out: &mpsc::Sender<Outbound>,
@@ -159,8 +194,10 @@ pub(crate) async fn on_report<S: FleetStore>(
 ) {
     let id = report.command_id.clone();
     let (status, reason) = status_and_reason(&report);
+    let terminal = report.status != Status::InProgress;
     match ctx.store.command_outcome(&id).await {
-        Ok(Some((s, r))) if s == status && r == reason => {}
+        Ok(Some((s, r))) if !terminal && s == status && r == reason => {}
+        Ok(Some(_)) if terminal && !first_final(&id) => {}
         Ok(Some(_)) => {
             if let Err(e) = ctx.store.finish_command(&id, status, &reason).await {
                 ctx.note_error(&format!("cannot record a command result: {e}"));
@@ -188,7 +225,8 @@ pub(crate) async fn on_report<S: FleetStore>(
     }
 }
 
-/// The final result of the persisted operation, for a connection that just became ready.
+/// The final result of the persisted operation, for a connection that just became ready
+/// (published once per process, see [`FINALS_QUEUED`]).
 pub(crate) async fn reconcile<S: FleetStore>(ctx: &Context<S>, out: &mpsc::Sender<Outbound>) {
     let Some(cfg) = &ctx.hooks.update else {
         return;
