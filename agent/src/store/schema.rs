@@ -163,7 +163,8 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX bindings_device ON bindings (device_id, user_index);
     "#,
-    // 3 -> 4: the compatibility floor (see the module docs); `migrate` keeps it current.
+    // 3 -> 4: the compatibility floor (see the module docs); `migrate` keeps it current
+    // from this migration on.
     r#"
     CREATE TABLE schema_compat (
         id         INTEGER PRIMARY KEY CHECK (id = 1),
@@ -171,9 +172,6 @@ const MIGRATIONS: &[&str] = &[
     );
     "#,
 ];
-
-/// The version that created `schema_compat`.
-const COMPAT_SINCE: u32 = 4;
 
 /// Schema versions whose migration is additive: a binary that knows the version before it
 /// can keep using the store. Any migration not listed is breaking and raises the floor, so
@@ -189,6 +187,17 @@ pub fn min_reader(version: u32) -> u32 {
         .rev()
         .find(|v| !ADDITIVE.contains(v))
         .unwrap_or(0)
+}
+
+/// Whether the migrations so far created `schema_compat` (asked, rather than compared with a
+/// version number, so migrations can be renumbered around it).
+fn has_compat_table(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = 'schema_compat'",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n > 0)
 }
 
 /// The compatibility floor a store at a version newer than this build declares, if any.
@@ -216,7 +225,7 @@ pub(crate) fn migrate(conn: &mut Connection) -> rusqlite::Result<u32> {
     for v in found..LATEST_VERSION {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         tx.execute_batch(MIGRATIONS[v as usize])?;
-        if v + 1 >= COMPAT_SINCE {
+        if has_compat_table(&tx)? {
             tx.execute(
                 "INSERT INTO schema_compat (id, min_reader) VALUES (1, ?1) \
                  ON CONFLICT (id) DO UPDATE SET min_reader = excluded.min_reader",
