@@ -99,8 +99,8 @@ pub(crate) async fn start<S: FleetStore>(
         let mut progress = |r: &Report| {
             last = Some(r.clone());
             // The callback is synchronous; the channel is deep enough for every step of one
-            // update, and a report that does not fit is rebuilt from the persisted state
-            // when the update ends (the final one) or simply skipped (an intermediate one).
+            // update. A step that does not fit is skipped; the final report and the restart
+            // report are sent again below, waiting for room (the handler skips duplicates).
             if progress_out
                 .try_send(Outbound::UpdateReport {
                     report: r.clone(),
@@ -122,16 +122,25 @@ pub(crate) async fn start<S: FleetStore>(
                 // The restart report again, now with the restart attached: the handler
                 // publishes it (a duplicate is skipped) and then asks for the restart, so the
                 // result is queued before the connection closes.
-                let report = last.unwrap_or_else(|| refusal(&id, "restarting".into()));
                 drop(updater);
+                let msg = match last {
+                    Some(report) => Outbound::UpdateReport {
+                        report,
+                        restart: true,
+                    },
+                    None => Outbound::Restart,
+                };
+                let _ = out.send(msg).await;
+            }
+            Ok(Outcome::Done(report)) => {
                 let _ = out
                     .send(Outbound::UpdateReport {
                         report,
-                        restart: true,
+                        restart: false,
                     })
                     .await;
             }
-            Ok(_) => {}
+            Ok(Outcome::Idle | Outcome::HealthGatePending) => {}
             Err(e) => {
                 let _ = out
                     .send(Outbound::UpdateReport {
