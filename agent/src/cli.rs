@@ -70,6 +70,10 @@ enum Command {
     /// Configuration commands.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Set the gateway up from an enrollment file: config, secret files, key, bindings.
+    Provision(crate::cli_install::ProvisionArgs),
+    /// Check adapter, serial ports, clock, disk, key, store, broker and FHIR endpoints.
+    Doctor(crate::cli_install::DoctorArgs),
     /// Decode device bytes and print the FHIR resources they map to.
     #[command(subcommand)]
     Decode(crate::cli_fhir::DecodeCommand),
@@ -158,6 +162,8 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
             json,
             verify,
         } => status(cli.config.as_deref(), &state.state_dir, json, verify),
+        Command::Provision(a) => crate::cli_install::provision_cmd(cli.config.as_deref(), a),
+        Command::Doctor(a) => crate::cli_install::doctor_cmd(cli.config.as_deref(), a),
         Command::Update(u) => crate::cli_update::dispatch(u, || {
             load_config(cli.config.as_deref(), Required::IfPresent)
         }),
