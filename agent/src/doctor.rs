@@ -631,3 +631,72 @@ pub async fn destination(d: &DestinationConfig) -> Check {
         format!("{base}: TLS ok{auth}, FHIR {version} CapabilityStatement"),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    fn config(text: &str) -> Config {
+        Config::parse(Path::new("t.toml"), text).expect("config")
+    }
+
+    #[test]
+    fn serial_ports_pass_when_they_open_and_fail_with_a_remedy_when_absent() {
+        let c = config(
+            "[[serial]]\npath = \"/dev/null\"\nprotocol = \"taidoc\"\n\
+             [[serial]]\npath = \"/dev/serial/by-id/absent-meter\"\nprotocol = \"contec\"\n",
+        );
+        let checks = serial_ports(&c);
+        assert_eq!(checks.len(), 2);
+        assert_eq!(checks[0].verdict, Verdict::Pass, "{checks:?}");
+        assert_eq!(checks[1].name, "serial:/dev/serial/by-id/absent-meter");
+        assert_eq!(checks[1].verdict, Verdict::Fail);
+        assert!(checks[1].remedy.contains("plug"), "{checks:?}");
+    }
+
+    #[test]
+    fn the_key_must_be_private_and_the_store_is_not_checked_without_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("db.key");
+        store::key::create_key_file(&key).expect("key");
+        let c = config(&format!(
+            "[store]\nkey_file = \"{}\"\nkey_credential = \"absent\"\n",
+            key.display()
+        ));
+        let (check, keying) = db_key(&c, dir.path(), None);
+        assert_eq!(check.verdict, Verdict::Pass, "{check:?}");
+        let s = store_integrity(&c, dir.path(), keying.as_ref());
+        assert_eq!(s.verdict, Verdict::Warn, "no store yet: {s:?}");
+
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        let (check, keying) = db_key(&c, dir.path(), None);
+        assert_eq!(check.verdict, Verdict::Fail);
+        assert!(check.detail.contains("0640"), "{check:?}");
+        assert_eq!(check.remedy, format!("chmod 600 {}", key.display()));
+        assert_eq!(
+            store_integrity(&c, dir.path(), keying.as_ref()).verdict,
+            Verdict::Fail
+        );
+
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o400)).expect("chmod");
+        assert_eq!(db_key(&c, dir.path(), None).0.verdict, Verdict::Pass);
+
+        std::fs::remove_file(&key).expect("rm");
+        let (check, _) = db_key(&c, dir.path(), None);
+        assert_eq!(check.verdict, Verdict::Fail);
+        assert!(check.remedy.contains("provision"), "{check:?}");
+    }
+
+    #[test]
+    fn a_store_over_its_budget_fails_the_disk_check() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("vitalgate.db"), vec![0u8; 600 * 1024]).expect("write");
+        let over = config("[store]\ndisk_budget = \"512KiB\"\n");
+        let check = disk(&over, dir.path());
+        assert_eq!(check.verdict, Verdict::Fail, "{check:?}");
+        assert!(check.remedy.contains("disk_budget"), "{check:?}");
+        let fine = config("[store]\ndisk_budget = \"1MiB\"\n");
+        assert_ne!(disk(&fine, dir.path()).verdict, Verdict::Fail);
+    }
+}

@@ -163,6 +163,27 @@ fn the_sample_enrollment_provisions_a_gateway_that_connects_to_the_broker() {
         ]
     );
 
+    // `status` is the installer's screen: the gateway, and the bound cuff not seen yet.
+    let state = gw.state.display().to_string();
+    let status = gw.cmd(&["status", "--state-dir", &state]);
+    status.expect_code(0);
+    for line in [
+        "Gateway:  gw-0001 (vitalgate ",
+        "00:1C:05:FF:E8:74",
+        "last seen never",
+        "2 users bound",
+    ] {
+        assert!(status.stdout.contains(line), "{line}: {status:#?}");
+    }
+    for p in PATIENTS {
+        assert!(!status.stdout.contains(p), "status printed {p}");
+    }
+    let json: Value =
+        serde_json::from_str(&gw.cmd(&["status", "--json", "--state-dir", &state]).stdout)
+            .expect("status json");
+    assert_eq!(json["gateway_id"], GATEWAY);
+    assert_eq!(json["devices"][0]["bindings"], 2);
+
     // The provisioned gateway connects to the broker with the enrolled credentials.
     let log = std::fs::File::create(tmp.path().join("agent.log")).expect("log");
     let daemon = Daemon(
