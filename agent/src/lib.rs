@@ -12,6 +12,7 @@ pub mod config;
 pub mod doctor;
 pub mod fhir;
 pub mod fleet;
+pub mod gpio;
 pub mod logging;
 pub mod provision;
 pub mod serial;
