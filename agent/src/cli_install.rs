@@ -65,6 +65,30 @@ pub fn provision_cmd(explicit_config: Option<&Path>, args: ProvisionArgs) -> Res
         existing.unwrap_or_else(Config::default),
     )?;
 
+    // The key and the store must fit together before anything is written: an existing key
+    // must be usable, and an existing store must open with it (a new key never opens an old
+    // store).
+    let key_file = plan.config.store.key_file.clone();
+    let store_path = plan.config.store_path(&targets.state_dir);
+    let existing_key = if key_file.exists() {
+        Some(vitalgate::store::key::read_key_file(&key_file)?)
+    } else {
+        None
+    };
+    if store_path.exists() {
+        let Some(key) = &existing_key else {
+            return Err(provision::ProvisionError::StoreWithoutKey {
+                store: store_path,
+                key: key_file,
+            }
+            .into());
+        };
+        vitalgate::store::StoreReader::open(
+            &store_path,
+            &vitalgate::store::Keying::Encrypted(key.clone()),
+        )?;
+    }
+
     let backup = provision::write_files(&plan, &targets)?;
     println!(
         "Provisioned gateway {} from {}.",
@@ -94,13 +118,11 @@ pub fn provision_cmd(explicit_config: Option<&Path>, args: ProvisionArgs) -> Res
         println!("  destination {}: {}", d.id, d.base_url);
     }
 
-    let key_file = &plan.config.store.key_file;
-    let key = if key_file.exists() {
-        let k = vitalgate::store::key::read_key_file(key_file)?;
+    let key = if let Some(k) = existing_key {
         println!("  database key: kept the existing {}", key_file.display());
         k
     } else {
-        let k = vitalgate::store::key::create_key_file(key_file)?;
+        let k = vitalgate::store::key::create_key_file(&key_file)?;
         println!(
             "  database key: created {} (0600). Keep it: the store cannot be read without it.",
             key_file.display()
@@ -108,7 +130,6 @@ pub fn provision_cmd(explicit_config: Option<&Path>, args: ProvisionArgs) -> Res
         k
     };
     if !plan.bindings.is_empty() {
-        let store_path = plan.config.store_path(&targets.state_dir);
         provision::ensure_dir(&targets.state_dir, 0o700)?;
         crate::cli::runtime()?.block_on(provision::record_bindings(
             &plan.config,

@@ -143,7 +143,7 @@ pub async fn bluetooth(adapter: &str) -> Check {
         Ok(Ok(false)) => Check::fail(
             NAME,
             format!("BlueZ adapter {adapter} is powered off"),
-            format!("power it on: `bluetoothctl power on` (and check `rfkill list` for a block)"),
+            "power it on: `bluetoothctl power on` (and check `rfkill list` for a block)",
         ),
         Ok(Err(zbus::Error::MethodError(name, msg, _))) => {
             let name = name.as_str();

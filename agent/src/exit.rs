@@ -32,6 +32,7 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
             return match p {
                 P::Read { .. } => NOINPUT,
                 P::Invalid { .. } => USAGE,
+                P::StoreWithoutKey { .. } => CONFIG,
                 P::Exists { .. } | P::Write { .. } => CANTCREAT,
             };
         }

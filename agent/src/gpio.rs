@@ -175,8 +175,8 @@ impl LedMode {
     pub fn lit(self, now_ms: u64) -> bool {
         match self {
             LedMode::Solid => true,
-            LedMode::Blink => (now_ms / 500) % 2 == 0,
-            LedMode::FastBlink => (now_ms / 125) % 2 == 0,
+            LedMode::Blink => (now_ms / 500).is_multiple_of(2),
+            LedMode::FastBlink => (now_ms / 125).is_multiple_of(2),
         }
     }
 }

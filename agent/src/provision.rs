@@ -53,6 +53,12 @@ pub enum ProvisionError {
         .path.display(), .path.display()
     )]
     Exists { path: PathBuf, gateway: String },
+    #[error(
+        "{} exists but its key {} does not: restore the key (a new key cannot open it), or \
+         move the store aside",
+        .store.display(), .key.display()
+    )]
+    StoreWithoutKey { store: PathBuf, key: PathBuf },
     #[error("cannot write {}: {source}", .path.display())]
     Write {
         path: PathBuf,
@@ -360,7 +366,11 @@ fn plan_from(e: &Enrollment, folder: &Path, targets: &Targets, base: Config) -> 
 
     let mut config = base;
     config.gateway.id = e.gateway.id.clone();
-    config.store.key_file = targets.key_file();
+    // A configuration outside /etc/vitalgate (tests, development) keeps its key beside it
+    // rather than at the system path; a key file set on purpose is kept.
+    if config.store.key_file == Path::new(crate::config::DEFAULT_KEY_FILE) {
+        config.store.key_file = targets.key_file();
+    }
 
     // [fleet]
     let mut fleet = crate::config::FleetConfig {

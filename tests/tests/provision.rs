@@ -218,6 +218,15 @@ fn the_sample_enrollment_provisions_a_gateway_that_connects_to_the_broker() {
     assert!(gw.root.join("etc/vitalgate.toml.bak").exists());
     assert_eq!(std::fs::read(gw.key()).expect("key"), key_before);
 
+    // A store without its key is never paired with a new one.
+    std::fs::rename(gw.key(), gw.root.join("db.key.saved")).expect("move key");
+    let config_before = std::fs::read(&gw.config).expect("config");
+    let out = gw.provision(&enroll, &["--force"]);
+    out.expect_code(78);
+    assert!(out.stderr.contains("restore the key"), "{out:#?}");
+    assert!(!gw.key().exists(), "no new key was made");
+    assert_eq!(std::fs::read(&gw.config).expect("config"), config_before);
+
     // A bad enrollment is refused before anything is written.
     let fresh = Box_::new(&tmp.path().join("gw2"));
     let bad = enrollment(
