@@ -332,6 +332,30 @@ impl Rig {
         (out.code(), v, out)
     }
 
+    /// Switches the emulated adapter on or off through BlueZ's own property.
+    fn set_powered(&self, on: bool) {
+        self._rt.block_on(async {
+            let conn = zbus::connection::Builder::address(self.bus.address())
+                .expect("address")
+                .build()
+                .await
+                .expect("connect to the private bus");
+            conn.call_method(
+                Some("org.bluez"),
+                "/org/bluez/hci0",
+                Some("org.freedesktop.DBus.Properties"),
+                "Set",
+                &(
+                    "org.bluez.Adapter1",
+                    "Powered",
+                    zbus::zvariant::Value::from(on),
+                ),
+            )
+            .await
+            .expect("set Powered");
+        });
+    }
+
     fn doctor(&self) -> (i32, Value, Finished) {
         self.doctor_on(self.bus.address())
     }
@@ -439,6 +463,16 @@ fn doctor_passes_a_healthy_gateway_and_names_each_injected_failure() {
         "bluetoothctl list",
     );
     std::fs::write(&rig.gw.config, &config).expect("config");
+    // The adapter is there but switched off.
+    rig.set_powered(false);
+    expect_failure(
+        &rig.doctor(),
+        &["bluetooth"],
+        "bluetooth",
+        "powered off",
+        "bluetoothctl power on",
+    );
+    rig.set_powered(true);
     // No BlueZ at all on the bus.
     let empty = PrivateBus::start().expect("second bus");
     expect_failure(
@@ -488,4 +522,66 @@ fn doctor_passes_a_healthy_gateway_and_names_each_injected_failure() {
     );
     std::fs::write(&ca, good).expect("restore CA");
     assert_eq!(rig.doctor().0, 0);
+}
+
+#[test]
+fn a_client_certificate_enrollment_passes_the_broker_check_over_mutual_tls() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let broker = Broker::start(&tmp.path().join("broker"), &[], &[GATEWAY]);
+    let usb = tmp.path().join("usb");
+    let enroll = enrollment(&usb, &broker, "");
+    for f in ["crt", "key"] {
+        std::fs::copy(
+            broker.dir.join(format!("{GATEWAY}.{f}")),
+            usb.join(format!("{GATEWAY}.{f}")),
+        )
+        .expect("copy client certificate");
+    }
+    // The sample's commented-out certificate lines, taken instead of the password.
+    let text = std::fs::read_to_string(&enroll)
+        .expect("enrollment")
+        .replace(&broker.url(), &broker.mtls_url())
+        .replace("username = \"gw-0001\"\n", "")
+        .replace(&format!("password = \"{TOKEN}\"\n"), "")
+        .replace(
+            "# client_cert = { file = \"gw-0001.crt\" }",
+            "client_cert = { file = \"gw-0001.crt\" }",
+        )
+        .replace(
+            "# client_key = { file = \"gw-0001.key\" }",
+            "client_key = { file = \"gw-0001.key\" }",
+        );
+    std::fs::write(&enroll, text).expect("enrollment");
+    let gw = Box_::new(&tmp.path().join("gw"));
+    gw.provision(&enroll, &[]).expect_code(0);
+    assert_eq!(mode(&gw.creds.join("mqtt-client.key")), 0o600);
+    assert_eq!(mode(&gw.creds.join("mqtt-client.pem")), 0o644);
+    assert!(!gw.creds.join("mqtt-password").exists());
+
+    let mut c = vitalgate_cmd();
+    c.arg("--config")
+        .arg(&gw.config)
+        .args(["doctor", "--json", "--state-dir"])
+        .arg(&gw.state);
+    let out = run(c);
+    let report: Value = serde_json::from_str(&out.stdout).expect("doctor --json");
+    assert_eq!(check(&report, "broker")["verdict"], "pass", "{report:#}");
+
+    // Without the certificate the mutual-TLS listener refuses the gateway.
+    let config = std::fs::read_to_string(&gw.config).expect("config");
+    let stripped: String = config
+        .lines()
+        .filter(|l| !l.starts_with("client_cert_file") && !l.starts_with("client_key_file"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&gw.config, stripped).expect("config");
+    let mut c = vitalgate_cmd();
+    c.arg("--config")
+        .arg(&gw.config)
+        .args(["doctor", "--json", "--state-dir"])
+        .arg(&gw.state);
+    let out = run(c);
+    let report: Value = serde_json::from_str(&out.stdout).expect("doctor --json");
+    assert_eq!(check(&report, "broker")["verdict"], "fail", "{report:#}");
+    assert_eq!(out.code(), 1);
 }
