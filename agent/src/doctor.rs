@@ -9,6 +9,7 @@
 //! under a separate client id, and only `GET /metadata` is sent to a destination.
 
 use std::os::unix::fs::MetadataExt as _;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -217,8 +218,6 @@ pub fn serial_ports(c: &Config) -> Vec<Check> {
         })
         .collect()
 }
-
-use std::os::unix::fs::OpenOptionsExt as _;
 
 /// The kernel's view of the wall clock (the agent's own [`crate::clock`] query).
 pub fn clock() -> Check {
