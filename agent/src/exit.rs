@@ -27,6 +27,15 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
         if cause.downcast_ref::<crate::cli::DecodeFailure>().is_some() {
             return DATAERR;
         }
+        if let Some(p) = cause.downcast_ref::<vitalgate::provision::ProvisionError>() {
+            use vitalgate::provision::ProvisionError as P;
+            return match p {
+                P::Read { .. } => NOINPUT,
+                P::Invalid { .. } => USAGE,
+                P::StoreWithoutKey { .. } => CONFIG,
+                P::Exists { .. } | P::Write { .. } => CANTCREAT,
+            };
+        }
         if cause.downcast_ref::<ConfigError>().is_some() {
             return USAGE;
         }

@@ -200,6 +200,10 @@ impl Supervisor {
             });
         }
 
+        if c.gpio.enabled {
+            spawn_gpio(&tracker, c, &store, &self.keying, &store_path, &cancel);
+        }
+
         let sources = TaskTracker::new();
         let failed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut all_sources = self.sources;
@@ -334,4 +338,38 @@ async fn watchdog(store: StoreHandle, period: Duration, cancel: CancellationToke
             ),
         }
     }
+}
+
+/// The pairing button and status LED. A board whose lines cannot be had (wrong chip, line in
+/// use) is logged and the gateway runs on without them.
+fn spawn_gpio(
+    tracker: &TaskTracker,
+    c: &Config,
+    store: &store::StoreHandle,
+    keying: &store::Keying,
+    store_path: &std::path::Path,
+    cancel: &CancellationToken,
+) {
+    let lines = match crate::gpio::ChipLines::open(&c.gpio) {
+        Ok(l) => l,
+        Err(error) => {
+            tracing::error!(%error, "GPIO unavailable; no pairing button or status LED.");
+            return;
+        }
+    };
+    let gpio_store = match crate::gpio::SqlGpioStore::new(store.clone(), keying.clone(), store_path)
+    {
+        Ok(s) => s,
+        Err(error) => {
+            tracing::error!(%error, "GPIO cannot read the store; no pairing button or status LED.");
+            return;
+        }
+    };
+    let cfg = c.gpio.clone();
+    let token = cancel.child_token();
+    tracker.spawn(async move {
+        if let Err(error) = crate::gpio::run(cfg, Box::new(lines), gpio_store, token).await {
+            tracing::error!(%error, "GPIO stopped; no pairing button or status LED.");
+        }
+    });
 }

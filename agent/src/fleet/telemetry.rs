@@ -236,6 +236,7 @@ mod tests {
                     model: Some("UA-651".into()),
                     last_seen_ms: now - 5000,
                     readings: 10,
+                    bindings: 1,
                 },
                 DeviceSummary {
                     transport: "ble".into(),
@@ -244,6 +245,7 @@ mod tests {
                     model: None,
                     last_seen_ms: 0,
                     readings: 0,
+                    bindings: 0,
                 },
             ],
             ..Default::default()

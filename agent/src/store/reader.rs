@@ -53,8 +53,11 @@ pub struct DeviceSummary {
     pub address: String,
     pub manufacturer: Option<String>,
     pub model: Option<String>,
+    /// 0 for a device bound at provisioning and not seen since.
     pub last_seen_ms: i64,
     pub readings: u64,
+    /// Users of the device bound to a patient (a whole-device binding counts as one).
+    pub bindings: u64,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -198,7 +201,8 @@ impl StoreReader {
             let mut stmt = c
                 .prepare(
                     "SELECT d.transport, d.address, d.identity, d.last_seen_ms, \
-                     (SELECT count(*) FROM readings r WHERE r.device_id = d.id) \
+                     (SELECT count(*) FROM readings r WHERE r.device_id = d.id), \
+                     (SELECT count(*) FROM bindings b WHERE b.device_id = d.id) \
                      FROM devices d ORDER BY d.last_seen_ms DESC",
                 )
                 .map_err(self.sql("devices"))?;
@@ -210,11 +214,12 @@ impl StoreReader {
                         r.get::<_, Vec<u8>>(2)?,
                         r.get::<_, i64>(3)?,
                         r.get::<_, i64>(4)?,
+                        r.get::<_, i64>(5)?,
                     ))
                 })
                 .map_err(self.sql("devices"))?;
             for row in rows {
-                let (transport, address, identity, last_seen_ms, n) =
+                let (transport, address, identity, last_seen_ms, n, bound) =
                     row.map_err(self.sql("devices"))?;
                 let identity: Option<DeviceIdentity> = postcard::from_bytes(&identity).ok();
                 devices.push(DeviceSummary {
@@ -224,6 +229,7 @@ impl StoreReader {
                     model: identity.and_then(|i| i.model),
                     last_seen_ms,
                     readings: n as u64,
+                    bindings: bound as u64,
                 });
             }
         }

@@ -8,6 +8,8 @@
 mod cli;
 #[path = "../../../agent/src/cli_fhir.rs"]
 mod cli_fhir;
+#[path = "../../../agent/src/cli_install.rs"]
+mod cli_install;
 #[path = "../../../agent/src/cli_update.rs"]
 mod cli_update;
 #[path = "../../../agent/src/entry.rs"]
