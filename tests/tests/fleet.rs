@@ -586,7 +586,10 @@ fn every_command_with_replays_and_expiry() {
         "{d}"
     );
     assert!(d["last_errors"].is_array());
-    assert_eq!(d["store"]["schema_version"], 3);
+    assert_eq!(
+        d["store"]["schema_version"],
+        vitalgate::store::schema::LATEST_VERSION
+    );
 
     // Unknown type and malformed payloads: failed with a reason, and the agent carries on.
     let r = w.command(

@@ -153,6 +153,19 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX bindings_device ON bindings (device_id, user_index);
     "#,
+    // 3 -> 4: pairing (additive). A window carries what pairing needs: the patient and user
+    // index to bind, an optional single device, the PIN (cleared when the window closes),
+    // and its outcome once the BLE side has acted on it (JSON: addresses and BlueZ error
+    // names, never the PIN).
+    r#"
+    ALTER TABLE pairing_windows ADD COLUMN patient TEXT;
+    ALTER TABLE pairing_windows ADD COLUMN user_index INTEGER NOT NULL DEFAULT -1;
+    ALTER TABLE pairing_windows ADD COLUMN device TEXT;
+    ALTER TABLE pairing_windows ADD COLUMN pin TEXT;
+    ALTER TABLE pairing_windows ADD COLUMN started_ms INTEGER;
+    ALTER TABLE pairing_windows ADD COLUMN closed_ms INTEGER;
+    ALTER TABLE pairing_windows ADD COLUMN outcome TEXT;
+    "#,
 ];
 
 /// The schema version this build writes.
