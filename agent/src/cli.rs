@@ -73,6 +73,12 @@ enum Command {
     /// Decode device bytes and print the FHIR resources they map to.
     #[command(subcommand)]
     Decode(crate::cli_fhir::DecodeCommand),
+    /// Pair a home device with this gateway and bind it to a patient (the daemon pairs it).
+    Pair(crate::cli_pair::PairArgs),
+    /// Remove a device's bond, binding and allowlist entry (audited; readings are kept).
+    Unpair(crate::cli_pair::UnpairArgs),
+    /// List the devices this gateway has taken on, with their bindings.
+    Devices(crate::cli_pair::DevicesArgs),
     /// Signed software update: keys, signing, applying, status.
     #[command(subcommand)]
     Update(crate::cli_update::UpdateCommand),
@@ -158,6 +164,9 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
             json,
             verify,
         } => status(cli.config.as_deref(), &state.state_dir, json, verify),
+        Command::Pair(a) => crate::cli_pair::pair(cli.config.as_deref(), a),
+        Command::Unpair(a) => crate::cli_pair::unpair(cli.config.as_deref(), a),
+        Command::Devices(a) => crate::cli_pair::devices(cli.config.as_deref(), a),
         Command::Update(u) => crate::cli_update::dispatch(u, || {
             load_config(cli.config.as_deref(), Required::IfPresent)
         }),

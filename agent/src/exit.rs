@@ -27,7 +27,9 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
         if cause.downcast_ref::<crate::cli::DecodeFailure>().is_some() {
             return DATAERR;
         }
-        if cause.downcast_ref::<ConfigError>().is_some() {
+        if cause.downcast_ref::<ConfigError>().is_some()
+            || cause.downcast_ref::<crate::cli_pair::BadArgument>().is_some()
+        {
             return USAGE;
         }
         if let Some(k) = cause.downcast_ref::<KeyError>() {

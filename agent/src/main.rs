@@ -3,6 +3,7 @@
 
 mod cli;
 mod cli_fhir;
+mod cli_pair;
 mod cli_update;
 mod entry;
 mod exit;

@@ -121,6 +121,19 @@ pub fn open_window(conn: &Connection, now: i64, req: &WindowRequest) -> rusqlite
     Ok(id)
 }
 
+/// Records a window from outside the daemon (`vitalgate pair`), on a connection of its own;
+/// returns its id once it is committed.
+pub fn record_window(path: &Path, keying: &Keying, req: &WindowRequest) -> Result<i64, StoreError> {
+    let mut conn = crate::store::open_connection(path, keying, Create::Never, 256)?;
+    let sql = |op| move |e| StoreError::from_sqlite(path, op, e);
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(sql("begin"))?;
+    let id = open_window(&tx, now_ms(), req).map_err(sql("record pairing window"))?;
+    tx.commit().map_err(sql("commit pairing window"))?;
+    Ok(id)
+}
+
 /// A window as the daemon reads it.
 #[derive(Debug, Clone)]
 pub struct OpenWindow {
@@ -710,6 +723,20 @@ async fn discover_and_pair(
             _ = cancel.cancelled() => return Ok(()),
             _ = tokio::time::sleep(SCAN_POLL) => {}
         }
+    }
+}
+
+/// Removes a device from BlueZ (`Adapter1.RemoveDevice`), which drops its bond. False when
+/// BlueZ did not know the device.
+pub async fn remove_bond(adapter: &str, address: &str) -> Result<bool, zbus::Error> {
+    let conn = zbus::Connection::system().await?;
+    let adapter_path = format!("/org/bluez/{adapter}");
+    let device = format!("{adapter_path}/dev_{}", address.to_ascii_uppercase().replace(':', "_"));
+    let device = ObjectPath::try_from(device)?;
+    match call(&conn, &adapter_path, "org.bluez.Adapter1", "RemoveDevice", &(device,)).await {
+        Ok(()) => Ok(true),
+        Err(e) if error_name(&e) == "org.bluez.Error.DoesNotExist" => Ok(false),
+        Err(e) => Err(e),
     }
 }
 

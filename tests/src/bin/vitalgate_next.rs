@@ -8,6 +8,8 @@
 mod cli;
 #[path = "../../../agent/src/cli_fhir.rs"]
 mod cli_fhir;
+#[path = "../../../agent/src/cli_pair.rs"]
+mod cli_pair;
 #[path = "../../../agent/src/cli_update.rs"]
 mod cli_update;
 #[path = "../../../agent/src/entry.rs"]
