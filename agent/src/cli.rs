@@ -403,6 +403,12 @@ pub(crate) fn print_status(s: &StoreStatus) {
         Some(ms) => println!("Oldest undelivered: received {}", when(ms)),
         None => println!("Oldest undelivered: none"),
     }
+    if r.held_unbound > 0 {
+        println!(
+            "Held:     {} reading(s) with no patient binding for their device or user (see `vitalgate devices`)",
+            r.held_unbound
+        );
+    }
     if s.destinations.is_empty() {
         println!("Destinations: none have readings routed to them");
     } else {

@@ -248,7 +248,7 @@ pub(crate) fn unpair(config: Option<&Path>, a: UnpairArgs) -> Result<u8> {
     )?;
     match &bond {
         Ok(true) => println!("{address}: bond removed from the Bluetooth adapter."),
-        Ok(false) => println!("{address}: the Bluetooth adapter had no bond with it."),
+        Ok(false) => println!("{address}: the Bluetooth adapter has no bond with it."),
         Err(e) => eprintln!("vitalgate: {address}: cannot reach BlueZ to remove the bond: {e}"),
     }
     println!(
@@ -273,8 +273,8 @@ pub(crate) fn unpair(config: Option<&Path>, a: UnpairArgs) -> Result<u8> {
     if bond.is_err() {
         return Ok(exit::TEMPFAIL);
     }
-    if !forgotten.known && !bond_removed {
-        eprintln!("vitalgate: {address} is not a device of this gateway");
+    if !bond_removed && !forgotten.was_allowed && forgotten.bindings_removed == 0 {
+        eprintln!("vitalgate: {address} was not paired with or bound on this gateway");
         return Ok(exit::NOINPUT);
     }
     Ok(exit::OK)

@@ -165,6 +165,17 @@ pub struct WindowReader {
 impl WindowReader {
     pub fn open(path: &Path, keying: &Keying) -> Result<Self, StoreError> {
         let conn = crate::store::open_connection(path, keying, Create::Never, 256)?;
+        let version = crate::store::schema::version(&conn)
+            .map_err(|e| StoreError::from_sqlite(path, "read schema version", e))?;
+        if version < crate::store::schema::LATEST_VERSION {
+            return Err(StoreError::Corrupt {
+                path: path.to_owned(),
+                detail: format!(
+                    "schema version {version} is older than {}: start `vitalgate run` once to migrate it",
+                    crate::store::schema::LATEST_VERSION
+                ),
+            });
+        }
         conn.execute_batch("PRAGMA query_only = ON")
             .map_err(|e| StoreError::from_sqlite(path, "set query_only", e))?;
         Ok(Self {
@@ -222,6 +233,18 @@ impl WindowReader {
             )
             .optional()
             .map_err(|e| StoreError::from_sqlite(&self.path, "read pairing window", e))
+    }
+
+    /// How many windows still hold a PIN (only open ones should).
+    pub fn windows_holding_a_pin(&self) -> Result<u64, StoreError> {
+        self.conn()
+            .query_row(
+                "SELECT count(*) FROM pairing_windows WHERE pin IS NOT NULL",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+            .map_err(|e| StoreError::from_sqlite(&self.path, "count PINs", e))
     }
 
     /// The pairing policy of the applied desired configuration, if it has one.
@@ -726,15 +749,33 @@ async fn discover_and_pair(
     }
 }
 
-/// Removes a device from BlueZ (`Adapter1.RemoveDevice`), which drops its bond. False when
-/// BlueZ did not know the device.
+/// Removes a device from BlueZ (`Adapter1.RemoveDevice`), which drops its bond. Returns
+/// whether there was a bond: BlueZ also lists devices it merely saw advertising.
 pub async fn remove_bond(adapter: &str, address: &str) -> Result<bool, zbus::Error> {
     let conn = zbus::Connection::system().await?;
     let adapter_path = format!("/org/bluez/{adapter}");
     let device = format!("{adapter_path}/dev_{}", address.to_ascii_uppercase().replace(':', "_"));
+    let paired = match conn
+        .call_method(
+            Some("org.bluez"),
+            device.as_str(),
+            Some("org.freedesktop.DBus.Properties"),
+            "Get",
+            &("org.bluez.Device1", "Paired"),
+        )
+        .await
+    {
+        Ok(reply) => {
+            let v: OwnedValue = reply.body().deserialize()?;
+            bool::try_from(v).unwrap_or(false)
+        }
+        // Not in BlueZ's tree at all: nothing to remove.
+        Err(zbus::Error::MethodError(..)) => return Ok(false),
+        Err(e) => return Err(e),
+    };
     let device = ObjectPath::try_from(device)?;
     match call(&conn, &adapter_path, "org.bluez.Adapter1", "RemoveDevice", &(device,)).await {
-        Ok(()) => Ok(true),
+        Ok(()) => Ok(paired),
         Err(e) if error_name(&e) == "org.bluez.Error.DoesNotExist" => Ok(false),
         Err(e) => Err(e),
     }
