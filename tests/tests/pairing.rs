@@ -66,6 +66,8 @@ impl Rig {
             .arg("--state-dir")
             .arg(&self.site.state)
             .env("DBUS_SYSTEM_BUS_ADDRESS", self.bus.address())
+            // This machine's clock may not report NTP sync; delivery would wait for it.
+            .env("VITALGATE_ASSUME_CLOCK_SYNCED", "1")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -372,7 +374,7 @@ fn a_two_user_scale_binds_each_user_to_its_patient_and_holds_an_unbound_user() {
         assert!(rig.rt.block_on(rig.emu.notify(SCALE, 0x2A9D, &weight(kg, user, record))));
     }
     rig.wait_for("three weights stored", |r| r.readings(SCALE).len() == 3);
-    server.wait_for(WAIT, "two weights delivered", |s| s.observations_with_code("188736") >= 2);
+    rig.wait_for("two weights delivered", |_| server.observations_with_code("188736") >= 2);
     // Give delivery time to (wrongly) send the third, then look.
     std::thread::sleep(Duration::from_secs(3));
     let weights: Vec<Value> = server
