@@ -107,7 +107,8 @@ fn bt_address(s: &str) -> Result<String> {
 }
 
 pub(crate) fn pair(config: Option<&Path>, a: PairArgs) -> Result<u8> {
-    let patient = PatientRef::parse(&a.patient).map_err(|e| BadArgument(format!("--patient: {e}")))?;
+    let patient =
+        PatientRef::parse(&a.patient).map_err(|e| BadArgument(format!("--patient: {e}")))?;
     let user_index = vitalgate::fleet::command::user_index(a.user_index)
         .map_err(|e| BadArgument(format!("--user-index: {e}")))?;
     if a.seconds == 0 || a.seconds > MAX_PAIRING_WINDOW_S {
@@ -211,7 +212,9 @@ fn report_outcome(outcome: Option<&serde_json::Value>) -> u8 {
             exit::NOPERM
         }
         Some("expired") if failures.is_empty() => {
-            eprintln!("vitalgate: the window expired before a device was found; was it in pairing mode?");
+            eprintln!(
+                "vitalgate: the window expired before a device was found; was it in pairing mode?"
+            );
             exit::TEMPFAIL
         }
         Some("expired") => {
@@ -221,7 +224,10 @@ fn report_outcome(outcome: Option<&serde_json::Value>) -> u8 {
             exit::TEMPFAIL
         }
         other => {
-            eprintln!("vitalgate: the window was closed: {}", other.unwrap_or("unknown"));
+            eprintln!(
+                "vitalgate: the window was closed: {}",
+                other.unwrap_or("unknown")
+            );
             exit::TEMPFAIL
         }
     }
@@ -260,12 +266,7 @@ pub(crate) fn unpair(config: Option<&Path>, a: UnpairArgs) -> Result<u8> {
             ""
         }
     );
-    if config
-        .ble
-        .allow
-        .iter()
-        .any(|a| a.to_string() == address)
-    {
+    if config.ble.allow.iter().any(|a| a.to_string() == address) {
         println!(
             "{address}: still listed in [ble] allow in the configuration; remove it there too."
         );

@@ -28,7 +28,9 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
             return DATAERR;
         }
         if cause.downcast_ref::<ConfigError>().is_some()
-            || cause.downcast_ref::<crate::cli_pair::BadArgument>().is_some()
+            || cause
+                .downcast_ref::<crate::cli_pair::BadArgument>()
+                .is_some()
         {
             return USAGE;
         }

@@ -79,7 +79,11 @@ async fn call(c: &Connection, path: &str, iface: &str, method: &str) -> zbus::Re
         .map(drop)
 }
 
-async fn agent_call(c: &Connection, method: &str, body: &(ObjectPath<'_>, &str)) -> zbus::Result<()> {
+async fn agent_call(
+    c: &Connection,
+    method: &str,
+    body: &(ObjectPath<'_>, &str),
+) -> zbus::Result<()> {
     c.call_method(
         Some("org.bluez"),
         "/org/bluez",
@@ -120,9 +124,14 @@ fn pairing_goes_through_the_registered_agent_with_bluez_errors() {
             .expect("client");
         let agent = ObjectPath::try_from(AGENT).expect("path");
         // The device must be discovered before it can be paired.
-        call(&c, "/org/bluez/hci0", "org.bluez.Adapter1", "StartDiscovery")
-            .await
-            .expect("discover");
+        call(
+            &c,
+            "/org/bluez/hci0",
+            "org.bluez.Adapter1",
+            "StartDiscovery",
+        )
+        .await
+        .expect("discover");
         for _ in 0..50 {
             if emu.is_known(METER) {
                 break;
@@ -132,7 +141,9 @@ fn pairing_goes_through_the_registered_agent_with_bluez_errors() {
         assert!(emu.is_known(METER));
 
         // Without an agent, a passkey device cannot pair.
-        let e = call(&c, DEV, "org.bluez.Device1", "Pair").await.expect_err("no agent");
+        let e = call(&c, DEV, "org.bluez.Device1", "Pair")
+            .await
+            .expect_err("no agent");
         assert_eq!(error_name(&e), "org.bluez.Error.AuthenticationFailed");
 
         // Registration: bad capability, default before register, double register.
@@ -170,7 +181,9 @@ fn pairing_goes_through_the_registered_agent_with_bluez_errors() {
 
         // Wrong passkey.
         script.lock().expect("script").passkey = 111_111;
-        let e = call(&c, DEV, "org.bluez.Device1", "Pair").await.expect_err("wrong");
+        let e = call(&c, DEV, "org.bluez.Device1", "Pair")
+            .await
+            .expect_err("wrong");
         assert_eq!(error_name(&e), "org.bluez.Error.AuthenticationFailed");
         assert!(!emu.is_paired(METER));
         assert_eq!(
@@ -181,9 +194,17 @@ fn pairing_goes_through_the_registered_agent_with_bluez_errors() {
         // An agent that does not answer in time gets Cancel; Pair times out.
         emu.set_agent_timeout(Duration::from_millis(300));
         script.lock().expect("script").stall = Some(Duration::from_secs(2));
-        let e = call(&c, DEV, "org.bluez.Device1", "Pair").await.expect_err("timeout");
+        let e = call(&c, DEV, "org.bluez.Device1", "Pair")
+            .await
+            .expect_err("timeout");
         assert_eq!(error_name(&e), "org.bluez.Error.AuthenticationTimeout");
-        assert!(script.lock().expect("script").asked.contains(&"Cancel".to_owned()));
+        assert!(
+            script
+                .lock()
+                .expect("script")
+                .asked
+                .contains(&"Cancel".to_owned())
+        );
 
         // CancelPairing while the agent is being asked.
         script.lock().expect("script").asked.clear();
@@ -209,9 +230,13 @@ fn pairing_goes_through_the_registered_agent_with_bluez_errors() {
             s.stall = None;
             s.passkey = 123_456;
         }
-        call(&c, DEV, "org.bluez.Device1", "Pair").await.expect("pair");
+        call(&c, DEV, "org.bluez.Device1", "Pair")
+            .await
+            .expect("pair");
         assert!(emu.is_paired(METER));
-        let e = call(&c, DEV, "org.bluez.Device1", "Pair").await.expect_err("again");
+        let e = call(&c, DEV, "org.bluez.Device1", "Pair")
+            .await
+            .expect_err("again");
         assert_eq!(error_name(&e), "org.bluez.Error.AlreadyExists");
 
         // Trusted is writable.
@@ -251,7 +276,9 @@ fn pairing_goes_through_the_registered_agent_with_bluez_errors() {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let e = call(&c, DEV, "org.bluez.Device1", "Pair").await.expect_err("rejected");
+        let e = call(&c, DEV, "org.bluez.Device1", "Pair")
+            .await
+            .expect_err("rejected");
         assert_eq!(error_name(&e), "org.bluez.Error.AuthenticationRejected");
         assert!(
             script

@@ -83,7 +83,11 @@ impl Rig {
             sigterm(&child);
             let status = wait_deadline(&mut child, Duration::from_secs(20))
                 .expect("vitalgate run stops on SIGTERM");
-            assert!(status.success(), "vitalgate run exited with {status}\n{}", self.log_text());
+            assert!(
+                status.success(),
+                "vitalgate run exited with {status}\n{}",
+                self.log_text()
+            );
         }
     }
 
@@ -144,7 +148,10 @@ impl Rig {
             if let Some(child) = self.agent.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
-                panic!("vitalgate run exited ({status}) while waiting for {what}\n{}", self.log_text());
+                panic!(
+                    "vitalgate run exited ({status}) while waiting for {what}\n{}",
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -184,16 +191,28 @@ fn a_passkey_glucose_meter_pairs_with_the_right_pin_only_and_unpairs() {
     rig.start_agent();
 
     // A wrong PIN: BlueZ's AuthenticationFailed, nothing allowlisted, bound or read.
-    let out = rig.pair(&["--patient", "Patient/pr-0001", "--seconds", "6", "--pin", "000000"]);
+    let out = rig.pair(&[
+        "--patient",
+        "Patient/pr-0001",
+        "--seconds",
+        "6",
+        "--pin",
+        "000000",
+    ]);
     out.expect_code(75);
     assert!(
-        out.stdout.contains(&format!("{METER} did not pair: org.bluez.Error.AuthenticationFailed")),
+        out.stdout.contains(&format!(
+            "{METER} did not pair: org.bluez.Error.AuthenticationFailed"
+        )),
         "{}\n{}",
         out.stdout,
         out.stderr
     );
     assert!(!rig.emu.is_paired(METER));
-    assert!(rig.devices().is_empty(), "a device that failed to pair is not taken on");
+    assert!(
+        rig.devices().is_empty(),
+        "a device that failed to pair is not taken on"
+    );
     assert!(rig.readings(METER).is_empty());
 
     // The right PIN: bonded and trusted in BlueZ, allowlisted and bound in the store.
@@ -206,10 +225,16 @@ fn a_passkey_glucose_meter_pairs_with_the_right_pin_only_and_unpairs() {
         &PASSKEY.to_string(),
     ]);
     out.expect_code(0);
-    assert!(out.stdout.contains(&format!("Paired {METER}")), "{}", out.stdout);
+    assert!(
+        out.stdout.contains(&format!("Paired {METER}")),
+        "{}",
+        out.stdout
+    );
     assert!(rig.emu.is_paired(METER) && rig.emu.is_trusted(METER));
     // The record download needed the bond; now the daemon connects and gets every record.
-    rig.wait_for("the meter's records", |r| sequences(&r.readings(METER)) == [1, 2, 3]);
+    rig.wait_for("the meter's records", |r| {
+        sequences(&r.readings(METER)) == [1, 2, 3]
+    });
     let devices = rig.devices();
     assert_eq!(devices.len(), 1, "{devices:#?}");
     let d = &devices[0];
@@ -226,13 +251,20 @@ fn a_passkey_glucose_meter_pairs_with_the_right_pin_only_and_unpairs() {
     // The text form has the placeholder battery column and the binding.
     let text = rig.cli("devices", &[]);
     text.expect_code(0);
-    assert!(text.stdout.contains("BATTERY") && text.stdout.contains("Patient/pr-0001"), "{}", text.stdout);
+    assert!(
+        text.stdout.contains("BATTERY") && text.stdout.contains("Patient/pr-0001"),
+        "{}",
+        text.stdout
+    );
 
     // The PIN is gone from the store with its window, and was never logged.
     let windows = WindowReader::open(&rig.site.db(), &rig.site.keying()).expect("windows");
     assert_eq!(windows.windows_holding_a_pin().expect("count"), 0);
     assert!(windows.open_windows().expect("open").is_empty());
-    assert!(!rig.log_text().contains(&PASSKEY.to_string()), "the PIN reached the log");
+    assert!(
+        !rig.log_text().contains(&PASSKEY.to_string()),
+        "the PIN reached the log"
+    );
     let audit = rig.audit_actions();
     assert!(
         audit.iter().any(|(actor, action, d)| actor == "ble:pairing"
@@ -287,9 +319,20 @@ fn a_pairing_window_that_expires_stops_discovery_and_pairs_nothing() {
     // The meter is not in pairing mode (not advertising) while the window is open.
     rig.emu.set_advertising(METER, false);
     rig.start_agent();
-    let out = rig.pair(&["--patient", "Patient/pr-0002", "--seconds", "3", "--pin", "123456"]);
+    let out = rig.pair(&[
+        "--patient",
+        "Patient/pr-0002",
+        "--seconds",
+        "3",
+        "--pin",
+        "123456",
+    ]);
     out.expect_code(75);
-    assert!(out.stderr.contains("expired before a device was found"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("expired before a device was found"),
+        "{}",
+        out.stderr
+    );
     let calls = rig.emu.call_log();
     let pairing_client = calls
         .iter()
@@ -298,10 +341,16 @@ fn a_pairing_window_that_expires_stops_discovery_and_pairs_nothing() {
         .expect("the daemon registered its agent")
         .to_owned();
     assert!(
-        calls.iter().any(|c| *c == format!("StopDiscovery /org/bluez/hci0 {pairing_client}")),
+        calls
+            .iter()
+            .any(|c| *c == format!("StopDiscovery /org/bluez/hci0 {pairing_client}")),
         "discovery stopped with the window: {calls:#?}"
     );
-    assert!(calls.iter().any(|c| *c == format!("UnregisterAgent /org/bluez {pairing_client}")));
+    assert!(
+        calls
+            .iter()
+            .any(|c| *c == format!("UnregisterAgent /org/bluez {pairing_client}"))
+    );
     // In pairing mode now, after the window: nothing pairs.
     rig.emu.set_advertising(METER, true);
     std::thread::sleep(Duration::from_secs(3));
@@ -321,7 +370,10 @@ fn weight(kg: u16, user: u8, record: u32) -> Vec<u8> {
 }
 
 fn subject_of(o: &Value) -> String {
-    o["subject"]["reference"].as_str().unwrap_or_default().to_owned()
+    o["subject"]["reference"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 fn weight_kg(o: &Value) -> Option<f64> {
@@ -331,9 +383,15 @@ fn weight_kg(o: &Value) -> Option<f64> {
 #[test]
 fn a_two_user_scale_binds_each_user_to_its_patient_and_holds_an_unbound_user() {
     let server = FhirServer::start();
-    let (status, a) = server.post("Patient", &serde_json::json!({"resourceType": "Patient", "active": true}));
+    let (status, a) = server.post(
+        "Patient",
+        &serde_json::json!({"resourceType": "Patient", "active": true}),
+    );
     assert_eq!(status, 201, "{a}");
-    let (status, b) = server.post("Patient", &serde_json::json!({"resourceType": "Patient", "active": true}));
+    let (status, b) = server.post(
+        "Patient",
+        &serde_json::json!({"resourceType": "Patient", "active": true}),
+    );
     assert_eq!(status, 201, "{b}");
     let patient_a = format!("Patient/{}", a["id"].as_str().expect("id"));
     let patient_b = format!("Patient/{}", b["id"].as_str().expect("id"));
@@ -348,8 +406,15 @@ fn a_two_user_scale_binds_each_user_to_its_patient_and_holds_an_unbound_user() {
     rig.start_agent();
 
     // User 1 pairs the scale; user 2 is bound to the same, already paired scale.
-    rig.pair(&["--patient", &patient_a, "--user-index", "1", "--seconds", "20"])
-        .expect_code(0);
+    rig.pair(&[
+        "--patient",
+        &patient_a,
+        "--user-index",
+        "1",
+        "--seconds",
+        "20",
+    ])
+    .expect_code(0);
     let out = rig.pair(&[
         "--patient",
         &patient_b,
@@ -363,18 +428,29 @@ fn a_two_user_scale_binds_each_user_to_its_patient_and_holds_an_unbound_user() {
     out.expect_code(0);
     assert!(out.stdout.contains("(user 2)"), "{}", out.stdout);
     assert_eq!(
-        rig.emu.call_log().iter().filter(|c| c.starts_with("Pair ")).count(),
+        rig.emu
+            .call_log()
+            .iter()
+            .filter(|c| c.starts_with("Pair "))
+            .count(),
         1,
         "the second user needs no second bond"
     );
-    rig.wait_for("the daemon subscribed to the scale", |r| r.emu.is_notifying(SCALE, 0x2A9D));
+    rig.wait_for("the daemon subscribed to the scale", |r| {
+        r.emu.is_notifying(SCALE, 0x2A9D)
+    });
 
     // Three people step on it: users 1 and 2 (bound) and 3 (not bound).
     for (kg, user, record) in [(70, 1, 40), (80, 2, 41), (90, 3, 42)] {
-        assert!(rig.rt.block_on(rig.emu.notify(SCALE, 0x2A9D, &weight(kg, user, record))));
+        assert!(
+            rig.rt
+                .block_on(rig.emu.notify(SCALE, 0x2A9D, &weight(kg, user, record)))
+        );
     }
     rig.wait_for("three weights stored", |r| r.readings(SCALE).len() == 3);
-    rig.wait_for("two weights delivered", |_| server.observations_with_code("188736") >= 2);
+    rig.wait_for("two weights delivered", |_| {
+        server.observations_with_code("188736") >= 2
+    });
     // Give delivery time to (wrongly) send the third, then look.
     std::thread::sleep(Duration::from_secs(3));
     let weights: Vec<Value> = server
@@ -382,7 +458,11 @@ fn a_two_user_scale_binds_each_user_to_its_patient_and_holds_an_unbound_user() {
         .into_iter()
         .filter(|o| o["code"]["coding"][0]["code"] == "188736")
         .collect();
-    assert_eq!(weights.len(), 2, "only bound users' weights reach the server: {weights:#?}");
+    assert_eq!(
+        weights.len(),
+        2,
+        "only bound users' weights reach the server: {weights:#?}"
+    );
     for o in &weights {
         match weight_kg(o) {
             Some(v) if (v - 70.0).abs() < 1e-9 => assert_eq!(subject_of(o), patient_a),
@@ -409,7 +489,12 @@ fn a_two_user_scale_binds_each_user_to_its_patient_and_holds_an_unbound_user() {
         ])
     );
     let text = rig.cli("devices", &[]);
-    assert!(text.stdout.contains("1 reading(s) held, not delivered: no binding for user 3"), "{}", text.stdout);
+    assert!(
+        text.stdout
+            .contains("1 reading(s) held, not delivered: no binding for user 3"),
+        "{}",
+        text.stdout
+    );
     let status = rig.cli("status", &["--json"]);
     status.expect_code(0);
     let status: Value = serde_json::from_str(&status.stdout).expect("status JSON");

@@ -360,12 +360,9 @@ impl Ctx<'_> {
         });
         let disconnected = Arc::new(Notify::new());
         let cancel = self.cancel.child_token();
-        let handle = self.tasks.spawn(device_loop(
-            p,
-            shared,
-            disconnected.clone(),
-            cancel.clone(),
-        ));
+        let handle = self
+            .tasks
+            .spawn(device_loop(p, shared, disconnected.clone(), cancel.clone()));
         devices.insert(
             id.clone(),
             DeviceTask {

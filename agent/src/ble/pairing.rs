@@ -276,7 +276,12 @@ impl WindowReader {
 }
 
 /// Closes a window with its outcome and forgets its PIN.
-fn close(conn: &Connection, now: i64, id: i64, outcome: &serde_json::Value) -> rusqlite::Result<()> {
+fn close(
+    conn: &Connection,
+    now: i64,
+    id: i64,
+    outcome: &serde_json::Value,
+) -> rusqlite::Result<()> {
     conn.execute(
         "UPDATE pairing_windows SET closed_ms = ?1, pin = NULL, outcome = ?2 \
          WHERE id = ?3 AND closed_ms IS NULL",
@@ -454,7 +459,10 @@ struct SeenDevice {
 
 type ManagedObjects = HashMap<OwnedObjectPath, HashMap<String, HashMap<String, OwnedValue>>>;
 
-async fn devices(conn: &zbus::Connection, adapter_path: &str) -> Result<Vec<SeenDevice>, zbus::Error> {
+async fn devices(
+    conn: &zbus::Connection,
+    adapter_path: &str,
+) -> Result<Vec<SeenDevice>, zbus::Error> {
     let reply = conn
         .call_method(
             Some("org.bluez"),
@@ -540,8 +548,7 @@ impl Session<'_> {
                 Ok(Err(e)) if error_name(&e) == "org.bluez.Error.AlreadyExists" => {}
                 Ok(Err(e)) => return Err(error_name(&e)),
                 Err(_) => {
-                    let _ = call(&self.conn, path, "org.bluez.Device1", "CancelPairing", &())
-                        .await;
+                    let _ = call(&self.conn, path, "org.bluez.Device1", "CancelPairing", &()).await;
                     return Err("window expired while pairing".into());
                 }
             }
@@ -573,7 +580,10 @@ async fn serve_window(
     if let Some(p) = &policy
         && p.mode == crate::fleet::desired::PairingMode::AllowlistOnly
     {
-        tracing::info!(window = w.id, "Pairing window refused: the pairing policy is allowlist-only.");
+        tracing::info!(
+            window = w.id,
+            "Pairing window refused: the pairing policy is allowlist-only."
+        );
         close_window(
             store,
             w.id,
@@ -653,10 +663,36 @@ async fn serve_window(
         &(filter,),
     )
     .await?;
-    call(&session.conn, &adapter_path, "org.bluez.Adapter1", "StartDiscovery", &()).await?;
-    tracing::info!(window = w.id, until_ms = w.until_ms, "Pairing window open: discovering health devices.");
-    let result = discover_and_pair(w, &session, reader, config_allow, policy_allow.as_ref(), cancel).await;
-    let _ = call(&session.conn, &adapter_path, "org.bluez.Adapter1", "StopDiscovery", &()).await;
+    call(
+        &session.conn,
+        &adapter_path,
+        "org.bluez.Adapter1",
+        "StartDiscovery",
+        &(),
+    )
+    .await?;
+    tracing::info!(
+        window = w.id,
+        until_ms = w.until_ms,
+        "Pairing window open: discovering health devices."
+    );
+    let result = discover_and_pair(
+        w,
+        &session,
+        reader,
+        config_allow,
+        policy_allow.as_ref(),
+        cancel,
+    )
+    .await;
+    let _ = call(
+        &session.conn,
+        &adapter_path,
+        "org.bluez.Adapter1",
+        "StopDiscovery",
+        &(),
+    )
+    .await;
     let _ = call(
         &session.conn,
         "/org/bluez",
@@ -754,7 +790,10 @@ async fn discover_and_pair(
 pub async fn remove_bond(adapter: &str, address: &str) -> Result<bool, zbus::Error> {
     let conn = zbus::Connection::system().await?;
     let adapter_path = format!("/org/bluez/{adapter}");
-    let device = format!("{adapter_path}/dev_{}", address.to_ascii_uppercase().replace(':', "_"));
+    let device = format!(
+        "{adapter_path}/dev_{}",
+        address.to_ascii_uppercase().replace(':', "_")
+    );
     let paired = match conn
         .call_method(
             Some("org.bluez"),
@@ -774,7 +813,15 @@ pub async fn remove_bond(adapter: &str, address: &str) -> Result<bool, zbus::Err
         Err(e) => return Err(e),
     };
     let device = ObjectPath::try_from(device)?;
-    match call(&conn, &adapter_path, "org.bluez.Adapter1", "RemoveDevice", &(device,)).await {
+    match call(
+        &conn,
+        &adapter_path,
+        "org.bluez.Adapter1",
+        "RemoveDevice",
+        &(device,),
+    )
+    .await
+    {
         Ok(()) => Ok(paired),
         Err(e) if error_name(&e) == "org.bluez.Error.DoesNotExist" => Ok(false),
         Err(e) => Err(e),
@@ -815,10 +862,20 @@ pub async fn watch(
             continue;
         };
         for old in &windows[..windows.len() - 1] {
-            let _ = close_window(&store, old.id, json!({"result": "superseded", "by": newest.id})).await;
+            let _ = close_window(
+                &store,
+                old.id,
+                json!({"result": "superseded", "by": newest.id}),
+            )
+            .await;
         }
         if newest.until_ms <= now_ms() {
-            let _ = close_window(&store, newest.id, json!({"result": "expired", "failures": []})).await;
+            let _ = close_window(
+                &store,
+                newest.id,
+                json!({"result": "expired", "failures": []}),
+            )
+            .await;
             continue;
         }
         match serve_window(&newest, &adapter, r, &store, &config_allow, &cancel).await {

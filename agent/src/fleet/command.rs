@@ -291,7 +291,12 @@ pub fn parse(id: &str, payload: &[u8], now: SystemTime) -> Result<Command, Comma
             };
             CommandKind::OpenPairingWindow {
                 seconds: f.seconds,
-                pin: f.pin.as_deref().map(Pin::parse).transpose().map_err(invalid)?,
+                pin: f
+                    .pin
+                    .as_deref()
+                    .map(Pin::parse)
+                    .transpose()
+                    .map_err(invalid)?,
                 patient: f
                     .patient_ref
                     .as_deref()

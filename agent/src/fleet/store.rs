@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use vitalgate_drivers::{DeviceIdentity, Transport};
 
 use super::command::PatientRef;
-use crate::ble::pairing::WindowRequest;
 use super::desired::Binding;
+use crate::ble::pairing::WindowRequest;
 use crate::store::{Keying, NewEvent, StoreError, StoreHandle, StoreReader, StoreStatus};
 
 /// How long an id is remembered beyond its expiry, so a replay of an expired command is

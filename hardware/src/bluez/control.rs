@@ -67,7 +67,12 @@ impl Control {
 
     /// How the device pairs: `just-works`, `passkey`, `confirmation`, `display` (with the
     /// passkey as `secret`) or `pin` (with the PIN).
-    fn set_pairing(&self, address: String, method: String, secret: String) -> zbus::fdo::Result<()> {
+    fn set_pairing(
+        &self,
+        address: String,
+        method: String,
+        secret: String,
+    ) -> zbus::fdo::Result<()> {
         let m = PairingMethod::parse(&method, &secret).ok_or_else(|| {
             zbus::fdo::Error::InvalidArgs(format!("unknown pairing method {method} or bad secret"))
         })?;

@@ -147,10 +147,7 @@ where
         body,
     );
     let outcome = tokio::select! {
-        r = tokio::time::timeout(timeout, call) => match r {
-            Ok(r) => Some(r),
-            Err(_) => None,
-        },
+        r = tokio::time::timeout(timeout, call) => r.ok(),
         _ = cancel.notified() => {
             send_cancel(core, client, agent_path).await;
             return AgentAnswer::Err(BluezError::AuthenticationCanceled(
@@ -182,9 +179,9 @@ where
             }
             _ => BluezError::AuthenticationFailed("Authentication Failed".into()),
         }),
-        Some(Err(_)) => {
-            AgentAnswer::Err(BluezError::AuthenticationFailed("Authentication Failed".into()))
-        }
+        Some(Err(_)) => AgentAnswer::Err(BluezError::AuthenticationFailed(
+            "Authentication Failed".into(),
+        )),
     }
 }
 
@@ -274,9 +271,9 @@ async fn pair_steps(
         .get(address)
         .is_some_and(|d| d.connected);
     if !was_connected {
-        link::connect(core, address).await.map_err(|_| {
-            BluezError::ConnectionAttemptFailed("Page Timeout".into())
-        })?;
+        link::connect(core, address)
+            .await
+            .map_err(|_| BluezError::ConnectionAttemptFailed("Page Timeout".into()))?;
     }
     if !method.needs_agent() {
         return Ok(());
@@ -299,8 +296,15 @@ async fn pair_steps(
     match method {
         PairingMethod::JustWorks => Ok(()),
         PairingMethod::Passkey(expected) => {
-            match ask_agent::<u32>(core, &client, &agent.path, cancel, "RequestPasskey", &(device,))
-                .await
+            match ask_agent::<u32>(
+                core,
+                &client,
+                &agent.path,
+                cancel,
+                "RequestPasskey",
+                &(device,),
+            )
+            .await
             {
                 AgentAnswer::Ok(p) if p == *expected => Ok(()),
                 AgentAnswer::Ok(_) => Err(failed()),
@@ -361,7 +365,11 @@ async fn pair_steps(
 /// `Device1.CancelPairing`: fails the `Pair` in progress, or `DoesNotExist` when none is.
 pub(crate) fn cancel_pairing(core: &Core, address: &str) -> Result<(), BluezError> {
     let w = core.world();
-    match w.devices.get(address).and_then(|d| d.pairing_cancel.clone()) {
+    match w
+        .devices
+        .get(address)
+        .and_then(|d| d.pairing_cancel.clone())
+    {
         Some(n) => {
             n.notify_one();
             Ok(())
