@@ -501,3 +501,121 @@ fn a_two_user_scale_binds_each_user_to_its_patient_and_holds_an_unbound_user() {
     assert_eq!(status["readings"]["held_unbound"], 1, "{status:#}");
     rig.stop_agent();
 }
+
+fn expires_in(secs: u64) -> String {
+    vitalgate::fleet::command::format_rfc3339(
+        std::time::SystemTime::now() + Duration::from_secs(secs),
+    )
+}
+
+#[test]
+fn a_fleet_command_opens_a_window_the_daemon_serves_under_the_pairing_policy() {
+    use vitalgate_e2e::broker::{Broker, IT_USER, Recorder};
+    const GW: (&str, &str) = ("test-gw", "test-gw-pw");
+    const PATIENT: &str = "Patient/pr-fleet-5e1";
+    // Sorts before the meter, so the window looks at it first.
+    const NEIGHBOUR_SCALE: &str = "A0:00:00:00:00:1D";
+    let broker_dir = tempfile::tempdir().expect("tempdir");
+    let broker = Broker::start(broker_dir.path(), &[GW], &[]);
+    let it = Recorder::connect(broker.port, &broker.ca(), IT_USER, "vitalgate/#");
+    let fleet = broker.fleet_toml(
+        GW.0,
+        GW.1,
+        // Events go out with telemetry.
+        "telemetry_interval = \"1s\"\nreconnect_min = \"200ms\"\nreconnect_max = \"1s\"\nconnect_timeout = \"2s\"\n",
+    );
+    let devices = vec![
+        PeripheralSpec::new(Profile::Glucose, METER)
+            .with_records(3)
+            .unbonded()
+            .with_pairing(PairingMethod::Passkey(PASSKEY)),
+        // A neighbour's scale in pairing mode: not in the policy's allow list.
+        PeripheralSpec::new(Profile::Scale, NEIGHBOUR_SCALE).unbonded(),
+    ];
+    let mut rig = Rig::new(devices, &format!("\n{fleet}"));
+    rig.start_agent();
+    let topic = |rest: &str| format!("vitalgate/{}/{rest}", GW.0);
+    let command = |id: &str, body: Value| -> Value {
+        it.publish(&topic(&format!("cmd/{id}")), &body.to_string(), false);
+        it.wait_for(&topic(&format!("cmd/{id}/result")), WAIT, |v| {
+            v["status"] == "succeeded" || v["status"] == "failed"
+        })
+    };
+    let applied = |version: u64| {
+        it.wait_for(&topic("config/reported"), WAIT, |v| {
+            v["status"] == "applied" && v["version"] == version
+        });
+    };
+
+    // allowlist-only: the window is refused.
+    it.publish(
+        &topic("config/desired"),
+        r#"{"version": 1, "pairing": {"mode": "allowlist-only"}}"#,
+        true,
+    );
+    applied(1);
+    let r = command(
+        "pair-1",
+        serde_json::json!({"type": "open-pairing-window", "expires_at": expires_in(300),
+            "seconds": 30, "pin": PASSKEY.to_string(), "patient_ref": PATIENT}),
+    );
+    assert_eq!(r["status"], "failed", "{r}");
+
+    // A window policy that lets only the meter pair.
+    it.publish(
+        &topic("config/desired"),
+        &format!(
+            r#"{{"version": 2, "pairing": {{"mode": "window", "allow": ["{METER}"], "max_window": "5m"}}}}"#
+        ),
+        true,
+    );
+    applied(2);
+    let r = command(
+        "pair-2",
+        serde_json::json!({"type": "open-pairing-window", "expires_at": expires_in(300),
+            "seconds": 30, "pin": PASSKEY.to_string(), "patient_ref": PATIENT}),
+    );
+    assert_eq!(r["status"], "succeeded", "{r}");
+    // The daemon acts on the recorded window: the meter pairs with the command's PIN.
+    rig.wait_for("the meter bound by the fleet window", |r| {
+        r.devices()
+            .iter()
+            .any(|d| d["address"] == METER && d["bindings"][0]["patient_ref"] == PATIENT)
+    });
+    assert!(rig.emu.is_paired(METER));
+    rig.wait_for("the meter's records", |r| {
+        sequences(&r.readings(METER)) == [1, 2, 3]
+    });
+    // The scale was seen but refused by the policy's allow list.
+    assert!(!rig.emu.is_paired(NEIGHBOUR_SCALE));
+    assert!(
+        !rig.emu
+            .call_log()
+            .iter()
+            .any(|c| c.starts_with("Pair ") && c.contains("dev_A0_00_00_00_00_1D"))
+    );
+    assert!(
+        rig.log_text()
+            .contains("not in the pairing policy's allow list")
+    );
+    it.wait_for(&topic("events"), WAIT, |v| {
+        v.to_string().contains("device-paired")
+    });
+    // Neither the PIN nor the patient reference came back over MQTT or into the log.
+    for m in it.all() {
+        let it_wrote = m.topic.ends_with("/config/desired")
+            || (m.topic.contains("/cmd/") && !m.topic.ends_with("/result"));
+        if it_wrote {
+            continue;
+        }
+        let text = String::from_utf8_lossy(&m.payload);
+        assert!(
+            !text.contains(&PASSKEY.to_string()) && !text.contains(PATIENT),
+            "{}: {text}",
+            m.topic
+        );
+    }
+    let log = rig.log_text();
+    assert!(!log.contains(&PASSKEY.to_string()) && !log.contains(PATIENT));
+    rig.stop_agent();
+}
