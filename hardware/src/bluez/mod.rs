@@ -5,8 +5,9 @@
 //!
 //! The kernel here has no Bluetooth (test-harness.md §0), so BlueZ itself cannot run; the
 //! emulation sits at the D-Bus level, where btleplug talks to BlueZ. Module map: [`bus`] the
-//! private `dbus-daemon`; `world` the state; `objects` the BlueZ interfaces; `link` scanning
-//! and links; `behaviour` what each peripheral does; [`profile`] the GATT databases;
+//! private `dbus-daemon`; `world` the state; `objects` the BlueZ interfaces; `pairing`
+//! AgentManager1 and `Device1.Pair` through the client's `Agent1`; `link` scanning and
+//! links; `behaviour` what each peripheral does; [`profile`] the GATT databases;
 //! [`payload`] the bytes they send; `control` the `io.vitalgate.Control1` D-Bus interface
 //! for out-of-process use. [`Emulator`] is the in-process control API.
 
