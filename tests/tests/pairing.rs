@@ -360,6 +360,53 @@ fn a_pairing_window_that_expires_stops_discovery_and_pairs_nothing() {
     rig.stop_agent();
 }
 
+#[test]
+fn a_window_that_expires_mid_pairing_cancels_it() {
+    let mut rig = Rig::new(
+        vec![
+            PeripheralSpec::new(Profile::Glucose, METER)
+                .unbonded()
+                .with_pairing(PairingMethod::Passkey(PASSKEY)),
+        ],
+        "",
+    );
+    // The meter takes far longer to complete pairing than the window lasts.
+    rig.emu
+        .set_pairing_delay(METER, Some(Duration::from_secs(60)));
+    rig.start_agent();
+    let started = Instant::now();
+    let out = rig.pair(&[
+        "--patient",
+        "Patient/pr-0003",
+        "--seconds",
+        "3",
+        "--pin",
+        "123456",
+    ]);
+    out.expect_code(75);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the window ended the pairing at its expiry"
+    );
+    assert!(
+        out.stdout.contains(&format!(
+            "{METER} did not pair: window expired while pairing"
+        )),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    let calls = rig.emu.call_log();
+    assert!(calls.iter().any(|c| c.starts_with("Pair ")), "{calls:#?}");
+    assert!(
+        calls.iter().any(|c| c.starts_with("CancelPairing ")),
+        "{calls:#?}"
+    );
+    assert!(!rig.emu.is_paired(METER));
+    assert!(rig.devices().is_empty());
+    rig.stop_agent();
+}
+
 /// A Weight Measurement with a time stamp and a user id: `kg` × 200 (0.005 kg steps).
 fn weight(kg: u16, user: u8, record: u32) -> Vec<u8> {
     let mut b = vec![0x06];

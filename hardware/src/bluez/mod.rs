@@ -203,6 +203,18 @@ impl Emulator {
         }
     }
 
+    /// Makes the device take `delay` to complete pairing (`None`: at once).
+    pub fn set_pairing_delay(&self, address: &str, delay: Option<Duration>) {
+        if let Some(d) = self
+            .core
+            .world()
+            .devices
+            .get_mut(&address.to_ascii_uppercase())
+        {
+            d.pairing_delay = delay;
+        }
+    }
+
     /// How long BlueZ waits for an agent's answer (60 s in BlueZ).
     pub fn set_agent_timeout(&self, timeout: Duration) {
         self.core.world().agent_timeout = timeout;

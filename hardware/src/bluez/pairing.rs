@@ -275,6 +275,22 @@ async fn pair_steps(
             .await
             .map_err(|_| BluezError::ConnectionAttemptFailed("Page Timeout".into()))?;
     }
+    // A device that is slow to complete pairing; CancelPairing still ends it at once.
+    let slow = core
+        .world()
+        .devices
+        .get(address)
+        .and_then(|d| d.pairing_delay);
+    if let Some(delay) = slow {
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = cancel.notified() => {
+                return Err(BluezError::AuthenticationCanceled(
+                    "Authentication Canceled".into(),
+                ));
+            }
+        }
+    }
     if !method.needs_agent() {
         return Ok(());
     }

@@ -78,6 +78,8 @@ pub(crate) struct DeviceState {
     pub trusted: bool,
     /// Set while a `Pair` waits on the agent; `CancelPairing` fires it.
     pub pairing_cancel: Option<Arc<tokio::sync::Notify>>,
+    /// How long the device takes to complete pairing (the user still pressing its button).
+    pub pairing_delay: Option<Duration>,
     pub rssi: i16,
     pub services: Vec<ServiceState>,
     /// Bumped at every connect and disconnect, so a task started for one link stops when it
@@ -163,6 +165,7 @@ impl DeviceState {
             paired: bonded,
             trusted: false,
             pairing_cancel: None,
+            pairing_delay: None,
             services,
             epoch: 0,
             unsent,
