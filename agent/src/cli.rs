@@ -77,6 +77,12 @@ enum Command {
     /// Decode device bytes and print the FHIR resources they map to.
     #[command(subcommand)]
     Decode(crate::cli_fhir::DecodeCommand),
+    /// Pair a home device with this gateway and bind it to a patient (the daemon pairs it).
+    Pair(crate::cli_pair::PairArgs),
+    /// Remove a device's bond, binding and allowlist entry (audited; readings are kept).
+    Unpair(crate::cli_pair::UnpairArgs),
+    /// List the devices this gateway has taken on, with their bindings.
+    Devices(crate::cli_pair::DevicesArgs),
     /// Signed software update: keys, signing, applying, status.
     #[command(subcommand)]
     Update(crate::cli_update::UpdateCommand),
@@ -164,6 +170,9 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
         } => status(cli.config.as_deref(), &state.state_dir, json, verify),
         Command::Provision(a) => crate::cli_install::provision_cmd(cli.config.as_deref(), a),
         Command::Doctor(a) => crate::cli_install::doctor_cmd(cli.config.as_deref(), a),
+        Command::Pair(a) => crate::cli_pair::pair(cli.config.as_deref(), a),
+        Command::Unpair(a) => crate::cli_pair::unpair(cli.config.as_deref(), a),
+        Command::Devices(a) => crate::cli_pair::devices(cli.config.as_deref(), a),
         Command::Update(u) => crate::cli_update::dispatch(u, || {
             load_config(cli.config.as_deref(), Required::IfPresent)
         }),
@@ -406,6 +415,12 @@ pub(crate) fn print_status(s: &StoreStatus) {
     match s.oldest_undelivered_ms {
         Some(ms) => println!("Oldest undelivered: received {}", when(ms)),
         None => println!("Oldest undelivered: none"),
+    }
+    if r.held_unbound > 0 {
+        println!(
+            "Held:     {} reading(s) with no patient binding for their device or user (see `vitalgate devices`)",
+            r.held_unbound
+        );
     }
     if s.destinations.is_empty() {
         println!("Destinations: none have readings routed to them");

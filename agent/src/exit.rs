@@ -36,7 +36,11 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
                 P::Exists { .. } | P::Write { .. } => CANTCREAT,
             };
         }
-        if cause.downcast_ref::<ConfigError>().is_some() {
+        if cause.downcast_ref::<ConfigError>().is_some()
+            || cause
+                .downcast_ref::<crate::cli_pair::BadArgument>()
+                .is_some()
+        {
             return USAGE;
         }
         if let Some(k) = cause.downcast_ref::<KeyError>() {

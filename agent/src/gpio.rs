@@ -314,6 +314,32 @@ impl SqlGpioStore {
     }
 }
 
+impl SqlGpioStore {
+    /// A button has no keyboard: a device paired by it is bound to the gateway's patient when
+    /// the gateway serves exactly one (the home case). Otherwise it is only allowlisted, and
+    /// its readings are held until IT binds it (`bind` command or `vitalgate pair --device`).
+    fn sole_patient(
+        &self,
+    ) -> Result<Option<crate::fleet::command::PatientRef>, crate::store::StoreError> {
+        let conn = self
+            .reader
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let path = self.handle.path().to_owned();
+        let mut stmt = conn
+            .prepare("SELECT DISTINCT patient FROM bindings LIMIT 2")
+            .map_err(|e| crate::store::StoreError::from_sqlite(&path, "gpio patients", e))?;
+        let patients = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| crate::store::StoreError::from_sqlite(&path, "gpio patients", e))?;
+        Ok(match patients.as_slice() {
+            [one] => crate::fleet::command::PatientRef::parse(one).ok(),
+            _ => None,
+        })
+    }
+}
+
 impl GpioStore for SqlGpioStore {
     async fn open_pairing_window(
         &self,
@@ -321,7 +347,16 @@ impl GpioStore for SqlGpioStore {
         until_ms: i64,
     ) -> Result<(), crate::store::StoreError> {
         use crate::fleet::store::FleetStore as _;
-        self.fleet.open_pairing_window(id, until_ms).await
+        let patient = self.sole_patient()?;
+        let request = crate::ble::pairing::WindowRequest {
+            until_ms,
+            patient,
+            user_index: -1,
+            device: None,
+            pin: None,
+            actor: id.to_owned(),
+        };
+        self.fleet.open_pairing_window(&request).await
     }
 
     async fn state(&self, now_ms: i64) -> Result<GatewayState, crate::store::StoreError> {

@@ -4,6 +4,7 @@
 mod cli;
 mod cli_fhir;
 mod cli_install;
+mod cli_pair;
 mod cli_update;
 mod entry;
 mod exit;

@@ -348,6 +348,9 @@ fn glucose_download_is_incremental_across_connections() {
     );
     // Nothing new: the meter answers "no records found", which is a successful download.
     let completions = |r: &Rig| r.log_text().matches("Record download complete").count();
+    // The cursor is committed before the download's completion is logged: wait for the third
+    // completion line, or it could be taken for the next download's.
+    rig.wait_for("the third download's completion", |r| completions(r) >= 3);
     let before = completions(&rig);
     rig.block_on(rig.emu.drop_link(GLUCOSE));
     rig.wait_for("an empty download", |r| completions(r) > before);

@@ -54,7 +54,7 @@ pub enum SessionError {
     Timeout { step: &'static str },
     #[error(
         "the device needs a bonded link for its stored records (ATT error 0x05): pair it \
-         through BlueZ (bluetoothctl) first"
+         through BlueZ first (`vitalgate pair`)"
     )]
     NeedsBonding,
     #[error(transparent)]

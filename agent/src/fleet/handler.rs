@@ -259,7 +259,13 @@ async fn execute<S: FleetStore>(
                 None,
             )
         }
-        CommandKind::OpenPairingWindow { seconds } => {
+        CommandKind::OpenPairingWindow {
+            seconds,
+            pin,
+            patient,
+            user_index,
+            device,
+        } => {
             let policy = ctx.runtime().pairing.clone();
             if let Some(p) = &policy {
                 if p.mode == PairingMode::AllowlistOnly {
@@ -286,7 +292,15 @@ async fn execute<S: FleetStore>(
             let until_ms = until
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as i64);
-            match ctx.store.open_pairing_window(id, until_ms).await {
+            let request = crate::ble::pairing::WindowRequest {
+                until_ms,
+                patient: patient.clone(),
+                user_index: *user_index,
+                device: device.clone(),
+                pin: pin.clone(),
+                actor: format!("fleet:{id}"),
+            };
+            match ctx.store.open_pairing_window(&request).await {
                 Ok(()) => (
                     true,
                     format!("pairing window open for {seconds}s"),
@@ -588,7 +602,10 @@ mod tests {
                 .remove(&(address.into(), user))
                 .is_some())
         }
-        async fn open_pairing_window(&self, _: &str, _: i64) -> Result<(), StoreError> {
+        async fn open_pairing_window(
+            &self,
+            _: &crate::ble::pairing::WindowRequest,
+        ) -> Result<(), StoreError> {
             Ok(())
         }
         async fn applied_config(&self) -> Result<Option<(u64, String)>, StoreError> {

@@ -14,6 +14,7 @@ use vitalgate_drivers::{DeviceIdentity, Transport};
 
 use super::command::PatientRef;
 use super::desired::Binding;
+use crate::ble::pairing::WindowRequest;
 use crate::store::{Keying, NewEvent, StoreError, StoreHandle, StoreReader, StoreStatus};
 
 /// How long an id is remembered beyond its expiry, so a replay of an expired command is
@@ -83,10 +84,10 @@ pub trait FleetStore: Send + Sync + 'static {
         user_index: i64,
         actor: &str,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Records a pairing window for the BLE side to act on.
     fn open_pairing_window(
         &self,
-        command_id: &str,
-        until_ms: i64,
+        request: &WindowRequest,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// The applied desired configuration: version and document.
     fn applied_config(
@@ -310,18 +311,11 @@ impl FleetStore for SqlFleetStore {
         Ok(v.as_bool().unwrap_or(false))
     }
 
-    async fn open_pairing_window(&self, command_id: &str, until_ms: i64) -> Result<(), StoreError> {
-        let command_id = command_id.to_owned();
+    async fn open_pairing_window(&self, request: &WindowRequest) -> Result<(), StoreError> {
+        let request = request.clone();
         self.handle
             .exec(move |conn, now| {
-                conn.execute(
-                    "INSERT INTO pairing_windows (opened_ms, until_ms, command_id) VALUES (?1, ?2, ?3)",
-                    params![now, until_ms, command_id],
-                )?;
-                conn.execute(
-                    "INSERT INTO audit (at_ms, actor, action, detail) VALUES (?1, ?2, 'open-pairing-window', ?3)",
-                    params![now, format!("fleet:{command_id}"), serde_json::json!({"until_ms": until_ms}).to_string()],
-                )?;
+                crate::ble::pairing::open_window(conn, now, &request)?;
                 Ok(serde_json::Value::Null)
             })
             .await

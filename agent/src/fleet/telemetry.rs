@@ -218,6 +218,7 @@ mod tests {
                 quarantined: 1,
                 delivered: 5,
                 unrouted: 0,
+                held_unbound: 0,
             },
             oldest_undelivered_ms: Some(now - 90_000),
             destinations: vec![DestinationStatus {

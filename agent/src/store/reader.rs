@@ -35,6 +35,9 @@ pub struct ReadingCounts {
     pub delivered: u64,
     /// Routed to no destination (none configured when it arrived).
     pub unrouted: u64,
+    /// Kept but held, whatever their delivery state: no binding for their device and user
+    /// index, so no patient to deliver them to (`vitalgate devices` says which).
+    pub held_unbound: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -137,6 +140,10 @@ impl StoreReader {
             quarantined,
             delivered: routed.saturating_sub(pending + quarantined),
             unrouted: total.saturating_sub(routed),
+            held_unbound: count(
+                "SELECT count(*) FROM readings r WHERE NOT EXISTS (SELECT 1 FROM bindings b \
+                 WHERE b.device_id = r.device_id AND b.user_index IN (coalesce(r.user_index, -1), -1))",
+            )?,
         };
 
         let mut destinations: Vec<DestinationStatus> = Vec::new();

@@ -171,6 +171,19 @@ const MIGRATIONS: &[&str] = &[
         min_reader INTEGER NOT NULL
     );
     "#,
+    // 4 -> 5: pairing (additive). A window carries what pairing needs: the patient and user
+    // index to bind, an optional single device, the PIN (cleared when the window closes),
+    // and its outcome once the BLE side has acted on it (JSON: addresses and BlueZ error
+    // names, never the PIN).
+    r#"
+    ALTER TABLE pairing_windows ADD COLUMN patient TEXT;
+    ALTER TABLE pairing_windows ADD COLUMN user_index INTEGER NOT NULL DEFAULT -1;
+    ALTER TABLE pairing_windows ADD COLUMN device TEXT;
+    ALTER TABLE pairing_windows ADD COLUMN pin TEXT;
+    ALTER TABLE pairing_windows ADD COLUMN started_ms INTEGER;
+    ALTER TABLE pairing_windows ADD COLUMN closed_ms INTEGER;
+    ALTER TABLE pairing_windows ADD COLUMN outcome TEXT;
+    "#,
 ];
 
 /// Schema versions whose migration is additive: a binary that knows the version before it
@@ -178,7 +191,7 @@ const MIGRATIONS: &[&str] = &[
 /// forgetting to list one is safe (a rollback then refuses the store instead of misreading
 /// it). Only list a migration that adds tables, indexes, or columns that are nullable or have
 /// a default, and that changes no meaning of what exists.
-const ADDITIVE: &[u32] = &[2, 3, 4];
+const ADDITIVE: &[u32] = &[2, 3, 4, 5];
 
 /// The oldest schema version a binary must know to use a store at `version`: the last
 /// breaking migration at or below it.

@@ -115,6 +115,44 @@ pub struct DeviceInfo {
     pub system_id: [u8; 8],
 }
 
+/// How a peripheral pairs, which decides what BlueZ asks the registered `org.bluez.Agent1`
+/// (BlueZ `doc/org.bluez.Agent.rst`; SMP pairing methods, Core spec Vol 3 Part H §2.3.5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PairingMethod {
+    /// No user interaction: no agent call at all.
+    JustWorks,
+    /// The device shows a passkey that the user types on the gateway: `RequestPasskey`.
+    /// Glucose meters with a display (Accu-Chek, Contour) work this way.
+    Passkey(u32),
+    /// Numeric comparison: `RequestConfirmation(device, passkey)`.
+    Confirmation(u32),
+    /// The gateway shows the passkey and the user types it on the device: `DisplayPasskey`.
+    DisplayPasskey(u32),
+    /// Legacy PIN code: `RequestPinCode`.
+    PinCode(String),
+}
+
+impl PairingMethod {
+    /// Parses the control interface's form: `just-works`, `passkey`, `confirmation`,
+    /// `display`, `pin`, with the passkey (decimal, up to 999999) or PIN as `secret`.
+    pub fn parse(method: &str, secret: &str) -> Option<Self> {
+        let passkey = || secret.parse::<u32>().ok().filter(|p| *p <= 999_999);
+        Some(match method {
+            "just-works" => PairingMethod::JustWorks,
+            "passkey" => PairingMethod::Passkey(passkey()?),
+            "confirmation" => PairingMethod::Confirmation(passkey()?),
+            "display" => PairingMethod::DisplayPasskey(passkey()?),
+            "pin" if (1..=16).contains(&secret.len()) => PairingMethod::PinCode(secret.to_owned()),
+            _ => return None,
+        })
+    }
+
+    /// Whether the method needs an agent that can take input or show output.
+    pub fn needs_agent(&self) -> bool {
+        !matches!(self, PairingMethod::JustWorks)
+    }
+}
+
 /// Everything that defines one virtual peripheral.
 #[derive(Debug, Clone)]
 pub struct PeripheralSpec {
@@ -134,6 +172,8 @@ pub struct PeripheralSpec {
     /// Whether the device is already bonded with this adapter (paired earlier through
     /// BlueZ). Glucose meters and CGMs only serve the RACP over a bonded link.
     pub bonded: bool,
+    /// How `Device1.Pair` proceeds.
+    pub pairing: PairingMethod,
 }
 
 impl PeripheralSpec {
@@ -165,6 +205,7 @@ impl PeripheralSpec {
             live_interval: Some(Duration::from_secs(1)),
             rssi: -52,
             bonded: true,
+            pairing: PairingMethod::JustWorks,
         }
     }
 
@@ -181,6 +222,12 @@ impl PeripheralSpec {
     /// A device never bonded with this gateway.
     pub fn unbonded(mut self) -> Self {
         self.bonded = false;
+        self
+    }
+
+    /// How the device pairs (implies nothing about whether it is bonded already).
+    pub fn with_pairing(mut self, method: PairingMethod) -> Self {
+        self.pairing = method;
         self
     }
 

@@ -94,7 +94,10 @@ impl FleetStore for StubStore {
     ) -> Result<bool, StoreError> {
         Ok(false)
     }
-    async fn open_pairing_window(&self, _: &str, _: i64) -> Result<(), StoreError> {
+    async fn open_pairing_window(
+        &self,
+        _: &vitalgate::ble::pairing::WindowRequest,
+    ) -> Result<(), StoreError> {
         Ok(())
     }
     async fn applied_config(&self) -> Result<Option<(u64, String)>, StoreError> {
