@@ -52,8 +52,9 @@ pub struct Hooks {
     /// Cancelled by the `restart` command: the supervisor stops gracefully and the process
     /// exits non-zero, so systemd starts it again.
     pub restart: CancellationToken,
-    /// Notified by `sync-now`, for the delivery engine.
-    pub sync_now: Arc<Notify>,
+    /// The delivery engine: `sync-now` and a desired configuration's destinations and
+    /// routing go to it. `None` where there is none (the fleet benchmark).
+    pub delivery: Option<Arc<crate::sync::plan::DeliveryControl>>,
     pub clock: Arc<dyn Clock>,
     pub set_log_level: fn(&LogFilter) -> Result<(), String>,
 }

@@ -257,6 +257,12 @@ enum Command {
     Ping {
         reply: oneshot::Sender<()>,
     },
+    /// Replaces the destinations new readings are routed to (fleet management applied a
+    /// desired configuration). Readings committed before it keep the rows they have.
+    SetDestinations {
+        destinations: Vec<String>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
     /// SQL of another module (fleet management) run in the writer's transaction. It may run
     /// twice (once together with its neighbours, again in a savepoint of its own if one of
     /// them failed), so it is `Fn`, and all it changes is rolled back with the transaction.
@@ -301,6 +307,7 @@ impl std::fmt::Debug for Command {
             Command::Audit { .. } => "Audit",
             Command::Housekeeping { .. } => "Housekeeping",
             Command::Ping { .. } => "Ping",
+            Command::SetDestinations { .. } => "SetDestinations",
             Command::Exec { .. } => "Exec",
             Command::Shutdown => "Shutdown",
         };
@@ -425,6 +432,16 @@ impl StoreHandle {
             .await
             .map_err(|_| StoreError::WriterStopped)?;
         rx.await.map_err(|_| StoreError::WriterStopped)
+    }
+
+    /// Routes readings committed from now on to `destinations` (instead of the set the
+    /// writer started with).
+    pub async fn set_destinations(&self, destinations: Vec<String>) -> Result<(), StoreError> {
+        self.request(|reply| Command::SetDestinations {
+            destinations,
+            reply,
+        })
+        .await
     }
 
     /// Runs `op` inside a store transaction on the writer thread and returns its answer once
@@ -869,7 +886,9 @@ fn pending_reply(c: Command, r: Result<Done, StoreError>) -> Option<Pending> {
                 Done::Receipt(_) | Done::Count(_) | Done::Unit => serde_json::Value::Null,
             }),
         ),
-        Command::Event { reply, .. } | Command::Audit { reply, .. } => {
+        Command::Event { reply, .. }
+        | Command::Audit { reply, .. }
+        | Command::SetDestinations { reply, .. } => {
             Pending::Unit(reply, r.map(drop))
         }
         Command::Ping { reply } => Pending::Ping(reply),
@@ -1159,6 +1178,12 @@ impl Writer {
             } => self
                 .insert_audit(actor, action, detail, now)
                 .map(|()| Done::Unit),
+            Command::SetDestinations { destinations, .. } => {
+                // Only in memory, so nothing here can fail or needs rolling back; requests
+                // queued after this one are routed to the new set.
+                self.opts.destinations.clone_from(destinations);
+                Ok(Done::Unit)
+            }
             Command::Exec { op, .. } => op(&self.conn, now)
                 .map(Done::Value)
                 .map_err(|e| StoreError::from_sqlite(&self.opts.path, "fleet request", e)),
@@ -1593,7 +1618,9 @@ fn fail_command(c: Command, e: &dyn Fn() -> StoreError) {
         Command::Bind { reply, .. } => {
             let _ = reply.send(Err(e()));
         }
-        Command::Event { reply, .. } | Command::Audit { reply, .. } => {
+        Command::Event { reply, .. }
+        | Command::Audit { reply, .. }
+        | Command::SetDestinations { reply, .. } => {
             let _ = reply.send(Err(e()));
         }
         Command::Housekeeping { reply, .. } => {
