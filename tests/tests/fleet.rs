@@ -1076,3 +1076,61 @@ fn a_desired_destination_is_added_and_readings_reach_it_then_removed_and_reporte
     );
     w.assert_no_phi();
 }
+
+#[test]
+fn failing_destination_overdue_device_and_quarantine_growth_raise_events() {
+    let w = World::new();
+    let server = FhirServer::start();
+    server.fault(serde_json::json!({"status": 503, "count": 1_000_000}));
+    // Record 5 of the simulated cuff (2026-01-06 08:05:00 device time) is refused once the
+    // server is back: it is quarantined.
+    server.reject_identifier(
+        "74E8FFFEFF051C00-demo-patient-1-https://vitalgate.example/fhir/sid/demo-patient-150020-821001900",
+    );
+    let dest = format!(
+        "[[destination]]\nid = \"hospital\"\nbase_url = \"{}\"\nbatch_linger = \"50ms\"\n\
+         retry_base = \"100ms\"\nretry_max = \"300ms\"\n\n",
+        server.base_url
+    );
+    let fleet = w.broker.fleet_toml(
+        GW_A.0,
+        GW_A.1,
+        &format!("{FAST}device_overdue_after = \"2s\"\ndestination_failing_after = \"1s\"\n"),
+    );
+    let mut gw = w.gateway_with(GW_A.0, &fleet, &dest);
+    fill(&gw, 10);
+    gw.start();
+    let events = w.topic("gw-a", "events");
+    let e = w.it.wait_for(&events, WAIT, |v| v["kind"] == "destination-failing");
+    assert_eq!(e["severity"], "alarm", "{e}");
+    assert_eq!(e["detail"]["destination"], "hospital", "{e}");
+    assert!(e["detail"]["failed_rounds"].as_u64() >= Some(3), "{e}");
+    assert!(
+        e["detail"]["last_error"]
+            .as_str()
+            .is_some_and(|r| r.contains("503")),
+        "{e}"
+    );
+    let e = w.it.wait_for(&events, WAIT, |v| {
+        v["kind"] == "device-overdue" && v["detail"]["address"] == "00:1C:05:FF:E8:74"
+    });
+    assert_eq!(e["detail"]["overdue_after_s"], 2, "{e}");
+
+    server.fault(serde_json::json!({"count": 0}));
+    let e = w.it.wait_for(&events, WAIT, |v| v["kind"] == "destination-recovered");
+    assert_eq!(e["detail"]["destination"], "hospital", "{e}");
+    let e = w.it.wait_for(&events, WAIT, |v| v["kind"] == "quarantine-grew");
+    assert_eq!((e["detail"]["from"].as_u64(), e["detail"]["to"].as_u64()), (Some(0), Some(1)), "{e}");
+    // Each was raised once.
+    let count = |kind: &str| {
+        w.it.all()
+            .iter()
+            .filter(|m| m.topic == events && m.json()["kind"] == kind)
+            .count()
+    };
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(count("destination-failing"), 1);
+    assert_eq!(count("destination-recovered"), 1);
+    assert_eq!(count("device-overdue"), 1);
+    w.assert_no_phi();
+}

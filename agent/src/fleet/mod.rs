@@ -11,6 +11,7 @@
 //! Nothing published carries patient data: telemetry and events are counts, ages, sizes and
 //! device addresses; command results never echo a patient reference.
 
+pub mod alerts;
 pub mod backoff;
 pub mod command;
 pub mod connect;
@@ -289,6 +290,8 @@ pub async fn run<S: FleetStore>(
         observer: setup.observer,
         cpu: telemetry::CpuSampler::default(),
         clock_synced: None,
+        alerts: alerts::Alerts::default(),
+        overdue_after: setup.config.device_overdue_after,
     };
     conn.run(&cancel).await;
     poller.abort();
@@ -355,6 +358,8 @@ struct Connection<S> {
     observer: Option<mpsc::UnboundedSender<(Instant, ConnectionEvent)>>,
     cpu: telemetry::CpuSampler,
     clock_synced: Option<bool>,
+    alerts: alerts::Alerts,
+    overdue_after: Duration,
 }
 
 impl<S: FleetStore> Connection<S> {
@@ -606,6 +611,15 @@ impl<S: FleetStore> Connection<S> {
             rss_bytes: telemetry::rss_bytes(),
             mqtt_reconnects: self.ctx.counters.reconnects.load(Ordering::Relaxed),
         };
+        for event in self
+            .alerts
+            .check(&snapshot, receipt.wall_ms, self.overdue_after)
+        {
+            tracing::info!(kind = %event.kind, "Fleet event raised.");
+            if let Err(e) = self.ctx.store.record_event(event).await {
+                self.ctx.note_error(&format!("events: cannot record: {e}"));
+            }
+        }
         let t = telemetry::build(&snapshot, facts, receipt.wall_ms);
         let every = *self.interval_rx.borrow();
         // Stale telemetry is worthless: it expires after two periods (MQTT 5).

@@ -23,6 +23,7 @@
 
 pub mod auth;
 pub mod backoff;
+pub mod health;
 pub mod plan;
 pub mod response;
 
@@ -87,6 +88,7 @@ pub struct Destination {
     backoff: Backoff,
     routing: Option<Arc<plan::DeviceRouting>>,
     sync_now: Option<tokio::sync::watch::Receiver<u64>>,
+    failing_after: Duration,
 }
 
 impl std::fmt::Debug for Destination {
@@ -128,7 +130,14 @@ impl Destination {
             gateway_id,
             routing: None,
             sync_now: None,
+            failing_after: crate::config::fleet::DEFAULT_DESTINATION_FAILING_AFTER,
         })
+    }
+
+    /// How long rounds must keep failing before a `destination-failing` event.
+    pub fn with_failing_after(mut self, after: Duration) -> Self {
+        self.failing_after = after;
+        self
     }
 
     /// Adds the fleet's device routing on top of the destination's own route.
@@ -156,6 +165,7 @@ impl Destination {
     pub async fn run(mut self, cancel: CancellationToken) {
         tracing::info!(destination = %self.id, "Delivery started.");
         let mut force = false;
+        let mut watch = health::FailureWatch::new(&self.id, self.failing_after);
         loop {
             if cancel.is_cancelled() {
                 break;
@@ -166,10 +176,26 @@ impl Destination {
                     tracing::warn!(destination = %self.id, %error, "Delivery round failed.");
                     RoundReport {
                         retry_in: Some(Duration::from_secs(5)),
+                        error: Some(error.to_string()),
                         ..RoundReport::default()
                     }
                 }
             };
+            let end = if report.error.is_some() {
+                health::RoundEnd::Failed
+            } else if report.delivered + report.quarantined > 0 {
+                health::RoundEnd::Delivered
+            } else {
+                health::RoundEnd::Idle
+            };
+            if let Some(event) =
+                watch.round(end, report.error.as_deref(), std::time::Instant::now())
+            {
+                tracing::warn!(destination = %self.id, kind = %event.kind, "Destination health changed.");
+                if let Err(error) = self.store.record_event(event).await {
+                    tracing::warn!(destination = %self.id, %error, "Cannot record the event.");
+                }
+            }
             let wait = report.retry_in.unwrap_or(if report.requests == 0 {
                 POLL
             } else {
@@ -632,6 +658,7 @@ pub fn spawn_all(
     let keying = keying.clone();
     let store = store.clone();
     let gateway_id = config.gateway.id.to_string();
+    let failing_after = config.fleet.destination_failing_after;
     tracker.spawn(async move {
         use std::os::fd::AsRawFd;
         let mut plans = control.subscribe();
@@ -675,6 +702,7 @@ pub fn spawn_all(
                 ) {
                     Ok(dest) => {
                         let dest = dest
+                            .with_failing_after(failing_after)
                             .with_routing(plan.routing.clone())
                             .with_sync_requests(control.sync_requests());
                         tasks.spawn(dest.run(generation.clone()));
