@@ -143,7 +143,8 @@ impl Supervisor {
                 .await
                 .map_err(|_| StoreError::WriterStopped)??;
         tracing::info!(path = %store_path.display(), "Store open.");
-        let plan = initial_plan(c, &store, &self.keying).await;
+        // Before any source runs, so readings are routed by the plan from the first commit.
+        let plan = crate::sync::plan::effective(c, &store, &self.keying).await;
         let delivery = Arc::new(crate::sync::plan::DeliveryControl::new(
             c.clone(),
             store.clone(),
@@ -279,43 +280,6 @@ impl Supervisor {
             restart_requested: restart.is_cancelled(),
         })
     }
-}
-
-/// The delivery plan to start with: the file configuration overlaid by the desired
-/// configuration fleet management last applied (kept in the store). Readings are routed to
-/// its destinations from the first commit on, since no source runs yet.
-async fn initial_plan(
-    config: &Config,
-    store: &StoreHandle,
-    keying: &Keying,
-) -> crate::sync::plan::DeliveryPlan {
-    use crate::fleet::store::FleetStore;
-    use crate::sync::plan::DeliveryPlan;
-    let fleet = crate::fleet::store::SqlFleetStore::new(store.clone(), keying.clone());
-    let plan = match fleet.applied_config().await {
-        Ok(Some((version, text))) => match crate::fleet::desired::parse(text.as_bytes())
-            .map_err(|e| e.to_string())
-            .and_then(|doc| DeliveryPlan::overlay(config, &doc))
-        {
-            Ok(plan) => plan,
-            Err(reason) => {
-                tracing::warn!(version, %reason, "Stored desired configuration does not apply to this configuration; delivering as the file says.");
-                DeliveryPlan::from_file(config)
-            }
-        },
-        Ok(None) => DeliveryPlan::from_file(config),
-        Err(error) => {
-            tracing::warn!(%error, "Cannot read the stored desired configuration; delivering as the file says.");
-            DeliveryPlan::from_file(config)
-        }
-    };
-    if plan.version.is_some() {
-        tracing::info!(version = plan.version, destinations = plan.destinations.len(), "Delivery follows the applied desired configuration.");
-        if let Err(error) = store.set_destinations(plan.ids()).await {
-            tracing::warn!(%error, "Cannot route readings to the desired destinations.");
-        }
-    }
-    plan
 }
 
 fn create_state_dir(path: &PathBuf) -> Result<(), SupervisorError> {

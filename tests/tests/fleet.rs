@@ -192,8 +192,8 @@ fn capture_dir() -> PathBuf {
         .parent()
         .and_then(std::path::Path::parent)
         .expect("target profile dir");
-    let run = std::env::var("NEXTEST_RUN_ID")
-        .unwrap_or_else(|_| format!("pid-{}", std::process::id()));
+    let run =
+        std::env::var("NEXTEST_RUN_ID").unwrap_or_else(|_| format!("pid-{}", std::process::id()));
     profile.join("fleet-captures").join(run)
 }
 
@@ -1101,7 +1101,8 @@ fn failing_destination_overdue_device_and_quarantine_growth_raise_events() {
     fill(&gw, 10);
     gw.start();
     let events = w.topic("gw-a", "events");
-    let e = w.it.wait_for(&events, WAIT, |v| v["kind"] == "destination-failing");
+    let e =
+        w.it.wait_for(&events, WAIT, |v| v["kind"] == "destination-failing");
     assert_eq!(e["severity"], "alarm", "{e}");
     assert_eq!(e["detail"]["destination"], "hospital", "{e}");
     assert!(e["detail"]["failed_rounds"].as_u64() >= Some(3), "{e}");
@@ -1117,10 +1118,16 @@ fn failing_destination_overdue_device_and_quarantine_growth_raise_events() {
     assert_eq!(e["detail"]["overdue_after_s"], 2, "{e}");
 
     server.fault(serde_json::json!({"count": 0}));
-    let e = w.it.wait_for(&events, WAIT, |v| v["kind"] == "destination-recovered");
+    let e =
+        w.it.wait_for(&events, WAIT, |v| v["kind"] == "destination-recovered");
     assert_eq!(e["detail"]["destination"], "hospital", "{e}");
-    let e = w.it.wait_for(&events, WAIT, |v| v["kind"] == "quarantine-grew");
-    assert_eq!((e["detail"]["from"].as_u64(), e["detail"]["to"].as_u64()), (Some(0), Some(1)), "{e}");
+    let e =
+        w.it.wait_for(&events, WAIT, |v| v["kind"] == "quarantine-grew");
+    assert_eq!(
+        (e["detail"]["from"].as_u64(), e["detail"]["to"].as_u64()),
+        (Some(0), Some(1)),
+        "{e}"
+    );
     // Each was raised once.
     let count = |kind: &str| {
         w.it.all()

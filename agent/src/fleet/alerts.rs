@@ -114,7 +114,10 @@ mod tests {
         let mut a = Alerts::default();
         let hour = Duration::from_secs(3600);
         let h = 3_600_000;
-        assert!(a.check(&snapshot(10 * h, 0), 10 * h + 1000, hour).is_empty());
+        assert!(
+            a.check(&snapshot(10 * h, 0), 10 * h + 1000, hour)
+                .is_empty()
+        );
         let e = a.check(&snapshot(10 * h, 0), 12 * h, hour);
         assert_eq!(kinds(&e), ["device-overdue"]);
         assert_eq!(e[0].detail["address"], "00:1C:05:FF:E8:74");
@@ -139,7 +142,10 @@ mod tests {
         assert!(a.check(&snapshot(1, 2), 2, day).is_empty());
         let e = a.check(&snapshot(1, 5), 2, day);
         assert_eq!(kinds(&e), ["quarantine-grew"]);
-        assert_eq!((e[0].detail["from"].clone(), e[0].detail["to"].clone()), (2.into(), 5.into()));
+        assert_eq!(
+            (e[0].detail["from"].clone(), e[0].detail["to"].clone()),
+            (2.into(), 5.into())
+        );
         assert!(a.check(&snapshot(1, 5), 2, day).is_empty());
     }
 }

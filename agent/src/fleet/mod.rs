@@ -121,7 +121,7 @@ pub(crate) struct Counters {
 pub(crate) struct RuntimeState {
     pub config_version: Option<u64>,
     pub pairing: Option<PairingPolicy>,
-    /// Kept for the delivery engine; validated and persisted here.
+    /// The last applied document (its delivery part is in force through `Hooks::delivery`).
     pub desired: Option<DesiredConfig>,
 }
 

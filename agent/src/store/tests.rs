@@ -55,6 +55,43 @@ fn raw(path: &Path, key: &DbKey) -> rusqlite::Connection {
 }
 
 #[test]
+fn readings_committed_after_set_destinations_are_routed_to_the_new_set_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("s.db");
+    let key = DbKey::generate();
+    let rt = rt();
+    let (h, w) = writer::start(options(&path, &key, &["hospital"])).expect("start");
+    let cuff = BpCuffMemory::new("00:1C:05:FF:E8:74", 10);
+    let commit = |range| {
+        rt.block_on(h.commit(Batch {
+            readings: records(&cuff, range),
+            cursor: None,
+        }))
+        .expect("commit")
+    };
+    commit(0..4);
+    rt.block_on(h.set_destinations(vec!["medicaid".into(), "payer".into()]))
+        .expect("set destinations");
+    commit(4..10);
+    rt.block_on(h.shutdown());
+    w.join().expect("join");
+    let c = raw(&path, &key);
+    let rows = |d: &str| -> i64 {
+        c.query_row(
+            "SELECT count(*) FROM deliveries WHERE destination = ?1",
+            [d],
+            |r| r.get(0),
+        )
+        .expect("count")
+    };
+    // No backfill: the earlier readings keep their rows, the new set gets the later ones.
+    assert_eq!(
+        (rows("hospital"), rows("medicaid"), rows("payer")),
+        (4, 6, 6)
+    );
+}
+
+#[test]
 fn commit_reports_inserted_then_duplicate_with_the_same_ids() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("s.db");

@@ -888,9 +888,7 @@ fn pending_reply(c: Command, r: Result<Done, StoreError>) -> Option<Pending> {
         ),
         Command::Event { reply, .. }
         | Command::Audit { reply, .. }
-        | Command::SetDestinations { reply, .. } => {
-            Pending::Unit(reply, r.map(drop))
-        }
+        | Command::SetDestinations { reply, .. } => Pending::Unit(reply, r.map(drop)),
         Command::Ping { reply } => Pending::Ping(reply),
         Command::Housekeeping { .. } | Command::Shutdown => return None,
     })

@@ -98,17 +98,28 @@ mod tests {
         let s = Duration::from_secs(1);
         let mut w = FailureWatch::new("hospital", Duration::from_secs(60));
         for i in 0..5 {
-            assert!(w.round(RoundEnd::Failed, Some("HTTP 503"), t0 + s * i).is_none());
+            assert!(
+                w.round(RoundEnd::Failed, Some("HTTP 503"), t0 + s * i)
+                    .is_none()
+            );
         }
         let e = w
             .round(RoundEnd::Failed, Some("HTTP 503"), t0 + s * 61)
             .expect("failing");
-        assert_eq!((e.kind.as_str(), e.severity), ("destination-failing", Severity::Alarm));
+        assert_eq!(
+            (e.kind.as_str(), e.severity),
+            ("destination-failing", Severity::Alarm)
+        );
         assert_eq!(e.detail["failed_rounds"], 6);
         assert_eq!(e.detail["last_error"], "HTTP 503");
-        assert!(w.round(RoundEnd::Failed, None, t0 + s * 90).is_none(), "raised once");
+        assert!(
+            w.round(RoundEnd::Failed, None, t0 + s * 90).is_none(),
+            "raised once"
+        );
         assert!(w.round(RoundEnd::Idle, None, t0 + s * 91).is_none());
-        let e = w.round(RoundEnd::Delivered, None, t0 + s * 100).expect("recovered");
+        let e = w
+            .round(RoundEnd::Delivered, None, t0 + s * 100)
+            .expect("recovered");
         assert_eq!(e.kind, "destination-recovered");
         assert_eq!(e.detail["failing_for_s"], 100);
         assert!(w.round(RoundEnd::Delivered, None, t0 + s * 101).is_none());
@@ -120,8 +131,14 @@ mod tests {
         let mut w = FailureWatch::new("hospital", Duration::ZERO);
         assert!(w.round(RoundEnd::Failed, None, t0).is_none());
         assert!(w.round(RoundEnd::Failed, None, t0).is_none());
-        assert!(w.round(RoundEnd::Delivered, None, t0).is_none(), "never raised");
-        assert!(w.round(RoundEnd::Failed, None, t0).is_none(), "count starts over");
+        assert!(
+            w.round(RoundEnd::Delivered, None, t0).is_none(),
+            "never raised"
+        );
+        assert!(
+            w.round(RoundEnd::Failed, None, t0).is_none(),
+            "count starts over"
+        );
         assert!(w.round(RoundEnd::Failed, None, t0).is_none());
         assert!(w.round(RoundEnd::Failed, None, t0).is_some());
     }

@@ -89,8 +89,9 @@ impl DeliveryPlan {
                         },
                     };
                 }
-                cfg.check(i)
-                    .map_err(|(key, msg)| format!("{}: {msg}", key.replace("destination", "destinations")))?;
+                cfg.check(i).map_err(|(key, msg)| {
+                    format!("{}: {msg}", key.replace("destination", "destinations"))
+                })?;
                 out.push(cfg);
             }
             plan.destinations = out;
@@ -232,6 +233,47 @@ impl DeliveryControl {
         self.plan.send_replace(Arc::new(plan));
         Ok(PlanChange { added, removed })
     }
+}
+
+/// The plan a process delivers by: the file configuration overlaid by the desired
+/// configuration fleet management last applied (kept in the store); the store writer is
+/// switched to its destinations. A stored document this configuration refuses (a destination
+/// the file's settings make invalid) is logged, and the file alone is used.
+pub async fn effective(
+    config: &Config,
+    store: &StoreHandle,
+    keying: &crate::store::Keying,
+) -> DeliveryPlan {
+    use crate::fleet::store::FleetStore;
+    let fleet = crate::fleet::store::SqlFleetStore::new(store.clone(), keying.clone());
+    let plan = match fleet.applied_config().await {
+        Ok(Some((version, text))) => match crate::fleet::desired::parse(text.as_bytes())
+            .map_err(|e| e.to_string())
+            .and_then(|doc| DeliveryPlan::overlay(config, &doc))
+        {
+            Ok(plan) => plan,
+            Err(reason) => {
+                tracing::warn!(version, %reason, "Stored desired configuration does not apply to this configuration; delivering as the file says.");
+                DeliveryPlan::from_file(config)
+            }
+        },
+        Ok(None) => DeliveryPlan::from_file(config),
+        Err(error) => {
+            tracing::warn!(%error, "Cannot read the stored desired configuration; delivering as the file says.");
+            DeliveryPlan::from_file(config)
+        }
+    };
+    if plan.version.is_some() {
+        tracing::info!(
+            version = plan.version,
+            destinations = plan.destinations.len(),
+            "Delivery follows the applied desired configuration."
+        );
+        if let Err(error) = store.set_destinations(plan.ids()).await {
+            tracing::warn!(%error, "Cannot route readings to the desired destinations.");
+        }
+    }
+    plan
 }
 
 /// Readings still waiting for `destination`.
