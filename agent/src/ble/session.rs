@@ -177,10 +177,36 @@ pub async fn run(
             ctx.cgm_session_start = Some(s);
         }
     }
+    // Battery (Battery Service) and signal strength, for fleet telemetry: a failure here
+    // never costs the session its readings.
+    let battery = match find(profiles::BATTERY_LEVEL) {
+        Some(c) => match gatt("read battery level", GATT_TIMEOUT, p.read(c)).await {
+            Ok(v) => v.first().copied().filter(|b| *b <= 100),
+            Err(error) => {
+                tracing::debug!(device = %address, %error, "Battery level not read.");
+                None
+            }
+        },
+        None => None,
+    };
+    let rssi = match tokio::time::timeout(GATT_TIMEOUT, p.properties()).await {
+        Ok(Ok(Some(props))) => props.rssi,
+        _ => None,
+    };
+    if (battery.is_some() || rssi.is_some())
+        && let Err(error) = shared
+            .store
+            .record_device_status(Transport::Ble, &address, battery, rssi)
+            .await
+    {
+        tracing::warn!(device = %address, %error, "Cannot record the device's battery and signal.");
+    }
     tracing::info!(
         device = %address,
         subscribed = subscribed.len(),
         clock_offset_ms,
+        battery_percent = battery,
+        rssi_dbm = rssi,
         "BLE device connected."
     );
 

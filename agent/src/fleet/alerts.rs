@@ -100,6 +100,8 @@ mod tests {
             model: None,
             last_seen_ms,
             readings: 3,
+            battery_percent: None,
+            rssi_dbm: None,
         });
         s.readings.quarantined = quarantined;
         s

@@ -153,6 +153,17 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX bindings_device ON bindings (device_id, user_index);
     "#,
+    // 3 -> 4: a device's battery level and signal strength as last read, each with when
+    // (fleet telemetry, `vitalgate devices`). Not patient data.
+    r#"
+    CREATE TABLE device_status (
+        device_id       INTEGER PRIMARY KEY REFERENCES devices(id),
+        battery_percent INTEGER,
+        battery_ms      INTEGER,
+        rssi_dbm        INTEGER,
+        rssi_ms         INTEGER
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.

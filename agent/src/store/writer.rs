@@ -434,6 +434,43 @@ impl StoreHandle {
         rx.await.map_err(|_| StoreError::WriterStopped)
     }
 
+    /// Records a device's battery level and/or signal strength as read now (a connection is
+    /// also a sighting: its last-seen time moves forward). A device not yet in the store gets
+    /// its row. Read back with [`super::StoreReader::device_status`].
+    pub async fn record_device_status(
+        &self,
+        transport: Transport,
+        address: &str,
+        battery_percent: Option<u8>,
+        rssi_dbm: Option<i16>,
+    ) -> Result<(), StoreError> {
+        let address = address.to_owned();
+        let identity = postcard::to_allocvec(&DeviceIdentity::new(transport, address.clone()))?;
+        self.exec(move |conn, now| {
+            conn.execute(
+                "INSERT INTO devices (transport, address, identity, first_seen_ms, last_seen_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?4) ON CONFLICT (transport, address) \
+                 DO UPDATE SET last_seen_ms = max(last_seen_ms, excluded.last_seen_ms)",
+                params![transport.as_str(), address, identity, now],
+            )?;
+            conn.execute(
+                "INSERT INTO device_status (device_id, battery_percent, battery_ms, rssi_dbm, rssi_ms) \
+                 SELECT id, ?3, CASE WHEN ?3 IS NULL THEN NULL ELSE ?5 END, \
+                        ?4, CASE WHEN ?4 IS NULL THEN NULL ELSE ?5 END \
+                 FROM devices WHERE transport = ?1 AND address = ?2 \
+                 ON CONFLICT (device_id) DO UPDATE SET \
+                   battery_percent = coalesce(excluded.battery_percent, battery_percent), \
+                   battery_ms = coalesce(excluded.battery_ms, battery_ms), \
+                   rssi_dbm = coalesce(excluded.rssi_dbm, rssi_dbm), \
+                   rssi_ms = coalesce(excluded.rssi_ms, rssi_ms)",
+                params![transport.as_str(), address, battery_percent, rssi_dbm, now],
+            )?;
+            Ok(serde_json::Value::Null)
+        })
+        .await
+        .map(drop)
+    }
+
     /// Routes readings committed from now on to `destinations` (instead of the set the
     /// writer started with).
     pub async fn set_destinations(&self, destinations: Vec<String>) -> Result<(), StoreError> {
