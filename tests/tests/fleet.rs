@@ -683,7 +683,10 @@ fn every_command_with_replays_and_expiry() {
         "{d}"
     );
     assert!(d["last_errors"].is_array());
-    assert_eq!(d["store"]["schema_version"], 3);
+    assert_eq!(
+        d["store"]["schema_version"],
+        vitalgate::store::schema::LATEST_VERSION
+    );
 
     // Unknown type and malformed payloads: failed with a reason, and the agent carries on.
     let r = w.command(
@@ -825,7 +828,7 @@ fn after_a_broker_restart_the_gateway_resubscribes() {
     let r = w.command(
         "gw-a",
         "after-restart",
-        serde_json::json!({"type": "sync-now", "expires_at": expires_in(300)}),
+        serde_json::json!({"type": "diagnostics", "expires_at": expires_in(300)}),
     );
     assert_eq!(r["status"], "succeeded", "{r}");
     let s = gw.status_json();
@@ -855,7 +858,7 @@ fn a_gateway_cannot_reach_another_gateways_topics() {
     let r = w.command(
         "gw-a",
         "legit-1",
-        serde_json::json!({"type": "sync-now", "expires_at": expires_in(300)}),
+        serde_json::json!({"type": "diagnostics", "expires_at": expires_in(300)}),
     );
     assert_eq!(r["status"], "succeeded");
     std::thread::sleep(Duration::from_millis(1500));
