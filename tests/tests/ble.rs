@@ -222,7 +222,11 @@ fn every_profile_lands_in_the_store_with_the_right_values() {
         .expect("the cuff is known");
     assert_eq!(status.battery_percent, Some(42), "{status:?}");
     assert!(status.battery_ms.is_some_and(|t| t > 0), "{status:?}");
-    assert_eq!(status.rssi_dbm, Some(-52), "{status:?}");
+    // The emulated adapter reports -52, -53 or -54 dBm as scans go by.
+    assert!(
+        status.rssi_dbm.is_some_and(|r| (-54..=-52).contains(&r)),
+        "{status:?}"
+    );
     assert!(status.last_seen_ms > 0, "{status:?}");
 
     // Thermometer: vector 17, 37.60 °C.

@@ -46,6 +46,8 @@ struct World {
     root: PathBuf,
     broker: Broker,
     it: Recorder,
+    /// Whether this test's captures are in the suite's capture directory.
+    captured: std::cell::Cell<bool>,
 }
 
 impl World {
@@ -59,6 +61,7 @@ impl World {
             root,
             broker,
             it,
+            captured: std::cell::Cell::new(false),
         }
     }
 
@@ -146,33 +149,54 @@ impl World {
     /// suite's capture directory, and every capture there so far is free of the patient data
     /// the suite uses (see the module documentation).
     fn assert_no_phi(&self) {
-        let all = self.it.all();
-        assert!(!all.is_empty());
-        let mut lines = Vec::new();
-        for m in &all {
-            let it_wrote = m.topic.ends_with("/config/desired")
-                || (m.topic.contains("/cmd/") && !m.topic.ends_with("/result"));
-            if !it_wrote {
-                let payload = String::from_utf8_lossy(&m.payload);
-                lines.push(serde_json::json!({"topic": m.topic, "payload": payload}).to_string());
-            }
-        }
+        let lines = self.gateway_lines();
         assert!(!lines.is_empty(), "nothing from a gateway was captured");
         let dir = capture_dir();
-        std::fs::create_dir_all(&dir).expect("capture dir");
-        let name = std::thread::current()
-            .name()
-            .unwrap_or("test")
-            .replace("::", "-");
-        let head = serde_json::json!({ "identifiers": identifiers() }).to_string();
-        std::fs::write(
-            dir.join(format!("{name}.jsonl")),
-            format!("{head}\n{}\n", lines.join("\n")),
-        )
-        .expect("write capture");
+        write_capture(&dir, &lines).expect("write capture");
+        self.captured.set(true);
         let (files, payloads) = scan_captures(&dir);
         assert!(files >= 1 && payloads >= lines.len(), "{files} {payloads}");
     }
+
+    /// What gateways published, one JSON line each.
+    fn gateway_lines(&self) -> Vec<String> {
+        self.it
+            .all()
+            .iter()
+            .filter(|m| {
+                !(m.topic.ends_with("/config/desired")
+                    || (m.topic.contains("/cmd/") && !m.topic.ends_with("/result")))
+            })
+            .map(|m| {
+                let payload = String::from_utf8_lossy(&m.payload);
+                serde_json::json!({"topic": m.topic, "payload": payload}).to_string()
+            })
+            .collect()
+    }
+}
+
+impl Drop for World {
+    /// A test that failed before its scan still leaves its captures for the tests that
+    /// scan after it.
+    fn drop(&mut self) {
+        if !self.captured.get() {
+            let _ = write_capture(&capture_dir(), &self.gateway_lines());
+        }
+    }
+}
+
+/// Writes this test's captures, headed by the identifiers the suite uses.
+fn write_capture(dir: &std::path::Path, lines: &[String]) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let name = std::thread::current()
+        .name()
+        .unwrap_or("test")
+        .replace("::", "-");
+    let head = serde_json::json!({ "identifiers": identifiers() }).to_string();
+    std::fs::write(
+        dir.join(format!("{name}.jsonl")),
+        format!("{head}\n{}\n", lines.join("\n")),
+    )
 }
 
 /// The identifiers no gateway may publish: the patient references and the misplaced name.
@@ -1076,6 +1100,24 @@ fn a_desired_destination_is_added_and_readings_reach_it_then_removed_and_reporte
             .as_array()
             .is_some_and(|d| d.iter().any(|d| d["id"] == "hospital")),
         "{t}"
+    );
+
+    // A destination the gateway could not use (remote, no credential) rejects the whole
+    // document; v2 keeps running.
+    let v3 = serde_json::json!({
+        "version": 3,
+        "destinations": [{"id": "payer", "base_url": "https://payer.example.org/r4"}],
+    });
+    w.it.publish(&desired, &v3.to_string(), true);
+    let r = w.it.wait_for(&reported, WAIT, |v| {
+        v["status"] == "rejected" && v["version"] == 3
+    });
+    assert_eq!(r["applied_version"], 2, "{r}");
+    assert!(
+        r["reason"]
+            .as_str()
+            .is_some_and(|s| s.contains("destinations[0].auth")),
+        "{r}"
     );
     w.assert_no_phi();
 }
