@@ -193,10 +193,15 @@ fn write_capture(dir: &std::path::Path, lines: &[String]) -> std::io::Result<()>
         .unwrap_or("test")
         .replace("::", "-");
     let head = serde_json::json!({ "identifiers": identifiers() }).to_string();
-    std::fs::write(
-        dir.join(format!("{name}.jsonl")),
-        format!("{head}\n{}\n", lines.join("\n")),
-    )
+    let mut text = head + "\n";
+    for l in lines {
+        text.push_str(l);
+        text.push('\n');
+    }
+    // Written aside and renamed: a test scanning at the same time sees all of it or none.
+    let tmp = dir.join(format!("{name}.tmp"));
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, dir.join(format!("{name}.jsonl")))
 }
 
 /// The identifiers no gateway may publish: the patient references and the misplaced name.
@@ -241,7 +246,7 @@ fn scan_captures(dir: &std::path::Path) -> (usize, usize) {
                 needles.push(id.to_owned());
             }
         }
-        for line in lines {
+        for line in lines.filter(|l| !l.is_empty()) {
             let m: Value = serde_json::from_str(line).expect("capture line");
             texts.push((path.clone(), m));
         }

@@ -451,11 +451,15 @@ async fn desired_config<S: FleetStore>(
                 for (id, pending) in change.removed {
                     // The readings stay in the store, counted in the backlog, and go out if
                     // the destination comes back; retention never removes them.
-                    tracing::warn!(destination = %id, pending, "Destination removed by the desired configuration.");
+                    tracing::warn!(destination = %id, ?pending, "Destination removed by the desired configuration.");
                     let _ = ctx
                         .store
                         .record_event(NewEvent {
-                            severity: if pending > 0 { Severity::Warning } else { Severity::Info },
+                            severity: if pending == Some(0) {
+                                Severity::Info
+                            } else {
+                                Severity::Warning
+                            },
                             kind: "destination-removed".into(),
                             detail: json!({ "destination": id, "pending": pending, "version": doc.version }),
                         })
@@ -737,6 +741,28 @@ mod tests {
         // A retained or QoS 1 redelivery of a known id is ignored silently.
         assert!(handle(&ctx, cmd("c1", unbind, true)).await.is_empty());
         assert_eq!(ctx.counters.commands.load(Ordering::Relaxed), 3);
+    }
+
+    #[tokio::test]
+    async fn sync_now_without_a_delivery_engine_fails_and_says_why() {
+        let ctx = context();
+        let out = handle(
+            &ctx,
+            cmd(
+                "s1",
+                json!({"type": "sync-now", "expires_at": later()}),
+                false,
+            ),
+        )
+        .await;
+        let last = &out.last().expect("result").1;
+        assert_eq!(last["status"], "failed");
+        assert!(
+            last["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("no destination is delivering")),
+            "{last}"
+        );
     }
 
     #[tokio::test]

@@ -159,7 +159,7 @@ pub struct PlanChange {
     pub added: Vec<String>,
     /// Destinations no longer delivered to, each with the readings still pending for it:
     /// they stay in the store (and in the backlog telemetry) until the destination returns.
-    pub removed: Vec<(String, u64)>,
+    pub removed: Vec<(String, Option<u64>)>,
 }
 
 /// The running delivery engine's controls, lent to fleet management.
@@ -223,14 +223,20 @@ impl DeliveryControl {
         let old = current.ids();
         let new = plan.ids();
         self.store.set_destinations(new.clone()).await?;
-        let removed_ids: Vec<String> = old.iter().filter(|d| !new.contains(d)).cloned().collect();
+        self.plan.send_replace(Arc::new(plan));
+        let added = new.iter().filter(|d| !old.contains(d)).cloned().collect();
         let mut removed = Vec::new();
-        for id in removed_ids {
-            let pending = pending_count(&self.store, &id).await?;
+        for id in old.into_iter().filter(|d| !new.contains(d)) {
+            // The switch is done; a count that cannot be read is reported as unknown.
+            let pending = match pending_count(&self.store, &id).await {
+                Ok(n) => Some(n),
+                Err(error) => {
+                    tracing::warn!(destination = %id, %error, "Cannot count the removed destination's pending readings.");
+                    None
+                }
+            };
             removed.push((id, pending));
         }
-        let added = new.iter().filter(|d| !old.contains(d)).cloned().collect();
-        self.plan.send_replace(Arc::new(plan));
         Ok(PlanChange { added, removed })
     }
 }
