@@ -196,6 +196,7 @@ impl Supervisor {
                     delivery: Some(delivery.clone()),
                     clock: self.clock.clone(),
                     set_log_level: crate::logging::set_filter,
+                    update: Some(c.update.clone()),
                 },
                 observer: None,
             };

@@ -189,7 +189,8 @@ pub async fn run(
         },
         None => None,
     };
-    let rssi = match tokio::time::timeout(GATT_TIMEOUT, p.properties()).await {
+    // BlueZ answers from its cache; a slow answer is not worth holding the session for.
+    let rssi = match tokio::time::timeout(Duration::from_secs(2), p.properties()).await {
         Ok(Ok(Some(props))) => props.rssi,
         _ => None,
     };

@@ -139,6 +139,11 @@ pub enum CommandKind {
     },
     Restart,
     Diagnostics,
+    /// A signed software update: the manifest object as received (its signature is checked
+    /// by the updater, over the canonical form, so re-serialising it here is harmless).
+    Update {
+        manifest: String,
+    },
 }
 
 impl CommandKind {
@@ -151,6 +156,7 @@ impl CommandKind {
             CommandKind::SetLogLevel { .. } => "set-log-level",
             CommandKind::Restart => "restart",
             CommandKind::Diagnostics => "diagnostics",
+            CommandKind::Update { .. } => "update",
         }
     }
 }
@@ -164,6 +170,7 @@ pub const COMMAND_TYPES: &[&str] = &[
     "set-log-level",
     "restart",
     "diagnostics",
+    "update",
 ];
 
 /// A valid, unexpired command.
@@ -315,6 +322,17 @@ pub fn parse(id: &str, payload: &[u8], now: SystemTime) -> Result<Command, Comma
                 .parse::<LogFilter>()
                 .map_err(|_| invalid("level is not a valid log filter".into()))?;
             CommandKind::SetLogLevel { level }
+        }
+        "update" => {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct F {
+                manifest: serde_json::Map<String, serde_json::Value>,
+            }
+            let f: F = fields_of(rest).map_err(invalid)?;
+            CommandKind::Update {
+                manifest: serde_json::Value::Object(f.manifest).to_string(),
+            }
         }
         _ => return Err(CommandError::UnknownType(kind.to_owned())),
     };
@@ -503,6 +521,35 @@ mod tests {
             )),
             CommandKind::Diagnostics
         );
+    }
+
+    #[test]
+    fn update_carries_the_manifest_object() {
+        match ok(&format!(
+            r#"{{"type":"update","expires_at":"{LATER}","manifest":{{"format":1,"version":"0.2.0","signatures":[]}}}}"#
+        )) {
+            CommandKind::Update { manifest } => {
+                let v: serde_json::Value = serde_json::from_str(&manifest).expect("json");
+                assert_eq!(v["version"], "0.2.0");
+                assert_eq!(v["format"], 1);
+            }
+            other => panic!("{other:?}"),
+        }
+        for bad in [
+            format!(r#"{{"type":"update","expires_at":"{LATER}"}}"#),
+            format!(r#"{{"type":"update","expires_at":"{LATER}","manifest":"x"}}"#),
+            format!(r#"{{"type":"update","expires_at":"{LATER}","manifest":{{}},"force":true}}"#),
+        ] {
+            let e = err(&bad);
+            assert!(
+                matches!(e, CommandError::Invalid { kind: "update", .. }),
+                "{bad}: {e}"
+            );
+        }
+        assert!(matches!(
+            err(r#"{"type":"update","expires_at":"2026-05-01T11:00:00Z","manifest":{}}"#),
+            CommandError::Expired(_)
+        ));
     }
 
     #[test]

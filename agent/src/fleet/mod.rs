@@ -21,6 +21,7 @@ pub mod status;
 pub mod store;
 pub mod telemetry;
 pub mod topics;
+pub(crate) mod updating;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -58,6 +59,9 @@ pub struct Hooks {
     pub delivery: Option<Arc<crate::sync::plan::DeliveryControl>>,
     pub clock: Arc<dyn Clock>,
     pub set_log_level: fn(&LogFilter) -> Result<(), String>,
+    /// The `[update]` configuration, for the `update` command; `None`: the command is
+    /// refused (simulations).
+    pub update: Option<crate::config::update::UpdateConfig>,
 }
 
 impl std::fmt::Debug for Hooks {
@@ -217,6 +221,11 @@ pub(crate) enum Outbound {
     TelemetryNow,
     EventsChanged,
     Restart,
+    /// A report of the update task, handed back to the handler (see [`updating`]).
+    UpdateReport {
+        report: crate::update::Report,
+        restart: bool,
+    },
 }
 
 /// Results and reports held while disconnected; they are also in the store.
@@ -401,6 +410,11 @@ impl<S: FleetStore> Connection<S> {
                     self.publish_telemetry().await;
                     self.forward_events().await;
                 }
+                () = crate::update::announced(), if self.ctx.hooks.update.is_some() => {
+                    for report in crate::update::take_announced() {
+                        let _ = self.in_tx.send(Inbound::UpdateReport { report, restart: false }).await;
+                    }
+                }
                 Ok(()) = self.interval_rx.changed() => {
                     let every = *self.interval_rx.borrow_and_update();
                     tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -486,7 +500,7 @@ impl<S: FleetStore> Connection<S> {
         self.ctx.set_connection("connected");
         let state = json!({
             "status": "online",
-            "version": env!("CARGO_PKG_VERSION"),
+            "version": crate::update::running_version(),
             "config_version": self.ctx.config_version(),
             "uptime_s": self.ctx.started.elapsed().as_secs(),
         });
@@ -512,6 +526,11 @@ impl<S: FleetStore> Connection<S> {
         }
         self.publish_telemetry().await;
         self.forward_events().await;
+        if self.ctx.hooks.update.is_some() {
+            // An update's final result may have been decided while no broker was reachable
+            // (or by the previous version after a rollback): tell IT from the persisted state.
+            let _ = self.in_tx.send(Inbound::UpdateReconcile).await;
+        }
     }
 
     fn publish(
@@ -579,6 +598,12 @@ impl<S: FleetStore> Connection<S> {
             Outbound::Restart => {
                 tracing::info!("Restart requested over MQTT; stopping gracefully.");
                 self.ctx.hooks.restart.cancel();
+            }
+            Outbound::UpdateReport { report, restart } => {
+                let _ = self
+                    .in_tx
+                    .send(Inbound::UpdateReport { report, restart })
+                    .await;
             }
         }
     }

@@ -58,6 +58,15 @@ pub trait FleetStore: Send + Sync + 'static {
         status: &str,
         reason: &str,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// The last recorded status and reason of a command, if its id is known. The default
+    /// knows none (simulations run no updates, the only user).
+    fn command_outcome(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<(String, String)>, StoreError>> + Send {
+        let _ = id;
+        async { Ok(None) }
+    }
     fn bind(
         &self,
         transport: Transport,
@@ -196,6 +205,24 @@ impl FleetStore for SqlFleetStore {
                     params![id, kind, now, keep_until, status, reason],
                 )?;
                 as_value(Admission::New)
+            })
+            .await?;
+        from_value(&self.path, v)
+    }
+
+    async fn command_outcome(&self, id: &str) -> Result<Option<(String, String)>, StoreError> {
+        let id = id.to_owned();
+        let v = self
+            .handle
+            .exec(move |conn, _| {
+                let seen: Option<(String, String)> = conn
+                    .query_row(
+                        "SELECT status, reason FROM fleet_commands WHERE id = ?1",
+                        params![id],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?;
+                as_value(seen)
             })
             .await?;
         from_value(&self.path, v)

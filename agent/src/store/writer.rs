@@ -533,7 +533,7 @@ pub fn start(opts: WriterOptions) -> Result<(StoreHandle, WriterThread), StoreEr
     let path = opts.path.clone();
     let from =
         schema::migrate(&mut conn).map_err(|e| StoreError::from_sqlite(&path, "migrate", e))?;
-    if from != schema::LATEST_VERSION {
+    if from < schema::LATEST_VERSION {
         tracing::info!(
             from,
             to = schema::LATEST_VERSION,

@@ -183,6 +183,7 @@ fn start_fleet(
                 delivery: None,
                 clock: Arc::new(SystemClock::new()),
                 set_log_level: no_log_level,
+                update: None,
             },
             observer: Some(tx),
         };
