@@ -92,6 +92,11 @@ pub async fn run(
     cancel: &CancellationToken,
 ) -> Result<End, SessionError> {
     let address = shared.address.clone();
+    // Registered now, so a disconnect announced while the session is busy (setting up,
+    // committing a download) is not lost: `notify_waiters` only reaches registered waiters.
+    let lost = disconnected.notified();
+    tokio::pin!(lost);
+    lost.as_mut().enable();
     // 1. Connect (a device BlueZ still holds connected is fine: Connect is then a no-op).
     gatt("connect", CONNECT_TIMEOUT, p.connect()).await?;
     // 2. Discover services; notifications are matched to characteristics through them.
@@ -249,7 +254,7 @@ pub async fn run(
     let end = loop {
         tokio::select! {
             _ = cancel.cancelled() => break End::Cancelled,
-            _ = disconnected.notified() => break End::LinkLost,
+            () = &mut lost => break End::LinkLost,
             n = stream.next() => match n {
                 Some(n) => rx.handle(n.uuid, &n.value).await?,
                 None => break End::LinkLost,
