@@ -143,6 +143,13 @@ impl Supervisor {
                 .await
                 .map_err(|_| StoreError::WriterStopped)??;
         tracing::info!(path = %store_path.display(), "Store open.");
+        // Before any source runs, so readings are routed by the plan from the first commit.
+        let plan = crate::sync::plan::effective(c, &store, &self.keying).await;
+        let delivery = Arc::new(crate::sync::plan::DeliveryControl::new(
+            c.clone(),
+            store.clone(),
+            plan,
+        ));
 
         let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(SupervisorError::Signals)?;
@@ -166,6 +173,7 @@ impl Supervisor {
             &store,
             self.clock.clone(),
             &cancel,
+            delivery.clone(),
         );
         if let Some(period) = sd_notify::watchdog_enabled() {
             tracker.spawn(watchdog(store.clone(), period, cancel.child_token()));
@@ -185,7 +193,7 @@ impl Supervisor {
                 )),
                 hooks: crate::fleet::Hooks {
                     restart: restart.clone(),
-                    sync_now: Arc::new(tokio::sync::Notify::new()),
+                    delivery: Some(delivery.clone()),
                     clock: self.clock.clone(),
                     set_log_level: crate::logging::set_filter,
                     update: Some(c.update.clone()),

@@ -249,13 +249,22 @@ async fn execute<S: FleetStore>(
     let actor = format!("fleet:cmd/{id}");
     match kind {
         CommandKind::SyncNow => {
-            ctx.hooks.sync_now.notify_waiters();
             let backlog = ctx.store.snapshot().await.ok().map(|s| s.readings.pending);
+            let running = ctx.hooks.delivery.as_ref().map_or(0, |d| d.sync_now());
             let _ = out.send(Outbound::TelemetryNow).await;
+            if running == 0 {
+                // Nothing would happen: say so rather than report a sync that is not coming.
+                return (
+                    false,
+                    "no destination is delivering (none configured, or another process holds the delivery lock)".into(),
+                    Some(json!({ "backlog": backlog })),
+                    None,
+                );
+            }
             (
                 true,
-                "sync requested; telemetry published".into(),
-                Some(json!({ "backlog": backlog })),
+                format!("sync requested for {running} destinations"),
+                Some(json!({ "backlog": backlog, "destinations": running })),
                 None,
             )
         }
@@ -440,6 +449,27 @@ async fn desired_config<S: FleetStore>(
         publish(out, topic, reject(Some(doc.version), reason)).await;
         return;
     }
+    // Everything is validated before anything is persisted or applied: the delivery plan
+    // (destinations and routing over the file configuration) included.
+    let plan = match ctx.hooks.delivery.as_ref().map(|d| d.plan_for(&doc)) {
+        Some(Err(reason)) => {
+            tracing::warn!(version = doc.version, %reason, "Desired configuration rejected.");
+            ctx.note_error(&format!("desired config rejected: {reason}"));
+            let _ = ctx
+                .store
+                .record_event(NewEvent {
+                    severity: Severity::Warning,
+                    kind: "config-rejected".into(),
+                    detail: json!({ "version": doc.version, "reason": reason }),
+                })
+                .await;
+            let _ = out.send(Outbound::EventsChanged).await;
+            publish(out, topic, reject(Some(doc.version), reason)).await;
+            return;
+        }
+        Some(Ok(plan)) => Some(plan),
+        None => None,
+    };
     let text = String::from_utf8_lossy(payload).into_owned();
     if let Err(e) = ctx
         .store
@@ -450,6 +480,39 @@ async fn desired_config<S: FleetStore>(
         ctx.note_error(&reason);
         publish(out, topic, reject(Some(doc.version), reason)).await;
         return;
+    }
+    if let (Some(delivery), Some(plan)) = (&ctx.hooks.delivery, plan) {
+        match delivery.apply(plan).await {
+            Ok(change) => {
+                for (id, pending) in change.removed {
+                    // The readings stay in the store, counted in the backlog, and go out if
+                    // the destination comes back; retention never removes them.
+                    tracing::warn!(destination = %id, ?pending, "Destination removed by the desired configuration.");
+                    let _ = ctx
+                        .store
+                        .record_event(NewEvent {
+                            severity: if pending == Some(0) {
+                                Severity::Info
+                            } else {
+                                Severity::Warning
+                            },
+                            kind: "destination-removed".into(),
+                            detail: json!({ "destination": id, "pending": pending, "version": doc.version }),
+                        })
+                        .await;
+                }
+                if !change.added.is_empty() {
+                    tracing::info!(destinations = ?change.added, "Destinations added by the desired configuration.");
+                }
+            }
+            Err(e) => {
+                // The document is persisted, so the next start delivers by it; say so.
+                ctx.note_error(&format!(
+                    "desired config {}: delivery not switched until restart: {e}",
+                    doc.version
+                ));
+            }
+        }
     }
     ctx.apply_runtime(&doc);
     tracing::info!(version = doc.version, "Desired configuration applied.");
@@ -521,7 +584,7 @@ mod tests {
     use std::sync::Mutex;
     use std::time::Instant;
 
-    use tokio::sync::{Notify, watch};
+    use tokio::sync::watch;
     use tokio_util::sync::CancellationToken;
     use vitalgate_drivers::Transport;
 
@@ -647,7 +710,7 @@ mod tests {
             store: Arc::new(MemStore::default()),
             hooks: Hooks {
                 restart: CancellationToken::new(),
-                sync_now: Arc::new(Notify::new()),
+                delivery: None,
                 clock: Arc::new(SystemClock::new()),
                 set_log_level: no_log,
                 update: None,
@@ -932,6 +995,28 @@ mod tests {
         // An operation started from the command line has no fleet record: never published.
         ctx.store.commands.lock().expect("lock").clear();
         assert!(reconcile().await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn sync_now_without_a_delivery_engine_fails_and_says_why() {
+        let ctx = context();
+        let out = handle(
+            &ctx,
+            cmd(
+                "s1",
+                json!({"type": "sync-now", "expires_at": later()}),
+                false,
+            ),
+        )
+        .await;
+        let last = &out.last().expect("result").1;
+        assert_eq!(last["status"], "failed");
+        assert!(
+            last["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("no destination is delivering")),
+            "{last}"
+        );
     }
 
     #[tokio::test]

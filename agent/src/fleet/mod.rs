@@ -11,6 +11,7 @@
 //! Nothing published carries patient data: telemetry and events are counts, ages, sizes and
 //! device addresses; command results never echo a patient reference.
 
+pub mod alerts;
 pub mod backoff;
 pub mod command;
 pub mod connect;
@@ -53,8 +54,9 @@ pub struct Hooks {
     /// Cancelled by the `restart` command: the supervisor stops gracefully and the process
     /// exits non-zero, so systemd starts it again.
     pub restart: CancellationToken,
-    /// Notified by `sync-now`, for the delivery engine.
-    pub sync_now: Arc<Notify>,
+    /// The delivery engine: `sync-now` and a desired configuration's destinations and
+    /// routing go to it. `None` where there is none (the fleet benchmark).
+    pub delivery: Option<Arc<crate::sync::plan::DeliveryControl>>,
     pub clock: Arc<dyn Clock>,
     pub set_log_level: fn(&LogFilter) -> Result<(), String>,
     /// The `[update]` configuration, for the `update` command; `None`: the command is
@@ -123,7 +125,7 @@ pub(crate) struct Counters {
 pub(crate) struct RuntimeState {
     pub config_version: Option<u64>,
     pub pairing: Option<PairingPolicy>,
-    /// Kept for the delivery engine; validated and persisted here.
+    /// The last applied document (its delivery part is in force through `Hooks::delivery`).
     pub desired: Option<DesiredConfig>,
 }
 
@@ -297,6 +299,8 @@ pub async fn run<S: FleetStore>(
         observer: setup.observer,
         cpu: telemetry::CpuSampler::default(),
         clock_synced: None,
+        alerts: alerts::Alerts::default(),
+        overdue_after: setup.config.device_overdue_after,
     };
     conn.run(&cancel).await;
     poller.abort();
@@ -363,6 +367,8 @@ struct Connection<S> {
     observer: Option<mpsc::UnboundedSender<(Instant, ConnectionEvent)>>,
     cpu: telemetry::CpuSampler,
     clock_synced: Option<bool>,
+    alerts: alerts::Alerts,
+    overdue_after: Duration,
 }
 
 impl<S: FleetStore> Connection<S> {
@@ -630,6 +636,15 @@ impl<S: FleetStore> Connection<S> {
             rss_bytes: telemetry::rss_bytes(),
             mqtt_reconnects: self.ctx.counters.reconnects.load(Ordering::Relaxed),
         };
+        for event in self
+            .alerts
+            .check(&snapshot, receipt.wall_ms, self.overdue_after)
+        {
+            tracing::info!(kind = %event.kind, "Fleet event raised.");
+            if let Err(e) = self.ctx.store.record_event(event).await {
+                self.ctx.note_error(&format!("events: cannot record: {e}"));
+            }
+        }
         let t = telemetry::build(&snapshot, facts, receipt.wall_ms);
         let every = *self.interval_rx.borrow();
         // Stale telemetry is worthless: it expires after two periods (MQTT 5).

@@ -36,8 +36,10 @@ pub struct BoundDevice {
     pub last_seen_ms: i64,
     pub last_reading_ms: Option<i64>,
     pub readings: u64,
-    /// Battery level. Not stored yet: always `None` until battery reporting lands.
+    /// Battery level (0-100) as last read at a connection, if the device has a Battery Service.
     pub battery_percent: Option<u8>,
+    /// Signal strength at the last connection.
+    pub rssi_dbm: Option<i16>,
     pub bindings: Vec<DeviceBinding>,
     /// Readings kept but held: no binding for their user index.
     pub held_unbound: u64,
@@ -67,8 +69,9 @@ pub fn list(path: &Path, keying: &Keying) -> Result<Vec<BoundDevice>, StoreError
         .prepare(
             "SELECT d.id, d.transport, d.address, d.identity, d.last_seen_ms, d.allowed, \
              (SELECT max(received_ms) FROM readings r WHERE r.device_id = d.id), \
-             (SELECT count(*) FROM readings r WHERE r.device_id = d.id) \
-             FROM devices d WHERE d.allowed = 1 \
+             (SELECT count(*) FROM readings r WHERE r.device_id = d.id), \
+             s.battery_percent, s.rssi_dbm \
+             FROM devices d LEFT JOIN device_status s ON s.device_id = d.id WHERE d.allowed = 1 \
              OR EXISTS (SELECT 1 FROM bindings b WHERE b.device_id = d.id) \
              ORDER BY d.transport, d.address",
         )
@@ -84,12 +87,26 @@ pub fn list(path: &Path, keying: &Keying) -> Result<Vec<BoundDevice>, StoreError
                 r.get::<_, bool>(5)?,
                 r.get::<_, Option<i64>>(6)?,
                 r.get::<_, i64>(7)?,
+                r.get::<_, Option<u8>>(8)?,
+                r.get::<_, Option<i16>>(9)?,
             ))
         })
         .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
         .map_err(sql("list devices"))?;
     let mut out = Vec::new();
-    for (id, transport, address, identity, last_seen_ms, allowed, last_reading_ms, n) in rows {
+    for (
+        id,
+        transport,
+        address,
+        identity,
+        last_seen_ms,
+        allowed,
+        last_reading_ms,
+        n,
+        battery_percent,
+        rssi_dbm,
+    ) in rows
+    {
         let identity: Option<DeviceIdentity> = postcard::from_bytes(&identity).ok();
         let mut kinds: Vec<&str> = conn
             .prepare_cached("SELECT DISTINCT kind FROM readings WHERE device_id = ?1")
@@ -140,7 +157,8 @@ pub fn list(path: &Path, keying: &Keying) -> Result<Vec<BoundDevice>, StoreError
             last_seen_ms,
             last_reading_ms,
             readings: n as u64,
-            battery_percent: None,
+            battery_percent,
+            rssi_dbm,
             bindings,
             held_unbound: unbound.iter().map(|(_, n)| *n as u64).sum(),
             unbound_users: unbound.iter().map(|(u, _)| *u).collect(),

@@ -184,6 +184,17 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE pairing_windows ADD COLUMN closed_ms INTEGER;
     ALTER TABLE pairing_windows ADD COLUMN outcome TEXT;
     "#,
+    // 5 -> 6: a device's battery level and signal strength as last read, each with when
+    // (fleet telemetry, `vitalgate devices`). Not patient data.
+    r#"
+    CREATE TABLE device_status (
+        device_id       INTEGER PRIMARY KEY REFERENCES devices(id),
+        battery_percent INTEGER,
+        battery_ms      INTEGER,
+        rssi_dbm        INTEGER,
+        rssi_ms         INTEGER
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// Schema versions whose migration is additive: a binary that knows the version before it
@@ -191,7 +202,7 @@ const MIGRATIONS: &[&str] = &[
 /// forgetting to list one is safe (a rollback then refuses the store instead of misreading
 /// it). Only list a migration that adds tables, indexes, or columns that are nullable or have
 /// a default, and that changes no meaning of what exists.
-const ADDITIVE: &[u32] = &[2, 3, 4, 5];
+const ADDITIVE: &[u32] = &[2, 3, 4, 5, 6];
 
 /// The oldest schema version a binary must know to use a store at `version`: the last
 /// breaking migration at or below it.
@@ -258,8 +269,9 @@ mod tests {
     #[test]
     fn the_floor_is_the_last_breaking_migration() {
         assert_eq!(min_reader(1), 1);
-        // 2, 3 and 4 only add.
+        // 2, 3, 4 and 5 only add.
         assert_eq!(min_reader(4), 1);
+        assert_eq!(min_reader(5), 1);
         for v in 1..=LATEST_VERSION {
             assert!(min_reader(v) <= v && min_reader(v) >= 1, "{v}");
         }

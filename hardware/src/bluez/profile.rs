@@ -169,6 +169,8 @@ pub struct PeripheralSpec {
     /// Period of the live stream (heart rate, PLX continuous); `None` disables it.
     pub live_interval: Option<Duration>,
     pub rssi: i16,
+    /// Battery Level (0x2A19) of its Battery Service (0x180F).
+    pub battery_percent: u8,
     /// Whether the device is already bonded with this adapter (paired earlier through
     /// BlueZ). Glucose meters and CGMs only serve the RACP over a bonded link.
     pub bonded: bool,
@@ -204,6 +206,7 @@ impl PeripheralSpec {
             stored_records: 3,
             live_interval: Some(Duration::from_secs(1)),
             rssi: -52,
+            battery_percent: 87,
             bonded: true,
             pairing: PairingMethod::JustWorks,
         }
@@ -216,6 +219,11 @@ impl PeripheralSpec {
 
     pub fn with_live_interval(mut self, every: Option<Duration>) -> Self {
         self.live_interval = every;
+        self
+    }
+
+    pub fn with_battery(mut self, percent: u8) -> Self {
+        self.battery_percent = percent;
         self
     }
 
@@ -258,8 +266,8 @@ fn c(uuid: u16, flags: &[&'static str]) -> CharDef {
     }
 }
 
-/// The GATT database of a profile: its health services, then Device Information and
-/// Current Time.
+/// The GATT database of a profile: its health services, then Device Information, Current
+/// Time and Battery.
 pub fn gatt_database(profile: Profile) -> Vec<ServiceDef> {
     let s = |uuid, chars| ServiceDef { uuid, chars };
     let mut db = match profile {
@@ -331,6 +339,7 @@ pub fn gatt_database(profile: Profile) -> Vec<ServiceDef> {
         &["read", "notify"]
     };
     db.push(s(0x1805, vec![c(0x2A2B, cts)]));
+    db.push(s(0x180F, vec![c(0x2A19, &["read"])]));
     db
 }
 

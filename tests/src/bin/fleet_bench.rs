@@ -183,7 +183,7 @@ fn start_fleet(
             store: store.clone(),
             hooks: Hooks {
                 restart: CancellationToken::new(),
-                sync_now: Arc::new(tokio::sync::Notify::new()),
+                delivery: None,
                 clock: Arc::new(SystemClock::new()),
                 set_log_level: no_log_level,
                 update: None,
