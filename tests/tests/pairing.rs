@@ -241,7 +241,9 @@ fn a_passkey_glucose_meter_pairs_with_the_right_pin_only_and_unpairs() {
     assert_eq!(d["address"], METER);
     assert_eq!(d["kind"], "glucose-meter");
     assert_eq!(d["allowed"], true);
-    assert_eq!(d["battery_percent"], Value::Null);
+    // Read from the emulated meter's Battery Service at its connection.
+    assert_eq!(d["battery_percent"], 87);
+    assert!(d["rssi_dbm"].as_i64().is_some_and(|r| (-100..0).contains(&r)));
     assert!(d["last_reading_ms"].as_i64().is_some());
     assert_eq!(
         d["bindings"],
