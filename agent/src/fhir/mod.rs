@@ -345,10 +345,16 @@ impl Builder<'_> {
             dev_ids[0].search(),
         );
         let dev_ref = reference(&self.out.entries[dev]);
-        let coincident = r
-            .device_clock_offset_ms
-            .map(|off| self.coincident(r, off, &subject, &phg_ref))
-            .transpose()?;
+        let coincident = match r.device_clock_offset_ms {
+            None => None,
+            Some(off) => match self.coincident(r, off, &subject, &phg_ref) {
+                Ok(i) => Some(i),
+                // The gateway clock of that connection can no longer be placed, so there is
+                // no coincident time stamp to report; the reading keeps its device time.
+                Err(MapError::Hold(TimeHold::UnplaceableAfterReboot)) => None,
+                Err(e) => return Err(e),
+            },
+        };
 
         let ts_part = time::identifier_timestamp(m.device_time.as_ref(), m.clock.time_fault);
         let identifier = |type_code: u32, supplemental: &[u32]| -> (String, String) {

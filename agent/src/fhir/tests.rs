@@ -563,6 +563,54 @@ fn unsynchronised_gateway_clock_holds_instead_of_inventing_a_time() {
         a.items[0],
         Err(MapError::Hold(TimeHold::UnplaceableAfterReboot))
     );
+    // That hold is final (delivery quarantines); the one before synchronisation is not.
+    assert!(TimeHold::UnplaceableAfterReboot.is_final());
+    assert!(!TimeHold::GatewayClockUnsynchronised.is_final());
+}
+
+#[test]
+fn after_a_reboot_a_reading_with_device_time_is_released_on_that_time() {
+    // Device says 2024-03-05 08:30:00 (no zone), measured 90 s fast against a gateway
+    // clock that was not synchronised, in a boot that is over.
+    let mut rs = readings(
+        0x2A35,
+        "02 74 00 47 00 56 00 E8 07 03 05 08 1E 00",
+        Some(90_000),
+    );
+    rs[0].receipt = receipt(false);
+    let patient: PatientRef = "Patient/p1".parse().expect("patient");
+    let items = [MapItem {
+        reading: &rs[0],
+        patient: &patient,
+        stored_key: None,
+    }];
+    // Before the clock is known, even this one waits.
+    let mut gt = gw_time(0);
+    gt.now.clock_synchronized = false;
+    gt.now.boot_id = Uuid::from_u128(2);
+    let a = assemble(&gateway(), &gt, &items);
+    assert_eq!(
+        a.items[0],
+        Err(MapError::Hold(TimeHold::GatewayClockUnsynchronised))
+    );
+    // Synchronised, new boot: the offset was taken against a clock of unknown error, so the
+    // device's own report stands, in the gateway's zone (+01:00 here).
+    let mut gt = gw_time(3600);
+    gt.now.boot_id = Uuid::from_u128(2);
+    let a = assemble(&gateway(), &gt, &items);
+    let bp = resource(&a, 0, 0);
+    assert_eq!(bp["effectiveDateTime"], "2024-03-05T08:30:00+01:00");
+    assert_eq!(
+        bp["identifier"][0]["value"],
+        "74E8FFFEFF051C00-p1-150020-762942600"
+    );
+    // No coincident time stamp: the gateway time of that connection is unknown.
+    assert!(
+        a.entries
+            .iter()
+            .all(|e| e.resource["code"]["coding"][0]["code"] != "67975"),
+        "a coincident time stamp was invented"
+    );
 }
 
 #[test]

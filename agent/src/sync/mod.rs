@@ -297,6 +297,21 @@ impl Destination {
             let id = ready[i].0.id;
             match r {
                 Ok(_) => sendable.push(i),
+                Err(MapError::Hold(hold)) if hold.is_final() => {
+                    // Final: waiting cannot give this reading a time, and none is invented.
+                    report.quarantined += 1;
+                    tracing::warn!(destination = %self.id, reading = id, %hold, "Reading has no establishable time; quarantined.");
+                    updates.push(DeliveryUpdate::Quarantine {
+                        reading_id: id,
+                        http_status: None,
+                        outcome: hold.to_string(),
+                    });
+                    events.push(NewEvent {
+                        severity: Severity::Warning,
+                        kind: "fhir-time-unknown".into(),
+                        detail: serde_json::json!({ "destination": self.id, "reading_id": id }),
+                    });
+                }
                 Err(MapError::Hold(hold)) => {
                     report.held += 1;
                     tracing::debug!(destination = %self.id, reading = id, %hold, "Reading held.");
