@@ -245,6 +245,8 @@ fn decode_refuses_bad_input_with_clear_errors() {
     );
 }
 
+/// `vitalgate demo` runs the simulated devices through the real transports: an emulated
+/// BlueZ read by btleplug, PTY serial simulators read by tokio-serial.
 #[test]
 fn demo_pipeline_twice_on_one_state_dir_adds_no_duplicate() {
     let server = FhirServer::start();
@@ -257,24 +259,32 @@ fn demo_pipeline_twice_on_one_state_dir_adds_no_duplicate() {
                 "demo",
                 &["--fhir", &base, "--for", "2", "--records", records],
             ),
-            Duration::from_secs(120),
+            Duration::from_secs(180),
         );
         out.expect_code(0);
         out
     };
+    // Observations by MDC code: blood pressure (BLE cuff 30 + FORA meter 12), glucose (5),
+    // body weight (the scale's 3), SpO2 (live, from both oximeters).
+    let code = |c: &str| server.observations_with_code(c);
     let out = run("30");
-    assert!(out.stdout.contains("The FHIR server at"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("read through btleplug") && !out.stdout.contains("Falling back"),
+        "the demo did not use the Bluetooth transport:\n{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("Serial: a FORA"), "{}", out.stdout);
+    assert!(out.stdout.contains("Observations per device:"), "{}", out.stdout);
     let first = server.all("Observation");
     assert!(duplicate_identifiers(&first).is_empty());
-    assert_eq!(cuff_observations(&server), 30);
-    assert!(
-        first
-            .iter()
-            .any(|o| o["code"]["coding"][0]["code"] == "150456"),
-        "live SpO2"
-    );
+    assert_eq!(code("150020"), 42, "BP: 30 from the cuff, 12 from the meter");
+    assert_eq!(code("160184"), 5, "glucose records over RACP");
+    assert_eq!(code("188736"), 3, "weight records");
+    assert!(code("150456") > 0, "live SpO2");
     let st = status(&site);
     assert_eq!(st["readings"]["pending"], 0, "{st}");
+    assert_eq!(st["readings"]["unrouted"], 0, "{st}");
+    assert_eq!(st["readings"]["quarantined"], 0, "{st}");
     assert_eq!(delivery(&st, "demo")["backlog"], 0);
 
     run("30");
@@ -283,23 +293,21 @@ fn demo_pipeline_twice_on_one_state_dir_adds_no_duplicate() {
         duplicate_identifiers(&second).is_empty(),
         "duplicates after a second run"
     );
-    assert_eq!(
-        cuff_observations(&server),
-        30,
-        "the cuff's records were sent twice"
-    );
+    assert_eq!(code("150020"), 42, "stored BP records were sent twice");
+    assert_eq!(code("160184"), 5, "glucose records were sent twice");
+    assert_eq!(code("188736"), 3, "weight records were sent twice");
     assert!(
         second.len() > first.len(),
         "the second run's live readings are new"
     );
-    // One Device per medical device plus the gateway, two demo patients.
-    assert_eq!(server.count("Device"), 3);
+    // One Device per medical device (five BLE, two serial) plus the gateway; two patients.
+    assert_eq!(server.count("Device"), 8);
     assert_eq!(server.count("Patient"), 2);
-    // Found by its PHD identifier: record 0 is 2026-01-01 08:00:00 device time.
+    // Found by its PHD identifier: the cuff's record 1 is 2026-03-01 09:00:00 device time.
     let hits = server.by_identifier(
         "Observation",
         PHD_SYSTEM,
-        "74E8FFFEFF051C00-demo-patient-1-https://vitalgate.example/fhir/sid/demo-patient-150020-820569600",
+        "A0DE00FEFF10A0DE-demo-patient-1-https://vitalgate.example/fhir/sid/demo-patient-150020-825670800",
     );
     assert_eq!(hits.len(), 1, "identifier search");
 }
