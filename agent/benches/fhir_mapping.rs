@@ -20,6 +20,7 @@ fn bench(c: &mut Criterion) {
         monotonic_ns: 1,
         boot_id: Uuid::nil(),
         clock_synchronized: true,
+        namespace: Default::default(),
     };
     let cuff = BpCuffMemory::new("00:1C:05:FF:E8:74", BATCH as u32);
     let readings: Vec<_> = (0..BATCH as u32).map(|i| cuff.record(i, receipt)).collect();

@@ -60,14 +60,22 @@ pub enum DecodeCommand {
     },
 }
 
+/// What `decode` takes from the configuration: the gateway id and the identifier namespace.
+#[derive(Debug, Clone)]
+pub struct DecodeGateway {
+    pub id: String,
+    pub namespace: vitalgate::fhir::IdentifierNamespace,
+}
+
 /// The gateway facts the mapping needs, from the configuration and the system clock.
-pub fn gateway_now(gateway_id: &str) -> (GatewayInfo, GatewayTime) {
+pub fn gateway_now(gateway: &DecodeGateway) -> (GatewayInfo, GatewayTime) {
     let now = SystemClock::new().receipt();
     (
         GatewayInfo {
-            id: gateway_id.to_owned(),
+            id: gateway.id.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             clock_synchronized: now.clock_synchronized,
+            namespace: gateway.namespace.clone(),
         },
         GatewayTime {
             now,
@@ -76,7 +84,7 @@ pub fn gateway_now(gateway_id: &str) -> (GatewayInfo, GatewayTime) {
     )
 }
 
-pub fn decode_cmd(gateway_id: &str, cmd: DecodeCommand) -> Result<u8> {
+pub fn decode_cmd(gateway: &DecodeGateway, cmd: DecodeCommand) -> Result<u8> {
     match cmd {
         DecodeCommand::Serial {
             protocol,
@@ -86,7 +94,7 @@ pub fn decode_cmd(gateway_id: &str, cmd: DecodeCommand) -> Result<u8> {
         } => crate::cli::decode_serial(
             protocol,
             &hex,
-            gateway_id,
+            gateway,
             readings,
             bundle == "transaction",
         ),
@@ -99,7 +107,7 @@ pub fn decode_cmd(gateway_id: &str, cmd: DecodeCommand) -> Result<u8> {
             let parsed = (|| {
                 let uuid = decode::parse_characteristic(&characteristic)?;
                 let bytes = decode::parse_hex(&hex)?;
-                let (gw, time) = gateway_now(gateway_id);
+                let (gw, time) = gateway_now(gateway);
                 let device = decode::placeholder_ble_device(&address);
                 let readings = decode::ble_readings(uuid, &bytes, &device, time.now)?;
                 decode::bundle_for_readings(&readings, &gw, &time, bundle == "transaction")
@@ -129,9 +137,12 @@ pub fn decode_cmd(gateway_id: &str, cmd: DecodeCommand) -> Result<u8> {
     }
 }
 
-/// Reads the configuration path only to find the gateway id; decode needs nothing else.
-pub fn gateway_id(config: &vitalgate::config::Config) -> String {
-    config.gateway.id.to_string()
+/// What decode needs from the configuration; nothing else is read.
+pub fn decode_gateway(config: &vitalgate::config::Config) -> DecodeGateway {
+    DecodeGateway {
+        id: config.gateway.id.to_string(),
+        namespace: config.fhir.identifier_namespace.clone(),
+    }
 }
 
 // --- sync and status ------------------------------------------------------------------
@@ -175,6 +186,7 @@ pub fn sync_cmd(config: &Config, state_dir: &Path, keying: Keying, json: bool) -
                 store.clone(),
                 clock.clone(),
                 c.gateway.id.to_string(),
+                c.fhir.identifier_namespace.clone(),
             ) {
                 Ok(mut dest) => {
                     // A transient failure (network, 429, 5xx) is retried a few times, after

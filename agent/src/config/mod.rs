@@ -5,6 +5,7 @@
 //! configured inline: the file only says where to find them.
 
 pub mod destination;
+pub mod fhir;
 pub mod fleet;
 pub mod serial;
 pub mod types;
@@ -56,6 +57,8 @@ pub struct Config {
     /// Serial devices (`[[serial]]`, see [`serial`]).
     pub serial: Vec<SerialConfig>,
     pub update: update::UpdateConfig,
+    /// `[fhir]`: the identifier namespace of the resources (see [`fhir`]).
+    pub fhir: fhir::FhirConfig,
 }
 
 /// `[gateway]`

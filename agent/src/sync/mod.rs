@@ -78,6 +78,7 @@ pub struct Destination {
     store: StoreHandle,
     clock: Arc<dyn Clock>,
     gateway_id: String,
+    namespace: fhir::IdentifierNamespace,
     backoff: Backoff,
 }
 
@@ -104,6 +105,7 @@ impl Destination {
         store: StoreHandle,
         clock: Arc<dyn Clock>,
         gateway_id: String,
+        namespace: fhir::IdentifierNamespace,
     ) -> Result<Self, SyncError> {
         let http = auth::client(&cfg)?;
         let creds = Credentials::load(&cfg)?;
@@ -118,6 +120,7 @@ impl Destination {
             store,
             clock,
             gateway_id,
+            namespace,
         })
     }
 
@@ -277,6 +280,7 @@ impl Destination {
             id: self.gateway_id.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             clock_synchronized: now.clock_synchronized,
+            namespace: self.namespace.clone(),
         };
         let time = GatewayTime {
             now,
@@ -615,6 +619,7 @@ pub fn spawn_all(
             store.clone(),
             clock.clone(),
             config.gateway.id.to_string(),
+            config.fhir.identifier_namespace.clone(),
         ) {
             Ok(dest) => dests.push(dest),
             Err(error) => {
