@@ -573,6 +573,7 @@ fn smart_backend_services_tokens_are_minted_refreshed_and_rotated() {
         &[
             ("SMART_CLIENT_ID", "vitalgate-test"),
             ("SMART_CLIENT_KEY", &public),
+            ("SMART_CLIENT_KID", "k1"),
             ("SMART_CLIENT_ALG", "ES384"),
             ("SMART_TOKEN_TTL", "10"),
         ],
@@ -633,6 +634,112 @@ fn smart_backend_services_tokens_are_minted_refreshed_and_rotated() {
     );
 }
 
+/// The server's own token endpoint (the SMART authorization server of these tests) really
+/// checks client assertions: the signature against the client's registered key (chosen by
+/// kid), `aud`, `exp` (present, not past, at most five minutes ahead), `jti` replay.
+#[test]
+fn smart_token_endpoint_refuses_forged_replayed_and_misaddressed_assertions() {
+    let site = Site::new().with_key_only();
+    let (key, public) = smart_keys(&site.root, "ES384");
+    let other = site.root.join("other");
+    std::fs::create_dir_all(&other).expect("dir");
+    let (other_key, _) = smart_keys(&other, "ES384");
+    let server = FhirServer::start_with(
+        &[
+            ("SMART_CLIENT_ID", "vitalgate-test"),
+            ("SMART_CLIENT_KEY", &public.display().to_string()),
+            ("SMART_CLIENT_KID", "k1"),
+            ("SMART_CLIENT_ALG", "ES384"),
+        ],
+        None,
+    );
+    let token_url = format!("{}/auth/token", server.root);
+    let pem = std::fs::read(&key).expect("key");
+    let other_pem = std::fs::read(&other_key).expect("key");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let ask = |assertion: &str| {
+        server.post_form(
+            "/auth/token",
+            &[
+                ("grant_type", "client_credentials"),
+                (
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                ),
+                ("client_assertion", assertion),
+                ("scope", "system/Observation.crs"),
+            ],
+        )
+    };
+    let forge = |pem: &[u8], kid: &str, claims: Value| {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES384);
+        header.kid = Some(kid.to_owned());
+        header.typ = Some("JWT".to_owned());
+        let key = jsonwebtoken::EncodingKey::from_ec_pem(pem).expect("EC key");
+        jsonwebtoken::encode(&header, &claims, &key).expect("sign")
+    };
+    let claims = |aud: &str, exp: u64, jti: &str| {
+        json!({ "iss": "vitalgate-test", "sub": "vitalgate-test", "aud": aud, "exp": exp,
+                "iat": now, "jti": jti })
+    };
+
+    // The agent's own assertion is accepted, once.
+    let good = vitalgate::sync::auth::client_assertion(
+        vitalgate::config::destination::SigningAlgorithm::ES384,
+        &pem,
+        "k1",
+        "vitalgate-test",
+        &token_url,
+        now,
+    )
+    .expect("assertion");
+    let (s, body) = ask(&good);
+    assert_eq!(s, 200, "{body}");
+    assert!(body["access_token"].as_str().is_some_and(|t| !t.is_empty()));
+    let refused = |what: &str, assertion: &str| {
+        let (s, body) = ask(assertion);
+        assert_eq!(s, 401, "{what} was accepted: {body}");
+        assert_eq!(body["error"], "invalid_client", "{what}: {body}");
+    };
+    refused("a replayed assertion (same jti)", &good);
+    refused(
+        "an assertion signed by another key under the registered kid",
+        &forge(&other_pem, "k1", claims(&token_url, now + 60, "j-other-key")),
+    );
+    refused(
+        "an assertion naming an unregistered kid",
+        &forge(&pem, "k2", claims(&token_url, now + 60, "j-kid")),
+    );
+    refused(
+        "an assertion for another audience",
+        &forge(&pem, "k1", claims(&format!("{}/token", server.root), now + 60, "j-aud")),
+    );
+    refused(
+        "an expired assertion",
+        &forge(&pem, "k1", claims(&token_url, now - 120, "j-expired")),
+    );
+    refused(
+        "an assertion valid for ten minutes",
+        &forge(&pem, "k1", claims(&token_url, now + 600, "j-long")),
+    );
+    refused(
+        "an assertion without exp",
+        &forge(
+            &pem,
+            "k1",
+            json!({ "iss": "vitalgate-test", "sub": "vitalgate-test", "aud": token_url,
+                    "iat": now, "jti": "j-noexp" }),
+        ),
+    );
+    // A well-formed one with a fresh jti still works: the refusals were for cause.
+    let (s, body) = ask(&forge(&pem, "k1", claims(&token_url, now + 60, "j-fresh")));
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(server.stats()["tokenErrors"], 7);
+}
+
 #[test]
 fn smart_backend_services_rs384_and_a_wrong_key_alarms() {
     let site = Site::new().with_key_only();
@@ -642,6 +749,7 @@ fn smart_backend_services_rs384_and_a_wrong_key_alarms() {
         &[
             ("SMART_CLIENT_ID", "vitalgate-test"),
             ("SMART_CLIENT_KEY", &public),
+            ("SMART_CLIENT_KID", "k1"),
             ("SMART_CLIENT_ALG", "RS384"),
         ],
         None,
