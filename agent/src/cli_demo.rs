@@ -137,11 +137,29 @@ pub fn ble_peripherals(records: u32) -> (Vec<PeripheralSpec>, Vec<DemoDevice>) {
     let records = records.max(1);
     let last = |n: u32| Done::RecordAt(payload::record_time(n));
     let plan = [
-        ("blood-pressure cuff", Profile::BloodPressure, "A0:DE:00:00:18:10", 1, records),
-        ("thermometer", Profile::Thermometer, "A0:DE:00:00:18:09", 1, 3),
+        (
+            "blood-pressure cuff",
+            Profile::BloodPressure,
+            "A0:DE:00:00:18:10",
+            1,
+            records,
+        ),
+        (
+            "thermometer",
+            Profile::Thermometer,
+            "A0:DE:00:00:18:09",
+            1,
+            3,
+        ),
         ("weight scale", Profile::Scale, "A0:DE:00:00:18:1D", 1, 3),
         ("glucose meter", Profile::Glucose, "A0:DE:00:00:18:08", 2, 5),
-        ("pulse oximeter", Profile::PulseOximeter, "A0:DE:00:00:18:22", 2, 3),
+        (
+            "pulse oximeter",
+            Profile::PulseOximeter,
+            "A0:DE:00:00:18:22",
+            2,
+            3,
+        ),
     ];
     let mut specs = Vec::new();
     let mut devices = Vec::new();
@@ -178,7 +196,12 @@ pub struct SerialSim {
 }
 
 impl SerialSim {
-    fn start(protocol: Protocol, options: &DeviceOptions, faults: Faults, link: &Path) -> Result<Self> {
+    fn start(
+        protocol: Protocol,
+        options: &DeviceOptions,
+        faults: Faults,
+        link: &Path,
+    ) -> Result<Self> {
         let (plugged_tx, plugged_rx) = std::sync::mpsc::channel();
         let sim = serial_sim::Simulator::new(
             serial_sim::device(protocol, options),

@@ -91,13 +91,7 @@ pub fn decode_cmd(gateway: &DecodeGateway, cmd: DecodeCommand) -> Result<u8> {
             hex,
             readings,
             bundle,
-        } => crate::cli::decode_serial(
-            protocol,
-            &hex,
-            gateway,
-            readings,
-            bundle == "transaction",
-        ),
+        } => crate::cli::decode_serial(protocol, &hex, gateway, readings, bundle == "transaction"),
         DecodeCommand::Ble {
             characteristic,
             hex,
@@ -603,10 +597,7 @@ pub async fn server_summary(base_url: &str) -> Result<serde_json::Value> {
                         .to_owned();
                     *by_code.entry(code).or_default() += 1;
                     let dev = r["device"]["reference"].as_str().unwrap_or("none");
-                    let label = devices
-                        .get(dev)
-                        .cloned()
-                        .unwrap_or_else(|| dev.to_owned());
+                    let label = devices.get(dev).cloned().unwrap_or_else(|| dev.to_owned());
                     *by_device.entry(label).or_default() += 1;
                 }
                 _ => {}
@@ -644,9 +635,10 @@ fn writer_options(config: &Config, state_dir: &Path, keying: &Keying) -> WriterO
 /// Binds the demo devices to their patients before any source runs, so no reading waits for
 /// its binding.
 async fn bind_devices(opts: WriterOptions, devices: &[crate::cli_demo::DemoDevice]) -> Result<()> {
-    let (store, writer) = tokio::task::spawn_blocking(move || vitalgate::store::writer::start(opts))
-        .await
-        .context("store writer")??;
+    let (store, writer) =
+        tokio::task::spawn_blocking(move || vitalgate::store::writer::start(opts))
+            .await
+            .context("store writer")??;
     for d in devices {
         store.bind(d.identity(), -1, d.patient.clone()).await?;
     }
@@ -797,7 +789,9 @@ pub fn demo(explicit: Option<&Path>, state_dir: &Path, args: DemoArgs) -> Result
                 ("in-memory cuff", CUFF_ADDRESS, 1),
                 ("in-memory oximeter", OXIMETER_ADDRESS, 2),
             ] {
-                devices.push(crate::cli_demo::DemoDevice::in_memory(label, address, patient));
+                devices.push(crate::cli_demo::DemoDevice::in_memory(
+                    label, address, patient,
+                ));
             }
             BleMode::InMemory
         }

@@ -274,10 +274,18 @@ fn demo_pipeline_twice_on_one_state_dir_adds_no_duplicate() {
         out.stdout
     );
     assert!(out.stdout.contains("Serial: a FORA"), "{}", out.stdout);
-    assert!(out.stdout.contains("Observations per device:"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("Observations per device:"),
+        "{}",
+        out.stdout
+    );
     let first = server.all("Observation");
     assert!(duplicate_identifiers(&first).is_empty());
-    assert_eq!(code("150020"), 42, "BP: 30 from the cuff, 12 from the meter");
+    assert_eq!(
+        code("150020"),
+        42,
+        "BP: 30 from the cuff, 12 from the meter"
+    );
     assert_eq!(code("160184"), 5, "glucose records over RACP");
     assert_eq!(code("188736"), 3, "weight records");
     assert!(code("150456") > 0, "live SpO2");
@@ -707,7 +715,11 @@ fn smart_token_endpoint_refuses_forged_replayed_and_misaddressed_assertions() {
     refused("a replayed assertion (same jti)", &good);
     refused(
         "an assertion signed by another key under the registered kid",
-        &forge(&other_pem, "k1", claims(&token_url, now + 60, "j-other-key")),
+        &forge(
+            &other_pem,
+            "k1",
+            claims(&token_url, now + 60, "j-other-key"),
+        ),
     );
     refused(
         "an assertion naming an unregistered kid",
@@ -715,7 +727,11 @@ fn smart_token_endpoint_refuses_forged_replayed_and_misaddressed_assertions() {
     );
     refused(
         "an assertion for another audience",
-        &forge(&pem, "k1", claims(&format!("{}/token", server.root), now + 60, "j-aud")),
+        &forge(
+            &pem,
+            "k1",
+            claims(&format!("{}/token", server.root), now + 60, "j-aud"),
+        ),
     );
     refused(
         "an expired assertion",

@@ -63,8 +63,9 @@ impl FromStr for IdentifierNamespace {
         }
         let ok = (s.starts_with("https://") || s.starts_with("http://"))
             && url::Url::parse(s).is_ok_and(|u| {
-            matches!(u.scheme(), "https" | "http") && u.host_str().is_some_and(|h| !h.is_empty())
-        });
+                matches!(u.scheme(), "https" | "http")
+                    && u.host_str().is_some_and(|h| !h.is_empty())
+            });
         if !ok {
             return Err(format!(
                 "identifier namespace must be an absolute https:// (or http://) URL, e.g. \
@@ -120,17 +121,26 @@ mod tests {
             "urn:oid:2.16.840.1.113883.3.9999",
             "https:relative",
         ] {
-            assert!(bad.parse::<IdentifierNamespace>().is_err(), "{bad:?} accepted");
+            assert!(
+                bad.parse::<IdentifierNamespace>().is_err(),
+                "{bad:?} accepted"
+            );
         }
     }
 
     #[test]
     fn the_section_parses_with_a_default_and_reports_bad_values() {
         let c: FhirConfig = toml::from_str("").expect("empty");
-        assert_eq!(c.identifier_namespace.as_str(), DEFAULT_IDENTIFIER_NAMESPACE);
+        assert_eq!(
+            c.identifier_namespace.as_str(),
+            DEFAULT_IDENTIFIER_NAMESPACE
+        );
         let c: FhirConfig =
             toml::from_str("identifier_namespace = \"https://h.org/sid\"").expect("url");
-        assert_eq!(c.identifier_namespace.system("gateway"), "https://h.org/sid/gateway");
+        assert_eq!(
+            c.identifier_namespace.system("gateway"),
+            "https://h.org/sid/gateway"
+        );
         let e = toml::from_str::<FhirConfig>("identifier_namespace = 7").expect_err("type");
         assert!(e.to_string().contains("string"), "{e}");
         let e = toml::from_str::<FhirConfig>("identifier_namespace = \"x\"").expect_err("bad");

@@ -664,7 +664,12 @@ fn the_identifier_namespace_is_configurable_and_leaves_the_phd_identifier_alone(
     let systems = |a: &Assembly| -> Vec<String> {
         a.entries
             .iter()
-            .flat_map(|e| e.resource["identifier"].as_array().cloned().unwrap_or_default())
+            .flat_map(|e| {
+                e.resource["identifier"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
             .filter_map(|i| i["system"].as_str().map(str::to_owned))
             .collect()
     };
@@ -683,8 +688,14 @@ fn the_identifier_namespace_is_configurable_and_leaves_the_phd_identifier_alone(
         "74E8FFFEFF051C00-p1-150020-762942600"
     );
     let s = systems(&a);
-    assert!(s.contains(&"https://fhir.example-hospital.org/sid/rpm/gateway".to_owned()), "{s:?}");
-    assert!(s.contains(&"https://fhir.example-hospital.org/sid/rpm/reading".to_owned()), "{s:?}");
+    assert!(
+        s.contains(&"https://fhir.example-hospital.org/sid/rpm/gateway".to_owned()),
+        "{s:?}"
+    );
+    assert!(
+        s.contains(&"https://fhir.example-hospital.org/sid/rpm/reading".to_owned()),
+        "{s:?}"
+    );
     assert!(
         !s.iter().any(|x| x.contains("vitalgate.example")),
         "the default namespace leaked: {s:?}"
