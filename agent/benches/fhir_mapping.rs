@@ -20,7 +20,6 @@ fn bench(c: &mut Criterion) {
         monotonic_ns: 1,
         boot_id: Uuid::nil(),
         clock_synchronized: true,
-        namespace: Default::default(),
     };
     let cuff = BpCuffMemory::new("00:1C:05:FF:E8:74", BATCH as u32);
     let readings: Vec<_> = (0..BATCH as u32).map(|i| cuff.record(i, receipt)).collect();
@@ -41,6 +40,7 @@ fn bench(c: &mut Criterion) {
         id: "bench-gw".into(),
         version: "0".into(),
         clock_synchronized: true,
+        namespace: Default::default(),
     };
     let time = GatewayTime {
         now: receipt,
