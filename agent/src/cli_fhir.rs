@@ -392,7 +392,11 @@ impl LocalFhirServer {
                 dir.display()
             );
         }
+        use std::os::unix::process::CommandExt;
         let mut child = std::process::Command::new("node")
+            // Not in the terminal's foreground group: Ctrl-C stops the demo, which still
+            // asks the server what it holds before stopping it.
+            .process_group(0)
             .arg("server.mjs")
             .current_dir(&dir)
             .env("PORT", "0")
