@@ -49,6 +49,8 @@ pub struct Config {
     pub log: LogConfig,
     pub supervisor: SupervisorConfig,
     pub fleet: FleetConfig,
+    /// `[fhir]`: the identifier namespace of the resources (see [`fhir`]).
+    pub fhir: fhir::FhirConfig,
     pub ble: BleConfig,
     /// FHIR endpoints readings are delivered to. Every reading is routed to every destination
     /// listed here until routing rules say otherwise.
@@ -57,8 +59,6 @@ pub struct Config {
     /// Serial devices (`[[serial]]`, see [`serial`]).
     pub serial: Vec<SerialConfig>,
     pub update: update::UpdateConfig,
-    /// `[fhir]`: the identifier namespace of the resources (see [`fhir`]).
-    pub fhir: fhir::FhirConfig,
 }
 
 /// `[gateway]`
