@@ -70,9 +70,19 @@ enum Command {
     /// Configuration commands.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Set the gateway up from an enrollment file: config, secret files, key, bindings.
+    Provision(crate::cli_install::ProvisionArgs),
+    /// Check adapter, serial ports, clock, disk, key, store, broker and FHIR endpoints.
+    Doctor(crate::cli_install::DoctorArgs),
     /// Decode device bytes and print the FHIR resources they map to.
     #[command(subcommand)]
     Decode(crate::cli_fhir::DecodeCommand),
+    /// Pair a home device with this gateway and bind it to a patient (the daemon pairs it).
+    Pair(crate::cli_pair::PairArgs),
+    /// Remove a device's bond, binding and allowlist entry (audited; readings are kept).
+    Unpair(crate::cli_pair::UnpairArgs),
+    /// List the devices this gateway has taken on, with their bindings.
+    Devices(crate::cli_pair::DevicesArgs),
     /// Signed software update: keys, signing, applying, status.
     #[command(subcommand)]
     Update(crate::cli_update::UpdateCommand),
@@ -158,6 +168,11 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
             json,
             verify,
         } => status(cli.config.as_deref(), &state.state_dir, json, verify),
+        Command::Provision(a) => crate::cli_install::provision_cmd(cli.config.as_deref(), a),
+        Command::Doctor(a) => crate::cli_install::doctor_cmd(cli.config.as_deref(), a),
+        Command::Pair(a) => crate::cli_pair::pair(cli.config.as_deref(), a),
+        Command::Unpair(a) => crate::cli_pair::unpair(cli.config.as_deref(), a),
+        Command::Devices(a) => crate::cli_pair::devices(cli.config.as_deref(), a),
         Command::Update(u) => crate::cli_update::dispatch(u, || {
             load_config(cli.config.as_deref(), Required::IfPresent)
         }),
@@ -361,8 +376,15 @@ fn status(explicit: Option<&Path>, state_dir: &Path, json: bool, verify: bool) -
         v["verified"] = serde_json::Value::Bool(verify);
         v["delivery"] = serde_json::to_value(&delivery)?;
         v["fleet"] = serde_json::to_value(&fleet)?;
+        v["gateway_id"] = serde_json::Value::String(config.gateway.id.to_string());
+        v["version"] = vitalgate::update::running_version().into();
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
+        println!(
+            "Gateway:  {} (vitalgate {})",
+            config.gateway.id,
+            vitalgate::update::running_version()
+        );
         print_status(&status);
         crate::cli_fhir::print_delivery(&delivery, store::now_ms());
         print_fleet(fleet.as_ref());
@@ -394,6 +416,12 @@ pub(crate) fn print_status(s: &StoreStatus) {
         Some(ms) => println!("Oldest undelivered: received {}", when(ms)),
         None => println!("Oldest undelivered: none"),
     }
+    if r.held_unbound > 0 {
+        println!(
+            "Held:     {} reading(s) with no patient binding for their device or user (see `vitalgate devices`)",
+            r.held_unbound
+        );
+    }
     if s.destinations.is_empty() {
         println!("Destinations: none have readings routed to them");
     } else {
@@ -414,7 +442,7 @@ pub(crate) fn print_status(s: &StoreStatus) {
     println!("Devices ({}):", s.devices.len());
     for d in &s.devices {
         println!(
-            "  {:<6} {:<24} {:<28} last seen {}  {} readings",
+            "  {:<6} {:<24} {:<28} last seen {}  {} readings{}",
             d.transport,
             d.address,
             format!(
@@ -422,8 +450,18 @@ pub(crate) fn print_status(s: &StoreStatus) {
                 d.manufacturer.as_deref().unwrap_or("?"),
                 d.model.as_deref().unwrap_or("?")
             ),
-            when(d.last_seen_ms),
-            d.readings
+            // A device bound at provisioning has not been seen yet.
+            if d.last_seen_ms > 0 {
+                when(d.last_seen_ms)
+            } else {
+                "never".to_owned()
+            },
+            d.readings,
+            match d.bindings {
+                0 => String::new(),
+                1 => ", bound".to_owned(),
+                n => format!(", {n} users bound"),
+            }
         );
     }
     if s.alarms.is_empty() {

@@ -172,7 +172,9 @@ pub fn sync_cmd(config: &Config, state_dir: &Path, keying: Keying, json: bool) -
         let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
         let cancel = CancellationToken::new();
         let mut reports = Vec::new();
-        for d in &c.destinations {
+        // The daemon's plan: the file overlaid by the fleet's desired configuration.
+        let plan = sync::plan::effective(c, &store, &keying).await;
+        for d in &plan.destinations {
             let report = match Destination::new(
                 d.clone(),
                 &store_path,
@@ -181,7 +183,9 @@ pub fn sync_cmd(config: &Config, state_dir: &Path, keying: Keying, json: bool) -
                 clock.clone(),
                 c.gateway.id.to_string(),
                 c.fhir.identifier_namespace.clone(),
-            ) {
+            )
+            .map(|dest| dest.with_routing(plan.routing.clone()))
+            {
                 Ok(mut dest) => {
                     // A transient failure (network, 429, 5xx) is retried a few times, after
                     // the backoff delay (and Retry-After), before the round gives up.

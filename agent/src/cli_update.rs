@@ -214,6 +214,8 @@ fn log_report(r: &Report) {
         reason = r.reason.as_deref().unwrap_or(""),
         "Update progress."
     );
+    // Fleet management publishes it on the command's result topic once connected.
+    update::announce(r);
 }
 
 /// The daemon: the supervisor, with the update work alongside it — resuming an operation a

@@ -27,7 +27,20 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
         if cause.downcast_ref::<crate::cli::DecodeFailure>().is_some() {
             return DATAERR;
         }
-        if cause.downcast_ref::<ConfigError>().is_some() {
+        if let Some(p) = cause.downcast_ref::<vitalgate::provision::ProvisionError>() {
+            use vitalgate::provision::ProvisionError as P;
+            return match p {
+                P::Read { .. } => NOINPUT,
+                P::Invalid { .. } => USAGE,
+                P::StoreWithoutKey { .. } => CONFIG,
+                P::Exists { .. } | P::Write { .. } => CANTCREAT,
+            };
+        }
+        if cause.downcast_ref::<ConfigError>().is_some()
+            || cause
+                .downcast_ref::<crate::cli_pair::BadArgument>()
+                .is_some()
+        {
             return USAGE;
         }
         if let Some(k) = cause.downcast_ref::<KeyError>() {

@@ -9,9 +9,12 @@
 pub mod ble;
 pub mod clock;
 pub mod config;
+pub mod doctor;
 pub mod fhir;
 pub mod fleet;
+pub mod gpio;
 pub mod logging;
+pub mod provision;
 pub mod serial;
 pub mod store;
 pub mod supervisor;

@@ -4,6 +4,8 @@
 mod cli;
 mod cli_demo;
 mod cli_fhir;
+mod cli_install;
+mod cli_pair;
 mod cli_update;
 mod entry;
 mod exit;

@@ -152,6 +152,13 @@ impl Supervisor {
                 .await
                 .map_err(|_| StoreError::WriterStopped)??;
         tracing::info!(path = %store_path.display(), "Store open.");
+        // Before any source runs, so readings are routed by the plan from the first commit.
+        let plan = crate::sync::plan::effective(c, &store, &self.keying).await;
+        let delivery = Arc::new(crate::sync::plan::DeliveryControl::new(
+            c.clone(),
+            store.clone(),
+            plan,
+        ));
 
         let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(SupervisorError::Signals)?;
@@ -175,6 +182,7 @@ impl Supervisor {
             &store,
             self.clock.clone(),
             &cancel,
+            delivery.clone(),
         );
         if let Some(period) = sd_notify::watchdog_enabled() {
             tracker.spawn(watchdog(store.clone(), period, cancel.child_token()));
@@ -194,9 +202,10 @@ impl Supervisor {
                 )),
                 hooks: crate::fleet::Hooks {
                     restart: restart.clone(),
-                    sync_now: Arc::new(tokio::sync::Notify::new()),
+                    delivery: Some(delivery.clone()),
                     clock: self.clock.clone(),
                     set_log_level: crate::logging::set_filter,
+                    update: Some(c.update.clone()),
                 },
                 observer: None,
             };
@@ -206,6 +215,10 @@ impl Supervisor {
                     tracing::error!(%error, "Fleet management cannot start.");
                 }
             });
+        }
+
+        if c.gpio.enabled {
+            spawn_gpio(&tracker, c, &store, &self.keying, &store_path, &cancel);
         }
 
         let sources = TaskTracker::new();
@@ -343,4 +356,38 @@ async fn watchdog(store: StoreHandle, period: Duration, cancel: CancellationToke
             ),
         }
     }
+}
+
+/// The pairing button and status LED. A board whose lines cannot be had (wrong chip, line in
+/// use) is logged and the gateway runs on without them.
+fn spawn_gpio(
+    tracker: &TaskTracker,
+    c: &Config,
+    store: &store::StoreHandle,
+    keying: &store::Keying,
+    store_path: &std::path::Path,
+    cancel: &CancellationToken,
+) {
+    let lines = match crate::gpio::ChipLines::open(&c.gpio) {
+        Ok(l) => l,
+        Err(error) => {
+            tracing::error!(%error, "GPIO unavailable; no pairing button or status LED.");
+            return;
+        }
+    };
+    let gpio_store = match crate::gpio::SqlGpioStore::new(store.clone(), keying.clone(), store_path)
+    {
+        Ok(s) => s,
+        Err(error) => {
+            tracing::error!(%error, "GPIO cannot read the store; no pairing button or status LED.");
+            return;
+        }
+    };
+    let cfg = c.gpio.clone();
+    let token = cancel.child_token();
+    tracker.spawn(async move {
+        if let Err(error) = crate::gpio::run(cfg, Box::new(lines), gpio_store, token).await {
+            tracing::error!(%error, "GPIO stopped; no pairing button or status LED.");
+        }
+    });
 }

@@ -177,7 +177,9 @@ const CGM: &str = "A0:00:00:00:18:1F";
 #[test]
 fn every_profile_lands_in_the_store_with_the_right_values() {
     let devices = vec![
-        PeripheralSpec::new(Profile::BloodPressure, BP).with_records(2),
+        PeripheralSpec::new(Profile::BloodPressure, BP)
+            .with_records(2)
+            .with_battery(42),
         PeripheralSpec::new(Profile::Thermometer, THERMO).with_records(1),
         PeripheralSpec::new(Profile::Scale, SCALE).with_records(1),
         PeripheralSpec::new(Profile::Glucose, GLUCOSE).with_records(3),
@@ -212,6 +214,20 @@ fn every_profile_lands_in_the_store_with_the_right_values() {
         .iter()
         .any(|d| d.address == BP && d.model.as_deref() == Some("SIM-BP"));
     assert!(identity_ok, "Device Information reached the store");
+    // Battery Level and the link's RSSI, read at the connection.
+    let status = StoreReader::open(&rig.site.db(), &rig.site.keying())
+        .expect("store")
+        .device_status(Transport::Ble, BP)
+        .expect("device status")
+        .expect("the cuff is known");
+    assert_eq!(status.battery_percent, Some(42), "{status:?}");
+    assert!(status.battery_ms.is_some_and(|t| t > 0), "{status:?}");
+    // The emulated adapter reports -52, -53 or -54 dBm as scans go by.
+    assert!(
+        status.rssi_dbm.is_some_and(|r| (-54..=-52).contains(&r)),
+        "{status:?}"
+    );
+    assert!(status.last_seen_ms > 0, "{status:?}");
 
     // Thermometer: vector 17, 37.60 °C.
     rig.wait_for("temperature", |r| {
@@ -348,6 +364,9 @@ fn glucose_download_is_incremental_across_connections() {
     );
     // Nothing new: the meter answers "no records found", which is a successful download.
     let completions = |r: &Rig| r.log_text().matches("Record download complete").count();
+    // The cursor is committed before the download's completion is logged: wait for the third
+    // completion line, or it could be taken for the next download's.
+    rig.wait_for("the third download's completion", |r| completions(r) >= 3);
     let before = completions(&rig);
     rig.block_on(rig.emu.drop_link(GLUCOSE));
     rig.wait_for("an empty download", |r| completions(r) > before);

@@ -192,6 +192,9 @@ fn newer_schema_version_is_refused() {
         .expect("set key");
         conn.pragma_update(None, "user_version", 99)
             .expect("set user_version");
+        // A breaking migration of that version: it declares no older reader compatible.
+        conn.execute("UPDATE schema_compat SET min_reader = 99", [])
+            .expect("set the compatibility floor");
         let v: u32 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .expect("read user_version");

@@ -1,7 +1,17 @@
 //! Fleet management end to end: a real mosquitto (TLS, password file, ACL, a client
 //! certificate listener) started on free loopback ports, the real `vitalgate run`, and an
 //! IT-side MQTT 5 client that publishes commands and desired configurations and records
-//! everything. Every test ends by scanning all it captured for the patient references it used.
+//! everything.
+//!
+//! No PHI over MQTT, checked over the whole suite: every test ends by writing what the
+//! gateways published during it (one file per test, with the patient identifiers the suite
+//! uses) to a directory of this test run under the target directory, then scanning every
+//! file in that directory, its own and those of the tests that finished before it. Under
+//! nextest each test is a process of its own and the order is not fixed, but whichever test
+//! finishes last has scanned the captures of all the others, so one run of the suite has
+//! scanned every payload captured in it. The run directory is keyed by nextest's run id
+//! (or, under `cargo test`, where all tests share one process, by the process id), so
+//! captures of an earlier run are never mixed in.
 
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
@@ -9,11 +19,19 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 use vitalgate_e2e::broker::{Broker, IT_USER, Recorder};
+use vitalgate_e2e::fhir::FhirServer;
 use vitalgate_e2e::{run, vitalgate_cmd, wait_deadline};
 
 const WAIT: Duration = Duration::from_secs(15);
 /// Opaque patient references used in bindings; they must never come back over MQTT.
-const PATIENT_REFS: &[&str] = &["pr-7f3a9c1e", "pr-0b44d2aa", "pr-desired-91c2"];
+const PATIENT_REFS: &[&str] = &[
+    "pr-7f3a9c1e",
+    "pr-0b44d2aa",
+    "pr-desired-91c2",
+    // The demo's patients, whose readings some tests deliver.
+    "demo-patient-1",
+    "demo-patient-2",
+];
 /// A patient name typed into the wrong field; it must not be echoed in a reason.
 const PATIENT_NAME: &str = "Jane Q Patient";
 
@@ -28,6 +46,8 @@ struct World {
     root: PathBuf,
     broker: Broker,
     it: Recorder,
+    /// Whether this test's captures are in the suite's capture directory.
+    captured: std::cell::Cell<bool>,
 }
 
 impl World {
@@ -41,11 +61,22 @@ impl World {
             root,
             broker,
             it,
+            captured: std::cell::Cell::new(false),
         }
     }
 
     /// A gateway directory with a key and a config; `fleet` is the `[fleet]` section.
     fn gateway(&self, id: &str, fleet: &str, destinations: bool) -> Gateway {
+        let dest = if destinations {
+            "[[destination]]\nid = \"hospital\"\nbase_url = \"http://127.0.0.1:9/fhir\"\n\n"
+        } else {
+            ""
+        };
+        self.gateway_with(id, fleet, dest)
+    }
+
+    /// A gateway whose `[[destination]]` sections are `dest`.
+    fn gateway_with(&self, id: &str, fleet: &str, dest: &str) -> Gateway {
         let dir = self.root.join(id);
         let state = dir.join("state");
         {
@@ -58,11 +89,6 @@ impl World {
         }
         let key = state.join("db.key");
         vitalgate::store::key::create_key_file(&key).expect("key");
-        let dest = if destinations {
-            "[[destination]]\nid = \"hospital\"\nbase_url = \"http://127.0.0.1:9/fhir\"\n\n"
-        } else {
-            ""
-        };
         let config = dir.join("vitalgate.toml");
         std::fs::write(
             &config,
@@ -119,29 +145,129 @@ impl World {
             .collect()
     }
 
-    /// Everything a gateway published (not what IT wrote) is free of the patient data used.
+    /// Everything a gateway published (not what IT wrote) in this test is written to the
+    /// suite's capture directory, and every capture there so far is free of the patient data
+    /// the suite uses (see the module documentation).
     fn assert_no_phi(&self) {
-        let all = self.it.all();
-        assert!(!all.is_empty());
-        let mut scanned = 0;
-        for m in &all {
-            let it_wrote = m.topic.ends_with("/config/desired")
-                || (m.topic.contains("/cmd/") && !m.topic.ends_with("/result"));
-            if it_wrote {
-                continue;
-            }
-            scanned += 1;
-            let text = String::from_utf8_lossy(&m.payload);
-            for p in PATIENT_REFS.iter().chain(std::iter::once(&PATIENT_NAME)) {
-                assert!(
-                    !text.contains(p),
-                    "patient data {p:?} published on {}: {text}",
-                    m.topic
-                );
+        let lines = self.gateway_lines();
+        assert!(!lines.is_empty(), "nothing from a gateway was captured");
+        let dir = capture_dir();
+        write_capture(&dir, &lines).expect("write capture");
+        self.captured.set(true);
+        let (files, payloads) = scan_captures(&dir);
+        assert!(files >= 1 && payloads >= lines.len(), "{files} {payloads}");
+    }
+
+    /// What gateways published, one JSON line each.
+    fn gateway_lines(&self) -> Vec<String> {
+        self.it
+            .all()
+            .iter()
+            .filter(|m| {
+                !(m.topic.ends_with("/config/desired")
+                    || (m.topic.contains("/cmd/") && !m.topic.ends_with("/result")))
+            })
+            .map(|m| {
+                let payload = String::from_utf8_lossy(&m.payload);
+                serde_json::json!({"topic": m.topic, "payload": payload}).to_string()
+            })
+            .collect()
+    }
+}
+
+impl Drop for World {
+    /// A test that failed before its scan still leaves its captures for the tests that
+    /// scan after it.
+    fn drop(&mut self) {
+        if !self.captured.get() {
+            let _ = write_capture(&capture_dir(), &self.gateway_lines());
+        }
+    }
+}
+
+/// Writes this test's captures, headed by the identifiers the suite uses.
+fn write_capture(dir: &std::path::Path, lines: &[String]) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let name = std::thread::current()
+        .name()
+        .unwrap_or("test")
+        .replace("::", "-");
+    let head = serde_json::json!({ "identifiers": identifiers() }).to_string();
+    let mut text = head + "\n";
+    for l in lines {
+        text.push_str(l);
+        text.push('\n');
+    }
+    // Written aside and renamed: a test scanning at the same time sees all of it or none.
+    let tmp = dir.join(format!("{name}.tmp"));
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, dir.join(format!("{name}.jsonl")))
+}
+
+/// The identifiers no gateway may publish: the patient references and the misplaced name.
+fn identifiers() -> Vec<&'static str> {
+    PATIENT_REFS
+        .iter()
+        .copied()
+        .chain(std::iter::once(PATIENT_NAME))
+        .collect()
+}
+
+/// This run's capture directory: `<target>/<profile>/fleet-captures/<run>`.
+fn capture_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // The test binary is <target>/<profile>/deps/<name>.
+    let profile = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("target profile dir");
+    let run =
+        std::env::var("NEXTEST_RUN_ID").unwrap_or_else(|_| format!("pid-{}", std::process::id()));
+    profile.join("fleet-captures").join(run)
+}
+
+/// Scans every capture file for the identifiers of every capture file; returns how many
+/// files and payloads were scanned.
+fn scan_captures(dir: &std::path::Path) -> (usize, usize) {
+    let mut texts = Vec::new();
+    let mut needles: Vec<String> = identifiers().iter().map(|s| (*s).to_owned()).collect();
+    for entry in std::fs::read_dir(dir).expect("read capture dir") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_none_or(|e| e != "jsonl") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("read capture");
+        let mut lines = text.lines();
+        let head: Value = serde_json::from_str(lines.next().unwrap_or("")).expect("capture head");
+        for id in head["identifiers"].as_array().into_iter().flatten() {
+            if let Some(id) = id.as_str()
+                && !needles.iter().any(|n| n == id)
+            {
+                needles.push(id.to_owned());
             }
         }
-        assert!(scanned > 0, "nothing from a gateway was captured");
+        for line in lines.filter(|l| !l.is_empty()) {
+            let m: Value = serde_json::from_str(line).expect("capture line");
+            texts.push((path.clone(), m));
+        }
     }
+    for (path, m) in &texts {
+        let text = m["payload"].as_str().unwrap_or("");
+        for n in &needles {
+            assert!(
+                !text.contains(n.as_str()),
+                "patient data {n:?} published on {} (captured in {}): {text}",
+                m["topic"],
+                path.display()
+            );
+        }
+    }
+    let files = texts
+        .iter()
+        .map(|(p, _)| p)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    (files, texts.len())
 }
 
 struct Gateway {
@@ -586,7 +712,10 @@ fn every_command_with_replays_and_expiry() {
         "{d}"
     );
     assert!(d["last_errors"].is_array());
-    assert_eq!(d["store"]["schema_version"], 3);
+    assert_eq!(
+        d["store"]["schema_version"],
+        vitalgate::store::schema::LATEST_VERSION
+    );
 
     // Unknown type and malformed payloads: failed with a reason, and the agent carries on.
     let r = w.command(
@@ -728,7 +857,7 @@ fn after_a_broker_restart_the_gateway_resubscribes() {
     let r = w.command(
         "gw-a",
         "after-restart",
-        serde_json::json!({"type": "sync-now", "expires_at": expires_in(300)}),
+        serde_json::json!({"type": "diagnostics", "expires_at": expires_in(300)}),
     );
     assert_eq!(r["status"], "succeeded", "{r}");
     let s = gw.status_json();
@@ -758,7 +887,7 @@ fn a_gateway_cannot_reach_another_gateways_topics() {
     let r = w.command(
         "gw-a",
         "legit-1",
-        serde_json::json!({"type": "sync-now", "expires_at": expires_in(300)}),
+        serde_json::json!({"type": "diagnostics", "expires_at": expires_in(300)}),
     );
     assert_eq!(r["status"], "succeeded");
     std::thread::sleep(Duration::from_millis(1500));
@@ -827,4 +956,238 @@ fn a_wrong_password_keeps_retrying_without_crashing() {
             .iter()
             .all(|m| !m.topic.starts_with("vitalgate/gw-a/"))
     );
+}
+
+/// Stores `records` of the offline demo's simulated cuff in the gateway's store (bound to the
+/// demo's patients and routed to the destinations the gateway delivers to), without the
+/// demo connecting to the broker.
+fn fill(gw: &Gateway, records: u32) {
+    let demo_cfg = gw.config.with_file_name("demo.toml");
+    let text = std::fs::read_to_string(&gw.config).expect("config");
+    let no_fleet = text.split("[fleet]").next().expect("head").to_owned();
+    std::fs::write(&demo_cfg, no_fleet).expect("demo config");
+    let mut c = vitalgate_cmd();
+    c.arg("demo")
+        .arg("--offline")
+        .arg("--records")
+        .arg(records.to_string())
+        .arg("--config")
+        .arg(&demo_cfg)
+        .arg("--state-dir")
+        .arg(&gw.state);
+    assert_eq!(run(c).code(), 0);
+}
+
+/// Blood-pressure Observations (the simulated cuff's records) on a FHIR server.
+fn cuff_observations(server: &FhirServer) -> u64 {
+    server.observations_with_code("150020")
+}
+
+#[test]
+fn sync_now_delivers_what_batching_would_still_hold_back() {
+    let w = World::new();
+    let server = FhirServer::start();
+    // A batch waits up to an hour for 1000 readings: without sync-now nothing goes soon.
+    let dest = format!(
+        "[[destination]]\nid = \"hospital\"\nbase_url = \"{}\"\nbatch_max = 1000\nbatch_linger = \"1h\"\n\n",
+        server.base_url
+    );
+    let mut gw = w.gateway_with(GW_A.0, &w.broker.fleet_toml(GW_A.0, GW_A.1, FAST), &dest);
+    fill(&gw, 20);
+    gw.start();
+    w.it.wait_for(&w.topic("gw-a", "state"), WAIT, online);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(cuff_observations(&server), 0, "delivered before sync-now");
+
+    let r = w.command(
+        "gw-a",
+        "sync-1",
+        serde_json::json!({"type": "sync-now", "expires_at": expires_in(300)}),
+    );
+    assert_eq!(r["status"], "succeeded", "{r}");
+    assert_eq!(r["reason"], "sync requested for 1 destinations", "{r}");
+    assert_eq!(r["detail"]["destinations"], 1, "{r}");
+    server.wait_for(WAIT, "the readings at the server", |s| {
+        cuff_observations(s) >= 20
+    });
+    assert_eq!(cuff_observations(&server), 20);
+    assert_eq!(server.duplicate_identifiers(), 0);
+    w.assert_no_phi();
+}
+
+#[test]
+fn sync_now_without_a_destination_fails_with_the_reason() {
+    let w = World::new();
+    let mut gw = w.password_gateway(GW_A, false);
+    gw.start();
+    w.it.wait_for(&w.topic("gw-a", "state"), WAIT, online);
+    let r = w.command(
+        "gw-a",
+        "sync-none",
+        serde_json::json!({"type": "sync-now", "expires_at": expires_in(300)}),
+    );
+    assert_eq!(r["status"], "failed", "{r}");
+    assert!(
+        r["reason"]
+            .as_str()
+            .is_some_and(|s| s.contains("no destination is delivering")),
+        "{r}"
+    );
+    w.assert_no_phi();
+}
+
+#[test]
+fn a_desired_destination_is_added_and_readings_reach_it_then_removed_and_reported() {
+    let w = World::new();
+    let hospital = FhirServer::start();
+    let medicaid = FhirServer::start();
+    let dest = format!(
+        "[[destination]]\nid = \"hospital\"\nbase_url = \"{}\"\nbatch_linger = \"50ms\"\n\n",
+        hospital.base_url
+    );
+    let mut gw = w.gateway_with(GW_A.0, &w.broker.fleet_toml(GW_A.0, GW_A.1, FAST), &dest);
+    gw.start();
+    w.it.wait_for(&w.topic("gw-a", "state"), WAIT, online);
+    let desired = w.topic("gw-a", "config/desired");
+    let reported = w.topic("gw-a", "config/reported");
+    let v1 = serde_json::json!({
+        "version": 1,
+        "destinations": [
+            {"id": "hospital", "base_url": hospital.base_url},
+            {"id": "medicaid", "base_url": medicaid.base_url}
+        ],
+        "routing": {"default": ["hospital", "medicaid"]}
+    });
+    w.it.publish(&desired, &v1.to_string(), true);
+    let r = w.it.wait_for(&reported, WAIT, |v| v["status"] == "applied");
+    assert_eq!(r["version"], 1, "{r}");
+
+    // Readings stored from now on are for both; the daemon delivers them to both.
+    fill(&gw, 10);
+    for (name, server) in [("hospital", &hospital), ("medicaid", &medicaid)] {
+        server.wait_for(Duration::from_secs(30), name, |s| {
+            cuff_observations(s) >= 10
+        });
+    }
+    assert_eq!(cuff_observations(&medicaid), 10);
+    assert_eq!(medicaid.duplicate_identifiers(), 0);
+
+    // The hospital goes down with 5 new readings pending for it (the demo's records are
+    // the same each time: 15 records are 5 new ones); v2 then drops it. Its readings are
+    // reported, not dropped.
+    hospital.fault(serde_json::json!({"status": 503, "count": 1_000_000}));
+    fill(&gw, 15);
+    medicaid.wait_for(Duration::from_secs(30), "medicaid", |s| {
+        cuff_observations(s) >= 15
+    });
+    let v2 = serde_json::json!({
+        "version": 2,
+        "destinations": [{"id": "medicaid", "base_url": medicaid.base_url}],
+    });
+    w.it.publish(&desired, &v2.to_string(), true);
+    let r = w.it.wait_for(&reported, WAIT, |v| {
+        v["status"] == "applied" && v["version"] == 2
+    });
+    assert_eq!(r["applied_version"], 2, "{r}");
+    let e = w.it.wait_for(&w.topic("gw-a", "events"), WAIT, |v| {
+        v["kind"] == "destination-removed"
+    });
+    assert_eq!(e["detail"]["destination"], "hospital", "{e}");
+    assert_eq!(e["detail"]["version"], 2, "{e}");
+    assert_eq!(e["detail"]["pending"], 5, "{e}");
+    assert_eq!(e["severity"], "warning", "{e}");
+    // The removed destination still shows in the backlog telemetry.
+    let t = w.it.wait_for(&w.topic("gw-a", "telemetry"), WAIT, |v| {
+        v["config_version"] == 2
+    });
+    assert!(
+        t["destinations"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|d| d["id"] == "hospital")),
+        "{t}"
+    );
+
+    // A destination the gateway could not use (remote, no credential) rejects the whole
+    // document; v2 keeps running.
+    let v3 = serde_json::json!({
+        "version": 3,
+        "destinations": [{"id": "payer", "base_url": "https://payer.example.org/r4"}],
+    });
+    w.it.publish(&desired, &v3.to_string(), true);
+    let r = w.it.wait_for(&reported, WAIT, |v| {
+        v["status"] == "rejected" && v["version"] == 3
+    });
+    assert_eq!(r["applied_version"], 2, "{r}");
+    assert!(
+        r["reason"]
+            .as_str()
+            .is_some_and(|s| s.contains("destinations[0].auth")),
+        "{r}"
+    );
+    w.assert_no_phi();
+}
+
+#[test]
+fn failing_destination_overdue_device_and_quarantine_growth_raise_events() {
+    let w = World::new();
+    let server = FhirServer::start();
+    server.fault(serde_json::json!({"status": 503, "count": 1_000_000}));
+    // Record 5 of the simulated cuff (2026-01-06 08:05:00 device time) is refused once the
+    // server is back: it is quarantined.
+    server.reject_identifier(
+        "74E8FFFEFF051C00-demo-patient-1-https://vitalgate.example/fhir/sid/demo-patient-150020-821001900",
+    );
+    let dest = format!(
+        "[[destination]]\nid = \"hospital\"\nbase_url = \"{}\"\nbatch_linger = \"50ms\"\n\
+         retry_base = \"100ms\"\nretry_max = \"300ms\"\n\n",
+        server.base_url
+    );
+    let fleet = w.broker.fleet_toml(
+        GW_A.0,
+        GW_A.1,
+        &format!("{FAST}device_overdue_after = \"2s\"\ndestination_failing_after = \"1s\"\n"),
+    );
+    let mut gw = w.gateway_with(GW_A.0, &fleet, &dest);
+    fill(&gw, 10);
+    gw.start();
+    let events = w.topic("gw-a", "events");
+    let e =
+        w.it.wait_for(&events, WAIT, |v| v["kind"] == "destination-failing");
+    assert_eq!(e["severity"], "alarm", "{e}");
+    assert_eq!(e["detail"]["destination"], "hospital", "{e}");
+    assert!(e["detail"]["failed_rounds"].as_u64() >= Some(3), "{e}");
+    assert!(
+        e["detail"]["last_error"]
+            .as_str()
+            .is_some_and(|r| r.contains("503")),
+        "{e}"
+    );
+    let e = w.it.wait_for(&events, WAIT, |v| {
+        v["kind"] == "device-overdue" && v["detail"]["address"] == "00:1C:05:FF:E8:74"
+    });
+    assert_eq!(e["detail"]["overdue_after_s"], 2, "{e}");
+
+    server.fault(serde_json::json!({"count": 0}));
+    let e =
+        w.it.wait_for(&events, WAIT, |v| v["kind"] == "destination-recovered");
+    assert_eq!(e["detail"]["destination"], "hospital", "{e}");
+    let e =
+        w.it.wait_for(&events, WAIT, |v| v["kind"] == "quarantine-grew");
+    assert_eq!(
+        (e["detail"]["from"].as_u64(), e["detail"]["to"].as_u64()),
+        (Some(0), Some(1)),
+        "{e}"
+    );
+    // Each was raised once.
+    let count = |kind: &str| {
+        w.it.all()
+            .iter()
+            .filter(|m| m.topic == events && m.json()["kind"] == kind)
+            .count()
+    };
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(count("destination-failing"), 1);
+    assert_eq!(count("destination-recovered"), 1);
+    assert_eq!(count("device-overdue"), 1);
+    w.assert_no_phi();
 }

@@ -10,8 +10,13 @@
 //! `vitalgate-rollback.service` do). Not covered here: systemd's own watchdog kill and start
 //! limit accounting, `LoadCredential=`, and running as the unprivileged service user.
 //!
-//! The update is applied with `vitalgate update apply` while the service is stopped; the
-//! supervisor's restart stands in for the fleet command handler's own exit-and-restart.
+//! The good update, the signature rejections and the health-gate rollback are driven the way
+//! IT drives them: an `update` command published on `cmd/<id>` through a real mosquitto (TLS,
+//! password, ACL; the fleet harness), with every result on `cmd/<id>/result` recorded and
+//! asserted, including the final one published by the version that runs after the restart.
+//! The remaining cases apply the manifest with `vitalgate update apply` while the service is
+//! stopped (the clearest way to reach a given step, or to `kill -9` right after it); the
+//! supervisor's restart then stands in for the command handler's own exit-and-restart.
 
 #[path = "update_support/https.rs"]
 mod https;
@@ -23,6 +28,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use https::{Fault, Server};
+use vitalgate_e2e::broker::{Broker, IT_USER, Recorder};
 use vitalgate_e2e::{
     Finished, next_version, run, sigterm, vitalgate_bin, vitalgate_cmd, wait_deadline,
 };
@@ -197,6 +203,101 @@ impl Rig {
     }
 }
 
+const WAIT: Duration = Duration::from_secs(15);
+/// The gateway id `write_config` sets, and its broker login.
+const GW: (&str, &str) = ("test-gw", "test-gw-pw");
+const FAST_RECONNECT: &str = "reconnect_min = \"200ms\"\nreconnect_max = \"1s\"\nkeepalive = \"5s\"\nconnect_timeout = \"2s\"\n";
+
+/// IT's side: a real mosquitto (the fleet tests' harness) and a client recording everything
+/// under `vitalgate/`.
+struct Fleet {
+    _tmp: tempfile::TempDir,
+    broker: Broker,
+    it: Recorder,
+}
+
+impl Fleet {
+    fn start() -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let broker = Broker::start(&tmp.path().join("broker"), &[GW], &[]);
+        let it = Recorder::connect(broker.port, &broker.ca(), IT_USER, "vitalgate/#");
+        Self {
+            _tmp: tmp,
+            broker,
+            it,
+        }
+    }
+
+    /// The gateway's `[fleet]` section.
+    fn toml(&self) -> String {
+        format!("\n{}", self.broker.fleet_toml(GW.0, GW.1, FAST_RECONNECT))
+    }
+
+    fn command_topic(&self, id: &str) -> String {
+        format!("vitalgate/{}/cmd/{id}", GW.0)
+    }
+
+    fn result_topic(&self, id: &str) -> String {
+        format!("vitalgate/{}/cmd/{id}/result", GW.0)
+    }
+
+    /// Runs the service until it reports itself online with `version`.
+    fn wait_online(&self, sd: &mut TestSystemd<'_>, version: &str) {
+        let topic = format!("vitalgate/{}/state", GW.0);
+        sd.until("the gateway online", WAIT, || {
+            self.it.all().iter().any(|m| {
+                m.topic == topic && m.json()["status"] == "online" && m.json()["version"] == version
+            })
+        });
+    }
+
+    /// Publishes the `update` command `id` carrying the signed manifest in `manifest`.
+    fn send_update(&self, id: &str, manifest: &Path) {
+        let m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(manifest).expect("manifest")).expect("json");
+        let expires = humantime::format_rfc3339_seconds(
+            std::time::SystemTime::now() + Duration::from_secs(600),
+        );
+        let body =
+            serde_json::json!({"type": "update", "expires_at": expires.to_string(), "manifest": m});
+        self.it
+            .publish(&self.command_topic(id), &body.to_string(), false);
+    }
+
+    /// Every result published for command `id`, in order.
+    fn results(&self, id: &str) -> Vec<serde_json::Value> {
+        let t = self.result_topic(id);
+        self.it
+            .all()
+            .iter()
+            .filter(|m| m.topic == t)
+            .map(|m| m.json())
+            .collect()
+    }
+
+    /// (status, step) of every result of command `id`.
+    fn steps(&self, id: &str) -> Vec<(String, String)> {
+        self.results(id)
+            .iter()
+            .map(|v| {
+                (
+                    v["status"].as_str().unwrap_or("?").to_owned(),
+                    v["step"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    /// Runs the service (restarting it like systemd) until command `id` has a final result.
+    fn until_final(&self, sd: &mut TestSystemd<'_>, id: &str) {
+        sd.until("a final command result", Duration::from_secs(60), || {
+            self.results(id)
+                .last()
+                .is_some_and(|v| v["status"] == "succeeded" || v["status"] == "failed")
+        });
+    }
+}
+
 /// Stands in for systemd: runs the unit's ExecStart through the real launcher, restarts on
 /// failure, and runs the OnFailure= rollback when the start limit is hit.
 struct TestSystemd<'a> {
@@ -308,13 +409,12 @@ impl Drop for TestSystemd<'_> {
     }
 }
 
-fn running_version_of_service(rig: &Rig) -> Option<String> {
-    // The last "Vitalgate starting." line names the version that runs.
+/// The version named by each "Vitalgate starting." line of the service log, in order.
+fn versions_started(rig: &Rig) -> Vec<String> {
     rig.service_log()
         .lines()
-        .rev()
-        .find(|l| l.contains("Vitalgate starting."))
-        .and_then(|l| l.split("version=").nth(1))
+        .filter(|l| l.contains("Vitalgate starting."))
+        .filter_map(|l| l.split("version=").nth(1))
         .map(|v| {
             v.split_whitespace()
                 .next()
@@ -322,6 +422,12 @@ fn running_version_of_service(rig: &Rig) -> Option<String> {
                 .trim_matches('"')
                 .to_owned()
         })
+        .collect()
+}
+
+fn running_version_of_service(rig: &Rig) -> Option<String> {
+    // The last "Vitalgate starting." line names the version that runs.
+    versions_started(rig).pop()
 }
 
 /// Applies `manifest` with the service stopped, then lets the test systemd start it until
@@ -340,24 +446,54 @@ fn apply_and_restart(rig: &Rig, manifest: &Path, sd: &mut TestSystemd<'_>) {
 }
 
 #[test]
-fn good_update_commits_and_keeps_the_previous_version() {
-    let rig = Rig::new("");
+fn good_update_over_mqtt_commits_and_keeps_the_previous_version() {
+    let fleet = Fleet::start();
+    let rig = Rig::new(&fleet.toml());
     let art = next_artifact(&rig.root);
     let url = rig.server.put_file("next", &art, Fault::None);
     let next = next_version();
     let m = rig.manifest(&next, &url, &art, &rig.signing_key, |_| {});
     let mut sd = TestSystemd::new(&rig);
     sd.start();
-    sd.until("the store", Duration::from_secs(30), || {
-        rig.state.join("vitalgate.db").exists()
-    });
-    sd.stop();
-    let store_before = std::fs::read(rig.root.join("db.key")).expect("key");
+    fleet.wait_online(&mut sd, RUNNING);
+    let key_before = std::fs::read(rig.root.join("db.key")).expect("key");
 
-    apply_and_restart(&rig, &m, &mut sd);
+    fleet.send_update("up-good", &m);
+    fleet.until_final(&mut sd, "up-good");
+    assert_eq!(
+        fleet.steps("up-good"),
+        [
+            ("accepted", ""),
+            ("running", ""),
+            ("running", "verify"),
+            ("running", "disk_space"),
+            ("running", "download"),
+            ("running", "verify_artifact"),
+            ("running", "install"),
+            ("running", "restart"),
+            ("running", "health_gate"),
+            ("succeeded", "commit"),
+        ]
+        .map(|(a, b)| (a.to_owned(), b.to_owned())),
+        "{:#?}",
+        fleet.results("up-good")
+    );
+    let last = fleet.results("up-good").pop().expect("final");
+    assert_eq!(last["detail"]["version"], next.as_str());
+    assert_eq!(last["reason"], format!("version {next} committed"));
+    // The final result is retained: a client subscribing now gets it.
+    let late = Recorder::connect(
+        fleet.broker.port,
+        &fleet.broker.ca(),
+        IT_USER,
+        &fleet.result_topic("up-good"),
+    );
+    let retained = late.wait_for(&fleet.result_topic("up-good"), WAIT, |_| true);
+    assert_eq!(retained["status"], "succeeded");
+
     let st = rig.status();
     assert_eq!(st["operation"]["state"]["state"], "committed", "{st:#}");
-    assert_eq!(st["operation"]["reported"], true);
+    assert_eq!(st["operation"]["command_id"], "up-good");
     assert_eq!(
         rig.current(),
         Some(PathBuf::from(format!("versions/{next}")))
@@ -373,14 +509,25 @@ fn good_update_commits_and_keeps_the_previous_version() {
             .as_mut()
             .is_some_and(|c| c.try_wait().expect("wait").is_none())
     );
-    let log = rig.service_log();
-    assert!(log.contains("committed"), "{log}");
     // The store and the key were not touched by the update.
     assert_eq!(
         std::fs::read(rig.root.join("db.key")).expect("key"),
-        store_before
+        key_before
     );
     assert!(rig.state.join("vitalgate.db").exists());
+
+    // The same command id again: refused as a replay, nothing runs again.
+    let operation = st["operation"]["id"].clone();
+    fleet.send_update("up-good", &m);
+    let replay = fleet
+        .it
+        .wait_for(&fleet.result_topic("up-good"), WAIT, |v| {
+            v["reason"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("replayed"))
+        });
+    assert_eq!(replay["status"], "failed");
+    assert_eq!(rig.status()["operation"]["id"], operation);
     sd.stop();
     // Restarting the committed version does not start anything again.
     sd.start();
@@ -388,6 +535,93 @@ fn good_update_commits_and_keeps_the_previous_version() {
         rig.service_log().matches("Vitalgate starting.").count() >= 3
     });
     assert_eq!(rig.op_state(), "committed");
+    sd.stop();
+}
+
+#[test]
+fn bad_signatures_over_mqtt_are_rejected_before_download() {
+    let fleet = Fleet::start();
+    let rig = Rig::new(&fleet.toml());
+    let art = next_artifact(&rig.root);
+    let url = rig.server.put_file("next", &art, Fault::None);
+    let mut sd = TestSystemd::new(&rig);
+    sd.start();
+    fleet.wait_online(&mut sd, RUNNING);
+    // Signed by a key the gateway does not trust.
+    run({
+        let mut c = vitalgate_cmd();
+        c.args(["update", "keygen", "--out"])
+            .arg(rig.root.join("other"));
+        c
+    })
+    .expect_code(0);
+    let untrusted = rig.manifest(
+        &next_version(),
+        &url,
+        &art,
+        &rig.root.join("other.key"),
+        |_| {},
+    );
+    // Signed by the trusted key, then altered (a different artifact URL).
+    let tampered = rig.manifest(&next_version(), &url, &art, &rig.signing_key, |_| {});
+    let text = std::fs::read_to_string(&tampered).expect("manifest");
+    std::fs::write(&tampered, text.replace("/next", "/evil")).expect("tamper");
+    // Unsigned.
+    let unsigned = rig.root.join("unsigned.json");
+    let mut v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    v.as_object_mut().expect("obj").remove("signatures");
+    std::fs::write(&unsigned, v.to_string()).expect("unsigned");
+
+    for (id, m, words) in [
+        ("up-untrusted", &untrusted, "untrusted"),
+        ("up-tampered", &tampered, "does not verify"),
+        ("up-unsigned", &unsigned, "no signature"),
+    ] {
+        fleet.send_update(id, m);
+        fleet.until_final(&mut sd, id);
+        assert_eq!(
+            fleet.steps(id),
+            [
+                ("accepted", ""),
+                ("running", ""),
+                ("running", "verify"),
+                ("failed", "verify"),
+            ]
+            .map(|(a, b)| (a.to_owned(), b.to_owned())),
+            "{:#?}",
+            fleet.results(id)
+        );
+        let last = fleet.results(id).pop().expect("final");
+        let reason = last["reason"].as_str().unwrap_or("");
+        assert!(reason.contains(words), "{id}: {reason}");
+        let st = rig.status();
+        assert_eq!(st["operation"]["command_id"], id, "{st:#}");
+        assert_eq!(st["operation"]["state"]["state"], "failed", "{st:#}");
+        rig.assert_nothing_installed();
+    }
+    assert!(rig.server.requests().is_empty(), "downloaded anyway");
+    // An expired command is refused before anything runs.
+    let before = rig.status()["operation"]["id"].clone();
+    let body = serde_json::json!({
+        "type": "update",
+        "expires_at": "2020-01-01T00:00:00Z",
+        "manifest": serde_json::from_slice::<serde_json::Value>(&std::fs::read(&untrusted).expect("m")).expect("json"),
+    });
+    fleet
+        .it
+        .publish(&fleet.command_topic("up-expired"), &body.to_string(), false);
+    fleet.until_final(&mut sd, "up-expired");
+    let last = fleet.results("up-expired").pop().expect("final");
+    assert_eq!(last["status"], "failed");
+    assert!(
+        last["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("expired")),
+        "{last}"
+    );
+    assert_eq!(rig.status()["operation"]["id"], before);
+    // The agent never restarted.
+    assert_eq!(sd.starts, 1);
     sd.stop();
 }
 
@@ -404,41 +638,6 @@ fn assert_refused(rig: &Rig, m: &Path, step: &str, words: &str) {
     assert_eq!(st["operation"]["state"]["state"], "failed", "{st:#}");
     assert_eq!(st["operation"]["state"]["step"], step, "{st:#}");
     rig.assert_nothing_installed();
-}
-
-#[test]
-fn bad_signatures_are_rejected_before_download() {
-    let rig = Rig::new("");
-    let art = next_artifact(&rig.root);
-    let url = rig.server.put_file("next", &art, Fault::None);
-    // Signed by a key the gateway does not trust.
-    let other = run({
-        let mut c = vitalgate_cmd();
-        c.args(["update", "keygen", "--out"])
-            .arg(rig.root.join("other"));
-        c
-    });
-    other.expect_code(0);
-    let m = rig.manifest(
-        &next_version(),
-        &url,
-        &art,
-        &rig.root.join("other.key"),
-        |_| {},
-    );
-    assert_refused(&rig, &m, "verify", "untrusted");
-    // Signed by the trusted key, then altered (a different artifact URL).
-    let m = rig.manifest(&next_version(), &url, &art, &rig.signing_key, |_| {});
-    let text = std::fs::read_to_string(&m).expect("manifest");
-    std::fs::write(&m, text.replace("/next", "/evil")).expect("tamper");
-    assert_refused(&rig, &m, "verify", "does not verify");
-    // Unsigned.
-    let mut v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&m).expect("m")).expect("json");
-    v.as_object_mut().expect("obj").remove("signatures");
-    std::fs::write(&m, v.to_string()).expect("unsigned");
-    assert_refused(&rig, &m, "verify", "no signature");
-    assert!(rig.server.requests().is_empty(), "downloaded anyway");
 }
 
 #[test]
@@ -529,36 +728,76 @@ fn interrupted_download_resumes_with_a_range_request() {
 }
 
 #[test]
-fn new_version_failing_its_health_gate_is_rolled_back() {
-    // The new version cannot reach the fleet broker: its health gate fails.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = closed.local_addr().expect("addr").port();
-    drop(closed);
-    let rig = Rig::new(&format!(
-        "\n[fleet]\nbroker = \"mqtt://127.0.0.1:{port}\"\n"
-    ));
+fn new_version_failing_its_health_gate_is_rolled_back_and_reports_it_over_mqtt() {
+    // The broker goes away as soon as the old version reports the restart: the new version
+    // cannot reach it, so its health gate fails and it rolls back. The previous version
+    // then reports the outcome once the broker is back.
+    let mut fleet = Fleet::start();
+    let rig = Rig::new(&fleet.toml());
     let art = next_artifact(&rig.root);
     let url = rig.server.put_file("next", &art, Fault::None);
     let next = next_version();
     let m = rig.manifest(&next, &url, &art, &rig.signing_key, |_| {});
     let mut sd = TestSystemd::new(&rig);
-    apply_and_restart(&rig, &m, &mut sd);
+    sd.start();
+    fleet.wait_online(&mut sd, RUNNING);
+    fleet.send_update("up-gate", &m);
+    sd.until("the restart report", Duration::from_secs(60), || {
+        fleet
+            .steps("up-gate")
+            .last()
+            .is_some_and(|(_, step)| step == "restart")
+    });
+    fleet.broker.stop();
+    sd.until("the rollback", Duration::from_secs(60), || {
+        rig.op_state() == "rolled_back"
+            && running_version_of_service(&rig).as_deref() == Some(RUNNING)
+    });
+    assert!(
+        versions_started(&rig).contains(&next),
+        "the new version never ran: {:?}",
+        versions_started(&rig)
+    );
     let st = rig.status();
-    assert_eq!(st["operation"]["state"]["state"], "rolled_back", "{st:#}");
-    assert_eq!(st["operation"]["state"]["step"], "health_gate");
-    let reason = st["operation"]["state"]["reason"].as_str().unwrap_or("");
-    assert!(reason.contains("broker"), "{reason}");
+    assert_eq!(st["operation"]["state"]["step"], "health_gate", "{st:#}");
     assert_eq!(
         rig.current(),
         None,
         "current still points at the new version"
     );
     assert!(st["pending"].is_null());
-    sd.until("the previous version", Duration::from_secs(30), || {
-        running_version_of_service(&rig).as_deref() == Some(RUNNING)
-    });
-    let log = rig.service_log();
-    assert!(log.contains("failed"), "{log}");
+    let seen_before = fleet.results("up-gate").len();
+
+    fleet.broker.restart();
+    fleet.until_final(&mut sd, "up-gate");
+    let results = fleet.results("up-gate");
+    let last = results.last().expect("final");
+    assert_eq!(last["status"], "failed", "{results:#?}");
+    assert_eq!(last["step"], "health_gate");
+    let reason = last["reason"].as_str().unwrap_or("");
+    assert!(
+        reason.starts_with(&format!("rolled back to {RUNNING}: health gate failed"))
+            && reason.contains("broker"),
+        "{reason}"
+    );
+    // Before the broker went away: every step up to the restart, in order.
+    assert_eq!(
+        fleet.steps("up-gate")[..seen_before],
+        [
+            ("accepted", ""),
+            ("running", ""),
+            ("running", "verify"),
+            ("running", "disk_space"),
+            ("running", "download"),
+            ("running", "verify_artifact"),
+            ("running", "install"),
+            ("running", "restart"),
+        ]
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+    );
+    // After it: only the final result, from the previous version.
+    assert_eq!(results.len(), seen_before + 1, "{results:#?}");
+    assert_eq!(running_version_of_service(&rig).as_deref(), Some(RUNNING));
     sd.stop();
 }
 

@@ -1,8 +1,8 @@
 //! The Bluetooth LE transport: btleplug on BlueZ (over D-Bus), as a [`ReadingSource`].
 //!
 //! It owns scanning (with service-UUID filters for the health profiles), the allowlist
-//! (`[ble] allow` plus the devices the store marks allowed, or any supported device while a
-//! pairing window is open), one supervised task per device that connects, reconnects with
+//! (`[ble] allow` plus the devices the store marks allowed, which [`pairing`] adds to; a
+//! device that leaves it is disconnected), one supervised task per device that connects, reconnects with
 //! capped jittered backoff and runs [`session`]s, and the containment of the known
 //! bluez-async panic (test-harness.md §1.6 pitfall 1): the central event stream is opened
 //! once and kept for the whole run, and every session runs in a task of its own, so a panic
@@ -13,6 +13,7 @@
 //! commit, so a lost link loses and duplicates nothing.
 
 pub mod backoff;
+pub mod pairing;
 pub mod profiles;
 pub mod session;
 
@@ -49,53 +50,12 @@ const GOOD_SESSION: Duration = Duration::from_secs(30);
 /// Link-state check while receiving, in case the disconnect event was missed.
 const LINK_CHECK: Duration = Duration::from_secs(2);
 
-/// Lets any supported device connect for a while (pairing), besides the allowlist. The
-/// pairing command opens it through [`BleSource::pairing_window`]; bonding itself is BlueZ's.
-#[derive(Debug, Clone, Default)]
-pub struct PairingWindow(Arc<Mutex<Option<Instant>>>);
-
-impl PairingWindow {
-    /// Opens the window for `d` from now.
-    pub fn open_for(&self, d: Duration) {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now() + d);
-    }
-
-    pub fn close(&self) {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = None;
-    }
-
-    pub fn is_open(&self) -> bool {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_some_and(|until| Instant::now() < until)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pairing_window_opens_expires_and_closes() {
-        let w = PairingWindow::default();
-        assert!(!w.is_open());
-        w.open_for(Duration::from_secs(60));
-        assert!(w.clone().is_open(), "clones share the window");
-        w.close();
-        assert!(!w.is_open());
-        w.open_for(Duration::ZERO);
-        assert!(!w.is_open(), "an elapsed window is closed");
-    }
-}
-
 /// The BLE reading source.
 #[derive(Debug)]
 pub struct BleSource {
     config: BleConfig,
     store_path: PathBuf,
     keying: Keying,
-    pairing: PairingWindow,
 }
 
 impl BleSource {
@@ -104,13 +64,7 @@ impl BleSource {
             config,
             store_path,
             keying,
-            pairing: PairingWindow::default(),
         }
-    }
-
-    /// The pairing window this source honours.
-    pub fn pairing_window(&self) -> PairingWindow {
-        self.pairing.clone()
     }
 }
 
@@ -126,6 +80,21 @@ impl ReadingSource for BleSource {
         cancel: CancellationToken,
     ) -> Pin<Box<dyn Future<Output = Result<(), SourceError>> + Send>> {
         Box::pin(async move {
+            // Pairing windows are served beside the readings, on a D-Bus connection of
+            // their own, for as long as the source runs.
+            let pairing = tokio::spawn(pairing::watch(
+                store.clone(),
+                self.store_path.clone(),
+                self.keying.clone(),
+                self.config.adapter.clone(),
+                self.config
+                    .allow
+                    .iter()
+                    .map(|a| a.to_string().to_ascii_uppercase())
+                    .collect(),
+                cancel.child_token(),
+            ));
+            let _stop_pairing = AbortOnDrop(pairing);
             let mut retry = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
             let mut warned = false;
             loop {
@@ -208,8 +177,18 @@ impl DeviceShared {
 }
 
 struct DeviceTask {
+    address: String,
     handle: tokio::task::JoinHandle<()>,
     disconnected: Arc<Notify>,
+    cancel: CancellationToken,
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl BleSource {
@@ -295,8 +274,17 @@ impl BleSource {
                 },
                 _ = refresh.tick() => {
                     let now = self.allowlist().await;
-                    if now != allow || self.pairing.is_open() {
+                    if now != allow {
                         turned_away.clear();
+                        // An unpaired device is let go: its task stops and the link drops.
+                        devices.retain(|_, t| {
+                            let keep = now.contains(&t.address);
+                            if !keep {
+                                tracing::info!(device = %t.address, "Device left the allowlist; disconnecting.");
+                                t.cancel.cancel();
+                            }
+                            keep
+                        });
                     }
                     allow = now;
                     if let Ok(known) = adapter.peripherals().await {
@@ -353,7 +341,7 @@ impl Ctx<'_> {
         if !profiles::supported(&props.services) {
             return props.services.is_empty();
         }
-        if !allow.contains(&address) && !self.source.pairing.is_open() {
+        if !allow.contains(&address) {
             if ignored.insert(address.clone()) {
                 tracing::info!(device = %address, "Bluetooth LE device not on the allowlist; ignored.");
             }
@@ -371,17 +359,17 @@ impl Ctx<'_> {
             last_record: AtomicI64::new(0),
         });
         let disconnected = Arc::new(Notify::new());
-        let handle = self.tasks.spawn(device_loop(
-            p,
-            shared,
-            disconnected.clone(),
-            self.cancel.child_token(),
-        ));
+        let cancel = self.cancel.child_token();
+        let handle = self
+            .tasks
+            .spawn(device_loop(p, shared, disconnected.clone(), cancel.clone()));
         devices.insert(
             id.clone(),
             DeviceTask {
+                address,
                 handle,
                 disconnected,
+                cancel,
             },
         );
         true

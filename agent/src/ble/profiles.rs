@@ -28,6 +28,8 @@ pub const DEVICE_INFORMATION: [u16; 7] = [0x2A29, 0x2A24, 0x2A25, 0x2A27, 0x2A26
 
 pub const RACP: u16 = 0x2A52;
 pub const CURRENT_TIME: u16 = 0x2A2B;
+/// Battery Level (Battery Service 0x180F): one byte, percent.
+pub const BATTERY_LEVEL: u16 = 0x2A19;
 /// A&D sets its clock with a Date Time write inside the BP or weight service (§3).
 pub const DATE_TIME: u16 = 0x2A08;
 pub const GLUCOSE_MEASUREMENT: u16 = 0x2A18;

@@ -54,7 +54,7 @@ pub enum SessionError {
     Timeout { step: &'static str },
     #[error(
         "the device needs a bonded link for its stored records (ATT error 0x05): pair it \
-         through BlueZ (bluetoothctl) first"
+         through BlueZ first (`vitalgate pair`)"
     )]
     NeedsBonding,
     #[error(transparent)]
@@ -92,6 +92,11 @@ pub async fn run(
     cancel: &CancellationToken,
 ) -> Result<End, SessionError> {
     let address = shared.address.clone();
+    // Registered now, so a disconnect announced while the session is busy (setting up,
+    // committing a download) is not lost: `notify_waiters` only reaches registered waiters.
+    let lost = disconnected.notified();
+    tokio::pin!(lost);
+    lost.as_mut().enable();
     // 1. Connect (a device BlueZ still holds connected is fine: Connect is then a no-op).
     gatt("connect", CONNECT_TIMEOUT, p.connect()).await?;
     // 2. Discover services; notifications are matched to characteristics through them.
@@ -177,10 +182,37 @@ pub async fn run(
             ctx.cgm_session_start = Some(s);
         }
     }
+    // Battery (Battery Service) and signal strength, for fleet telemetry: a failure here
+    // never costs the session its readings.
+    let battery = match find(profiles::BATTERY_LEVEL) {
+        Some(c) => match gatt("read battery level", GATT_TIMEOUT, p.read(c)).await {
+            Ok(v) => v.first().copied().filter(|b| *b <= 100),
+            Err(error) => {
+                tracing::debug!(device = %address, %error, "Battery level not read.");
+                None
+            }
+        },
+        None => None,
+    };
+    // BlueZ answers from its cache; a slow answer is not worth holding the session for.
+    let rssi = match tokio::time::timeout(Duration::from_secs(2), p.properties()).await {
+        Ok(Ok(Some(props))) => props.rssi,
+        _ => None,
+    };
+    if (battery.is_some() || rssi.is_some())
+        && let Err(error) = shared
+            .store
+            .record_device_status(Transport::Ble, &address, battery, rssi)
+            .await
+    {
+        tracing::warn!(device = %address, %error, "Cannot record the device's battery and signal.");
+    }
     tracing::info!(
         device = %address,
         subscribed = subscribed.len(),
         clock_offset_ms,
+        battery_percent = battery,
+        rssi_dbm = rssi,
         "BLE device connected."
     );
 
@@ -222,7 +254,7 @@ pub async fn run(
     let end = loop {
         tokio::select! {
             _ = cancel.cancelled() => break End::Cancelled,
-            _ = disconnected.notified() => break End::LinkLost,
+            () = &mut lost => break End::LinkLost,
             n = stream.next() => match n {
                 Some(n) => rx.handle(n.uuid, &n.value).await?,
                 None => break End::LinkLost,

@@ -17,6 +17,8 @@ pub const DEFAULT_RECONNECT_MIN: Duration = Duration::from_secs(30);
 pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(600);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_SESSION_EXPIRY: Duration = Duration::from_secs(3600);
+pub const DEFAULT_DEVICE_OVERDUE_AFTER: Duration = Duration::from_secs(36 * 3600);
+pub const DEFAULT_DESTINATION_FAILING_AFTER: Duration = Duration::from_secs(15 * 60);
 
 /// `[fleet]`: MQTT fleet management. Unset broker: fleet management is off.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -57,6 +59,14 @@ pub struct FleetConfig {
     /// while it is offline (MQTT 5 session expiry).
     #[serde(with = "humantime_serde")]
     pub session_expiry: Duration,
+    /// A device whose last reading is older than this raises a `device-overdue` event (once
+    /// per overdue period).
+    #[serde(with = "humantime_serde")]
+    pub device_overdue_after: Duration,
+    /// A destination whose delivery rounds keep failing (3 in a row at least) for this long
+    /// raises a `destination-failing` event, and `destination-recovered` when it delivers.
+    #[serde(with = "humantime_serde")]
+    pub destination_failing_after: Duration,
 }
 
 impl Default for FleetConfig {
@@ -75,6 +85,8 @@ impl Default for FleetConfig {
             reconnect_max: DEFAULT_RECONNECT_MAX,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             session_expiry: DEFAULT_SESSION_EXPIRY,
+            device_overdue_after: DEFAULT_DEVICE_OVERDUE_AFTER,
+            destination_failing_after: DEFAULT_DESTINATION_FAILING_AFTER,
         }
     }
 }
@@ -117,6 +129,9 @@ impl FleetConfig {
         }
         if self.connect_timeout < Duration::from_secs(1) {
             return err("connect_timeout", "must be at least 1s");
+        }
+        if self.device_overdue_after < Duration::from_secs(1) {
+            return err("device_overdue_after", "must be at least 1s");
         }
         if self.session_expiry > Duration::from_secs(u32::MAX as u64) {
             return err("session_expiry", "is too long for MQTT (at most 136 years)");

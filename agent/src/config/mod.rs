@@ -59,6 +59,8 @@ pub struct Config {
     /// Serial devices (`[[serial]]`, see [`serial`]).
     pub serial: Vec<SerialConfig>,
     pub update: update::UpdateConfig,
+    /// Optional pairing button and status LED (`[gpio]`, off by default).
+    pub gpio: crate::gpio::GpioConfig,
 }
 
 /// `[gateway]`
@@ -337,6 +339,7 @@ impl Config {
         }
         self.fleet.validate()?;
         self.update.validate()?;
+        self.gpio.validate()?;
         for (i, d) in self.destinations.iter().enumerate() {
             d.check(i)?;
         }

@@ -19,6 +19,8 @@ pub const MAX_PAYLOAD: usize = 16 * 1024;
 /// Furthest in the future a command may expire. Seen ids are kept until they expire, so this
 /// bounds how long the gateway remembers them.
 pub const MAX_EXPIRY_HORIZON: Duration = Duration::from_secs(7 * 24 * 3600);
+pub use crate::ble::pairing::Pin;
+
 /// Longest pairing window a command may open.
 pub const MAX_PAIRING_WINDOW_S: u32 = 3600;
 
@@ -122,6 +124,13 @@ pub enum CommandKind {
     SyncNow,
     OpenPairingWindow {
         seconds: u32,
+        /// Answers the device's passkey or PIN request; never echoed in results.
+        pin: Option<Pin>,
+        /// Bind what pairs to this patient (and user index); else it is only allowlisted.
+        patient: Option<PatientRef>,
+        user_index: i64,
+        /// Only this BLE device may pair.
+        device: Option<String>,
     },
     Bind {
         transport: Transport,
@@ -139,6 +148,11 @@ pub enum CommandKind {
     },
     Restart,
     Diagnostics,
+    /// A signed software update: the manifest object as received (its signature is checked
+    /// by the updater, over the canonical form, so re-serialising it here is harmless).
+    Update {
+        manifest: String,
+    },
 }
 
 impl CommandKind {
@@ -151,6 +165,7 @@ impl CommandKind {
             CommandKind::SetLogLevel { .. } => "set-log-level",
             CommandKind::Restart => "restart",
             CommandKind::Diagnostics => "diagnostics",
+            CommandKind::Update { .. } => "update",
         }
     }
 }
@@ -164,6 +179,7 @@ pub const COMMAND_TYPES: &[&str] = &[
     "set-log-level",
     "restart",
     "diagnostics",
+    "update",
 ];
 
 /// A valid, unexpired command.
@@ -262,6 +278,10 @@ pub fn parse(id: &str, payload: &[u8], now: SystemTime) -> Result<Command, Comma
             #[serde(deny_unknown_fields)]
             struct F {
                 seconds: u32,
+                pin: Option<String>,
+                patient_ref: Option<String>,
+                user_index: Option<i64>,
+                device: Option<DeviceRef>,
             }
             let f: F = fields_of(rest).map_err(invalid)?;
             if f.seconds == 0 || f.seconds > MAX_PAIRING_WINDOW_S {
@@ -269,7 +289,30 @@ pub fn parse(id: &str, payload: &[u8], now: SystemTime) -> Result<Command, Comma
                     "seconds must be between 1 and {MAX_PAIRING_WINDOW_S}"
                 )));
             }
-            CommandKind::OpenPairingWindow { seconds: f.seconds }
+            let device = match f.device {
+                None => None,
+                Some(d) => match d.validate().map_err(invalid)? {
+                    (Transport::Ble, address) => Some(address),
+                    _ => return Err(invalid("only BLE devices pair".into())),
+                },
+            };
+            CommandKind::OpenPairingWindow {
+                seconds: f.seconds,
+                pin: f
+                    .pin
+                    .as_deref()
+                    .map(Pin::parse)
+                    .transpose()
+                    .map_err(invalid)?,
+                patient: f
+                    .patient_ref
+                    .as_deref()
+                    .map(PatientRef::parse)
+                    .transpose()
+                    .map_err(invalid)?,
+                user_index: user_index(f.user_index).map_err(invalid)?,
+                device,
+            }
         }
         "bind" => {
             #[derive(Deserialize)]
@@ -315,6 +358,17 @@ pub fn parse(id: &str, payload: &[u8], now: SystemTime) -> Result<Command, Comma
                 .parse::<LogFilter>()
                 .map_err(|_| invalid("level is not a valid log filter".into()))?;
             CommandKind::SetLogLevel { level }
+        }
+        "update" => {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct F {
+                manifest: serde_json::Map<String, serde_json::Value>,
+            }
+            let f: F = fields_of(rest).map_err(invalid)?;
+            CommandKind::Update {
+                manifest: serde_json::Value::Object(f.manifest).to_string(),
+            }
         }
         _ => return Err(CommandError::UnknownType(kind.to_owned())),
     };
@@ -456,8 +510,38 @@ mod tests {
             ok(&format!(
                 r#"{{"type":"open-pairing-window","expires_at":"{LATER}","seconds":120}}"#
             )),
-            CommandKind::OpenPairingWindow { seconds: 120 }
+            CommandKind::OpenPairingWindow {
+                seconds: 120,
+                pin: None,
+                patient: None,
+                user_index: -1,
+                device: None,
+            }
         );
+        match ok(&format!(
+            r#"{{"type":"open-pairing-window","expires_at":"{LATER}","seconds":60,"pin":"123456","patient_ref":"pr-1","user_index":2,"device":{{"transport":"ble","address":"a0:00:00:00:18:08"}}}}"#
+        )) {
+            CommandKind::OpenPairingWindow {
+                seconds,
+                pin,
+                patient,
+                user_index,
+                device,
+            } => {
+                assert_eq!(seconds, 60);
+                assert_eq!(pin.and_then(|p| p.passkey()), Some(123_456));
+                assert_eq!(patient.as_ref().map(PatientRef::expose), Some("pr-1"));
+                assert_eq!(user_index, 2);
+                assert_eq!(device.as_deref(), Some("A0:00:00:00:18:08"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // A bad PIN is refused without being echoed.
+        let e = err(&format!(
+            r#"{{"type":"open-pairing-window","expires_at":"{LATER}","seconds":60,"pin":"12 34-secret"}}"#
+        ));
+        assert!(e.to_string().contains("PIN"), "{e}");
+        assert!(!e.to_string().contains("secret"), "{e}");
         match ok(&format!(
             r#"{{"type":"bind","expires_at":"{LATER}","device":{{"transport":"ble","address":"00:1c:05:ff:e8:74"}},"user_index":1,"patient_ref":"pr-7f3a"}}"#
         )) {
@@ -503,6 +587,35 @@ mod tests {
             )),
             CommandKind::Diagnostics
         );
+    }
+
+    #[test]
+    fn update_carries_the_manifest_object() {
+        match ok(&format!(
+            r#"{{"type":"update","expires_at":"{LATER}","manifest":{{"format":1,"version":"0.2.0","signatures":[]}}}}"#
+        )) {
+            CommandKind::Update { manifest } => {
+                let v: serde_json::Value = serde_json::from_str(&manifest).expect("json");
+                assert_eq!(v["version"], "0.2.0");
+                assert_eq!(v["format"], 1);
+            }
+            other => panic!("{other:?}"),
+        }
+        for bad in [
+            format!(r#"{{"type":"update","expires_at":"{LATER}"}}"#),
+            format!(r#"{{"type":"update","expires_at":"{LATER}","manifest":"x"}}"#),
+            format!(r#"{{"type":"update","expires_at":"{LATER}","manifest":{{}},"force":true}}"#),
+        ] {
+            let e = err(&bad);
+            assert!(
+                matches!(e, CommandError::Invalid { kind: "update", .. }),
+                "{bad}: {e}"
+            );
+        }
+        assert!(matches!(
+            err(r#"{"type":"update","expires_at":"2026-05-01T11:00:00Z","manifest":{}}"#),
+            CommandError::Expired(_)
+        ));
     }
 
     #[test]

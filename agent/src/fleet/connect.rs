@@ -41,7 +41,7 @@ pub fn offline_payload(reason: &str) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
         "status": "offline",
         "reason": reason,
-        "version": env!("CARGO_PKG_VERSION"),
+        "version": crate::update::running_version(),
     }))
     .unwrap_or_default()
 }

@@ -1,8 +1,9 @@
 //! The desired configuration document IT publishes, retained, on `config/desired`:
 //! validated completely, without I/O, before anything of it is applied.
 //!
-//! Every field but `version` is optional; an absent field leaves that part of the running
-//! configuration as it is. Secrets never travel in the document: destinations name a
+//! Every field but `version` is optional. An absent `destinations` or `routing` means the
+//! config file's (see `crate::sync::plan`); an absent telemetry interval, log level or pairing
+//! policy leaves the running one as it is. Secrets never travel in the document: destinations name a
 //! credential (a file the gateway already holds), and unknown fields (a stray `password`)
 //! are refused.
 

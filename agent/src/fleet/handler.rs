@@ -33,6 +33,15 @@ pub(crate) enum Inbound {
         /// a replay by IT, and is ignored without a new result.
         redelivered: bool,
     },
+    /// A step of a software update, to publish on its command's result topic; `restart`:
+    /// then restart into the switched version.
+    UpdateReport {
+        report: crate::update::Report,
+        restart: bool,
+    },
+    /// The broker connection became ready: publish an update's final result if IT was not
+    /// told yet.
+    UpdateReconcile,
 }
 
 pub(crate) async fn run<S: FleetStore>(
@@ -48,6 +57,10 @@ pub(crate) async fn run<S: FleetStore>(
                 payload,
                 redelivered,
             } => command(&ctx, &out, &id, &payload, redelivered).await,
+            Inbound::UpdateReport { report, restart } => {
+                super::updating::on_report(&ctx, &out, report, restart).await;
+            }
+            Inbound::UpdateReconcile => super::updating::reconcile(&ctx, &out).await,
         }
     }
 }
@@ -66,7 +79,7 @@ fn now_rfc3339() -> String {
     format_rfc3339(SystemTime::now())
 }
 
-fn result_payload(
+pub(crate) fn result_payload(
     id: &str,
     kind: &str,
     status: &str,
@@ -199,6 +212,11 @@ async fn command<S: FleetStore>(
     )
     .await;
     let _ = ctx.store.finish_command(id, "running", "").await;
+    if let CommandKind::Update { manifest } = &cmd.kind {
+        // Long-running: its steps and final result are published as they happen.
+        super::updating::start(ctx, out, id, manifest).await;
+        return;
+    }
     let (ok, reason, detail, then) = execute(ctx, out, id, &cmd.kind).await;
     let status = if ok { "succeeded" } else { "failed" };
     if let Err(e) = ctx.store.finish_command(id, status, &reason).await {
@@ -231,17 +249,32 @@ async fn execute<S: FleetStore>(
     let actor = format!("fleet:cmd/{id}");
     match kind {
         CommandKind::SyncNow => {
-            ctx.hooks.sync_now.notify_waiters();
             let backlog = ctx.store.snapshot().await.ok().map(|s| s.readings.pending);
+            let running = ctx.hooks.delivery.as_ref().map_or(0, |d| d.sync_now());
             let _ = out.send(Outbound::TelemetryNow).await;
+            if running == 0 {
+                // Nothing would happen: say so rather than report a sync that is not coming.
+                return (
+                    false,
+                    "no destination is delivering (none configured, or another process holds the delivery lock)".into(),
+                    Some(json!({ "backlog": backlog })),
+                    None,
+                );
+            }
             (
                 true,
-                "sync requested; telemetry published".into(),
-                Some(json!({ "backlog": backlog })),
+                format!("sync requested for {running} destinations"),
+                Some(json!({ "backlog": backlog, "destinations": running })),
                 None,
             )
         }
-        CommandKind::OpenPairingWindow { seconds } => {
+        CommandKind::OpenPairingWindow {
+            seconds,
+            pin,
+            patient,
+            user_index,
+            device,
+        } => {
             let policy = ctx.runtime().pairing.clone();
             if let Some(p) = &policy {
                 if p.mode == PairingMode::AllowlistOnly {
@@ -268,7 +301,15 @@ async fn execute<S: FleetStore>(
             let until_ms = until
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as i64);
-            match ctx.store.open_pairing_window(id, until_ms).await {
+            let request = crate::ble::pairing::WindowRequest {
+                until_ms,
+                patient: patient.clone(),
+                user_index: *user_index,
+                device: device.clone(),
+                pin: pin.clone(),
+                actor: format!("fleet:{id}"),
+            };
+            match ctx.store.open_pairing_window(&request).await {
                 Ok(()) => (
                     true,
                     format!("pairing window open for {seconds}s"),
@@ -320,6 +361,10 @@ async fn execute<S: FleetStore>(
             Some(diagnostics(ctx).await),
             None,
         ),
+        // Started by `command` before it gets here.
+        CommandKind::Update { .. } => {
+            (false, "update commands run on their own".into(), None, None)
+        }
     }
 }
 
@@ -339,7 +384,7 @@ async fn diagnostics<S: FleetStore>(ctx: &Context<S>) -> serde_json::Value {
     };
     let c = &ctx.counters;
     json!({
-        "version": env!("CARGO_PKG_VERSION"),
+        "version": crate::update::running_version(),
         "gateway_id": ctx.gateway.as_str(),
         "config_version": ctx.config_version(),
         "uptime_s": ctx.started.elapsed().as_secs(),
@@ -404,6 +449,27 @@ async fn desired_config<S: FleetStore>(
         publish(out, topic, reject(Some(doc.version), reason)).await;
         return;
     }
+    // Everything is validated before anything is persisted or applied: the delivery plan
+    // (destinations and routing over the file configuration) included.
+    let plan = match ctx.hooks.delivery.as_ref().map(|d| d.plan_for(&doc)) {
+        Some(Err(reason)) => {
+            tracing::warn!(version = doc.version, %reason, "Desired configuration rejected.");
+            ctx.note_error(&format!("desired config rejected: {reason}"));
+            let _ = ctx
+                .store
+                .record_event(NewEvent {
+                    severity: Severity::Warning,
+                    kind: "config-rejected".into(),
+                    detail: json!({ "version": doc.version, "reason": reason }),
+                })
+                .await;
+            let _ = out.send(Outbound::EventsChanged).await;
+            publish(out, topic, reject(Some(doc.version), reason)).await;
+            return;
+        }
+        Some(Ok(plan)) => Some(plan),
+        None => None,
+    };
     let text = String::from_utf8_lossy(payload).into_owned();
     if let Err(e) = ctx
         .store
@@ -414,6 +480,39 @@ async fn desired_config<S: FleetStore>(
         ctx.note_error(&reason);
         publish(out, topic, reject(Some(doc.version), reason)).await;
         return;
+    }
+    if let (Some(delivery), Some(plan)) = (&ctx.hooks.delivery, plan) {
+        match delivery.apply(plan).await {
+            Ok(change) => {
+                for (id, pending) in change.removed {
+                    // The readings stay in the store, counted in the backlog, and go out if
+                    // the destination comes back; retention never removes them.
+                    tracing::warn!(destination = %id, ?pending, "Destination removed by the desired configuration.");
+                    let _ = ctx
+                        .store
+                        .record_event(NewEvent {
+                            severity: if pending == Some(0) {
+                                Severity::Info
+                            } else {
+                                Severity::Warning
+                            },
+                            kind: "destination-removed".into(),
+                            detail: json!({ "destination": id, "pending": pending, "version": doc.version }),
+                        })
+                        .await;
+                }
+                if !change.added.is_empty() {
+                    tracing::info!(destinations = ?change.added, "Destinations added by the desired configuration.");
+                }
+            }
+            Err(e) => {
+                // The document is persisted, so the next start delivers by it; say so.
+                ctx.note_error(&format!(
+                    "desired config {}: delivery not switched until restart: {e}",
+                    doc.version
+                ));
+            }
+        }
     }
     ctx.apply_runtime(&doc);
     tracing::info!(version = doc.version, "Desired configuration applied.");
@@ -485,7 +584,7 @@ mod tests {
     use std::sync::Mutex;
     use std::time::Instant;
 
-    use tokio::sync::{Notify, watch};
+    use tokio::sync::watch;
     use tokio_util::sync::CancellationToken;
     use vitalgate_drivers::Transport;
 
@@ -528,6 +627,9 @@ mod tests {
             c.insert(id.into(), (status.into(), reason.into()));
             Ok(Admission::New)
         }
+        async fn command_outcome(&self, id: &str) -> Result<Option<(String, String)>, StoreError> {
+            Ok(self.commands.lock().expect("lock").get(id).cloned())
+        }
         async fn finish_command(&self, id: &str, s: &str, r: &str) -> Result<(), StoreError> {
             self.commands
                 .lock()
@@ -563,7 +665,10 @@ mod tests {
                 .remove(&(address.into(), user))
                 .is_some())
         }
-        async fn open_pairing_window(&self, _: &str, _: i64) -> Result<(), StoreError> {
+        async fn open_pairing_window(
+            &self,
+            _: &crate::ble::pairing::WindowRequest,
+        ) -> Result<(), StoreError> {
             Ok(())
         }
         async fn applied_config(&self) -> Result<Option<(u64, String)>, StoreError> {
@@ -605,9 +710,10 @@ mod tests {
             store: Arc::new(MemStore::default()),
             hooks: Hooks {
                 restart: CancellationToken::new(),
-                sync_now: Arc::new(Notify::new()),
+                delivery: None,
                 clock: Arc::new(SystemClock::new()),
                 set_log_level: no_log,
+                update: None,
             },
             started: Instant::now(),
             counters: Counters::default(),
@@ -629,6 +735,10 @@ mod tests {
                 payload,
                 redelivered,
             } => command(ctx, &tx, &id, &payload, redelivered).await,
+            Inbound::UpdateReport { report, restart } => {
+                crate::fleet::updating::on_report(ctx, &tx, report, restart).await;
+            }
+            Inbound::UpdateReconcile => crate::fleet::updating::reconcile(ctx, &tx).await,
         }
         drop(tx);
         let mut out = Vec::new();
@@ -678,6 +788,235 @@ mod tests {
         // A retained or QoS 1 redelivery of a known id is ignored silently.
         assert!(handle(&ctx, cmd("c1", unbind, true)).await.is_empty());
         assert_eq!(ctx.counters.commands.load(Ordering::Relaxed), 3);
+    }
+
+    /// Runs one command to its end, feeding the update task's reports back to the handler
+    /// the way the connection task does; returns every result published.
+    async fn run_update(ctx: &Context<MemStore>, msg: Inbound) -> Vec<serde_json::Value> {
+        let (tx, mut rx) = mpsc::channel(64);
+        let Inbound::Command {
+            id,
+            payload,
+            redelivered,
+        } = msg
+        else {
+            panic!("not a command");
+        };
+        command(ctx, &tx, &id, &payload, redelivered).await;
+        drop(tx);
+        let mut out = Vec::new();
+        let mut restarts = 0;
+        while let Some(o) = rx.recv().await {
+            match o {
+                Outbound::Publish { payload, .. } => {
+                    out.push(serde_json::from_slice(&payload).expect("json"));
+                }
+                Outbound::UpdateReport { report, restart } => {
+                    let (tx2, mut rx2) = mpsc::channel(8);
+                    crate::fleet::updating::on_report(ctx, &tx2, report, restart).await;
+                    drop(tx2);
+                    while let Some(o) = rx2.recv().await {
+                        match o {
+                            Outbound::Publish { payload, .. } => {
+                                out.push(serde_json::from_slice(&payload).expect("json"));
+                            }
+                            Outbound::Restart => restarts += 1,
+                            _ => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(restarts, 0);
+        out
+    }
+
+    fn update_context(dir: &std::path::Path) -> Context<MemStore> {
+        let mut ctx = context();
+        let cfg = crate::config::update::UpdateConfig {
+            install_dir: dir.join("install"),
+            download_dir: dir.join("update"),
+            // Any key: the manifests below are unsigned.
+            trusted_keys: vec![
+                crate::update::manifest::PrivateKey::from_seed(&[7; 32])
+                    .public()
+                    .to_base64(),
+            ],
+            ..Default::default()
+        };
+        ctx.hooks.update = Some(cfg);
+        ctx
+    }
+
+    #[tokio::test]
+    async fn an_update_command_reports_each_step_and_a_replay_does_not_run_it_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ctx = update_context(dir.path());
+        let manifest = json!({"format": 1, "version": "99.0.0", "architectures": ["amd64", "arm64", "armhf"],
+            "urls": ["https://127.0.0.1:9/a"], "size": 1, "sha256": "0".repeat(64)});
+        let body = json!({"type": "update", "expires_at": later(), "manifest": manifest});
+        let out = run_update(&ctx, cmd("u1", body.clone(), false)).await;
+        let seq: Vec<(String, String)> = out
+            .iter()
+            .map(|v| {
+                (
+                    v["status"].as_str().unwrap_or("?").to_owned(),
+                    v["step"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            seq,
+            [
+                ("accepted".into(), "".into()),
+                ("running".into(), "".into()),
+                ("running".into(), "verify".into()),
+                ("failed".into(), "verify".into()),
+            ],
+            "{out:#?}"
+        );
+        let last = out.last().expect("final");
+        assert_eq!(last["type"], "update");
+        assert_eq!(last["id"], "u1");
+        assert!(
+            last["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("signature")),
+            "{last}"
+        );
+        assert_eq!(
+            ctx.store.commands.lock().expect("lock")["u1"].0,
+            "failed",
+            "the final result is recorded"
+        );
+        // Nothing was installed.
+        assert!(!dir.path().join("install/current").exists());
+
+        // The same id again: refused as a replay, the operation is not started again.
+        let op_file = crate::update::state::OperationFile::new(&dir.path().join("update"));
+        let first = op_file.load().expect("load").expect("operation");
+        let out = run_update(&ctx, cmd("u1", body, false)).await;
+        assert_eq!(out.len(), 1, "{out:#?}");
+        assert!(
+            out[0]["reason"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("replayed"))
+        );
+        assert_eq!(op_file.load().expect("load").expect("operation"), first);
+
+        // Expired: refused before anything runs.
+        let expired =
+            json!({"type": "update", "expires_at": "2020-01-01T00:00:00Z", "manifest": {}});
+        let out = run_update(&ctx, cmd("u2", expired, false)).await;
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0]["status"], "failed");
+        assert_eq!(op_file.load().expect("load").expect("operation"), first);
+    }
+
+    #[tokio::test]
+    async fn an_update_command_is_refused_without_the_updater() {
+        let ctx = context();
+        let body = json!({"type": "update", "expires_at": later(), "manifest": {}});
+        let out = run_update(&ctx, cmd("u3", body, false)).await;
+        let statuses: Vec<&str> = out
+            .iter()
+            .map(|v| v["status"].as_str().unwrap_or("?"))
+            .collect();
+        assert_eq!(statuses, ["accepted", "running", "failed"]);
+    }
+
+    #[tokio::test]
+    async fn the_final_update_result_is_published_once_from_the_persisted_operation() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ctx = update_context(dir.path());
+        std::fs::create_dir_all(dir.path().join("update")).expect("dir");
+        let op_file = crate::update::state::OperationFile::new(&dir.path().join("update"));
+        let op = crate::update::Operation {
+            id: "op-9".into(),
+            command_id: "u9".into(),
+            manifest: "{}".into(),
+            version: "0.9.0".into(),
+            previous_version: "0.1.0".into(),
+            previous_target: None,
+            state: crate::update::State::RolledBack {
+                step: crate::update::Step::HealthGate,
+                reason: "health gate failed: broker unreachable".into(),
+            },
+            resumes: 1,
+            // Reported to the log by the version that rolled back, before any broker.
+            reported: true,
+            started_ms: 0,
+            updated_ms: 0,
+        };
+        op_file.save(&op).expect("save");
+        ctx.store
+            .commands
+            .lock()
+            .expect("lock")
+            // Recorded as final by the version that rolled back, which then exited before
+            // the broker ever saw the result: this process must still publish it.
+            .insert(
+                "u9".into(),
+                (
+                    "failed".into(),
+                    "rolled back to 0.1.0: health gate failed: broker unreachable".into(),
+                ),
+            );
+        let reconcile = async || {
+            let (tx, mut rx) = mpsc::channel(8);
+            crate::fleet::updating::reconcile(&ctx, &tx).await;
+            drop(tx);
+            let mut out = Vec::new();
+            while let Some(Outbound::Publish { topic, payload, .. }) = rx.recv().await {
+                out.push((
+                    topic,
+                    serde_json::from_slice::<serde_json::Value>(&payload).expect("json"),
+                ));
+            }
+            out
+        };
+        let out = reconcile().await;
+        assert_eq!(out.len(), 1, "{out:#?}");
+        assert_eq!(out[0].0, "vitalgate/gw-t/cmd/u9/result");
+        assert_eq!(out[0].1["status"], "failed");
+        assert_eq!(out[0].1["step"], "health_gate");
+        assert_eq!(
+            out[0].1["reason"],
+            "rolled back to 0.1.0: health gate failed: broker unreachable"
+        );
+        // Published by this process now: a reconnect does not publish it again.
+        assert!(reconcile().await.is_empty());
+        assert_eq!(
+            ctx.store.commands.lock().expect("lock")["u9"].0,
+            "failed",
+            "the final result is recorded"
+        );
+        // An operation started from the command line has no fleet record: never published.
+        ctx.store.commands.lock().expect("lock").clear();
+        assert!(reconcile().await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn sync_now_without_a_delivery_engine_fails_and_says_why() {
+        let ctx = context();
+        let out = handle(
+            &ctx,
+            cmd(
+                "s1",
+                json!({"type": "sync-now", "expires_at": later()}),
+                false,
+            ),
+        )
+        .await;
+        let last = &out.last().expect("result").1;
+        assert_eq!(last["status"], "failed");
+        assert!(
+            last["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("no destination is delivering")),
+            "{last}"
+        );
     }
 
     #[tokio::test]

@@ -11,6 +11,7 @@
 //! Nothing published carries patient data: telemetry and events are counts, ages, sizes and
 //! device addresses; command results never echo a patient reference.
 
+pub mod alerts;
 pub mod backoff;
 pub mod command;
 pub mod connect;
@@ -20,6 +21,7 @@ pub mod status;
 pub mod store;
 pub mod telemetry;
 pub mod topics;
+pub(crate) mod updating;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -52,10 +54,14 @@ pub struct Hooks {
     /// Cancelled by the `restart` command: the supervisor stops gracefully and the process
     /// exits non-zero, so systemd starts it again.
     pub restart: CancellationToken,
-    /// Notified by `sync-now`, for the delivery engine.
-    pub sync_now: Arc<Notify>,
+    /// The delivery engine: `sync-now` and a desired configuration's destinations and
+    /// routing go to it. `None` where there is none (the fleet benchmark).
+    pub delivery: Option<Arc<crate::sync::plan::DeliveryControl>>,
     pub clock: Arc<dyn Clock>,
     pub set_log_level: fn(&LogFilter) -> Result<(), String>,
+    /// The `[update]` configuration, for the `update` command; `None`: the command is
+    /// refused (simulations).
+    pub update: Option<crate::config::update::UpdateConfig>,
 }
 
 impl std::fmt::Debug for Hooks {
@@ -119,7 +125,7 @@ pub(crate) struct Counters {
 pub(crate) struct RuntimeState {
     pub config_version: Option<u64>,
     pub pairing: Option<PairingPolicy>,
-    /// Kept for the delivery engine; validated and persisted here.
+    /// The last applied document (its delivery part is in force through `Hooks::delivery`).
     pub desired: Option<DesiredConfig>,
 }
 
@@ -215,6 +221,11 @@ pub(crate) enum Outbound {
     TelemetryNow,
     EventsChanged,
     Restart,
+    /// A report of the update task, handed back to the handler (see [`updating`]).
+    UpdateReport {
+        report: crate::update::Report,
+        restart: bool,
+    },
 }
 
 /// Results and reports held while disconnected; they are also in the store.
@@ -288,6 +299,8 @@ pub async fn run<S: FleetStore>(
         observer: setup.observer,
         cpu: telemetry::CpuSampler::default(),
         clock_synced: None,
+        alerts: alerts::Alerts::default(),
+        overdue_after: setup.config.device_overdue_after,
     };
     conn.run(&cancel).await;
     poller.abort();
@@ -354,6 +367,8 @@ struct Connection<S> {
     observer: Option<mpsc::UnboundedSender<(Instant, ConnectionEvent)>>,
     cpu: telemetry::CpuSampler,
     clock_synced: Option<bool>,
+    alerts: alerts::Alerts,
+    overdue_after: Duration,
 }
 
 impl<S: FleetStore> Connection<S> {
@@ -394,6 +409,11 @@ impl<S: FleetStore> Connection<S> {
                 _ = tick.tick(), if self.ready => {
                     self.publish_telemetry().await;
                     self.forward_events().await;
+                }
+                () = crate::update::announced(), if self.ctx.hooks.update.is_some() => {
+                    for report in crate::update::take_announced() {
+                        let _ = self.in_tx.send(Inbound::UpdateReport { report, restart: false }).await;
+                    }
                 }
                 Ok(()) = self.interval_rx.changed() => {
                     let every = *self.interval_rx.borrow_and_update();
@@ -480,7 +500,7 @@ impl<S: FleetStore> Connection<S> {
         self.ctx.set_connection("connected");
         let state = json!({
             "status": "online",
-            "version": env!("CARGO_PKG_VERSION"),
+            "version": crate::update::running_version(),
             "config_version": self.ctx.config_version(),
             "uptime_s": self.ctx.started.elapsed().as_secs(),
         });
@@ -506,6 +526,11 @@ impl<S: FleetStore> Connection<S> {
         }
         self.publish_telemetry().await;
         self.forward_events().await;
+        if self.ctx.hooks.update.is_some() {
+            // An update's final result may have been decided while no broker was reachable
+            // (or by the previous version after a rollback): tell IT from the persisted state.
+            let _ = self.in_tx.send(Inbound::UpdateReconcile).await;
+        }
     }
 
     fn publish(
@@ -574,6 +599,12 @@ impl<S: FleetStore> Connection<S> {
                 tracing::info!("Restart requested over MQTT; stopping gracefully.");
                 self.ctx.hooks.restart.cancel();
             }
+            Outbound::UpdateReport { report, restart } => {
+                let _ = self
+                    .in_tx
+                    .send(Inbound::UpdateReport { report, restart })
+                    .await;
+            }
         }
     }
 
@@ -605,6 +636,15 @@ impl<S: FleetStore> Connection<S> {
             rss_bytes: telemetry::rss_bytes(),
             mqtt_reconnects: self.ctx.counters.reconnects.load(Ordering::Relaxed),
         };
+        for event in self
+            .alerts
+            .check(&snapshot, receipt.wall_ms, self.overdue_after)
+        {
+            tracing::info!(kind = %event.kind, "Fleet event raised.");
+            if let Err(e) = self.ctx.store.record_event(event).await {
+                self.ctx.note_error(&format!("events: cannot record: {e}"));
+            }
+        }
         let t = telemetry::build(&snapshot, facts, receipt.wall_ms);
         let every = *self.interval_rx.borrow();
         // Stale telemetry is worthless: it expires after two periods (MQTT 5).

@@ -14,6 +14,7 @@ use vitalgate_drivers::{DeviceIdentity, Transport};
 
 use super::command::PatientRef;
 use super::desired::Binding;
+use crate::ble::pairing::WindowRequest;
 use crate::store::{Keying, NewEvent, StoreError, StoreHandle, StoreReader, StoreStatus};
 
 /// How long an id is remembered beyond its expiry, so a replay of an expired command is
@@ -58,6 +59,15 @@ pub trait FleetStore: Send + Sync + 'static {
         status: &str,
         reason: &str,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// The last recorded status and reason of a command, if its id is known. The default
+    /// knows none (simulations run no updates, the only user).
+    fn command_outcome(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<(String, String)>, StoreError>> + Send {
+        let _ = id;
+        async { Ok(None) }
+    }
     fn bind(
         &self,
         transport: Transport,
@@ -74,10 +84,10 @@ pub trait FleetStore: Send + Sync + 'static {
         user_index: i64,
         actor: &str,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Records a pairing window for the BLE side to act on.
     fn open_pairing_window(
         &self,
-        command_id: &str,
-        until_ms: i64,
+        request: &WindowRequest,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// The applied desired configuration: version and document.
     fn applied_config(
@@ -201,6 +211,24 @@ impl FleetStore for SqlFleetStore {
         from_value(&self.path, v)
     }
 
+    async fn command_outcome(&self, id: &str) -> Result<Option<(String, String)>, StoreError> {
+        let id = id.to_owned();
+        let v = self
+            .handle
+            .exec(move |conn, _| {
+                let seen: Option<(String, String)> = conn
+                    .query_row(
+                        "SELECT status, reason FROM fleet_commands WHERE id = ?1",
+                        params![id],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?;
+                as_value(seen)
+            })
+            .await?;
+        from_value(&self.path, v)
+    }
+
     async fn finish_command(&self, id: &str, status: &str, reason: &str) -> Result<(), StoreError> {
         let (id, status, reason) = (id.to_owned(), status.to_owned(), reason.to_owned());
         self.handle
@@ -283,18 +311,11 @@ impl FleetStore for SqlFleetStore {
         Ok(v.as_bool().unwrap_or(false))
     }
 
-    async fn open_pairing_window(&self, command_id: &str, until_ms: i64) -> Result<(), StoreError> {
-        let command_id = command_id.to_owned();
+    async fn open_pairing_window(&self, request: &WindowRequest) -> Result<(), StoreError> {
+        let request = request.clone();
         self.handle
             .exec(move |conn, now| {
-                conn.execute(
-                    "INSERT INTO pairing_windows (opened_ms, until_ms, command_id) VALUES (?1, ?2, ?3)",
-                    params![now, until_ms, command_id],
-                )?;
-                conn.execute(
-                    "INSERT INTO audit (at_ms, actor, action, detail) VALUES (?1, ?2, 'open-pairing-window', ?3)",
-                    params![now, format!("fleet:{command_id}"), serde_json::json!({"until_ms": until_ms}).to_string()],
-                )?;
+                crate::ble::pairing::open_window(conn, now, &request)?;
                 Ok(serde_json::Value::Null)
             })
             .await

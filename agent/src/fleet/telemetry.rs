@@ -46,8 +46,9 @@ pub struct DeviceHealth {
     pub model: Option<String>,
     /// `null` for a device bound but never seen.
     pub last_seen: Option<String>,
-    /// Not yet reported by any driver; `null` until one does.
+    /// The Battery Level last read (BLE Battery Service); `null` when the device has none.
     pub battery_percent: Option<u8>,
+    /// Signal strength at the last BLE connection; `null` for serial devices.
     pub rssi_dbm: Option<i16>,
 }
 
@@ -175,8 +176,8 @@ pub fn build(status: &StoreStatus, facts: ProcessFacts, now_ms: i64) -> Telemetr
                 address: d.address.clone(),
                 model: d.model.clone(),
                 last_seen: (d.last_seen_ms > 0).then(|| format_rfc3339(ms_to_time(d.last_seen_ms))),
-                battery_percent: None,
-                rssi_dbm: None,
+                battery_percent: d.battery_percent,
+                rssi_dbm: d.rssi_dbm,
             })
             .collect(),
         store_bytes: status.store_bytes,
@@ -218,6 +219,7 @@ mod tests {
                 quarantined: 1,
                 delivered: 5,
                 unrouted: 0,
+                held_unbound: 0,
             },
             oldest_undelivered_ms: Some(now - 90_000),
             destinations: vec![DestinationStatus {
@@ -236,6 +238,9 @@ mod tests {
                     model: Some("UA-651".into()),
                     last_seen_ms: now - 5000,
                     readings: 10,
+                    bindings: 1,
+                    battery_percent: Some(87),
+                    rssi_dbm: Some(-52),
                 },
                 DeviceSummary {
                     transport: "ble".into(),
@@ -244,6 +249,9 @@ mod tests {
                     model: None,
                     last_seen_ms: 0,
                     readings: 0,
+                    bindings: 0,
+                    battery_percent: None,
+                    rssi_dbm: None,
                 },
             ],
             ..Default::default()
@@ -265,6 +273,14 @@ mod tests {
         assert!(t.last_successful_delivery.is_some());
         assert!(t.devices[0].last_seen.is_some());
         assert!(t.devices[1].last_seen.is_none());
+        assert_eq!(
+            (t.devices[0].battery_percent, t.devices[0].rssi_dbm),
+            (Some(87), Some(-52))
+        );
+        assert_eq!(
+            (t.devices[1].battery_percent, t.devices[1].rssi_dbm),
+            (None, None)
+        );
         let empty = build(&StoreStatus::default(), facts, now);
         assert_eq!((empty.backlog, empty.oldest_undelivered_age_s), (0, 0));
         assert!(empty.destinations.is_empty());

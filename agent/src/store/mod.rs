@@ -9,6 +9,7 @@
 //! clears device memory) only after that. Readings are keyed by device and a device-derived
 //! dedup key, so a device that re-sends after a crash creates no duplicate.
 
+pub mod devices;
 pub mod key;
 pub mod outbox;
 pub mod reader;
@@ -217,11 +218,23 @@ pub(crate) fn open_connection(
         .map_err(sql("verify key"))?;
         let found = schema::version(&conn).map_err(sql("read schema version"))?;
         if found > schema::LATEST_VERSION {
-            return Err(StoreError::NewerSchema {
-                path: path.to_owned(),
-                found,
-                supported: schema::LATEST_VERSION,
-            });
+            // Typically after a software update was rolled back: the newer version migrated
+            // the store. Its additive migrations leave it usable as is (see `schema`).
+            match schema::declared_min_reader(&conn) {
+                Some(min) if min <= schema::LATEST_VERSION => tracing::warn!(
+                    found,
+                    supported = schema::LATEST_VERSION,
+                    min_reader = min,
+                    "Store schema is newer than this version, and declared compatible with it; using it as is."
+                ),
+                _ => {
+                    return Err(StoreError::NewerSchema {
+                        path: path.to_owned(),
+                        found,
+                        supported: schema::LATEST_VERSION,
+                    });
+                }
+            }
         }
         if exists {
             check_page_count(path, &conn)?;

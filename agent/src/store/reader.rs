@@ -35,6 +35,9 @@ pub struct ReadingCounts {
     pub delivered: u64,
     /// Routed to no destination (none configured when it arrived).
     pub unrouted: u64,
+    /// Kept but held, whatever their delivery state: no binding for their device and user
+    /// index, so no patient to deliver them to (`vitalgate devices` says which).
+    pub held_unbound: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -53,8 +56,28 @@ pub struct DeviceSummary {
     pub address: String,
     pub manufacturer: Option<String>,
     pub model: Option<String>,
+    /// 0 for a device bound at provisioning and not seen since.
     pub last_seen_ms: i64,
     pub readings: u64,
+    /// Users of the device bound to a patient (a whole-device binding counts as one).
+    pub bindings: u64,
+    /// Battery level (0-100) as last read from the device, if it has a Battery Service.
+    pub battery_percent: Option<u8>,
+    /// Signal strength at the last scan or connection, if the transport has one.
+    pub rssi_dbm: Option<i16>,
+}
+
+/// A device's last-seen time, battery and signal, for `vitalgate devices` and telemetry.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct DeviceStatus {
+    /// 0 for a device bound but never seen.
+    pub last_seen_ms: i64,
+    pub battery_percent: Option<u8>,
+    /// When the battery level was read.
+    pub battery_ms: Option<i64>,
+    pub rssi_dbm: Option<i16>,
+    /// When the signal strength was measured.
+    pub rssi_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -134,6 +157,10 @@ impl StoreReader {
             quarantined,
             delivered: routed.saturating_sub(pending + quarantined),
             unrouted: total.saturating_sub(routed),
+            held_unbound: count(
+                "SELECT count(*) FROM readings r WHERE NOT EXISTS (SELECT 1 FROM bindings b \
+                 WHERE b.device_id = r.device_id AND b.user_index IN (coalesce(r.user_index, -1), -1))",
+            )?,
         };
 
         let mut destinations: Vec<DestinationStatus> = Vec::new();
@@ -198,8 +225,11 @@ impl StoreReader {
             let mut stmt = c
                 .prepare(
                     "SELECT d.transport, d.address, d.identity, d.last_seen_ms, \
-                     (SELECT count(*) FROM readings r WHERE r.device_id = d.id) \
-                     FROM devices d ORDER BY d.last_seen_ms DESC",
+                     (SELECT count(*) FROM readings r WHERE r.device_id = d.id), \
+                     (SELECT count(*) FROM bindings b WHERE b.device_id = d.id), \
+                     s.battery_percent, s.rssi_dbm \
+                     FROM devices d LEFT JOIN device_status s ON s.device_id = d.id \
+                     ORDER BY d.last_seen_ms DESC",
                 )
                 .map_err(self.sql("devices"))?;
             let rows = stmt
@@ -210,12 +240,23 @@ impl StoreReader {
                         r.get::<_, Vec<u8>>(2)?,
                         r.get::<_, i64>(3)?,
                         r.get::<_, i64>(4)?,
+                        r.get::<_, i64>(5)?,
+                        r.get::<_, Option<u8>>(6)?,
+                        r.get::<_, Option<i16>>(7)?,
                     ))
                 })
                 .map_err(self.sql("devices"))?;
             for row in rows {
-                let (transport, address, identity, last_seen_ms, n) =
-                    row.map_err(self.sql("devices"))?;
+                let (
+                    transport,
+                    address,
+                    identity,
+                    last_seen_ms,
+                    n,
+                    bound,
+                    battery_percent,
+                    rssi_dbm,
+                ) = row.map_err(self.sql("devices"))?;
                 let identity: Option<DeviceIdentity> = postcard::from_bytes(&identity).ok();
                 devices.push(DeviceSummary {
                     transport,
@@ -224,6 +265,9 @@ impl StoreReader {
                     model: identity.and_then(|i| i.model),
                     last_seen_ms,
                     readings: n as u64,
+                    bindings: bound as u64,
+                    battery_percent,
+                    rssi_dbm,
                 });
             }
         }
@@ -293,6 +337,36 @@ impl StoreReader {
     }
 
     /// The stored cursor of a device stream.
+    /// A device's last-seen time, battery level and signal strength; `None` for a device
+    /// never seen nor bound. The one place other modules (fleet telemetry, `vitalgate
+    /// devices`) read them from; [`StoreHandle::record_device_status`] writes them.
+    ///
+    /// [`StoreHandle::record_device_status`]: super::StoreHandle::record_device_status
+    pub fn device_status(
+        &self,
+        transport: Transport,
+        address: &str,
+    ) -> Result<Option<DeviceStatus>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT d.last_seen_ms, s.battery_percent, s.battery_ms, s.rssi_dbm, s.rssi_ms \
+                 FROM devices d LEFT JOIN device_status s ON s.device_id = d.id \
+                 WHERE d.transport = ?1 AND d.address = ?2",
+                params![transport.as_str(), address],
+                |r| {
+                    Ok(DeviceStatus {
+                        last_seen_ms: r.get(0)?,
+                        battery_percent: r.get(1)?,
+                        battery_ms: r.get(2)?,
+                        rssi_dbm: r.get(3)?,
+                        rssi_ms: r.get(4)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(self.sql("device status"))
+    }
+
     pub fn cursor(
         &self,
         transport: Transport,

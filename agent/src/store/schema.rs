@@ -2,7 +2,17 @@
 //!
 //! The schema version is SQLite's `user_version`. Migrations only go forward, each in its own
 //! transaction together with the version bump, so a crash mid-migration leaves the previous
-//! version intact. A database from a newer Vitalgate is refused, never "repaired".
+//! version intact. A database from a newer Vitalgate is refused, never "repaired", unless it
+//! says an older reader may use it.
+//!
+//! That is what makes a software-update rollback safe: the new version migrates the store at
+//! its first start, and readings it accepts go into the migrated store, so restoring a copy
+//! taken before the update would lose acknowledged readings. Instead, every migration is
+//! declared additive ([`ADDITIVE`]: new tables, indexes, nullable or defaulted columns, which
+//! code written for the previous version neither reads nor breaks) or breaking, and the store
+//! records the oldest schema version a binary must know to use it (`schema_compat.min_reader`,
+//! written with each migration). A previous version then opens a newer store whose
+//! `min_reader` it meets, as is; it refuses only a truly incompatible one.
 
 use rusqlite::Connection;
 
@@ -153,7 +163,76 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX bindings_device ON bindings (device_id, user_index);
     "#,
+    // 3 -> 4: the compatibility floor (see the module docs); `migrate` keeps it current
+    // from this migration on.
+    r#"
+    CREATE TABLE schema_compat (
+        id         INTEGER PRIMARY KEY CHECK (id = 1),
+        min_reader INTEGER NOT NULL
+    );
+    "#,
+    // 4 -> 5: pairing (additive). A window carries what pairing needs: the patient and user
+    // index to bind, an optional single device, the PIN (cleared when the window closes),
+    // and its outcome once the BLE side has acted on it (JSON: addresses and BlueZ error
+    // names, never the PIN).
+    r#"
+    ALTER TABLE pairing_windows ADD COLUMN patient TEXT;
+    ALTER TABLE pairing_windows ADD COLUMN user_index INTEGER NOT NULL DEFAULT -1;
+    ALTER TABLE pairing_windows ADD COLUMN device TEXT;
+    ALTER TABLE pairing_windows ADD COLUMN pin TEXT;
+    ALTER TABLE pairing_windows ADD COLUMN started_ms INTEGER;
+    ALTER TABLE pairing_windows ADD COLUMN closed_ms INTEGER;
+    ALTER TABLE pairing_windows ADD COLUMN outcome TEXT;
+    "#,
+    // 5 -> 6: a device's battery level and signal strength as last read, each with when
+    // (fleet telemetry, `vitalgate devices`). Not patient data.
+    r#"
+    CREATE TABLE device_status (
+        device_id       INTEGER PRIMARY KEY REFERENCES devices(id),
+        battery_percent INTEGER,
+        battery_ms      INTEGER,
+        rssi_dbm        INTEGER,
+        rssi_ms         INTEGER
+    ) WITHOUT ROWID;
+    "#,
 ];
+
+/// Schema versions whose migration is additive: a binary that knows the version before it
+/// can keep using the store. Any migration not listed is breaking and raises the floor, so
+/// forgetting to list one is safe (a rollback then refuses the store instead of misreading
+/// it). Only list a migration that adds tables, indexes, or columns that are nullable or have
+/// a default, and that changes no meaning of what exists.
+const ADDITIVE: &[u32] = &[2, 3, 4, 5, 6];
+
+/// The oldest schema version a binary must know to use a store at `version`: the last
+/// breaking migration at or below it.
+pub fn min_reader(version: u32) -> u32 {
+    (1..=version)
+        .rev()
+        .find(|v| !ADDITIVE.contains(v))
+        .unwrap_or(0)
+}
+
+/// Whether the migrations so far created `schema_compat` (asked, rather than compared with a
+/// version number, so migrations can be renumbered around it).
+fn has_compat_table(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = 'schema_compat'",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n > 0)
+}
+
+/// The compatibility floor a store at a version newer than this build declares, if any.
+pub(crate) fn declared_min_reader(conn: &Connection) -> Option<u32> {
+    conn.query_row(
+        "SELECT min_reader FROM schema_compat WHERE id = 1",
+        [],
+        |r| r.get(0),
+    )
+    .ok()
+}
 
 /// The schema version this build writes.
 pub const LATEST_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -163,14 +242,50 @@ pub(crate) fn version(conn: &Connection) -> rusqlite::Result<u32> {
 }
 
 /// Brings the schema up to [`LATEST_VERSION`]. Returns the version found before migrating.
-/// The caller has already refused versions newer than this build.
+/// The caller has already refused newer versions that do not declare this build a
+/// compatible reader; a compatible newer one is left as it is.
 pub(crate) fn migrate(conn: &mut Connection) -> rusqlite::Result<u32> {
     let found = version(conn)?;
     for v in found..LATEST_VERSION {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         tx.execute_batch(MIGRATIONS[v as usize])?;
+        if has_compat_table(&tx)? {
+            tx.execute(
+                "INSERT INTO schema_compat (id, min_reader) VALUES (1, ?1) \
+                 ON CONFLICT (id) DO UPDATE SET min_reader = excluded.min_reader",
+                [min_reader(v + 1)],
+            )?;
+        }
         tx.pragma_update(None, "user_version", v + 1)?;
         tx.commit()?;
     }
     Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_floor_is_the_last_breaking_migration() {
+        assert_eq!(min_reader(1), 1);
+        // 2, 3, 4 and 5 only add.
+        assert_eq!(min_reader(4), 1);
+        assert_eq!(min_reader(5), 1);
+        for v in 1..=LATEST_VERSION {
+            assert!(min_reader(v) <= v && min_reader(v) >= 1, "{v}");
+        }
+        assert!(ADDITIVE.iter().all(|v| *v >= 2 && *v <= LATEST_VERSION));
+    }
+
+    #[test]
+    fn migrating_records_the_floor() {
+        let mut c = Connection::open_in_memory().expect("open");
+        assert_eq!(migrate(&mut c).expect("migrate"), 0);
+        assert_eq!(version(&c).expect("version"), LATEST_VERSION);
+        assert_eq!(declared_min_reader(&c), Some(min_reader(LATEST_VERSION)));
+        // Again: nothing to do, the floor unchanged.
+        assert_eq!(migrate(&mut c).expect("migrate"), LATEST_VERSION);
+        assert_eq!(declared_min_reader(&c), Some(min_reader(LATEST_VERSION)));
+    }
 }

@@ -54,6 +54,141 @@ fn raw(path: &Path, key: &DbKey) -> rusqlite::Connection {
     c
 }
 
+/// A software update migrated the store, then was rolled back: the previous version meets a
+/// newer schema. It keeps using (and committing to) a store whose newer migrations were all
+/// additive, and refuses, untouched, one that declares it too old.
+#[test]
+fn a_rolled_back_version_uses_a_newer_compatible_store_and_refuses_an_incompatible_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("s.db");
+    let key = DbKey::generate();
+    let rt = rt();
+    let cuff = BpCuffMemory::new("00:1C:05:FF:E8:74", 10);
+    let commit = |h: &StoreHandle, range| {
+        rt.block_on(h.commit(Batch {
+            readings: records(&cuff, range),
+            cursor: None,
+        }))
+        .expect("commit")
+    };
+    let (h, w) = writer::start(options(&path, &key, &["hospital"])).expect("start");
+    commit(&h, 0..5);
+    drop(h);
+    w.join().expect("join");
+
+    // What a newer version with one more, additive, migration leaves behind: its table and
+    // version, and the floor unchanged.
+    let newer = schema::LATEST_VERSION + 1;
+    {
+        let c = raw(&path, &key);
+        c.execute_batch("CREATE TABLE from_the_future (x INTEGER);")
+            .expect("newer table");
+        c.pragma_update(None, "user_version", newer)
+            .expect("version");
+    }
+    let (h, w) = writer::start(options(&path, &key, &["hospital"])).expect("compatible store");
+    // Readings accepted by the new version are there, and new ones are committed.
+    assert_eq!(commit(&h, 3..8).inserted(), 3);
+    drop(h);
+    w.join().expect("join");
+    let r = StoreReader::open(&path, &Keying::Encrypted(key.clone())).expect("reader");
+    assert_eq!(r.status().expect("status").readings.total, 8);
+    assert_eq!(r.status().expect("status").schema_version, newer);
+    drop(r);
+
+    // A newer version whose migration was breaking raises the floor above this build.
+    raw(&path, &key)
+        .execute("UPDATE schema_compat SET min_reader = ?1", [newer])
+        .expect("floor");
+    let before = std::fs::read(&path).expect("read");
+    match writer::start(options(&path, &key, &["hospital"])) {
+        Err(StoreError::NewerSchema { found, .. }) => assert_eq!(found, newer),
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("an incompatible store was opened"),
+    }
+    assert!(matches!(
+        StoreReader::open(&path, &Keying::Encrypted(key.clone())),
+        Err(StoreError::NewerSchema { .. })
+    ));
+    assert_eq!(
+        std::fs::read(&path).expect("read"),
+        before,
+        "store modified"
+    );
+    let c = raw(&path, &key);
+    assert_eq!(schema::version(&c).expect("version"), newer);
+}
+
+#[test]
+fn device_status_keeps_the_last_battery_and_signal_each_with_its_time() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("s.db");
+    let key = DbKey::generate();
+    let rt = rt();
+    let (h, w) = writer::start(options(&path, &key, &[])).expect("start");
+    let addr = "00:1C:05:FF:E8:74";
+    // A device first met at a connection gets its row.
+    rt.block_on(h.record_device_status(Transport::Ble, addr, Some(80), Some(-60)))
+        .expect("record");
+    // A later connection without a battery reading keeps the last level.
+    rt.block_on(h.record_device_status(Transport::Ble, addr, None, Some(-70)))
+        .expect("record");
+    rt.block_on(h.shutdown());
+    w.join().expect("join");
+    let reader = StoreReader::open(&path, &Keying::Encrypted(key)).expect("reader");
+    let s = reader
+        .device_status(Transport::Ble, addr)
+        .expect("status")
+        .expect("known");
+    assert_eq!((s.battery_percent, s.rssi_dbm), (Some(80), Some(-70)));
+    assert!(s.battery_ms.is_some() && s.rssi_ms.is_some() && s.last_seen_ms > 0);
+    assert!(
+        reader
+            .device_status(Transport::Ble, "00:1C:05:FF:E8:75")
+            .expect("status")
+            .is_none()
+    );
+    let d = &reader.status().expect("status").devices[0];
+    assert_eq!((d.battery_percent, d.rssi_dbm), (Some(80), Some(-70)));
+}
+
+#[test]
+fn readings_committed_after_set_destinations_are_routed_to_the_new_set_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("s.db");
+    let key = DbKey::generate();
+    let rt = rt();
+    let (h, w) = writer::start(options(&path, &key, &["hospital"])).expect("start");
+    let cuff = BpCuffMemory::new("00:1C:05:FF:E8:74", 10);
+    let commit = |range| {
+        rt.block_on(h.commit(Batch {
+            readings: records(&cuff, range),
+            cursor: None,
+        }))
+        .expect("commit")
+    };
+    commit(0..4);
+    rt.block_on(h.set_destinations(vec!["medicaid".into(), "payer".into()]))
+        .expect("set destinations");
+    commit(4..10);
+    rt.block_on(h.shutdown());
+    w.join().expect("join");
+    let c = raw(&path, &key);
+    let rows = |d: &str| -> i64 {
+        c.query_row(
+            "SELECT count(*) FROM deliveries WHERE destination = ?1",
+            [d],
+            |r| r.get(0),
+        )
+        .expect("count")
+    };
+    // No backfill: the earlier readings keep their rows, the new set gets the later ones.
+    assert_eq!(
+        (rows("hospital"), rows("medicaid"), rows("payer")),
+        (4, 6, 6)
+    );
+}
+
 #[test]
 fn commit_reports_inserted_then_duplicate_with_the_same_ids() {
     let dir = tempfile::tempdir().expect("tempdir");

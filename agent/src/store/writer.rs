@@ -257,6 +257,12 @@ enum Command {
     Ping {
         reply: oneshot::Sender<()>,
     },
+    /// Replaces the destinations new readings are routed to (fleet management applied a
+    /// desired configuration). Readings committed before it keep the rows they have.
+    SetDestinations {
+        destinations: Vec<String>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
     /// SQL of another module (fleet management) run in the writer's transaction. It may run
     /// twice (once together with its neighbours, again in a savepoint of its own if one of
     /// them failed), so it is `Fn`, and all it changes is rolled back with the transaction.
@@ -301,6 +307,7 @@ impl std::fmt::Debug for Command {
             Command::Audit { .. } => "Audit",
             Command::Housekeeping { .. } => "Housekeeping",
             Command::Ping { .. } => "Ping",
+            Command::SetDestinations { .. } => "SetDestinations",
             Command::Exec { .. } => "Exec",
             Command::Shutdown => "Shutdown",
         };
@@ -427,6 +434,53 @@ impl StoreHandle {
         rx.await.map_err(|_| StoreError::WriterStopped)
     }
 
+    /// Records a device's battery level and/or signal strength as read now (a connection is
+    /// also a sighting: its last-seen time moves forward). A device not yet in the store gets
+    /// its row. Read back with [`super::StoreReader::device_status`].
+    pub async fn record_device_status(
+        &self,
+        transport: Transport,
+        address: &str,
+        battery_percent: Option<u8>,
+        rssi_dbm: Option<i16>,
+    ) -> Result<(), StoreError> {
+        let address = address.to_owned();
+        let identity = postcard::to_allocvec(&DeviceIdentity::new(transport, address.clone()))?;
+        self.exec(move |conn, now| {
+            conn.execute(
+                "INSERT INTO devices (transport, address, identity, first_seen_ms, last_seen_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?4) ON CONFLICT (transport, address) \
+                 DO UPDATE SET last_seen_ms = max(last_seen_ms, excluded.last_seen_ms)",
+                params![transport.as_str(), address, identity, now],
+            )?;
+            conn.execute(
+                "INSERT INTO device_status (device_id, battery_percent, battery_ms, rssi_dbm, rssi_ms) \
+                 SELECT id, ?3, CASE WHEN ?3 IS NULL THEN NULL ELSE ?5 END, \
+                        ?4, CASE WHEN ?4 IS NULL THEN NULL ELSE ?5 END \
+                 FROM devices WHERE transport = ?1 AND address = ?2 \
+                 ON CONFLICT (device_id) DO UPDATE SET \
+                   battery_percent = coalesce(excluded.battery_percent, battery_percent), \
+                   battery_ms = coalesce(excluded.battery_ms, battery_ms), \
+                   rssi_dbm = coalesce(excluded.rssi_dbm, rssi_dbm), \
+                   rssi_ms = coalesce(excluded.rssi_ms, rssi_ms)",
+                params![transport.as_str(), address, battery_percent, rssi_dbm, now],
+            )?;
+            Ok(serde_json::Value::Null)
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Routes readings committed from now on to `destinations` (instead of the set the
+    /// writer started with).
+    pub async fn set_destinations(&self, destinations: Vec<String>) -> Result<(), StoreError> {
+        self.request(|reply| Command::SetDestinations {
+            destinations,
+            reply,
+        })
+        .await
+    }
+
     /// Runs `op` inside a store transaction on the writer thread and returns its answer once
     /// the transaction is durable. For modules that keep tables of their own in the store
     /// (fleet management's commands and desired config) without a request type each here.
@@ -479,7 +533,7 @@ pub fn start(opts: WriterOptions) -> Result<(StoreHandle, WriterThread), StoreEr
     let path = opts.path.clone();
     let from =
         schema::migrate(&mut conn).map_err(|e| StoreError::from_sqlite(&path, "migrate", e))?;
-    if from != schema::LATEST_VERSION {
+    if from < schema::LATEST_VERSION {
         tracing::info!(
             from,
             to = schema::LATEST_VERSION,
@@ -869,9 +923,9 @@ fn pending_reply(c: Command, r: Result<Done, StoreError>) -> Option<Pending> {
                 Done::Receipt(_) | Done::Count(_) | Done::Unit => serde_json::Value::Null,
             }),
         ),
-        Command::Event { reply, .. } | Command::Audit { reply, .. } => {
-            Pending::Unit(reply, r.map(drop))
-        }
+        Command::Event { reply, .. }
+        | Command::Audit { reply, .. }
+        | Command::SetDestinations { reply, .. } => Pending::Unit(reply, r.map(drop)),
         Command::Ping { reply } => Pending::Ping(reply),
         Command::Housekeeping { .. } | Command::Shutdown => return None,
     })
@@ -1159,6 +1213,12 @@ impl Writer {
             } => self
                 .insert_audit(actor, action, detail, now)
                 .map(|()| Done::Unit),
+            Command::SetDestinations { destinations, .. } => {
+                // Only in memory, so nothing here can fail or needs rolling back; requests
+                // queued after this one are routed to the new set.
+                self.opts.destinations.clone_from(destinations);
+                Ok(Done::Unit)
+            }
             Command::Exec { op, .. } => op(&self.conn, now)
                 .map(Done::Value)
                 .map_err(|e| StoreError::from_sqlite(&self.opts.path, "fleet request", e)),
@@ -1593,7 +1653,9 @@ fn fail_command(c: Command, e: &dyn Fn() -> StoreError) {
         Command::Bind { reply, .. } => {
             let _ = reply.send(Err(e()));
         }
-        Command::Event { reply, .. } | Command::Audit { reply, .. } => {
+        Command::Event { reply, .. }
+        | Command::Audit { reply, .. }
+        | Command::SetDestinations { reply, .. } => {
             let _ = reply.send(Err(e()));
         }
         Command::Housekeeping { reply, .. } => {

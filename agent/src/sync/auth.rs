@@ -349,6 +349,11 @@ fn now_s() -> u64 {
         .unwrap_or(0)
 }
 
+/// Checks that `pem` is a signing key for `alg` (provisioning validates before it writes).
+pub fn check_signing_key(alg: SigningAlgorithm, pem: &[u8]) -> Result<(), String> {
+    encoding_key(alg, pem).map(drop)
+}
+
 fn encoding_key(
     alg: SigningAlgorithm,
     pem: &[u8],

@@ -14,10 +14,17 @@
 //! the refused readings stand alone), and each refused reading is quarantined with the
 //! server's OperationOutcome and an event, while the rest are delivered.
 //!
+//! A `sync-now` request (fleet management) makes every destination run a forced round at
+//! once, cutting short its batching wait or its retry backoff. [`plan`] owns which
+//! destinations run and what each one takes (the file configuration overlaid by the fleet's
+//! desired configuration); a new plan restarts the delivery tasks.
+//!
 //! [`backoff`] and [`response`] are pure; [`auth`] owns the HTTP client and credentials.
 
 pub mod auth;
 pub mod backoff;
+pub mod health;
+pub mod plan;
 pub mod response;
 
 use std::path::PathBuf;
@@ -80,6 +87,9 @@ pub struct Destination {
     gateway_id: String,
     namespace: fhir::IdentifierNamespace,
     backoff: Backoff,
+    routing: Option<Arc<plan::DeviceRouting>>,
+    sync_now: Option<tokio::sync::watch::Receiver<u64>>,
+    failing_after: Duration,
 }
 
 impl std::fmt::Debug for Destination {
@@ -121,7 +131,28 @@ impl Destination {
             clock,
             gateway_id,
             namespace,
+            routing: None,
+            sync_now: None,
+            failing_after: crate::config::fleet::DEFAULT_DESTINATION_FAILING_AFTER,
         })
+    }
+
+    /// How long rounds must keep failing before a `destination-failing` event.
+    pub fn with_failing_after(mut self, after: Duration) -> Self {
+        self.failing_after = after;
+        self
+    }
+
+    /// Adds the fleet's device routing on top of the destination's own route.
+    pub fn with_routing(mut self, routing: Option<Arc<plan::DeviceRouting>>) -> Self {
+        self.routing = routing;
+        self
+    }
+
+    /// Runs a forced round whenever this counter changes (`sync-now`).
+    pub fn with_sync_requests(mut self, rx: tokio::sync::watch::Receiver<u64>) -> Self {
+        self.sync_now = Some(rx);
+        self
     }
 
     pub fn id(&self) -> &str {
@@ -136,20 +167,38 @@ impl Destination {
     /// Runs until cancelled: waits for readings, batches them by size and age, delivers.
     pub async fn run(mut self, cancel: CancellationToken) {
         tracing::info!(destination = %self.id, "Delivery started.");
+        let mut force = false;
+        let mut watch = health::FailureWatch::new(&self.id, self.failing_after);
         loop {
             if cancel.is_cancelled() {
                 break;
             }
-            let report = match self.round(false, &cancel).await {
+            let report = match self.round(std::mem::take(&mut force), &cancel).await {
                 Ok(r) => r,
                 Err(error) => {
                     tracing::warn!(destination = %self.id, %error, "Delivery round failed.");
                     RoundReport {
                         retry_in: Some(Duration::from_secs(5)),
+                        error: Some(error.to_string()),
                         ..RoundReport::default()
                     }
                 }
             };
+            let end = if report.error.is_some() {
+                health::RoundEnd::Failed
+            } else if report.delivered + report.quarantined > 0 {
+                health::RoundEnd::Delivered
+            } else {
+                health::RoundEnd::Idle
+            };
+            if let Some(event) =
+                watch.round(end, report.error.as_deref(), std::time::Instant::now())
+            {
+                tracing::warn!(destination = %self.id, kind = %event.kind, "Destination health changed.");
+                if let Err(error) = self.store.record_event(event).await {
+                    tracing::warn!(destination = %self.id, %error, "Cannot record the event.");
+                }
+            }
             let wait = report.retry_in.unwrap_or(if report.requests == 0 {
                 POLL
             } else {
@@ -159,6 +208,10 @@ impl Destination {
                 tokio::select! {
                     _ = cancel.cancelled() => break,
                     _ = tokio::time::sleep(wait) => {}
+                    () = sync_requested(&mut self.sync_now) => {
+                        tracing::info!(destination = %self.id, "Sync requested; delivering now.");
+                        force = true;
+                    }
                 }
             }
         }
@@ -170,7 +223,7 @@ impl Destination {
     /// or a retryable failure stops it.
     pub async fn round(
         &mut self,
-        force: bool,
+        mut force: bool,
         cancel: &CancellationToken,
     ) -> Result<RoundReport, SyncError> {
         let mut report = RoundReport {
@@ -208,6 +261,10 @@ impl Destination {
                         tokio::select! {
                             _ = cancel.cancelled() => return Ok(report),
                             _ = tokio::time::sleep(wait) => {}
+                            () = sync_requested(&mut self.sync_now) => {
+                                tracing::info!(destination = %self.id, "Sync requested; delivering now.");
+                                force = true;
+                            }
                         }
                         continue;
                     }
@@ -261,7 +318,11 @@ impl Destination {
                     continue;
                 }
             };
-            if !routes(&self.cfg.route, &patient, &p.reading) {
+            let fleet_routed = self
+                .routing
+                .as_ref()
+                .is_none_or(|r| r.wants(&self.id, &p.reading.device));
+            if !fleet_routed || !routes(&self.cfg.route, &patient, &p.reading) {
                 report.unrouted += 1;
                 updates.push(DeliveryUpdate::Unroute { reading_id: p.id });
                 continue;
@@ -592,10 +653,12 @@ pub fn routes(route: &RouteConfig, patient: &PatientRef, reading: &Reading) -> b
     true
 }
 
-/// Starts one delivery task per configured destination, once this process holds the
-/// state directory's delivery lock (a `vitalgate sync` may hold it briefly). A destination
-/// that cannot start (unreadable secret, bad CA bundle) raises an alarm and is skipped; the
-/// others run.
+/// Runs delivery: one task per destination of the current plan, once this process holds
+/// the state directory's delivery lock (a `vitalgate sync` may hold it briefly; it is not
+/// taken while the plan has no destination). A destination that cannot start (unreadable
+/// secret, bad CA bundle) raises an alarm and is skipped; the others run. When fleet
+/// management applies a new plan, the tasks are stopped (each finishes the request it has in
+/// flight) and the new plan's are started.
 #[allow(clippy::too_many_arguments)]
 pub fn spawn_all(
     tracker: &tokio_util::task::TaskTracker,
@@ -606,42 +669,25 @@ pub fn spawn_all(
     store: &StoreHandle,
     clock: Arc<dyn Clock>,
     cancel: &CancellationToken,
+    control: Arc<plan::DeliveryControl>,
 ) {
-    if config.destinations.is_empty() {
-        return;
-    }
-    let mut dests = Vec::new();
-    for d in &config.destinations {
-        match Destination::new(
-            d.clone(),
-            store_path,
-            keying,
-            store.clone(),
-            clock.clone(),
-            config.gateway.id.to_string(),
-            config.fhir.identifier_namespace.clone(),
-        ) {
-            Ok(dest) => dests.push(dest),
-            Err(error) => {
-                tracing::error!(destination = %d.id, %error, "Destination cannot start.");
-                let store = store.clone();
-                let id = d.id.to_string();
-                tracker.spawn(async move {
-                    let _ = store
-                        .record_event(NewEvent {
-                            severity: Severity::Alarm,
-                            kind: "fhir-destination-failed".into(),
-                            detail: serde_json::json!({ "destination": id }),
-                        })
-                        .await;
-                });
-            }
-        }
-    }
     let lock = lock_path(state_dir);
     let cancel = cancel.clone();
+    let store_path = store_path.to_owned();
+    let keying = keying.clone();
+    let store = store.clone();
+    let gateway_id = config.gateway.id.to_string();
+    let namespace = config.fhir.identifier_namespace.clone();
+    let failing_after = config.fleet.destination_failing_after;
     tracker.spawn(async move {
         use std::os::fd::AsRawFd;
+        let mut plans = control.subscribe();
+        while plans.borrow_and_update().destinations.is_empty() {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = plans.changed() => if r.is_err() { return },
+            }
+        }
         let file = match std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -661,14 +707,68 @@ pub fn spawn_all(
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }
-        let tasks = tokio_util::task::TaskTracker::new();
-        for dest in dests {
-            tasks.spawn(dest.run(cancel.child_token()));
+        loop {
+            let plan = plans.borrow_and_update().clone();
+            let generation = cancel.child_token();
+            let tasks = tokio_util::task::TaskTracker::new();
+            for d in &plan.destinations {
+                match Destination::new(
+                    d.clone(),
+                    &store_path,
+                    &keying,
+                    store.clone(),
+                    clock.clone(),
+                    gateway_id.clone(),
+                    namespace.clone(),
+                ) {
+                    Ok(dest) => {
+                        let dest = dest
+                            .with_failing_after(failing_after)
+                            .with_routing(plan.routing.clone())
+                            .with_sync_requests(control.sync_requests());
+                        tasks.spawn(dest.run(generation.clone()));
+                    }
+                    Err(error) => {
+                        tracing::error!(destination = %d.id, %error, "Destination cannot start.");
+                        let _ = store
+                            .record_event(NewEvent {
+                                severity: Severity::Alarm,
+                                kind: "fhir-destination-failed".into(),
+                                detail: serde_json::json!({ "destination": d.id.as_str() }),
+                            })
+                            .await;
+                    }
+                }
+            }
+            tasks.close();
+            tokio::select! {
+                _ = cancel.cancelled() => {
+                    tasks.wait().await;
+                    break;
+                }
+                r = plans.changed() => {
+                    generation.cancel();
+                    tasks.wait().await;
+                    if r.is_err() {
+                        break;
+                    }
+                    tracing::info!(version = ?plans.borrow().version, "Delivery plan changed; destinations restarted.");
+                }
+            }
         }
-        tasks.close();
-        tasks.wait().await;
         drop(file);
     });
+}
+
+/// Resolves when a `sync-now` arrives; never without a receiver (or once its sender is gone).
+async fn sync_requested(rx: &mut Option<tokio::sync::watch::Receiver<u64>>) {
+    if let Some(r) = rx.as_mut()
+        && r.changed().await.is_ok()
+    {
+        return;
+    }
+    *rx = None;
+    std::future::pending::<()>().await;
 }
 
 /// Takes a non-blocking exclusive `flock` on an open file; false if another process holds it.

@@ -538,25 +538,72 @@ impl Updater {
         op: &mut Operation,
         progress: &mut (dyn FnMut(&Report) + Send),
     ) -> Result<Report, UpdateError> {
-        let r = match &op.state {
-            State::Committed => self.report(
-                op,
-                Status::Succeeded,
-                Some(format!("version {} committed", op.version)),
-            ),
-            State::RolledBack { reason, .. } => self.report(
-                op,
-                Status::Failed,
-                Some(format!("rolled back to {}: {reason}", op.previous_version)),
-            ),
-            State::Failed { reason, .. } => self.report(op, Status::Failed, Some(reason.clone())),
-            _ => self.report(op, Status::InProgress, None),
-        };
+        let r = terminal_report(op).unwrap_or_else(|| self.report(op, Status::InProgress, None));
         progress(&r);
         op.reported = true;
         self.file.save(op)?;
         Ok(r)
     }
+}
+
+/// The final report of a terminal operation (`None` while it is in flight): what the fleet
+/// is told, also when it is told again from the persisted state after a restart.
+pub fn terminal_report(op: &Operation) -> Option<Report> {
+    let (status, reason) = match &op.state {
+        State::Committed => (
+            Status::Succeeded,
+            format!("version {} committed", op.version),
+        ),
+        State::RolledBack { reason, .. } => (
+            Status::Failed,
+            format!("rolled back to {}: {reason}", op.previous_version),
+        ),
+        State::Failed { reason, .. } => (Status::Failed, reason.clone()),
+        _ => return None,
+    };
+    Some(Report {
+        operation_id: op.id.clone(),
+        command_id: op.command_id.clone(),
+        version: op.version.clone(),
+        step: op.state.step(),
+        status,
+        reason: Some(reason),
+    })
+}
+
+/// Reports of the update work the daemon does at start (resuming an operation, the health
+/// gate), queued for fleet management, which may connect later than they happen. Bounded:
+/// the final result is also rebuilt from the persisted operation when the fleet connects.
+static ANNOUNCED: std::sync::Mutex<std::collections::VecDeque<Report>> =
+    std::sync::Mutex::new(std::collections::VecDeque::new());
+static ANNOUNCED_NOTIFY: tokio::sync::Notify = tokio::sync::Notify::const_new();
+const ANNOUNCED_MAX: usize = 64;
+
+/// Queues `report` for fleet management (see [`take_announced`]).
+pub fn announce(report: &Report) {
+    let mut q = ANNOUNCED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if q.len() >= ANNOUNCED_MAX {
+        q.pop_front();
+    }
+    q.push_back(report.clone());
+    drop(q);
+    ANNOUNCED_NOTIFY.notify_one();
+}
+
+/// Waits until a report was announced (returns at once if one is waiting).
+pub async fn announced() {
+    ANNOUNCED_NOTIFY.notified().await;
+}
+
+/// Takes every announced report, oldest first.
+pub fn take_announced() -> Vec<Report> {
+    ANNOUNCED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .drain(..)
+        .collect()
 }
 
 /// Test builds only: `VITALGATE_TEST_KILL_AT=<state>` makes the process SIGKILL itself right

@@ -88,6 +88,7 @@ pub(crate) fn read(core: &Core, address: &str, uuid: u16) -> Result<Vec<u8>, Blu
         0x2A26 => info.firmware.as_bytes().to_vec(),
         0x2A23 => info.system_id.to_vec(),
         0x2A2B => payload::current_time(d.device_now_ms(), 0),
+        0x2A19 => vec![d.spec.battery_percent],
         0x2A49 => vec![0x07, 0x00],
         0x2A1D => vec![0x06],
         0x2A9E => 0x0000_0039u32.to_le_bytes().to_vec(),

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use zbus::interface;
 
-use super::{BluezError, CONTROL_NAME, CONTROL_PATH, Emulator, PeripheralSpec, Profile};
+use super::{
+    BluezError, CONTROL_NAME, CONTROL_PATH, Emulator, PairingMethod, PeripheralSpec, Profile,
+};
 
 struct Control {
     emulator: Emulator,
@@ -61,6 +63,31 @@ impl Control {
     fn delay_next(&self, method: String, millis: u32) {
         self.emulator
             .delay_next(&method, None, Duration::from_millis(u64::from(millis)));
+    }
+
+    /// How the device pairs: `just-works`, `passkey`, `confirmation`, `display` (with the
+    /// passkey as `secret`) or `pin` (with the PIN).
+    fn set_pairing(
+        &self,
+        address: String,
+        method: String,
+        secret: String,
+    ) -> zbus::fdo::Result<()> {
+        let m = PairingMethod::parse(&method, &secret).ok_or_else(|| {
+            zbus::fdo::Error::InvalidArgs(format!("unknown pairing method {method} or bad secret"))
+        })?;
+        self.emulator.set_pairing(&address, m);
+        Ok(())
+    }
+
+    /// How long an agent may take to answer, in milliseconds.
+    fn set_agent_timeout(&self, millis: u32) {
+        self.emulator
+            .set_agent_timeout(Duration::from_millis(u64::from(millis)));
+    }
+
+    fn is_paired(&self, address: String) -> bool {
+        self.emulator.is_paired(&address)
     }
 
     fn get_call_log(&self) -> Vec<String> {

@@ -19,6 +19,11 @@ pub enum BluezError {
     InvalidArguments(String),
     InvalidValueLength(String),
     DoesNotExist(String),
+    AuthenticationFailed(String),
+    AuthenticationCanceled(String),
+    AuthenticationRejected(String),
+    AuthenticationTimeout(String),
+    ConnectionAttemptFailed(String),
 }
 
 impl BluezError {
@@ -45,6 +50,11 @@ impl BluezError {
             "InvalidArguments" => BluezError::InvalidArguments(m),
             "InvalidValueLength" => BluezError::InvalidValueLength(m),
             "DoesNotExist" => BluezError::DoesNotExist(m),
+            "AuthenticationFailed" => BluezError::AuthenticationFailed(m),
+            "AuthenticationCanceled" => BluezError::AuthenticationCanceled(m),
+            "AuthenticationRejected" => BluezError::AuthenticationRejected(m),
+            "AuthenticationTimeout" => BluezError::AuthenticationTimeout(m),
+            "ConnectionAttemptFailed" => BluezError::ConnectionAttemptFailed(m),
             _ => BluezError::Failed(m),
         }
     }

@@ -297,6 +297,7 @@ pub(crate) async fn watch_clients(core: Arc<Core>) {
             continue;
         }
         let gone = args.name().to_string();
+        super::pairing::client_gone(&core, &gone);
         let stopped = {
             let mut w = core.world();
             w.filters.remove(&gone);

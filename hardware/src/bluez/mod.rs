@@ -5,8 +5,9 @@
 //!
 //! The kernel here has no Bluetooth (test-harness.md §0), so BlueZ itself cannot run; the
 //! emulation sits at the D-Bus level, where btleplug talks to BlueZ. Module map: [`bus`] the
-//! private `dbus-daemon`; `world` the state; `objects` the BlueZ interfaces; `link` scanning
-//! and links; `behaviour` what each peripheral does; [`profile`] the GATT databases;
+//! private `dbus-daemon`; `world` the state; `objects` the BlueZ interfaces; `pairing`
+//! AgentManager1 and `Device1.Pair` through the client's `Agent1`; `link` scanning and
+//! links; `behaviour` what each peripheral does; [`profile`] the GATT databases;
 //! [`payload`] the bytes they send; `control` the `io.vitalgate.Control1` D-Bus interface
 //! for out-of-process use. [`Emulator`] is the in-process control API.
 
@@ -16,6 +17,7 @@ mod control;
 pub mod error;
 mod link;
 mod objects;
+mod pairing;
 pub mod payload;
 pub mod profile;
 mod world;
@@ -25,7 +27,7 @@ use std::time::Duration;
 
 pub use bus::{BusError, PrivateBus};
 pub use error::BluezError;
-pub use profile::{DeviceInfo, PeripheralSpec, Profile};
+pub use profile::{DeviceInfo, PairingMethod, PeripheralSpec, Profile};
 
 use world::{Core, DeviceState, Fault, FaultAction};
 
@@ -82,6 +84,12 @@ impl Emulator {
             .await?;
         conn.object_server()
             .at(world::ADAPTER_PATH, objects::Adapter { core: core.clone() })
+            .await?;
+        conn.object_server()
+            .at(
+                pairing::AGENT_MANAGER_PATH,
+                pairing::AgentManager { core: core.clone() },
+            )
             .await?;
         {
             let mut w = core.world();
@@ -181,6 +189,61 @@ impl Emulator {
         {
             d.paired = true;
         }
+    }
+
+    /// Sets how the device pairs from now on (the passkey it shows or expects, ...).
+    pub fn set_pairing(&self, address: &str, method: PairingMethod) {
+        if let Some(d) = self
+            .core
+            .world()
+            .devices
+            .get_mut(&address.to_ascii_uppercase())
+        {
+            d.spec.pairing = method;
+        }
+    }
+
+    /// Makes the device take `delay` to complete pairing (`None`: at once).
+    pub fn set_pairing_delay(&self, address: &str, delay: Option<Duration>) {
+        if let Some(d) = self
+            .core
+            .world()
+            .devices
+            .get_mut(&address.to_ascii_uppercase())
+        {
+            d.pairing_delay = delay;
+        }
+    }
+
+    /// How long BlueZ waits for an agent's answer (60 s in BlueZ).
+    pub fn set_agent_timeout(&self, timeout: Duration) {
+        self.core.world().agent_timeout = timeout;
+    }
+
+    /// Whether the device is bonded with the adapter (`Paired`/`Bonded`).
+    pub fn is_paired(&self, address: &str) -> bool {
+        self.core
+            .world()
+            .devices
+            .get(&address.to_ascii_uppercase())
+            .is_some_and(|d| d.paired)
+    }
+
+    pub fn is_trusted(&self, address: &str) -> bool {
+        self.core
+            .world()
+            .devices
+            .get(&address.to_ascii_uppercase())
+            .is_some_and(|d| d.trusted)
+    }
+
+    /// Whether the device currently has an object on the bus (discovered, not removed).
+    pub fn is_known(&self, address: &str) -> bool {
+        self.core
+            .world()
+            .devices
+            .get(&address.to_ascii_uppercase())
+            .is_some_and(|d| d.exported)
     }
 
     /// Drops the link now, as if the device went out of range for a moment.

@@ -184,6 +184,11 @@ impl Adapter {
         };
         match address {
             Some(a) => {
+                // Removing a device removes its bond and trust with it.
+                if let Some(d) = self.core.world().devices.get_mut(&a) {
+                    d.paired = false;
+                    d.trusted = false;
+                }
                 link::unexport_device(&self.core, &a).await;
                 Ok(())
             }
@@ -283,36 +288,16 @@ impl Device {
     }
 
     async fn pair(&self, #[zbus(header)] h: Header<'_>) -> Result<(), BluezError> {
-        self.core
-            .enter("Pair", &self.path, Some(&sender(&h)))
-            .await?;
-        let already = {
-            let mut w = self.core.world();
-            let Some(d) = w.devices.get_mut(&self.address) else {
-                return Err(BluezError::DoesNotExist("Does Not Exist".into()));
-            };
-            let a = d.paired;
-            d.paired = true;
-            a
-        };
-        if already {
-            return Err(BluezError::AlreadyExists("Already Exists".into()));
-        }
-        self.core
-            .changed(
-                &self.path,
-                "org.bluez.Device1",
-                vec![("Paired", true.into()), ("Bonded", true.into())],
-            )
-            .await;
-        if !self.with(|d| d.connected, false) {
-            link::connect(&self.core, &self.address).await?;
-        }
-        Ok(())
+        let who = sender(&h);
+        self.core.enter("Pair", &self.path, Some(&who)).await?;
+        super::pairing::pair(&self.core, &self.address, &self.path, &who).await
     }
 
-    async fn cancel_pairing(&self) -> Result<(), BluezError> {
-        Err(BluezError::DoesNotExist("Does Not Exist".into()))
+    async fn cancel_pairing(&self, #[zbus(header)] h: Header<'_>) -> Result<(), BluezError> {
+        self.core
+            .enter("CancelPairing", &self.path, Some(&sender(&h)))
+            .await?;
+        super::pairing::cancel_pairing(&self.core, &self.address)
     }
 
     #[zbus(property)]
@@ -345,7 +330,14 @@ impl Device {
     }
     #[zbus(property)]
     fn trusted(&self) -> bool {
-        false
+        self.with(|d| d.trusted, false)
+    }
+    /// Read-write in BlueZ: a trusted device may connect without authorisation prompts.
+    #[zbus(property)]
+    fn set_trusted(&mut self, on: bool) {
+        if let Some(d) = self.core.world().devices.get_mut(&self.address) {
+            d.trusted = on;
+        }
     }
     #[zbus(property)]
     fn blocked(&self) -> bool {

@@ -115,6 +115,44 @@ pub struct DeviceInfo {
     pub system_id: [u8; 8],
 }
 
+/// How a peripheral pairs, which decides what BlueZ asks the registered `org.bluez.Agent1`
+/// (BlueZ `doc/org.bluez.Agent.rst`; SMP pairing methods, Core spec Vol 3 Part H §2.3.5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PairingMethod {
+    /// No user interaction: no agent call at all.
+    JustWorks,
+    /// The device shows a passkey that the user types on the gateway: `RequestPasskey`.
+    /// Glucose meters with a display (Accu-Chek, Contour) work this way.
+    Passkey(u32),
+    /// Numeric comparison: `RequestConfirmation(device, passkey)`.
+    Confirmation(u32),
+    /// The gateway shows the passkey and the user types it on the device: `DisplayPasskey`.
+    DisplayPasskey(u32),
+    /// Legacy PIN code: `RequestPinCode`.
+    PinCode(String),
+}
+
+impl PairingMethod {
+    /// Parses the control interface's form: `just-works`, `passkey`, `confirmation`,
+    /// `display`, `pin`, with the passkey (decimal, up to 999999) or PIN as `secret`.
+    pub fn parse(method: &str, secret: &str) -> Option<Self> {
+        let passkey = || secret.parse::<u32>().ok().filter(|p| *p <= 999_999);
+        Some(match method {
+            "just-works" => PairingMethod::JustWorks,
+            "passkey" => PairingMethod::Passkey(passkey()?),
+            "confirmation" => PairingMethod::Confirmation(passkey()?),
+            "display" => PairingMethod::DisplayPasskey(passkey()?),
+            "pin" if (1..=16).contains(&secret.len()) => PairingMethod::PinCode(secret.to_owned()),
+            _ => return None,
+        })
+    }
+
+    /// Whether the method needs an agent that can take input or show output.
+    pub fn needs_agent(&self) -> bool {
+        !matches!(self, PairingMethod::JustWorks)
+    }
+}
+
 /// Everything that defines one virtual peripheral.
 #[derive(Debug, Clone)]
 pub struct PeripheralSpec {
@@ -131,9 +169,13 @@ pub struct PeripheralSpec {
     /// Period of the live stream (heart rate, PLX continuous); `None` disables it.
     pub live_interval: Option<Duration>,
     pub rssi: i16,
+    /// Battery Level (0x2A19) of its Battery Service (0x180F).
+    pub battery_percent: u8,
     /// Whether the device is already bonded with this adapter (paired earlier through
     /// BlueZ). Glucose meters and CGMs only serve the RACP over a bonded link.
     pub bonded: bool,
+    /// How `Device1.Pair` proceeds.
+    pub pairing: PairingMethod,
 }
 
 impl PeripheralSpec {
@@ -164,7 +206,9 @@ impl PeripheralSpec {
             stored_records: 3,
             live_interval: Some(Duration::from_secs(1)),
             rssi: -52,
+            battery_percent: 87,
             bonded: true,
+            pairing: PairingMethod::JustWorks,
         }
     }
 
@@ -178,9 +222,20 @@ impl PeripheralSpec {
         self
     }
 
+    pub fn with_battery(mut self, percent: u8) -> Self {
+        self.battery_percent = percent;
+        self
+    }
+
     /// A device never bonded with this gateway.
     pub fn unbonded(mut self) -> Self {
         self.bonded = false;
+        self
+    }
+
+    /// How the device pairs (implies nothing about whether it is bonded already).
+    pub fn with_pairing(mut self, method: PairingMethod) -> Self {
+        self.pairing = method;
         self
     }
 
@@ -211,8 +266,8 @@ fn c(uuid: u16, flags: &[&'static str]) -> CharDef {
     }
 }
 
-/// The GATT database of a profile: its health services, then Device Information and
-/// Current Time.
+/// The GATT database of a profile: its health services, then Device Information, Current
+/// Time and Battery.
 pub fn gatt_database(profile: Profile) -> Vec<ServiceDef> {
     let s = |uuid, chars| ServiceDef { uuid, chars };
     let mut db = match profile {
@@ -284,6 +339,7 @@ pub fn gatt_database(profile: Profile) -> Vec<ServiceDef> {
         &["read", "notify"]
     };
     db.push(s(0x1805, vec![c(0x2A2B, cts)]));
+    db.push(s(0x180F, vec![c(0x2A19, &["read"])]));
     db
 }
 

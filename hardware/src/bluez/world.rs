@@ -75,6 +75,11 @@ pub(crate) struct DeviceState {
     pub connected: bool,
     pub services_resolved: bool,
     pub paired: bool,
+    pub trusted: bool,
+    /// Set while a `Pair` waits on the agent; `CancelPairing` fires it.
+    pub pairing_cancel: Option<Arc<tokio::sync::Notify>>,
+    /// How long the device takes to complete pairing (the user still pressing its button).
+    pub pairing_delay: Option<Duration>,
     pub rssi: i16,
     pub services: Vec<ServiceState>,
     /// Bumped at every connect and disconnect, so a task started for one link stops when it
@@ -158,6 +163,9 @@ impl DeviceState {
             connected: false,
             services_resolved: false,
             paired: bonded,
+            trusted: false,
+            pairing_cancel: None,
+            pairing_delay: None,
             services,
             epoch: 0,
             unsent,
@@ -203,6 +211,17 @@ pub(crate) fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// An `org.bluez.Agent1` a client registered through AgentManager1.
+#[derive(Debug, Clone)]
+pub(crate) struct AgentReg {
+    pub path: String,
+    pub capability: String,
+}
+
+/// How long BlueZ waits for an agent's answer before cancelling the request. BlueZ's own
+/// `REQUEST_TIMEOUT` is 60 s; tests shorten it through [`super::Emulator::set_agent_timeout`].
+pub(crate) const AGENT_TIMEOUT: Duration = Duration::from_secs(60);
+
 #[derive(Debug, Default)]
 pub(crate) struct World {
     pub powered: bool,
@@ -213,6 +232,11 @@ pub(crate) struct World {
     pub devices: BTreeMap<String, DeviceState>,
     pub faults: Vec<Fault>,
     pub calls: Vec<String>,
+    /// Registered agents by client (unique bus name).
+    pub agents: HashMap<String, AgentReg>,
+    /// The client whose agent is the default one.
+    pub default_agent: Option<String>,
+    pub agent_timeout: Duration,
 }
 
 impl World {
@@ -237,6 +261,7 @@ impl Core {
             conn,
             world: Mutex::new(World {
                 powered: true,
+                agent_timeout: AGENT_TIMEOUT,
                 ..World::default()
             }),
         })

@@ -94,7 +94,10 @@ impl FleetStore for StubStore {
     ) -> Result<bool, StoreError> {
         Ok(false)
     }
-    async fn open_pairing_window(&self, _: &str, _: i64) -> Result<(), StoreError> {
+    async fn open_pairing_window(
+        &self,
+        _: &vitalgate::ble::pairing::WindowRequest,
+    ) -> Result<(), StoreError> {
         Ok(())
     }
     async fn applied_config(&self) -> Result<Option<(u64, String)>, StoreError> {
@@ -180,9 +183,10 @@ fn start_fleet(
             store: store.clone(),
             hooks: Hooks {
                 restart: CancellationToken::new(),
-                sync_now: Arc::new(tokio::sync::Notify::new()),
+                delivery: None,
                 clock: Arc::new(SystemClock::new()),
                 set_log_level: no_log_level,
+                update: None,
             },
             observer: Some(tx),
         };

@@ -10,6 +10,10 @@ mod cli;
 mod cli_demo;
 #[path = "../../../agent/src/cli_fhir.rs"]
 mod cli_fhir;
+#[path = "../../../agent/src/cli_install.rs"]
+mod cli_install;
+#[path = "../../../agent/src/cli_pair.rs"]
+mod cli_pair;
 #[path = "../../../agent/src/cli_update.rs"]
 mod cli_update;
 #[path = "../../../agent/src/entry.rs"]

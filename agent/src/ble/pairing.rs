@@ -1,0 +1,909 @@
+//! Pairing home devices: the pairing windows recorded in the store (by `vitalgate pair`, the
+//! `open-pairing-window` fleet command, or a pairing button), and the daemon task that acts
+//! on them through BlueZ over D-Bus (zbus), since btleplug does not bond
+//! (ble-health-profiles.md §6).
+//!
+//! While a window is open, the task discovers devices advertising a supported health
+//! service, registers an `org.bluez.Agent1` that answers BlueZ's passkey, PIN and
+//! confirmation requests with the window's PIN, calls `Device1.Pair`, sets `Trusted`, and
+//! then, in one store transaction, puts the device on the allowlist, binds it to the
+//! window's patient (and user index, for multi-user devices), audits it and closes the
+//! window. The BLE source picks the device up at its next allowlist refresh. A window ends at
+//! its first paired device or at its expiry, which stops discovery and cancels a pairing in
+//! progress. The fleet's pairing policy is honoured: `allowlist-only` refuses windows, and
+//! its `allow` list restricts which addresses may pair.
+//!
+//! The PIN lives only in the encrypted store, and only while its window is open; it is never
+//! logged, published or shown. Outcomes name device addresses and BlueZ error names only.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use vitalgate_drivers::{DeviceIdentity, Transport};
+use zbus::zvariant::{ObjectPath, OwnedObjectPath, OwnedValue, Value};
+
+use super::profiles;
+use crate::config::BtAddr;
+use crate::fleet::command::PatientRef;
+use crate::store::{Create, Keying, NewEvent, Severity, StoreError, StoreHandle, now_ms};
+
+/// How often the daemon looks for new windows in the store.
+const POLL: Duration = Duration::from_secs(1);
+/// How often BlueZ's device tree is looked at during a window.
+const SCAN_POLL: Duration = Duration::from_millis(300);
+/// Where the pairing agent object lives on the daemon's connection.
+const AGENT_PATH: &str = "/io/vitalgate/PairingAgent";
+
+/// A PIN or passkey for a device. Never logged or displayed: `Debug` redacts it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Pin(String);
+
+impl Pin {
+    /// 1 to 16 ASCII letters and digits (a 6-digit passkey, or a legacy PIN code).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if (1..=16).contains(&s.len()) && s.chars().all(|c| c.is_ascii_alphanumeric()) {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err("the PIN must be 1 to 16 letters or digits".into())
+        }
+    }
+
+    /// The PIN as a BLE passkey (0 to 999999), if it is one.
+    pub fn passkey(&self) -> Option<u32> {
+        if self.0.len() > 6 || !self.0.chars().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        self.0.parse().ok()
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Pin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pin(<redacted>)")
+    }
+}
+
+/// What a new window asks for.
+#[derive(Debug, Clone)]
+pub struct WindowRequest {
+    pub until_ms: i64,
+    /// Bind what pairs to this patient; without one the device is only allowlisted.
+    pub patient: Option<PatientRef>,
+    /// The user of a multi-user device (scale, BP cuff), or -1 for every user.
+    pub user_index: i64,
+    /// Only this device (upper-case address) may pair; it may already be bonded, which adds
+    /// a binding for another user index.
+    pub device: Option<String>,
+    pub pin: Option<Pin>,
+    /// Who opened it, for the audit log: `cli:pair`, `fleet:<command id>`, `button`.
+    pub actor: String,
+}
+
+/// Records a window; returns its id. Runs inside a store transaction (writer `exec`).
+pub fn open_window(conn: &Connection, now: i64, req: &WindowRequest) -> rusqlite::Result<i64> {
+    conn.execute(
+        "INSERT INTO pairing_windows (opened_ms, until_ms, command_id, patient, user_index, device, pin) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            now,
+            req.until_ms,
+            req.actor,
+            req.patient.as_ref().map(PatientRef::expose),
+            req.user_index,
+            req.device,
+            req.pin.as_ref().map(Pin::expose),
+        ],
+    )?;
+    let id = conn.last_insert_rowid();
+    conn.execute(
+        "INSERT INTO audit (at_ms, actor, action, detail) VALUES (?1, ?2, 'open-pairing-window', ?3)",
+        params![
+            now,
+            req.actor,
+            json!({
+                "window": id, "until_ms": req.until_ms, "user_index": req.user_index,
+                "device": req.device, "patient_ref": req.patient.as_ref().map(PatientRef::expose),
+                "pin": req.pin.is_some(),
+            })
+            .to_string()
+        ],
+    )?;
+    Ok(id)
+}
+
+/// Records a window from outside the daemon (`vitalgate pair`), on a connection of its own;
+/// returns its id once it is committed.
+pub fn record_window(path: &Path, keying: &Keying, req: &WindowRequest) -> Result<i64, StoreError> {
+    let mut conn = crate::store::open_connection(path, keying, Create::Never, 256)?;
+    let sql = |op| move |e| StoreError::from_sqlite(path, op, e);
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(sql("begin"))?;
+    let id = open_window(&tx, now_ms(), req).map_err(sql("record pairing window"))?;
+    tx.commit().map_err(sql("commit pairing window"))?;
+    Ok(id)
+}
+
+/// A window as the daemon reads it.
+#[derive(Debug, Clone)]
+pub struct OpenWindow {
+    pub id: i64,
+    pub until_ms: i64,
+    pub patient: Option<String>,
+    pub user_index: i64,
+    pub device: Option<String>,
+    pub pin: Option<Pin>,
+}
+
+/// A window's state, for `vitalgate pair` to follow.
+#[derive(Debug, Clone)]
+pub struct WindowState {
+    pub until_ms: i64,
+    pub started_ms: Option<i64>,
+    pub closed_ms: Option<i64>,
+    pub outcome: Option<serde_json::Value>,
+}
+
+/// A read-only connection to the store for following windows.
+#[derive(Debug)]
+pub struct WindowReader {
+    /// Behind a mutex so the daemon's task can keep the reader across awaits.
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+impl WindowReader {
+    pub fn open(path: &Path, keying: &Keying) -> Result<Self, StoreError> {
+        let conn = crate::store::open_connection(path, keying, Create::Never, 256)?;
+        let version = crate::store::schema::version(&conn)
+            .map_err(|e| StoreError::from_sqlite(path, "read schema version", e))?;
+        if version < crate::store::schema::LATEST_VERSION {
+            return Err(StoreError::Corrupt {
+                path: path.to_owned(),
+                detail: format!(
+                    "schema version {version} is older than {}: start `vitalgate run` once to migrate it",
+                    crate::store::schema::LATEST_VERSION
+                ),
+            });
+        }
+        conn.execute_batch("PRAGMA query_only = ON")
+            .map_err(|e| StoreError::from_sqlite(path, "set query_only", e))?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+            path: path.to_owned(),
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Windows not closed yet, oldest first.
+    pub fn open_windows(&self) -> Result<Vec<OpenWindow>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT id, until_ms, patient, user_index, device, pin FROM pairing_windows \
+                 WHERE closed_ms IS NULL ORDER BY id",
+            )
+            .map_err(|e| StoreError::from_sqlite(&self.path, "read pairing windows", e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(OpenWindow {
+                    id: r.get(0)?,
+                    until_ms: r.get(1)?,
+                    patient: r.get(2)?,
+                    user_index: r.get(3)?,
+                    device: r.get(4)?,
+                    pin: r
+                        .get::<_, Option<String>>(5)?
+                        .and_then(|p| Pin::parse(&p).ok()),
+                })
+            })
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(|e| StoreError::from_sqlite(&self.path, "read pairing windows", e))?;
+        Ok(rows)
+    }
+
+    pub fn window(&self, id: i64) -> Result<Option<WindowState>, StoreError> {
+        self.conn()
+            .query_row(
+                "SELECT until_ms, started_ms, closed_ms, outcome FROM pairing_windows WHERE id = ?1",
+                params![id],
+                |r| {
+                    Ok(WindowState {
+                        until_ms: r.get(0)?,
+                        started_ms: r.get(1)?,
+                        closed_ms: r.get(2)?,
+                        outcome: r
+                            .get::<_, Option<String>>(3)?
+                            .and_then(|t| serde_json::from_str(&t).ok()),
+                    })
+                },
+            )
+            .optional()
+            .map_err(|e| StoreError::from_sqlite(&self.path, "read pairing window", e))
+    }
+
+    /// How many windows still hold a PIN (only open ones should).
+    pub fn windows_holding_a_pin(&self) -> Result<u64, StoreError> {
+        self.conn()
+            .query_row(
+                "SELECT count(*) FROM pairing_windows WHERE pin IS NOT NULL",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+            .map_err(|e| StoreError::from_sqlite(&self.path, "count PINs", e))
+    }
+
+    /// The pairing policy of the applied desired configuration, if it has one.
+    pub fn policy(&self) -> Result<Option<crate::fleet::desired::PairingPolicy>, StoreError> {
+        let doc: Option<String> = self
+            .conn()
+            .query_row("SELECT document FROM fleet_config WHERE id = 1", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| StoreError::from_sqlite(&self.path, "read pairing policy", e))?;
+        Ok(doc
+            .and_then(|d| crate::fleet::desired::parse(d.as_bytes()).ok())
+            .and_then(|d| d.pairing))
+    }
+
+    /// BLE addresses on the allowlist.
+    pub fn allowed(&self) -> Result<BTreeSet<String>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached("SELECT address FROM devices WHERE transport = 'ble' AND allowed = 1")
+            .map_err(|e| StoreError::from_sqlite(&self.path, "read allowlist", e))?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .and_then(|rows| rows.collect::<rusqlite::Result<BTreeSet<_>>>())
+            .map_err(|e| StoreError::from_sqlite(&self.path, "read allowlist", e))?;
+        Ok(rows.into_iter().map(|a| a.to_ascii_uppercase()).collect())
+    }
+}
+
+/// Closes a window with its outcome and forgets its PIN.
+fn close(
+    conn: &Connection,
+    now: i64,
+    id: i64,
+    outcome: &serde_json::Value,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE pairing_windows SET closed_ms = ?1, pin = NULL, outcome = ?2 \
+         WHERE id = ?3 AND closed_ms IS NULL",
+        params![now, outcome.to_string(), id],
+    )?;
+    Ok(())
+}
+
+async fn close_window(
+    store: &StoreHandle,
+    id: i64,
+    outcome: serde_json::Value,
+) -> Result<(), StoreError> {
+    store
+        .exec(move |conn, now| {
+            close(conn, now, id, &outcome)?;
+            Ok(serde_json::Value::Null)
+        })
+        .await
+        .map(drop)
+}
+
+/// Puts a paired device on the allowlist, binds it, audits it and closes the window, in one
+/// transaction.
+async fn adopt(store: &StoreHandle, w: &OpenWindow, address: &str) -> Result<(), StoreError> {
+    let (w, address) = (w.clone(), address.to_owned());
+    store
+        .exec(move |conn, now| {
+            let identity = postcard::to_allocvec(&DeviceIdentity::new(Transport::Ble, &address))
+                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+            conn.execute(
+                "INSERT OR IGNORE INTO devices (transport, address, identity, first_seen_ms, last_seen_ms) \
+                 VALUES ('ble', ?1, ?2, 0, 0)",
+                params![address, identity],
+            )?;
+            conn.execute(
+                "UPDATE devices SET allowed = 1 WHERE transport = 'ble' AND address = ?1",
+                params![address],
+            )?;
+            if let Some(patient) = &w.patient {
+                conn.execute(
+                    "INSERT INTO bindings (device_id, user_index, patient, created_ms) \
+                     SELECT id, ?2, ?3, ?4 FROM devices WHERE transport = 'ble' AND address = ?1 \
+                     ON CONFLICT (device_id, user_index) DO UPDATE SET patient = excluded.patient, \
+                     created_ms = excluded.created_ms",
+                    params![address, w.user_index, patient, now],
+                )?;
+            }
+            conn.execute(
+                "INSERT INTO audit (at_ms, actor, action, detail) VALUES (?1, 'ble:pairing', 'pair', ?2)",
+                params![
+                    now,
+                    json!({
+                        "window": w.id, "transport": "ble", "address": address,
+                        "user_index": w.user_index, "patient_ref": w.patient,
+                    })
+                    .to_string()
+                ],
+            )?;
+            close(
+                conn,
+                now,
+                w.id,
+                &json!({"result": "paired", "address": address, "user_index": w.user_index,
+                        "bound": w.patient.is_some()}),
+            )?;
+            Ok(serde_json::Value::Null)
+        })
+        .await
+        .map(drop)
+}
+
+/// What the agent answers with, for the device being paired.
+#[derive(Debug, Default)]
+struct AgentState {
+    pin: Option<Pin>,
+    /// Object path of the device `Pair` was called on; requests for others are rejected.
+    device: Option<String>,
+}
+
+#[derive(Debug, zbus::DBusError)]
+#[zbus(prefix = "org.bluez.Error")]
+enum AgentError {
+    #[zbus(error)]
+    ZBus(zbus::Error),
+    Rejected(String),
+    Canceled(String),
+}
+
+/// The `org.bluez.Agent1` BlueZ calls back while pairing.
+struct PairingAgent(Arc<Mutex<AgentState>>);
+
+impl PairingAgent {
+    fn for_device(&self, device: &ObjectPath<'_>) -> Result<Option<Pin>, AgentError> {
+        let s = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if s.device.as_deref() != Some(device.as_str()) {
+            return Err(AgentError::Rejected("not the device being paired".into()));
+        }
+        Ok(s.pin.clone())
+    }
+}
+
+#[zbus::interface(name = "org.bluez.Agent1")]
+impl PairingAgent {
+    fn release(&self) {}
+
+    fn request_pin_code(&self, device: ObjectPath<'_>) -> Result<String, AgentError> {
+        match self.for_device(&device)? {
+            Some(pin) => Ok(pin.expose().to_owned()),
+            None => Err(AgentError::Rejected("no PIN was given".into())),
+        }
+    }
+
+    fn display_pin_code(&self, device: ObjectPath<'_>, _pin: String) -> Result<(), AgentError> {
+        self.for_device(&device).map(drop)
+    }
+
+    fn request_passkey(&self, device: ObjectPath<'_>) -> Result<u32, AgentError> {
+        match self.for_device(&device)?.and_then(|p| p.passkey()) {
+            Some(p) => Ok(p),
+            None => Err(AgentError::Rejected("no numeric PIN was given".into())),
+        }
+    }
+
+    fn display_passkey(
+        &self,
+        device: ObjectPath<'_>,
+        _passkey: u32,
+        _entered: u16,
+    ) -> Result<(), AgentError> {
+        // The gateway has no screen: a device that wants the user to type a passkey shown by
+        // the gateway cannot be paired that way, but BlueZ only informs here.
+        self.for_device(&device).map(drop)
+    }
+
+    /// Numeric comparison: confirmed only when the window's PIN is the number the device
+    /// shows; a headless gateway cannot otherwise tell it is the device the user means.
+    fn request_confirmation(&self, device: ObjectPath<'_>, passkey: u32) -> Result<(), AgentError> {
+        match self.for_device(&device)?.and_then(|p| p.passkey()) {
+            Some(p) if p == passkey => Ok(()),
+            _ => Err(AgentError::Rejected("passkey does not match".into())),
+        }
+    }
+
+    fn request_authorization(&self, device: ObjectPath<'_>) -> Result<(), AgentError> {
+        self.for_device(&device).map(drop)
+    }
+
+    fn authorize_service(&self, device: ObjectPath<'_>, _uuid: String) -> Result<(), AgentError> {
+        self.for_device(&device).map(drop)
+    }
+
+    fn cancel(&self) {
+        tracing::debug!("BlueZ cancelled a pairing request.");
+    }
+}
+
+/// Why a window could not be served at all.
+#[derive(Debug, thiserror::Error)]
+pub enum PairingError {
+    #[error("D-Bus: {0}")]
+    Bus(#[from] zbus::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A device seen in BlueZ's tree.
+#[derive(Debug)]
+struct SeenDevice {
+    path: OwnedObjectPath,
+    address: String,
+    paired: bool,
+    supported: bool,
+}
+
+type ManagedObjects = HashMap<OwnedObjectPath, HashMap<String, HashMap<String, OwnedValue>>>;
+
+async fn devices(
+    conn: &zbus::Connection,
+    adapter_path: &str,
+) -> Result<Vec<SeenDevice>, zbus::Error> {
+    let reply = conn
+        .call_method(
+            Some("org.bluez"),
+            "/",
+            Some("org.freedesktop.DBus.ObjectManager"),
+            "GetManagedObjects",
+            &(),
+        )
+        .await?;
+    let objects: ManagedObjects = reply.body().deserialize()?;
+    let prefix = format!("{adapter_path}/");
+    let mut out = Vec::new();
+    for (path, ifaces) in objects {
+        if !path.as_str().starts_with(&prefix) {
+            continue;
+        }
+        let Some(props) = ifaces.get("org.bluez.Device1") else {
+            continue;
+        };
+        let get = |k: &str| props.get(k).and_then(|v| v.try_clone().ok());
+        let Some(address) = get("Address").and_then(|v| String::try_from(v).ok()) else {
+            continue;
+        };
+        let paired = get("Paired")
+            .and_then(|v| bool::try_from(v).ok())
+            .unwrap_or(false);
+        let uuids: Vec<String> = get("UUIDs")
+            .and_then(|v| Vec::<String>::try_from(v).ok())
+            .unwrap_or_default();
+        let uuids: Vec<uuid::Uuid> = uuids.iter().filter_map(|u| u.parse().ok()).collect();
+        out.push(SeenDevice {
+            path,
+            address: address.to_ascii_uppercase(),
+            paired,
+            supported: profiles::supported(&uuids),
+        });
+    }
+    out.sort_by(|a, b| a.address.cmp(&b.address));
+    Ok(out)
+}
+
+fn error_name(e: &zbus::Error) -> String {
+    match e {
+        zbus::Error::MethodError(name, _, _) => name.to_string(),
+        other => other.to_string(),
+    }
+}
+
+async fn call(
+    conn: &zbus::Connection,
+    path: &str,
+    iface: &str,
+    method: &str,
+    body: &(impl serde::Serialize + zbus::zvariant::DynamicType),
+) -> Result<(), zbus::Error> {
+    conn.call_method(Some("org.bluez"), path, Some(iface), method, body)
+        .await
+        .map(drop)
+}
+
+/// The pairing side of one window, on its own D-Bus connection.
+struct Session<'a> {
+    conn: zbus::Connection,
+    adapter_path: String,
+    state: Arc<Mutex<AgentState>>,
+    store: &'a StoreHandle,
+}
+
+impl Session<'_> {
+    /// Pairs (or adopts an already bonded) `d`. Ok(()) when it is paired and trusted.
+    async fn pair(&self, d: &SeenDevice, until_ms: i64) -> Result<(), String> {
+        {
+            let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            s.device = Some(d.path.to_string());
+        }
+        let path = d.path.as_str();
+        if !d.paired {
+            let left = Duration::from_millis((until_ms - now_ms()).max(0) as u64);
+            let pairing = call(&self.conn, path, "org.bluez.Device1", "Pair", &());
+            match tokio::time::timeout(left, pairing).await {
+                Ok(Ok(())) => {}
+                // Bonded meanwhile (or before, by another client): as good as paired.
+                Ok(Err(e)) if error_name(&e) == "org.bluez.Error.AlreadyExists" => {}
+                Ok(Err(e)) => return Err(error_name(&e)),
+                Err(_) => {
+                    let _ = call(&self.conn, path, "org.bluez.Device1", "CancelPairing", &()).await;
+                    return Err("window expired while pairing".into());
+                }
+            }
+        }
+        // Trusted: BlueZ lets the device reconnect without asking an agent again.
+        call(
+            &self.conn,
+            path,
+            "org.freedesktop.DBus.Properties",
+            "Set",
+            &("org.bluez.Device1", "Trusted", Value::from(true)),
+        )
+        .await
+        .map_err(|e| error_name(&e))?;
+        Ok(())
+    }
+}
+
+/// Serves one window until a device pairs or it expires (or the daemon stops).
+async fn serve_window(
+    w: &OpenWindow,
+    adapter: &str,
+    reader: &WindowReader,
+    store: &StoreHandle,
+    config_allow: &BTreeSet<String>,
+    cancel: &CancellationToken,
+) -> Result<(), PairingError> {
+    let policy = reader.policy()?;
+    if let Some(p) = &policy
+        && p.mode == crate::fleet::desired::PairingMode::AllowlistOnly
+    {
+        tracing::info!(
+            window = w.id,
+            "Pairing window refused: the pairing policy is allowlist-only."
+        );
+        close_window(
+            store,
+            w.id,
+            json!({"result": "refused", "reason": "the pairing policy is allowlist-only"}),
+        )
+        .await?;
+        return Ok(());
+    }
+    let policy_allow: Option<BTreeSet<String>> = policy
+        .filter(|p| !p.allow.is_empty())
+        .map(|p| p.allow.iter().map(BtAddr::to_string).collect());
+    store
+        .exec({
+            let id = w.id;
+            move |conn, now| {
+                conn.execute(
+                    "UPDATE pairing_windows SET started_ms = ?1 WHERE id = ?2",
+                    params![now, id],
+                )?;
+                Ok(serde_json::Value::Null)
+            }
+        })
+        .await?;
+    let state = Arc::new(Mutex::new(AgentState {
+        pin: w.pin.clone(),
+        device: None,
+    }));
+    let conn = zbus::connection::Builder::system()?
+        .serve_at(AGENT_PATH, PairingAgent(state.clone()))?
+        .build()
+        .await?;
+    let session = Session {
+        conn,
+        adapter_path: format!("/org/bluez/{adapter}"),
+        state,
+        store,
+    };
+    let agent = ObjectPath::try_from(AGENT_PATH).map_err(zbus::Error::from)?;
+    call(
+        &session.conn,
+        "/org/bluez",
+        "org.bluez.AgentManager1",
+        "RegisterAgent",
+        &(agent.clone(), "KeyboardDisplay"),
+    )
+    .await?;
+    // Default agent too, so BlueZ asks it for pairings a device starts itself.
+    if let Err(e) = call(
+        &session.conn,
+        "/org/bluez",
+        "org.bluez.AgentManager1",
+        "RequestDefaultAgent",
+        &(agent.clone(),),
+    )
+    .await
+    {
+        tracing::debug!(error = %error_name(&e), "Pairing agent is not the default agent.");
+    }
+    let filter: HashMap<&str, Value<'_>> = HashMap::from([
+        (
+            "UUIDs",
+            Value::from(
+                profiles::HEALTH_SERVICES
+                    .iter()
+                    .map(|s| profiles::uuid(*s).to_string())
+                    .collect::<Vec<_>>(),
+            ),
+        ),
+        ("Transport", Value::from("le")),
+    ]);
+    let adapter_path = session.adapter_path.clone();
+    call(
+        &session.conn,
+        &adapter_path,
+        "org.bluez.Adapter1",
+        "SetDiscoveryFilter",
+        &(filter,),
+    )
+    .await?;
+    call(
+        &session.conn,
+        &adapter_path,
+        "org.bluez.Adapter1",
+        "StartDiscovery",
+        &(),
+    )
+    .await?;
+    tracing::info!(
+        window = w.id,
+        until_ms = w.until_ms,
+        "Pairing window open: discovering health devices."
+    );
+    let result = discover_and_pair(
+        w,
+        &session,
+        reader,
+        config_allow,
+        policy_allow.as_ref(),
+        cancel,
+    )
+    .await;
+    let _ = call(
+        &session.conn,
+        &adapter_path,
+        "org.bluez.Adapter1",
+        "StopDiscovery",
+        &(),
+    )
+    .await;
+    let _ = call(
+        &session.conn,
+        "/org/bluez",
+        "org.bluez.AgentManager1",
+        "UnregisterAgent",
+        &(agent,),
+    )
+    .await;
+    result
+}
+
+async fn discover_and_pair(
+    w: &OpenWindow,
+    session: &Session<'_>,
+    reader: &WindowReader,
+    config_allow: &BTreeSet<String>,
+    policy_allow: Option<&BTreeSet<String>>,
+    cancel: &CancellationToken,
+) -> Result<(), PairingError> {
+    let mut failures: Vec<serde_json::Value> = Vec::new();
+    let mut tried: BTreeSet<String> = BTreeSet::new();
+    let mut refused: BTreeSet<String> = BTreeSet::new();
+    let store = session.store;
+    loop {
+        if now_ms() >= w.until_ms {
+            tracing::info!(window = w.id, "Pairing window expired.");
+            close_window(
+                store,
+                w.id,
+                json!({"result": "expired", "failures": failures,
+                        "refused": refused.iter().collect::<Vec<_>>()}),
+            )
+            .await?;
+            return Ok(());
+        }
+        let mut allowed = reader.allowed()?;
+        allowed.extend(config_allow.iter().cloned());
+        let seen = devices(&session.conn, &session.adapter_path).await?;
+        for d in seen {
+            if !d.supported || tried.contains(&d.address) {
+                continue;
+            }
+            match &w.device {
+                Some(only) if *only != d.address => continue,
+                Some(_) => {}
+                // Devices this gateway already has are not what a window is for.
+                None if d.paired && allowed.contains(&d.address) => continue,
+                None => {}
+            }
+            if let Some(allow) = policy_allow
+                && !allow.contains(&d.address)
+            {
+                if refused.insert(d.address.clone()) {
+                    tracing::info!(device = %d.address, "Device not in the pairing policy's allow list; not paired.");
+                }
+                continue;
+            }
+            tried.insert(d.address.clone());
+            tracing::info!(window = w.id, device = %d.address, "Pairing.");
+            match session.pair(&d, w.until_ms).await {
+                Ok(()) => {
+                    adopt(store, w, &d.address).await?;
+                    tracing::info!(window = w.id, device = %d.address, user_index = w.user_index, "Device paired, allowlisted and bound.");
+                    let _ = store
+                        .record_event(NewEvent {
+                            severity: Severity::Info,
+                            kind: "device-paired".into(),
+                            detail: json!({"address": d.address, "user_index": w.user_index}),
+                        })
+                        .await;
+                    return Ok(());
+                }
+                Err(error) => {
+                    tracing::warn!(window = w.id, device = %d.address, %error, "Pairing failed; the device is not allowlisted.");
+                    let _ = store
+                        .record_event(NewEvent {
+                            severity: Severity::Warning,
+                            kind: "pairing-failed".into(),
+                            detail: json!({"address": d.address, "error": error}),
+                        })
+                        .await;
+                    failures.push(json!({"address": d.address, "error": error}));
+                }
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(SCAN_POLL) => {}
+        }
+    }
+}
+
+/// Removes a device from BlueZ (`Adapter1.RemoveDevice`), which drops its bond. Returns
+/// whether there was a bond: BlueZ also lists devices it merely saw advertising.
+pub async fn remove_bond(adapter: &str, address: &str) -> Result<bool, zbus::Error> {
+    let conn = zbus::Connection::system().await?;
+    let adapter_path = format!("/org/bluez/{adapter}");
+    let device = format!(
+        "{adapter_path}/dev_{}",
+        address.to_ascii_uppercase().replace(':', "_")
+    );
+    let paired = match conn
+        .call_method(
+            Some("org.bluez"),
+            device.as_str(),
+            Some("org.freedesktop.DBus.Properties"),
+            "Get",
+            &("org.bluez.Device1", "Paired"),
+        )
+        .await
+    {
+        Ok(reply) => {
+            let v: OwnedValue = reply.body().deserialize()?;
+            bool::try_from(v).unwrap_or(false)
+        }
+        // Not in BlueZ's tree at all: nothing to remove.
+        Err(zbus::Error::MethodError(..)) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let device = ObjectPath::try_from(device)?;
+    match call(
+        &conn,
+        &adapter_path,
+        "org.bluez.Adapter1",
+        "RemoveDevice",
+        &(device,),
+    )
+    .await
+    {
+        Ok(()) => Ok(paired),
+        Err(e) if error_name(&e) == "org.bluez.Error.DoesNotExist" => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// The daemon's pairing task: acts on the newest open window, closes expired and superseded
+/// ones, until `cancel`.
+pub async fn watch(
+    store: StoreHandle,
+    store_path: PathBuf,
+    keying: Keying,
+    adapter: String,
+    config_allow: BTreeSet<String>,
+    cancel: CancellationToken,
+) {
+    let mut reader: Option<WindowReader> = None;
+    let mut warned = false;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(POLL) => {}
+        }
+        if reader.is_none() {
+            reader = WindowReader::open(&store_path, &keying).ok();
+        }
+        let Some(r) = reader.as_ref() else {
+            continue;
+        };
+        let windows = match r.open_windows() {
+            Ok(w) => w,
+            Err(error) => {
+                tracing::debug!(%error, "Pairing windows not read.");
+                continue;
+            }
+        };
+        let Some(newest) = windows.last().cloned() else {
+            continue;
+        };
+        for old in &windows[..windows.len() - 1] {
+            let _ = close_window(
+                &store,
+                old.id,
+                json!({"result": "superseded", "by": newest.id}),
+            )
+            .await;
+        }
+        if newest.until_ms <= now_ms() {
+            let _ = close_window(
+                &store,
+                newest.id,
+                json!({"result": "expired", "failures": []}),
+            )
+            .await;
+            continue;
+        }
+        match serve_window(&newest, &adapter, r, &store, &config_allow, &cancel).await {
+            Ok(()) => warned = false,
+            Err(error) => {
+                if !warned {
+                    tracing::warn!(window = newest.id, %error, "Pairing window could not be served; retrying.");
+                    warned = true;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pins_are_checked_and_never_shown() {
+        let p = Pin::parse(" 123456 ").expect("passkey");
+        assert_eq!(p.passkey(), Some(123_456));
+        assert_eq!(format!("{p:?}"), "Pin(<redacted>)");
+        assert_eq!(Pin::parse("0000").expect("pin").passkey(), Some(0));
+        assert_eq!(Pin::parse("1234567").expect("long pin").passkey(), None);
+        assert_eq!(Pin::parse("AB12").expect("letters").passkey(), None);
+        assert!(Pin::parse("").is_err());
+        assert!(Pin::parse("12 34").is_err());
+        assert!(Pin::parse("12345678901234567").is_err());
+    }
+}

@@ -1,0 +1,370 @@
+//! The delivery plan: which destinations run and which readings each one takes. It is the
+//! file configuration overlaid by the last applied desired configuration (fleet management),
+//! computed and validated as a whole before anything of it is used.
+//!
+//! Overlay rules:
+//! - a desired `destinations` list replaces the file's list. An entry whose id is also in the
+//!   file keeps the file's settings (TLS, proxy, batching, retries, route) with the desired
+//!   `base_url`, and the desired `credential` (a bearer token held by the gateway) when it
+//!   names one; a new id gets the defaults. A credential is looked up like any other secret:
+//!   `$CREDENTIALS_DIRECTORY/<name>`, then `/etc/vitalgate/credentials/<name>`.
+//! - a desired `routing` adds a device filter on top of each destination's own route: a
+//!   reading of a device listed in `routing.devices` goes to that entry's destinations, any
+//!   other reading to `routing.default`.
+//! - absent fields leave the file's choice in force.
+//!
+//! [`DeliveryControl`] swaps a plan in while running: the store writer's routing set first
+//! (readings committed after that get outbox rows for the new set), then the delivery tasks.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use vitalgate_drivers::{DeviceIdentity, Transport};
+
+use crate::config::destination::{AuthConfig, SecretSource};
+use crate::config::{Config, DestinationConfig};
+use crate::fleet::desired::DesiredConfig;
+use crate::store::{StoreError, StoreHandle};
+
+/// Where a desired destination's named credential is read from when systemd does not
+/// provide it.
+pub const CREDENTIALS_DIR: &str = "/etc/vitalgate/credentials";
+
+/// The fleet's device routing: destination ids per device, and for every other device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRouting {
+    pub default: Vec<String>,
+    pub devices: Vec<(Transport, String, Vec<String>)>,
+}
+
+impl DeviceRouting {
+    /// Whether `destination` takes readings of `device`.
+    pub fn wants(&self, destination: &str, device: &DeviceIdentity) -> bool {
+        let list = self
+            .devices
+            .iter()
+            .find(|(t, a, _)| *t == device.transport && a.eq_ignore_ascii_case(&device.address))
+            .map_or(&self.default, |(_, _, d)| d);
+        list.iter().any(|d| d == destination)
+    }
+}
+
+/// What the delivery engine runs.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryPlan {
+    /// The applied desired configuration's version; `None` for the file alone.
+    pub version: Option<u64>,
+    pub destinations: Vec<DestinationConfig>,
+    pub routing: Option<Arc<DeviceRouting>>,
+}
+
+impl DeliveryPlan {
+    /// The file configuration alone.
+    pub fn from_file(config: &Config) -> Self {
+        Self {
+            version: None,
+            destinations: config.destinations.clone(),
+            routing: None,
+        }
+    }
+
+    /// The file configuration overlaid by `desired`; an error names what is wrong.
+    pub fn overlay(config: &Config, desired: &DesiredConfig) -> Result<Self, String> {
+        let mut plan = Self::from_file(config);
+        plan.version = Some(desired.version);
+        if let Some(list) = &desired.destinations {
+            let mut out = Vec::with_capacity(list.len());
+            for (i, d) in list.iter().enumerate() {
+                let mut cfg = match config.destinations.iter().find(|f| f.id == d.id) {
+                    Some(f) => f.clone(),
+                    None => new_destination(d.id.clone(), d.base_url.clone())?,
+                };
+                cfg.base_url = d.base_url.clone();
+                if let Some(name) = &d.credential {
+                    cfg.auth = AuthConfig::Bearer {
+                        token: SecretSource {
+                            credential: Some(name.clone()),
+                            file: Some(PathBuf::from(CREDENTIALS_DIR).join(name)),
+                        },
+                    };
+                }
+                cfg.check(i).map_err(|(key, msg)| {
+                    format!("{}: {msg}", key.replace("destination", "destinations"))
+                })?;
+                out.push(cfg);
+            }
+            plan.destinations = out;
+        }
+        if let Some(r) = &desired.routing {
+            let ids: Vec<&str> = plan.destinations.iter().map(|d| d.id.as_str()).collect();
+            let known = |n: &crate::config::Name| ids.contains(&n.as_str());
+            if let Some(n) = r
+                .default
+                .iter()
+                .chain(r.devices.iter().flat_map(|(_, _, d)| d))
+                .find(|n| !known(n))
+            {
+                return Err(format!(
+                    "routing: destination {:?} is not a destination of this gateway",
+                    n.as_str()
+                ));
+            }
+            let names = |v: &[crate::config::Name]| v.iter().map(|n| n.to_string()).collect();
+            plan.routing = Some(Arc::new(DeviceRouting {
+                default: names(&r.default),
+                devices: r
+                    .devices
+                    .iter()
+                    .map(|(t, a, d)| (*t, a.clone(), names(d)))
+                    .collect(),
+            }));
+        }
+        Ok(plan)
+    }
+
+    /// Whether running `other` instead would change anything delivery does.
+    pub fn same_delivery(&self, other: &Self) -> bool {
+        let key = |p: &Self| serde_json::to_value(&p.destinations).ok();
+        self.routing == other.routing && key(self) == key(other)
+    }
+
+    /// The destination ids new readings get outbox rows for.
+    pub fn ids(&self) -> Vec<String> {
+        self.destinations.iter().map(|d| d.id.to_string()).collect()
+    }
+}
+
+/// A destination known only from a desired document: the file's defaults for everything
+/// but its id and URL.
+fn new_destination(
+    id: crate::config::Name,
+    base_url: crate::config::EndpointUrl,
+) -> Result<DestinationConfig, String> {
+    let text = format!(
+        "id = {}\nbase_url = {}\n",
+        toml_string(id.as_str()),
+        toml_string(base_url.as_url().as_str())
+    );
+    toml::from_str(&text).map_err(|e| format!("destination {:?}: {e}", id.as_str()))
+}
+
+fn toml_string(s: &str) -> String {
+    serde_json::Value::String(s.to_owned()).to_string()
+}
+
+/// What [`DeliveryControl::apply`] changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlanChange {
+    pub added: Vec<String>,
+    /// Destinations no longer delivered to, each with the readings still pending for it:
+    /// they stay in the store (and in the backlog telemetry) until the destination returns.
+    pub removed: Vec<(String, Option<u64>)>,
+}
+
+/// The running delivery engine's controls, lent to fleet management.
+#[derive(Debug)]
+pub struct DeliveryControl {
+    file: Config,
+    store: StoreHandle,
+    plan: watch::Sender<Arc<DeliveryPlan>>,
+    sync_now: watch::Sender<u64>,
+}
+
+impl DeliveryControl {
+    pub fn new(file: Config, store: StoreHandle, plan: DeliveryPlan) -> Self {
+        Self {
+            file,
+            store,
+            plan: watch::channel(Arc::new(plan)).0,
+            sync_now: watch::channel(0).0,
+        }
+    }
+
+    /// Validates `desired` against the file configuration without applying anything.
+    pub fn plan_for(&self, desired: &DesiredConfig) -> Result<DeliveryPlan, String> {
+        DeliveryPlan::overlay(&self.file, desired)
+    }
+
+    pub fn current(&self) -> Arc<DeliveryPlan> {
+        self.plan.borrow().clone()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Arc<DeliveryPlan>> {
+        self.plan.subscribe()
+    }
+
+    pub fn sync_requests(&self) -> watch::Receiver<u64> {
+        self.sync_now.subscribe()
+    }
+
+    /// Asks every running destination for a forced round now; returns how many there are.
+    /// A `watch` counter rather than a `Notify`: a destination busy with a round when asked
+    /// still sees the request when it next waits.
+    pub fn sync_now(&self) -> usize {
+        self.sync_now.send_modify(|n| *n = n.wrapping_add(1));
+        self.sync_now.receiver_count()
+    }
+
+    /// Swaps `plan` in: the store's routing set, then the delivery tasks (which are only
+    /// restarted when the plan changes what they do).
+    pub async fn apply(&self, plan: DeliveryPlan) -> Result<PlanChange, StoreError> {
+        let current = self.current();
+        if current.same_delivery(&plan) {
+            self.plan.send_if_modified(|p| {
+                *p = Arc::new(DeliveryPlan {
+                    version: plan.version,
+                    ..(**p).clone()
+                });
+                false
+            });
+            return Ok(PlanChange::default());
+        }
+        let old = current.ids();
+        let new = plan.ids();
+        self.store.set_destinations(new.clone()).await?;
+        self.plan.send_replace(Arc::new(plan));
+        let added = new.iter().filter(|d| !old.contains(d)).cloned().collect();
+        let mut removed = Vec::new();
+        for id in old.into_iter().filter(|d| !new.contains(d)) {
+            // The switch is done; a count that cannot be read is reported as unknown.
+            let pending = match pending_count(&self.store, &id).await {
+                Ok(n) => Some(n),
+                Err(error) => {
+                    tracing::warn!(destination = %id, %error, "Cannot count the removed destination's pending readings.");
+                    None
+                }
+            };
+            removed.push((id, pending));
+        }
+        Ok(PlanChange { added, removed })
+    }
+}
+
+/// The plan a process delivers by: the file configuration overlaid by the desired
+/// configuration fleet management last applied (kept in the store); the store writer is
+/// switched to its destinations. A stored document this configuration refuses (a destination
+/// the file's settings make invalid) is logged, and the file alone is used.
+pub async fn effective(
+    config: &Config,
+    store: &StoreHandle,
+    keying: &crate::store::Keying,
+) -> DeliveryPlan {
+    use crate::fleet::store::FleetStore;
+    let fleet = crate::fleet::store::SqlFleetStore::new(store.clone(), keying.clone());
+    let plan = match fleet.applied_config().await {
+        Ok(Some((version, text))) => match crate::fleet::desired::parse(text.as_bytes())
+            .map_err(|e| e.to_string())
+            .and_then(|doc| DeliveryPlan::overlay(config, &doc))
+        {
+            Ok(plan) => plan,
+            Err(reason) => {
+                tracing::warn!(version, %reason, "Stored desired configuration does not apply to this configuration; delivering as the file says.");
+                DeliveryPlan::from_file(config)
+            }
+        },
+        Ok(None) => DeliveryPlan::from_file(config),
+        Err(error) => {
+            tracing::warn!(%error, "Cannot read the stored desired configuration; delivering as the file says.");
+            DeliveryPlan::from_file(config)
+        }
+    };
+    if plan.version.is_some() {
+        tracing::info!(
+            version = plan.version,
+            destinations = plan.destinations.len(),
+            "Delivery follows the applied desired configuration."
+        );
+        if let Err(error) = store.set_destinations(plan.ids()).await {
+            tracing::warn!(%error, "Cannot route readings to the desired destinations.");
+        }
+    }
+    plan
+}
+
+/// Readings still waiting for `destination`.
+async fn pending_count(store: &StoreHandle, destination: &str) -> Result<u64, StoreError> {
+    let destination = destination.to_owned();
+    let v = store
+        .exec(move |conn, _| {
+            conn.query_row(
+                "SELECT COUNT(*) FROM deliveries WHERE destination = ?1 AND state = 0",
+                [&destination],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(serde_json::Value::from)
+        })
+        .await?;
+    Ok(v.as_u64().unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::fleet::desired;
+
+    fn file() -> Config {
+        Config::parse(
+            Path::new("t.toml"),
+            "[[destination]]\nid = \"hospital\"\nbase_url = \"http://127.0.0.1:9/fhir\"\nbatch_max = 7\n",
+        )
+        .expect("config")
+    }
+
+    fn doc(text: &str) -> DesiredConfig {
+        desired::parse(text.as_bytes()).expect("valid document")
+    }
+
+    #[test]
+    fn desired_destinations_replace_the_files_and_keep_its_settings() {
+        let plan = DeliveryPlan::overlay(
+            &file(),
+            &doc(r#"{"version": 4, "destinations": [
+                {"id": "hospital", "base_url": "http://127.0.0.1:10/r4"},
+                {"id": "medicaid", "base_url": "https://medicaid.example/fhir", "credential": "medicaid-token"}]}"#),
+        )
+        .expect("plan");
+        assert_eq!(plan.version, Some(4));
+        assert_eq!(plan.ids(), ["hospital", "medicaid"]);
+        assert_eq!(plan.destinations[0].batch_max, 7);
+        assert_eq!(plan.destinations[0].base_url.as_url().port(), Some(10));
+        let AuthConfig::Bearer { token } = &plan.destinations[1].auth else {
+            panic!("bearer auth expected");
+        };
+        assert_eq!(token.credential.as_deref(), Some("medicaid-token"));
+        assert!(plan.routing.is_none());
+        // Without destinations in the document, the file's stay.
+        let plan = DeliveryPlan::overlay(&file(), &doc(r#"{"version": 5}"#)).expect("plan");
+        assert_eq!(plan.ids(), ["hospital"]);
+    }
+
+    #[test]
+    fn an_unauthenticated_remote_destination_is_refused() {
+        let e = DeliveryPlan::overlay(
+            &file(),
+            &doc(r#"{"version": 4, "destinations": [{"id": "x", "base_url": "https://x.example/r4"}]}"#),
+        )
+        .expect_err("needs auth");
+        assert!(e.contains("destinations[0].auth"), "{e}");
+    }
+
+    #[test]
+    fn routing_sends_listed_devices_to_their_destinations_and_the_rest_to_default() {
+        let plan = DeliveryPlan::overlay(
+            &file(),
+            &doc(r#"{"version": 4, "destinations": [
+                {"id": "hospital", "base_url": "http://127.0.0.1:10/r4"},
+                {"id": "medicaid", "base_url": "http://127.0.0.1:11/r4"}],
+              "routing": {"default": ["hospital"], "devices": [
+                {"device": {"transport": "ble", "address": "00:1c:05:ff:e8:74"}, "destinations": ["medicaid"]}]}}"#),
+        )
+        .expect("plan");
+        let r = plan.routing.expect("routing");
+        let cuff = DeviceIdentity::new(Transport::Ble, "00:1C:05:FF:E8:74");
+        let other = DeviceIdentity::new(Transport::Ble, "00:1C:05:FF:E8:75");
+        assert!(r.wants("medicaid", &cuff) && !r.wants("hospital", &cuff));
+        assert!(r.wants("hospital", &other) && !r.wants("medicaid", &other));
+    }
+}
