@@ -40,6 +40,7 @@ fn bench(c: &mut Criterion) {
         id: "bench-gw".into(),
         version: "0".into(),
         clock_synchronized: true,
+        namespace: Default::default(),
     };
     let time = GatewayTime {
         now: receipt,

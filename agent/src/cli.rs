@@ -118,7 +118,7 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
         Command::Config(ConfigCommand::Check) => config_check(cli.config.as_deref()),
         Command::Decode(cmd) => {
             let config = load_config(cli.config.as_deref(), Required::IfPresent)?;
-            crate::cli_fhir::decode_cmd(&crate::cli_fhir::gateway_id(&config), cmd)
+            crate::cli_fhir::decode_cmd(&crate::cli_fhir::decode_gateway(&config), cmd)
         }
         Command::Run(s) => {
             let config = load_config(cli.config.as_deref(), Required::Yes)?;
@@ -194,7 +194,7 @@ pub enum DecodeFailure {
 pub(crate) fn decode_serial(
     protocol: vitalgate_drivers::serial::Protocol,
     hex_args: &[String],
-    gateway_id: &str,
+    gateway: &crate::cli_fhir::DecodeGateway,
     readings_only: bool,
     transaction: bool,
 ) -> Result<u8> {
@@ -215,7 +215,7 @@ pub(crate) fn decode_serial(
         for p in &report.problems {
             eprintln!("vitalgate: {p}");
         }
-        let (gw, time) = crate::cli_fhir::gateway_now(gateway_id);
+        let (gw, time) = crate::cli_fhir::gateway_now(gateway);
         vitalgate::fhir::decode::bundle_for_readings(&report.readings, &gw, &time, transaction)?
     };
     let text = serde_json::to_string_pretty(&value)?;

@@ -60,14 +60,22 @@ pub enum DecodeCommand {
     },
 }
 
+/// What `decode` takes from the configuration: the gateway id and the identifier namespace.
+#[derive(Debug, Clone)]
+pub struct DecodeGateway {
+    pub id: String,
+    pub namespace: vitalgate::fhir::IdentifierNamespace,
+}
+
 /// The gateway facts the mapping needs, from the configuration and the system clock.
-pub fn gateway_now(gateway_id: &str) -> (GatewayInfo, GatewayTime) {
+pub fn gateway_now(gateway: &DecodeGateway) -> (GatewayInfo, GatewayTime) {
     let now = SystemClock::new().receipt();
     (
         GatewayInfo {
-            id: gateway_id.to_owned(),
+            id: gateway.id.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             clock_synchronized: now.clock_synchronized,
+            namespace: gateway.namespace.clone(),
         },
         GatewayTime {
             now,
@@ -76,20 +84,14 @@ pub fn gateway_now(gateway_id: &str) -> (GatewayInfo, GatewayTime) {
     )
 }
 
-pub fn decode_cmd(gateway_id: &str, cmd: DecodeCommand) -> Result<u8> {
+pub fn decode_cmd(gateway: &DecodeGateway, cmd: DecodeCommand) -> Result<u8> {
     match cmd {
         DecodeCommand::Serial {
             protocol,
             hex,
             readings,
             bundle,
-        } => crate::cli::decode_serial(
-            protocol,
-            &hex,
-            gateway_id,
-            readings,
-            bundle == "transaction",
-        ),
+        } => crate::cli::decode_serial(protocol, &hex, gateway, readings, bundle == "transaction"),
         DecodeCommand::Ble {
             characteristic,
             hex,
@@ -99,7 +101,7 @@ pub fn decode_cmd(gateway_id: &str, cmd: DecodeCommand) -> Result<u8> {
             let parsed = (|| {
                 let uuid = decode::parse_characteristic(&characteristic)?;
                 let bytes = decode::parse_hex(&hex)?;
-                let (gw, time) = gateway_now(gateway_id);
+                let (gw, time) = gateway_now(gateway);
                 let device = decode::placeholder_ble_device(&address);
                 let readings = decode::ble_readings(uuid, &bytes, &device, time.now)?;
                 decode::bundle_for_readings(&readings, &gw, &time, bundle == "transaction")
@@ -129,9 +131,12 @@ pub fn decode_cmd(gateway_id: &str, cmd: DecodeCommand) -> Result<u8> {
     }
 }
 
-/// Reads the configuration path only to find the gateway id; decode needs nothing else.
-pub fn gateway_id(config: &vitalgate::config::Config) -> String {
-    config.gateway.id.to_string()
+/// What decode needs from the configuration; nothing else is read.
+pub fn decode_gateway(config: &vitalgate::config::Config) -> DecodeGateway {
+    DecodeGateway {
+        id: config.gateway.id.to_string(),
+        namespace: config.fhir.identifier_namespace.clone(),
+    }
 }
 
 // --- sync and status ------------------------------------------------------------------
@@ -158,17 +163,7 @@ pub fn sync_cmd(config: &Config, state_dir: &Path, keying: Keying, json: bool) -
         return Err(vitalgate::store::StoreError::NotFound { path: store_path }.into());
     }
     let c = config;
-    let opts = WriterOptions {
-        path: store_path.clone(),
-        keying: keying.clone(),
-        batch_max_readings: c.store.batch_max_readings,
-        batch_linger: c.store.batch_linger,
-        cache_size_kib: c.store.cache_size.as_u64() / 1024,
-        channel_capacity: c.supervisor.channel_capacity,
-        destinations: c.destinations.iter().map(|d| d.id.to_string()).collect(),
-        retention: c.store.retention,
-        disk_budget_bytes: c.store.disk_budget.as_u64(),
-    };
+    let opts = writer_options(config, state_dir, &keying);
     let reports = crate::cli::runtime()?.block_on(async {
         let (store, writer) =
             tokio::task::spawn_blocking(move || vitalgate::store::writer::start(opts))
@@ -187,6 +182,7 @@ pub fn sync_cmd(config: &Config, state_dir: &Path, keying: Keying, json: bool) -
                 store.clone(),
                 clock.clone(),
                 c.gateway.id.to_string(),
+                c.fhir.identifier_namespace.clone(),
             )
             .map(|dest| dest.with_routing(plan.routing.clone()))
             {
@@ -345,9 +341,9 @@ impl DeliveryLock {
 
 // --- demo -------------------------------------------------------------------------------
 
-/// The demo's patients: identifiers in this project's namespace, conditionally created on the
-/// server. Not real people.
-const DEMO_PATIENT_SYSTEM: &str = "https://vitalgate.example/fhir/sid/demo-patient";
+use crate::cli_demo::PATIENT_SYSTEM as DEMO_PATIENT_SYSTEM;
+/// The in-memory simulated cuff and oximeter (offline demo, and the fallback without
+/// `dbus-daemon`).
 const CUFF_ADDRESS: &str = "00:1C:05:FF:E8:74";
 const OXIMETER_ADDRESS: &str = "00:1C:05:0A:B1:C2";
 
@@ -400,7 +396,11 @@ impl LocalFhirServer {
                 dir.display()
             );
         }
+        use std::os::unix::process::CommandExt;
         let mut child = std::process::Command::new("node")
+            // Not in the terminal's foreground group: Ctrl-C stops the demo, which still
+            // asks the server what it holds before stopping it.
+            .process_group(0)
             .arg("server.mjs")
             .current_dir(&dir)
             .env("PORT", "0")
@@ -441,16 +441,15 @@ impl Drop for LocalFhirServer {
     }
 }
 
-/// The simulated devices: a BP cuff's stored memory downloaded like a RACP download (each
-/// chunk committed, then the cursor), then a pulse oximeter's live notifications decoded by
-/// the real PLX decoder, one a second, until `until` or cancellation; then it waits (up to a
-/// minute) for delivery to drain so the summary shows everything delivered.
+/// The in-memory simulated devices, for the offline demo and the fallback when no private
+/// D-Bus bus can be started: a BP cuff's stored memory committed like a RACP download (each
+/// chunk, then the cursor), then (when `live`) a pulse oximeter's live notifications decoded
+/// by the real PLX decoder, one a second, until `live_until` or cancellation. No transport.
 struct DemoDevices {
     cuff: BpCuffMemory,
+    live: bool,
     live_until: Option<std::time::Instant>,
-    drain: Option<(std::path::PathBuf, Keying, Vec<String>)>,
     bind: bool,
-    bind_oximeter: bool,
 }
 
 impl ReadingSource for DemoDevices {
@@ -478,15 +477,6 @@ impl ReadingSource for DemoDevices {
                     .bind(cuff, -1, format!("{DEMO_PATIENT_SYSTEM}|demo-patient-1"))
                     .await?;
             }
-            if self.bind_oximeter {
-                store
-                    .bind(
-                        oximeter.clone(),
-                        -1,
-                        format!("{DEMO_PATIENT_SYSTEM}|demo-patient-2"),
-                    )
-                    .await?;
-            }
             const CHUNK: u32 = 16;
             let mut next = 0;
             while next < self.cuff.records && !cancel.is_cancelled() {
@@ -508,14 +498,11 @@ impl ReadingSource for DemoDevices {
                 next = end;
             }
             let mut i: u64 = 0;
-            while !cancel.is_cancelled() {
+            while self.live && !cancel.is_cancelled() {
                 if let Some(until) = self.live_until
                     && std::time::Instant::now() >= until
                 {
                     break;
-                }
-                if self.live_until.is_none() && self.drain.is_none() {
-                    break; // offline demo: the stored records only
                 }
                 let spo2 = 94 + (i % 5) as i64;
                 let pr = 620 + (i * 7 % 90) as i64; // tenths of a beat per minute
@@ -544,86 +531,148 @@ impl ReadingSource for DemoDevices {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
             }
-            if let Some((path, keying, destinations)) = &self.drain {
-                let deadline = std::time::Instant::now() + Duration::from_secs(60);
-                while !cancel.is_cancelled() && std::time::Instant::now() < deadline {
-                    let backlog: u64 = match OutboxReader::open(path, keying) {
-                        Ok(r) => destinations
-                            .iter()
-                            .map(|d| r.summary(d).map(|s| s.backlog).unwrap_or(1))
-                            .sum(),
-                        Err(_) => 1,
-                    };
-                    if backlog == 0 {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
             Ok(())
         })
     }
 }
 
-/// What the FHIR server holds, by resource type, and whether any identifier is duplicated.
+/// Follows a search's `next` links and returns every resource found.
+async fn search_all(
+    http: &reqwest::Client,
+    base_url: &str,
+    ty: &str,
+) -> Result<Vec<serde_json::Value>> {
+    let mut url = format!("{base_url}/{ty}?_count=1000");
+    let mut out = Vec::new();
+    loop {
+        let mut page: serde_json::Value = http
+            .get(&url)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        if let Some(entries) = page["entry"].as_array_mut() {
+            out.extend(entries.iter_mut().map(|e| e["resource"].take()));
+        }
+        let next = page["link"]
+            .as_array()
+            .and_then(|l| l.iter().find(|l| l["relation"] == "next"))
+            .and_then(|l| l["url"].as_str())
+            .map(str::to_owned);
+        match next {
+            Some(n) if n != url => url = n,
+            _ => return Ok(out),
+        }
+    }
+}
+
+/// What the FHIR server holds: by resource type (with any duplicated identifier), the
+/// Observations by MDC code, and the Observations per Device.
 pub async fn server_summary(base_url: &str) -> Result<serde_json::Value> {
     let http = reqwest::Client::builder().use_rustls_tls().build()?;
     let mut out = serde_json::Map::new();
+    let mut devices: std::collections::BTreeMap<String, String> = Default::default();
     for ty in ["Patient", "Device", "Observation"] {
-        let mut url = format!("{base_url}/{ty}?_count=1000");
-        let mut count = 0u64;
+        let all = search_all(&http, base_url, ty).await?;
         let mut identifiers = std::collections::HashSet::new();
         let mut duplicates = 0u64;
         let mut by_code: std::collections::BTreeMap<String, u64> = Default::default();
-        loop {
-            let page: serde_json::Value = http
-                .get(&url)
-                .send()
-                .await?
-                .error_for_status()?
-                .json()
-                .await?;
-            for e in page["entry"]
-                .as_array()
-                .map(Vec::as_slice)
-                .unwrap_or_default()
+        let mut by_device: std::collections::BTreeMap<String, u64> = Default::default();
+        for r in &all {
+            if let Some(id) = r["identifier"][0]["value"].as_str()
+                && !identifiers.insert(format!("{}|{id}", r["identifier"][0]["system"]))
             {
-                count += 1;
-                let r = &e["resource"];
-                if let Some(id) = r["identifier"][0]["value"].as_str()
-                    && !identifiers.insert(format!("{}|{id}", r["identifier"][0]["system"]))
-                {
-                    duplicates += 1;
+                duplicates += 1;
+            }
+            match ty {
+                "Device" => {
+                    let name = r["deviceName"][0]["name"]
+                        .as_str()
+                        .or(r["modelNumber"].as_str())
+                        .or(r["manufacturer"].as_str())
+                        .unwrap_or("device");
+                    let ident = r["identifier"][0]["value"].as_str().unwrap_or("?");
+                    devices.insert(
+                        format!("Device/{}", r["id"].as_str().unwrap_or("?")),
+                        format!("{name} [{ident}]"),
+                    );
                 }
-                if ty == "Observation" {
+                "Observation" => {
                     let code = r["code"]["coding"][0]["code"]
                         .as_str()
                         .unwrap_or("?")
                         .to_owned();
                     *by_code.entry(code).or_default() += 1;
+                    let dev = r["device"]["reference"].as_str().unwrap_or("none");
+                    let label = devices.get(dev).cloned().unwrap_or_else(|| dev.to_owned());
+                    *by_device.entry(label).or_default() += 1;
                 }
-            }
-            let next = page["link"]
-                .as_array()
-                .and_then(|l| l.iter().find(|l| l["relation"] == "next"))
-                .and_then(|l| l["url"].as_str())
-                .map(str::to_owned);
-            match next {
-                Some(n) if n != url => url = n,
-                _ => break,
+                _ => {}
             }
         }
-        let mut v = serde_json::json!({ "count": count, "duplicate_identifiers": duplicates });
+        let mut v = serde_json::json!({
+            "count": all.len(),
+            "duplicate_identifiers": duplicates,
+        });
         if ty == "Observation" {
             v["by_mdc_code"] = serde_json::to_value(by_code)?;
+            v["by_device"] = serde_json::to_value(by_device)?;
         }
         out.insert(ty.to_owned(), v);
     }
     Ok(serde_json::Value::Object(out))
 }
 
+/// The options every store writer of this process is opened with.
+fn writer_options(config: &Config, state_dir: &Path, keying: &Keying) -> WriterOptions {
+    let c = config;
+    WriterOptions {
+        path: c.store_path(state_dir),
+        keying: keying.clone(),
+        batch_max_readings: c.store.batch_max_readings,
+        batch_linger: c.store.batch_linger,
+        cache_size_kib: c.store.cache_size.as_u64() / 1024,
+        channel_capacity: c.supervisor.channel_capacity,
+        destinations: c.destinations.iter().map(|d| d.id.to_string()).collect(),
+        retention: c.store.retention,
+        disk_budget_bytes: c.store.disk_budget.as_u64(),
+    }
+}
+
+/// Binds the demo devices to their patients before any source runs, so no reading waits for
+/// its binding.
+async fn bind_devices(opts: WriterOptions, devices: &[crate::cli_demo::DemoDevice]) -> Result<()> {
+    let (store, writer) =
+        tokio::task::spawn_blocking(move || vitalgate::store::writer::start(opts))
+            .await
+            .context("store writer")??;
+    for d in devices {
+        store.bind(d.identity(), -1, d.patient.clone()).await?;
+    }
+    store.shutdown().await;
+    drop(store);
+    tokio::task::spawn_blocking(move || writer.join())
+        .await
+        .context("store writer")??;
+    Ok(())
+}
+
+/// How the demo's Bluetooth devices run.
+enum BleMode {
+    /// Emulated BlueZ peripherals, read through btleplug.
+    Emulated {
+        bus: vitalgate_hardware::bluez::PrivateBus,
+        specs: Vec<vitalgate_hardware::bluez::PeripheralSpec>,
+    },
+    /// The in-memory cuff and oximeter, decoded without a transport.
+    InMemory,
+}
+
 pub fn demo(explicit: Option<&Path>, state_dir: &Path, args: DemoArgs) -> Result<u8> {
     use crate::cli::{CreateKey, Required, find_key, load_config, print_status};
+    // First of all, while this process has one thread (see `start_bus`).
+    let bus = (!args.offline).then(crate::cli_demo::start_bus);
     let mut config = load_config(explicit, Required::IfPresent)?;
     let watch_broker = args.mqtt.is_some();
     if let Some(url) = args.mqtt {
@@ -644,52 +693,6 @@ pub fn demo(explicit: Option<&Path>, state_dir: &Path, args: DemoArgs) -> Result
             config.gateway.id, config.gateway.id
         );
     }
-    let mut server = None;
-    let base_url = if args.offline {
-        None
-    } else if let Some(u) = &args.fhir {
-        Some(u.trim_end_matches('/').to_owned())
-    } else {
-        let s = LocalFhirServer::start(args.fhir_server_dir.as_deref())?;
-        println!(
-            "Local FHIR R4 server (validating, in memory): {}",
-            s.base_url
-        );
-        let url = s.base_url.clone();
-        server = Some(s);
-        Some(url)
-    };
-    if let Some(url) = &base_url {
-        let toml = format!(
-            "[[destination]]\nid = \"demo\"\nbase_url = \"{url}\"\nbatch_linger = \"200ms\"\n"
-        );
-        let demo_dest: Config = Config::parse(Path::new("(demo destination)"), &toml)?;
-        config.destinations = demo_dest.destinations;
-    }
-    let store_path = config.store_path(state_dir);
-    let source = DemoDevices {
-        cuff: BpCuffMemory::new(CUFF_ADDRESS, args.records),
-        live_until: args.run_for.map(|d| std::time::Instant::now() + d),
-        drain: base_url.as_ref().map(|_| {
-            (
-                store_path.clone(),
-                keying.clone(),
-                config
-                    .destinations
-                    .iter()
-                    .map(|d| d.id.to_string())
-                    .collect(),
-            )
-        }),
-        bind: true,
-        bind_oximeter: base_url.is_some(),
-    };
-    let stop = if args.offline || args.run_for.is_some() {
-        StopWhen::SourcesDone
-    } else {
-        println!("Running until Ctrl-C.");
-        StopWhen::Signal
-    };
     let mut clock = SystemClock::new();
     if !clock.receipt().clock_synchronized {
         println!(
@@ -698,49 +701,221 @@ pub fn demo(explicit: Option<&Path>, state_dir: &Path, args: DemoArgs) -> Result
         );
         clock = SystemClock::assuming_synchronized();
     }
-    let summary = crate::cli::runtime()?.block_on(async {
-        Supervisor::new(config.clone(), state_dir.to_owned(), keying.clone())
+    if args.offline {
+        println!(
+            "Offline: the simulated cuff's memory goes straight into the encrypted store (no \
+             transport, no FHIR server)."
+        );
+        let source = DemoDevices {
+            cuff: BpCuffMemory::new(CUFF_ADDRESS, args.records),
+            live: false,
+            live_until: None,
+            bind: true,
+        };
+        let summary = crate::cli::runtime()?.block_on(async {
+            Supervisor::new(config.clone(), state_dir.to_owned(), keying.clone())
+                .with_clock(Arc::new(clock))
+                .with_source(Box::new(source))
+                .stop_when(StopWhen::SourcesDone)
+                .run()
+                .await
+        })?;
+        if summary.sources_failed > 0 {
+            anyhow::bail!("{} simulated device(s) failed", summary.sources_failed);
+        }
+        let status = vitalgate::store::StoreReader::open(&summary.store_path, &keying)?.status()?;
+        println!();
+        print_status(&status);
+        println!();
+        println!(
+            "What ran: a simulated blood-pressure cuff's {} stored records went into the \
+             encrypted store (offline: no delivery). Run it again on the same state directory: \
+             nothing is stored twice.",
+            args.records
+        );
+        return Ok(exit::OK);
+    }
+
+    let mut server = None;
+    let url = if let Some(u) = &args.fhir {
+        u.trim_end_matches('/').to_owned()
+    } else {
+        let s = LocalFhirServer::start(args.fhir_server_dir.as_deref())?;
+        println!(
+            "Local FHIR R4 server (validating, in memory): {}",
+            s.base_url
+        );
+        let url = s.base_url.clone();
+        server = Some(s);
+        url
+    };
+
+    // The simulated devices and the configuration that reads them.
+    let dir = std::path::absolute(state_dir.join("demo-devices"))?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut devices = Vec::new();
+    let mut toml = format!(
+        "[[destination]]\nid = \"demo\"\nbase_url = \"{url}\"\nbatch_linger = \"200ms\"\n\n"
+    );
+    let serial = match crate::cli_demo::serial_devices(&dir) {
+        Ok((sims, devs, t)) => {
+            println!(
+                "Serial: a FORA TD-3128 BP meter ({} stored records, a noisy line) and a Nonin \
+                 oximeter (streaming), on pseudo-terminals in {}",
+                crate::cli_demo::TAIDOC_RECORDS,
+                dir.display()
+            );
+            devices.extend(devs);
+            toml.push_str(&t);
+            sims
+        }
+        Err(e) => {
+            println!("Serial: {e:#}; the demo goes on without its serial devices.");
+            Vec::new()
+        }
+    };
+    let ble = match bus {
+        Some(Ok(bus)) => {
+            let (specs, devs) = crate::cli_demo::ble_peripherals(args.records);
+            let allow: Vec<String> = devs.iter().map(|d| format!("{:?}", d.address)).collect();
+            toml.push_str(&format!("\n[ble]\nallow = [{}]\n", allow.join(", ")));
+            println!(
+                "Bluetooth LE: an emulated BlueZ on a private D-Bus bus with a BP cuff ({} \
+                 stored records), a thermometer, a scale, a glucose meter and a pulse oximeter, \
+                 read through btleplug",
+                args.records
+            );
+            devices.extend(devs);
+            BleMode::Emulated { bus, specs }
+        }
+        Some(Err(e)) => {
+            println!(
+                "Bluetooth LE: {e}. Falling back to the in-memory simulated cuff and oximeter \
+                 (decoded, without the Bluetooth transport)."
+            );
+            for (label, address, patient) in [
+                ("in-memory cuff", CUFF_ADDRESS, 1),
+                ("in-memory oximeter", OXIMETER_ADDRESS, 2),
+            ] {
+                devices.push(crate::cli_demo::DemoDevice::in_memory(
+                    label, address, patient,
+                ));
+            }
+            BleMode::InMemory
+        }
+        None => BleMode::InMemory,
+    };
+    let emulated = matches!(ble, BleMode::Emulated { .. });
+    let demo_config: Config = Config::parse(Path::new("(demo devices)"), &toml)?;
+    config.destinations = demo_config.destinations;
+    config.serial = demo_config.serial;
+    config.ble.allow = demo_config.ble.allow;
+    let store_path = config.store_path(state_dir);
+    let destinations: Vec<String> = config
+        .destinations
+        .iter()
+        .map(|d| d.id.to_string())
+        .collect();
+
+    let rt = crate::cli::runtime()?;
+    rt.block_on(bind_devices(
+        writer_options(&config, state_dir, &keying),
+        &devices,
+    ))?;
+    let serial = Arc::new(serial);
+    let stop = CancellationToken::new();
+    if args.run_for.is_none() {
+        println!("Running until Ctrl-C.");
+    }
+    let summary = rt.block_on(async {
+        let mut supervisor = Supervisor::new(config.clone(), state_dir.to_owned(), keying.clone())
             .with_clock(Arc::new(clock))
-            .with_source(Box::new(source))
-            .stop_when(stop)
-            .run()
-            .await
+            .stop_on(stop.clone())
+            .stop_when(StopWhen::Signal);
+        let emulator = match &ble {
+            BleMode::Emulated { bus, specs } => {
+                let emu = vitalgate_hardware::bluez::Emulator::start(bus.address(), specs.clone())
+                    .await
+                    .context("cannot start the emulated BlueZ")?;
+                supervisor = supervisor.with_source(Box::new(vitalgate::ble::BleSource::new(
+                    config.ble.clone(),
+                    store_path.clone(),
+                    keying.clone(),
+                )));
+                Some(emu)
+            }
+            BleMode::InMemory => {
+                supervisor = supervisor.with_source(Box::new(DemoDevices {
+                    cuff: BpCuffMemory::new(CUFF_ADDRESS, args.records),
+                    live: true,
+                    live_until: args.run_for.map(|d| std::time::Instant::now() + d),
+                    bind: false,
+                }));
+                None
+            }
+        };
+        let conductor = crate::cli_demo::Conductor {
+            run_for: args.run_for,
+            devices: devices.clone(),
+            emulator: emulator.clone(),
+            serial: serial.clone(),
+            store_path: store_path.clone(),
+            keying: keying.clone(),
+            destinations: destinations.clone(),
+            stop: stop.clone(),
+        };
+        let summary = supervisor.with_source(Box::new(conductor)).run().await?;
+        drop(emulator);
+        anyhow::Ok(summary)
     })?;
+    drop(serial);
     if summary.sources_failed > 0 {
         anyhow::bail!("{} simulated device(s) failed", summary.sources_failed);
     }
     let status = vitalgate::store::StoreReader::open(&summary.store_path, &keying)?.status()?;
     println!();
     print_status(&status);
-    if let Some(url) = &base_url {
-        print_delivery(
-            &destination_summaries(&config, &summary.store_path, &keying)?,
-            vitalgate::store::now_ms(),
+    print_delivery(
+        &destination_summaries(&config, &summary.store_path, &keying)?,
+        vitalgate::store::now_ms(),
+    );
+    let held = rt.block_on(server_summary(&url))?;
+    // The runtime (and the emulator's D-Bus connection in it) goes before the bus does.
+    drop(rt);
+    drop(ble);
+    println!();
+    println!("The FHIR server at {url} holds:");
+    for ty in ["Patient", "Device", "Observation"] {
+        println!(
+            "  {:<12} {:>6}  (duplicate identifiers: {})",
+            ty, held[ty]["count"], held[ty]["duplicate_identifiers"]
         );
-        let held = crate::cli::runtime()?.block_on(server_summary(url))?;
-        println!();
-        println!("The FHIR server at {url} holds:");
-        for ty in ["Patient", "Device", "Observation"] {
-            println!(
-                "  {:<12} {:>6}  (duplicate identifiers: {})",
-                ty, held[ty]["count"], held[ty]["duplicate_identifiers"]
-            );
-        }
-        if let Some(codes) = held["Observation"]["by_mdc_code"].as_object() {
-            let list: Vec<String> = codes.iter().map(|(k, v)| format!("{k}: {v}")).collect();
-            println!("  Observations by MDC code: {}", list.join(", "));
+    }
+    if let Some(codes) = held["Observation"]["by_mdc_code"].as_object() {
+        let list: Vec<String> = codes.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        println!("  Observations by MDC code: {}", list.join(", "));
+    }
+    if let Some(per) = held["Observation"]["by_device"].as_object() {
+        println!("  Observations per device:");
+        for (device, n) in per {
+            println!("    {n:>6}  {device}");
         }
     }
     println!();
+
     println!(
-        "What ran: a simulated blood-pressure cuff's {} stored records and a pulse oximeter's \
-         live notifications went into the encrypted store{}. Run it again on the same state \
+        "What ran: simulated devices went into the encrypted store{}{}, then to the FHIR \
+         server as transaction Bundles of conditional creates. Run it again on the same state \
          directory: nothing is stored or sent twice.",
-        args.records,
-        if base_url.is_some() {
-            ", then to the FHIR server as transaction Bundles of conditional creates"
+        if emulated {
+            " through the real transports (Bluetooth LE: btleplug and BlueZ's D-Bus API"
         } else {
-            " (offline: no delivery)"
+            " (Bluetooth LE: in memory, decoded without a transport"
+        },
+        if devices.iter().any(|d| d.transport == Transport::Serial) {
+            "; serial: tokio-serial on pseudo-terminals, resynchronising past line noise)"
+        } else {
+            ")"
         }
     );
     drop(server);

@@ -2,6 +2,7 @@
 //! the requested command. This is the only place `anyhow` is used; exit codes follow sysexits.
 
 mod cli;
+mod cli_demo;
 mod cli_fhir;
 mod cli_install;
 mod cli_pair;

@@ -73,6 +73,8 @@ pub struct Supervisor {
     sources: Vec<Box<dyn ReadingSource>>,
     clock: Arc<dyn Clock>,
     stop_when: StopWhen,
+    /// Stops the run when cancelled, like a signal (the demo's `--for`).
+    stop: CancellationToken,
 }
 
 impl std::fmt::Debug for Supervisor {
@@ -104,7 +106,14 @@ impl Supervisor {
             sources: Vec::new(),
             clock: Arc::new(SystemClock::new()),
             stop_when: StopWhen::Signal,
+            stop: CancellationToken::new(),
         }
+    }
+
+    /// Stops the run, as SIGTERM would, when `stop` is cancelled.
+    pub fn stop_on(mut self, stop: CancellationToken) -> Self {
+        self.stop = stop;
+        self
     }
 
     pub fn with_source(mut self, source: Box<dyn ReadingSource>) -> Self {
@@ -252,6 +261,7 @@ impl Supervisor {
                 _ = sigterm.recv() => { tracing::info!("SIGTERM received, shutting down."); break; }
                 _ = sigint.recv() => { tracing::info!("SIGINT received, shutting down."); break; }
                 _ = restart.cancelled() => { tracing::info!("Restart requested, shutting down."); break; }
+                _ = self.stop.cancelled() => { tracing::info!("Stop requested, shutting down."); break; }
                 _ = &mut sources_done, if !sources_finished => {
                     sources_finished = true;
                     if self.stop_when == StopWhen::SourcesDone {

@@ -11,10 +11,13 @@
 //   - optional TLS and mutual TLS (TLS_CERT, TLS_KEY, TLS_CLIENT_CA);
 //   - optional SMART resource-server mode (AUTH_JWKS_URL, AUTH_ISSUER, AUTH_AUDIENCE): bearer
 //     JWTs verified against the authorization server's JWKS, system/ scopes enforced;
-//   - optional SMART Backend Services authorization server of its own (SMART_CLIENT_ID,
-//     SMART_CLIENT_KEY = the client's public key PEM, SMART_CLIENT_ALG = RS384|ES384,
-//     SMART_TOKEN_TTL seconds): POST /auth/token (client_credentials + private_key_jwt: aud,
-//     exp <= 5 min, jti never reused, kid and typ checked), GET /auth/jwks,
+//   - optional SMART Backend Services authorization server of its own (SMART_CLIENT_ID; the
+//     client's registered JWKS: SMART_CLIENT_JWKS = a JWKS file, or SMART_CLIENT_KEY = a
+//     public key PEM registered under SMART_CLIENT_KID (default k1); SMART_CLIENT_ALG =
+//     RS384|ES384; SMART_TOKEN_TTL seconds): POST /auth/token (client_credentials +
+//     private_key_jwt: signature by the registered key the assertion's kid names, iss = sub =
+//     client id, aud = this token URL, exp present, not past and <= 5 min ahead, jti never
+//     reused while its assertion could still be valid, typ JWT), GET /auth/jwks,
 //     GET /fhir/R4/.well-known/smart-configuration; FHIR requests then need its tokens.
 //     POST /__rotate makes every token issued so far invalid (a key rotation);
 //   - test hooks: POST /__fault {"status":429,"retryAfter":2,"count":2} (or "down":true to
@@ -329,9 +332,18 @@ let smart = null;
 if (process.env.SMART_CLIENT_ID) {
   jose = jose ?? await import('jose');
   const alg = process.env.SMART_CLIENT_ALG || 'RS384';
+  // The client's registration, as a JWKS (a key is chosen by the assertion's kid and alg).
+  let registered;
+  if (process.env.SMART_CLIENT_JWKS) {
+    registered = JSON.parse(fs.readFileSync(process.env.SMART_CLIENT_JWKS, 'utf8'));
+  } else {
+    const pem = fs.readFileSync(process.env.SMART_CLIENT_KEY, 'utf8');
+    const jwk = await jose.exportJWK(await jose.importSPKI(pem, alg, { extractable: true }));
+    registered = { keys: [{ ...jwk, kid: process.env.SMART_CLIENT_KID || 'k1', alg, use: 'sig' }] };
+  }
   smart = {
     clientId: process.env.SMART_CLIENT_ID,
-    clientKey: await jose.importSPKI(fs.readFileSync(process.env.SMART_CLIENT_KEY, 'utf8'), alg),
+    clientJwks: jose.createLocalJWKSet(registered),
     clientAlg: alg,
     ttl: Number(process.env.SMART_TOKEN_TTL || 300),
     usedJti: new Map(),
@@ -355,8 +367,9 @@ async function smartToken(req, rawBody, res) {
   }
   let payload; let header;
   try {
-    ({ payload, protectedHeader: header } = await jose.jwtVerify(form.get('client_assertion') ?? '', smart.clientKey, {
+    ({ payload, protectedHeader: header } = await jose.jwtVerify(form.get('client_assertion') ?? '', smart.clientJwks, {
       issuer: smart.clientId, subject: smart.clientId, audience: tokenUrl, algorithms: [smart.clientAlg],
+      requiredClaims: ['exp', 'jti'],
     }));
   } catch (err) {
     return fail('invalid_client', `assertion: ${err.code ?? err.message}`);
@@ -364,6 +377,9 @@ async function smartToken(req, rawBody, res) {
   const now = Math.floor(Date.now() / 1000);
   if (!header.kid || header.typ !== 'JWT') return fail('invalid_client', 'kid and typ JWT are required');
   if (!payload.exp || payload.exp > now + 300) return fail('invalid_client', 'exp must be <= 5 minutes ahead');
+  // A jti is remembered until its assertion expires; after that the assertion is refused
+  // for its exp anyway, so the memory stays bounded.
+  for (const [j, exp] of smart.usedJti) if (exp < now) smart.usedJti.delete(j);
   if (!payload.jti || smart.usedJti.has(payload.jti)) return fail('invalid_client', 'jti reused');
   smart.usedJti.set(payload.jti, payload.exp);
   const scope = form.get('scope') || 'system/*.crs';

@@ -118,6 +118,24 @@ impl FhirServer {
         self.request(reqwest::Method::POST, &url, Some(body))
     }
 
+    /// POSTs an `application/x-www-form-urlencoded` body to a path under the root (the
+    /// token endpoint).
+    pub fn post_form(&self, path: &str, form: &[(&str, &str)]) -> (u16, Value) {
+        let url = format!("{}{path}", self.root);
+        self.rt.block_on(async {
+            let resp = self
+                .client
+                .post(&url)
+                .form(form)
+                .send()
+                .await
+                .expect("request to the test FHIR server");
+            let status = resp.status().as_u16();
+            let text = resp.text().await.expect("body");
+            (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        })
+    }
+
     /// POSTs the whole Bundle to the base URL.
     pub fn transaction(&self, bundle: &Value) -> (u16, Value) {
         let url = self.base_url.clone();

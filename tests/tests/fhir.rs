@@ -245,6 +245,8 @@ fn decode_refuses_bad_input_with_clear_errors() {
     );
 }
 
+/// `vitalgate demo` runs the simulated devices through the real transports: an emulated
+/// BlueZ read by btleplug, PTY serial simulators read by tokio-serial.
 #[test]
 fn demo_pipeline_twice_on_one_state_dir_adds_no_duplicate() {
     let server = FhirServer::start();
@@ -257,24 +259,40 @@ fn demo_pipeline_twice_on_one_state_dir_adds_no_duplicate() {
                 "demo",
                 &["--fhir", &base, "--for", "2", "--records", records],
             ),
-            Duration::from_secs(120),
+            Duration::from_secs(180),
         );
         out.expect_code(0);
         out
     };
+    // Observations by MDC code: blood pressure (BLE cuff 30 + FORA meter 12), glucose (5),
+    // body weight (the scale's 3), SpO2 (live, from both oximeters).
+    let code = |c: &str| server.observations_with_code(c);
     let out = run("30");
-    assert!(out.stdout.contains("The FHIR server at"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("read through btleplug") && !out.stdout.contains("Falling back"),
+        "the demo did not use the Bluetooth transport:\n{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("Serial: a FORA"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("Observations per device:"),
+        "{}",
+        out.stdout
+    );
     let first = server.all("Observation");
     assert!(duplicate_identifiers(&first).is_empty());
-    assert_eq!(cuff_observations(&server), 30);
-    assert!(
-        first
-            .iter()
-            .any(|o| o["code"]["coding"][0]["code"] == "150456"),
-        "live SpO2"
+    assert_eq!(
+        code("150020"),
+        42,
+        "BP: 30 from the cuff, 12 from the meter"
     );
+    assert_eq!(code("160184"), 5, "glucose records over RACP");
+    assert_eq!(code("188736"), 3, "weight records");
+    assert!(code("150456") > 0, "live SpO2");
     let st = status(&site);
     assert_eq!(st["readings"]["pending"], 0, "{st}");
+    assert_eq!(st["readings"]["unrouted"], 0, "{st}");
+    assert_eq!(st["readings"]["quarantined"], 0, "{st}");
     assert_eq!(delivery(&st, "demo")["backlog"], 0);
 
     run("30");
@@ -283,23 +301,21 @@ fn demo_pipeline_twice_on_one_state_dir_adds_no_duplicate() {
         duplicate_identifiers(&second).is_empty(),
         "duplicates after a second run"
     );
-    assert_eq!(
-        cuff_observations(&server),
-        30,
-        "the cuff's records were sent twice"
-    );
+    assert_eq!(code("150020"), 42, "stored BP records were sent twice");
+    assert_eq!(code("160184"), 5, "glucose records were sent twice");
+    assert_eq!(code("188736"), 3, "weight records were sent twice");
     assert!(
         second.len() > first.len(),
         "the second run's live readings are new"
     );
-    // One Device per medical device plus the gateway, two demo patients.
-    assert_eq!(server.count("Device"), 3);
+    // One Device per medical device (five BLE, two serial) plus the gateway; two patients.
+    assert_eq!(server.count("Device"), 8);
     assert_eq!(server.count("Patient"), 2);
-    // Found by its PHD identifier: record 0 is 2026-01-01 08:00:00 device time.
+    // Found by its PHD identifier: the cuff's record 1 is 2026-03-01 09:00:00 device time.
     let hits = server.by_identifier(
         "Observation",
         PHD_SYSTEM,
-        "74E8FFFEFF051C00-demo-patient-1-https://vitalgate.example/fhir/sid/demo-patient-150020-820569600",
+        "A0DE00FEFF10A0DE-demo-patient-1-https://vitalgate.example/fhir/sid/demo-patient-150020-825670800",
     );
     assert_eq!(hits.len(), 1, "identifier search");
 }
@@ -565,6 +581,7 @@ fn smart_backend_services_tokens_are_minted_refreshed_and_rotated() {
         &[
             ("SMART_CLIENT_ID", "vitalgate-test"),
             ("SMART_CLIENT_KEY", &public),
+            ("SMART_CLIENT_KID", "k1"),
             ("SMART_CLIENT_ALG", "ES384"),
             ("SMART_TOKEN_TTL", "10"),
         ],
@@ -625,6 +642,120 @@ fn smart_backend_services_tokens_are_minted_refreshed_and_rotated() {
     );
 }
 
+/// The server's own token endpoint (the SMART authorization server of these tests) really
+/// checks client assertions: the signature against the client's registered key (chosen by
+/// kid), `aud`, `exp` (present, not past, at most five minutes ahead), `jti` replay.
+#[test]
+fn smart_token_endpoint_refuses_forged_replayed_and_misaddressed_assertions() {
+    let site = Site::new().with_key_only();
+    let (key, public) = smart_keys(&site.root, "ES384");
+    let other = site.root.join("other");
+    std::fs::create_dir_all(&other).expect("dir");
+    let (other_key, _) = smart_keys(&other, "ES384");
+    let server = FhirServer::start_with(
+        &[
+            ("SMART_CLIENT_ID", "vitalgate-test"),
+            ("SMART_CLIENT_KEY", &public.display().to_string()),
+            ("SMART_CLIENT_KID", "k1"),
+            ("SMART_CLIENT_ALG", "ES384"),
+        ],
+        None,
+    );
+    let token_url = format!("{}/auth/token", server.root);
+    let pem = std::fs::read(&key).expect("key");
+    let other_pem = std::fs::read(&other_key).expect("key");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let ask = |assertion: &str| {
+        server.post_form(
+            "/auth/token",
+            &[
+                ("grant_type", "client_credentials"),
+                (
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                ),
+                ("client_assertion", assertion),
+                ("scope", "system/Observation.crs"),
+            ],
+        )
+    };
+    let forge = |pem: &[u8], kid: &str, claims: Value| {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES384);
+        header.kid = Some(kid.to_owned());
+        header.typ = Some("JWT".to_owned());
+        let key = jsonwebtoken::EncodingKey::from_ec_pem(pem).expect("EC key");
+        jsonwebtoken::encode(&header, &claims, &key).expect("sign")
+    };
+    let claims = |aud: &str, exp: u64, jti: &str| {
+        json!({ "iss": "vitalgate-test", "sub": "vitalgate-test", "aud": aud, "exp": exp,
+                "iat": now, "jti": jti })
+    };
+
+    // The agent's own assertion is accepted, once.
+    let good = vitalgate::sync::auth::client_assertion(
+        vitalgate::config::destination::SigningAlgorithm::ES384,
+        &pem,
+        "k1",
+        "vitalgate-test",
+        &token_url,
+        now,
+    )
+    .expect("assertion");
+    let (s, body) = ask(&good);
+    assert_eq!(s, 200, "{body}");
+    assert!(body["access_token"].as_str().is_some_and(|t| !t.is_empty()));
+    let refused = |what: &str, assertion: &str| {
+        let (s, body) = ask(assertion);
+        assert_eq!(s, 401, "{what} was accepted: {body}");
+        assert_eq!(body["error"], "invalid_client", "{what}: {body}");
+    };
+    refused("a replayed assertion (same jti)", &good);
+    refused(
+        "an assertion signed by another key under the registered kid",
+        &forge(
+            &other_pem,
+            "k1",
+            claims(&token_url, now + 60, "j-other-key"),
+        ),
+    );
+    refused(
+        "an assertion naming an unregistered kid",
+        &forge(&pem, "k2", claims(&token_url, now + 60, "j-kid")),
+    );
+    refused(
+        "an assertion for another audience",
+        &forge(
+            &pem,
+            "k1",
+            claims(&format!("{}/token", server.root), now + 60, "j-aud"),
+        ),
+    );
+    refused(
+        "an expired assertion",
+        &forge(&pem, "k1", claims(&token_url, now - 120, "j-expired")),
+    );
+    refused(
+        "an assertion valid for ten minutes",
+        &forge(&pem, "k1", claims(&token_url, now + 600, "j-long")),
+    );
+    refused(
+        "an assertion without exp",
+        &forge(
+            &pem,
+            "k1",
+            json!({ "iss": "vitalgate-test", "sub": "vitalgate-test", "aud": token_url,
+                    "iat": now, "jti": "j-noexp" }),
+        ),
+    );
+    // A well-formed one with a fresh jti still works: the refusals were for cause.
+    let (s, body) = ask(&forge(&pem, "k1", claims(&token_url, now + 60, "j-fresh")));
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(server.stats()["tokenErrors"], 7);
+}
+
 #[test]
 fn smart_backend_services_rs384_and_a_wrong_key_alarms() {
     let site = Site::new().with_key_only();
@@ -634,6 +765,7 @@ fn smart_backend_services_rs384_and_a_wrong_key_alarms() {
         &[
             ("SMART_CLIENT_ID", "vitalgate-test"),
             ("SMART_CLIENT_KEY", &public),
+            ("SMART_CLIENT_KID", "k1"),
             ("SMART_CLIENT_ALG", "RS384"),
         ],
         None,

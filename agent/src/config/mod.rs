@@ -5,6 +5,7 @@
 //! configured inline: the file only says where to find them.
 
 pub mod destination;
+pub mod fhir;
 pub mod fleet;
 pub mod serial;
 pub mod types;
@@ -48,6 +49,8 @@ pub struct Config {
     pub log: LogConfig,
     pub supervisor: SupervisorConfig,
     pub fleet: FleetConfig,
+    /// `[fhir]`: the identifier namespace of the resources (see [`fhir`]).
+    pub fhir: fhir::FhirConfig,
     pub ble: BleConfig,
     /// FHIR endpoints readings are delivered to. Every reading is routed to every destination
     /// listed here until routing rules say otherwise.

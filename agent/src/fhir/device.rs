@@ -11,23 +11,24 @@
 use serde_json::{Value, json};
 use vitalgate_drivers::{DeviceIdentity, Transport};
 
-use super::{GatewayInfo, codes, mdc_coding};
+use super::{GatewayInfo, IdentifierNamespace, codes, mdc_coding};
 
 pub const SYSID_SYSTEM: &str = "urn:oid:1.2.840.10004.1.1.1.0.0.1.0.0.1.2680";
 pub const BTMAC_SYSTEM: &str = "http://hl7.org/fhir/sid/eui-48/bluetooth";
 pub const CONTINUA_IDS: &str = "http://hl7.org/fhir/uv/phd/CodeSystem/ContinuaDeviceIdentifiers";
 /// Devices with neither a System ID nor a Bluetooth address (serial meters): identified by
-/// manufacturer, model and serial number (or port) within this project's namespace.
-pub const SERIAL_DEVICE_SYSTEM: &str = "https://vitalgate.example/fhir/sid/serial-device";
-/// The gateway (PHG) by its provisioned gateway id.
-pub const GATEWAY_SYSTEM: &str = "https://vitalgate.example/fhir/sid/gateway";
+/// manufacturer, model and serial number (or port) within the configured identifier
+/// namespace, under this name.
+pub const SERIAL_DEVICE_NAME: &str = "serial-device";
+/// The gateway (PHG) by its provisioned gateway id, under this name in the namespace.
+pub const GATEWAY_NAME: &str = "gateway";
 pub const PHD_DEVICE_PROFILE: &str = "http://hl7.org/fhir/uv/phd/StructureDefinition/PhdDevice";
 pub const PHG_DEVICE_PROFILE: &str = "http://hl7.org/fhir/uv/phd/StructureDefinition/PhgDevice";
 
 /// A device identifier: system, printed value, and the Continua identifier type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceId {
-    pub system: &'static str,
+    pub system: String,
     pub value: String,
     pub continua_type: Option<&'static str>,
 }
@@ -35,7 +36,7 @@ pub struct DeviceId {
 impl DeviceId {
     /// `identifier=<system>|<value>` for `ifNoneExist` and searches.
     pub fn search(&self) -> String {
-        super::identifier_search(self.system, &self.value)
+        super::identifier_search(&self.system, &self.value)
     }
 }
 
@@ -63,18 +64,18 @@ fn btmac(identity: &DeviceIdentity) -> Option<String> {
 
 /// Every identifier the device has, most specific first: SYSID, BTMAC, or the serial
 /// namespace.
-pub fn identifiers(identity: &DeviceIdentity) -> Vec<DeviceId> {
+pub fn identifiers(identity: &DeviceIdentity, ns: &IdentifierNamespace) -> Vec<DeviceId> {
     let mut out = Vec::new();
     if let Some(sysid) = identity.system_id {
         out.push(DeviceId {
-            system: SYSID_SYSTEM,
+            system: SYSID_SYSTEM.to_owned(),
             value: dashed(&sysid),
             continua_type: Some("SYSID"),
         });
     }
     if let Some(mac) = btmac(identity) {
         out.push(DeviceId {
-            system: BTMAC_SYSTEM,
+            system: BTMAC_SYSTEM.to_owned(),
             value: mac,
             continua_type: Some("BTMAC"),
         });
@@ -89,7 +90,7 @@ pub fn identifiers(identity: &DeviceIdentity) -> Vec<DeviceId> {
             _ => format!("{}|{}", identity.transport, identity.address),
         };
         out.push(DeviceId {
-            system: SERIAL_DEVICE_SYSTEM,
+            system: ns.system(SERIAL_DEVICE_NAME),
             value,
             continua_type: None,
         });
@@ -100,7 +101,8 @@ pub fn identifiers(identity: &DeviceIdentity) -> Vec<DeviceId> {
 /// The device part of the Observation identifier: the primary identifier's value, uppercase,
 /// without dashes (16 hex digits for a SYSID, 12 for a BTMAC).
 pub fn identifier_part(identity: &DeviceIdentity) -> String {
-    let id = identifiers(identity).remove(0);
+    // The value of a device identifier does not depend on the namespace.
+    let id = identifiers(identity, &IdentifierNamespace::default()).remove(0);
     match id.continua_type {
         Some(_) => id.value.replace('-', "").to_uppercase(),
         // Serial namespace values may hold dashes and bars; both would blur the dash-separated
@@ -123,12 +125,16 @@ fn identifier_json(id: &DeviceId) -> Value {
 
 /// A PhdDevice for a medical device; `kind` is a measurement code it reported, which picks
 /// the specialization.
-pub fn phd_device(identity: &DeviceIdentity, kind: vitalgate_drivers::mdc::MdcCode) -> Value {
+pub fn phd_device(
+    identity: &DeviceIdentity,
+    kind: vitalgate_drivers::mdc::MdcCode,
+    ns: &IdentifierNamespace,
+) -> Value {
     let (spec, spec_name) = codes::specialization(kind);
     let mut d = json!({
         "resourceType": "Device",
         "meta": { "profile": [PHD_DEVICE_PROFILE] },
-        "identifier": identifiers(identity).iter().map(identifier_json).collect::<Vec<_>>(),
+        "identifier": identifiers(identity, ns).iter().map(identifier_json).collect::<Vec<_>>(),
         "type": { "coding": [mdc_coding(65573, "MDC_MOC_VMS_MDS_SIMP")] },
         "specialization": [{
             "systemType": { "coding": [mdc_coding(spec, spec_name)] },
@@ -164,7 +170,7 @@ pub fn phd_device(identity: &DeviceIdentity, kind: vitalgate_drivers::mdc::MdcCo
 /// The gateway's identifier.
 pub fn gateway_identifier(gw: &GatewayInfo) -> DeviceId {
     DeviceId {
-        system: GATEWAY_SYSTEM,
+        system: gw.namespace.system(GATEWAY_NAME),
         value: gw.id.clone(),
         continua_type: None,
     }

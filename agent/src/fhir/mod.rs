@@ -32,6 +32,7 @@ use uuid::Uuid;
 use vitalgate_drivers::ieee11073::Value as DeviceValue;
 use vitalgate_drivers::{Decimal, Reading, StatusBits};
 
+pub use crate::config::fhir::IdentifierNamespace;
 pub use time::{GatewayTime, TimeHold};
 
 /// The PHD IG version this mapping implements.
@@ -42,9 +43,10 @@ pub const UCUM_SYSTEM: &str = "http://unitsofmeasure.org";
 /// The conditional-create identifier system, fixed by the IG.
 pub const PHD_IDENTIFIER_SYSTEM: &str =
     "http://hl7.org/fhir/uv/phd/StructureDefinition/PhdBaseObservation";
-/// Identifiers for resources the IG recipe cannot name (no device timestamp, coincident
+/// The name, under the configured identifier namespace (`[fhir] identifier_namespace`), of
+/// the system for resources the IG recipe cannot name (no device timestamp, coincident
 /// timestamps): built from the store's own dedup key, so a re-send carries the same one.
-pub const READING_IDENTIFIER_SYSTEM: &str = "https://vitalgate.example/fhir/sid/reading";
+pub const READING_IDENTIFIER_NAME: &str = "reading";
 pub const PHD_CATEGORY_SYSTEM: &str =
     "http://hl7.org/fhir/uv/phd/CodeSystem/PhdObservationCategories";
 pub const OBSERVATION_CATEGORY_SYSTEM: &str =
@@ -128,6 +130,8 @@ pub struct GatewayInfo {
     pub id: String,
     pub version: String,
     pub clock_synchronized: bool,
+    /// The base of this project's own identifier systems (`[fhir] identifier_namespace`).
+    pub namespace: IdentifierNamespace,
 }
 
 /// One reading to map, with its patient.
@@ -338,17 +342,23 @@ impl Builder<'_> {
         let subject = self.subject(item.patient);
         let phg = self.phg();
         let phg_ref = reference(&self.out.entries[phg]);
-        let dev_ids = device::identifiers(&r.device);
+        let dev_ids = device::identifiers(&r.device, &self.gw.namespace);
         let dev = self.push(
             "Device",
-            device::phd_device(&r.device, m.kind),
+            device::phd_device(&r.device, m.kind, &self.gw.namespace),
             dev_ids[0].search(),
         );
         let dev_ref = reference(&self.out.entries[dev]);
-        let coincident = r
-            .device_clock_offset_ms
-            .map(|off| self.coincident(r, off, &subject, &phg_ref))
-            .transpose()?;
+        let coincident = match r.device_clock_offset_ms {
+            None => None,
+            Some(off) => match self.coincident(r, off, &subject, &phg_ref) {
+                Ok(i) => Some(i),
+                // The gateway clock of that connection can no longer be placed, so there is
+                // no coincident time stamp to report; the reading keeps its device time.
+                Err(MapError::Hold(TimeHold::UnplaceableAfterReboot)) => None,
+                Err(e) => return Err(e),
+            },
+        };
 
         let ts_part = time::identifier_timestamp(m.device_time.as_ref(), m.clock.time_fault);
         let identifier = |type_code: u32, supplemental: &[u32]| -> (String, String) {
@@ -367,7 +377,7 @@ impl Builder<'_> {
                     (PHD_IDENTIFIER_SYSTEM.to_owned(), v)
                 }
                 None => (
-                    READING_IDENTIFIER_SYSTEM.to_owned(),
+                    self.gw.namespace.system(READING_IDENTIFIER_NAME),
                     format!(
                         "{}-{}-{}-{}",
                         device::identifier_part(&r.device),
@@ -427,7 +437,8 @@ impl Builder<'_> {
     ) -> Result<usize, MapError> {
         let dev = device::identifier_part(&r.device);
         let value = format!("coin-{dev}-{}-{offset_ms}", r.receipt.boot_id.simple());
-        let key = identifier_search(READING_IDENTIFIER_SYSTEM, &value);
+        let system = self.gw.namespace.system(READING_IDENTIFIER_NAME);
+        let key = identifier_search(&system, &value);
         if let Some(&i) = self.by_key.get(&key) {
             return Ok(i);
         }
@@ -439,7 +450,7 @@ impl Builder<'_> {
         let obs = json!({
             "resourceType": "Observation",
             "meta": { "profile": [format!("{PROFILE_BASE}PhdCoincidentTimeStampObservation")] },
-            "identifier": [{ "system": READING_IDENTIFIER_SYSTEM, "value": value }],
+            "identifier": [{ "system": system, "value": value }],
             "status": "final",
             "category": [phd_category()],
             "code": { "coding": [mdc_coding(67975, "MDC_ATTR_TIME_ABS")] },

@@ -32,6 +32,7 @@ fn gateway() -> GatewayInfo {
         id: "gw-test-1".into(),
         version: "0.1.0".into(),
         clock_synchronized: true,
+        namespace: IdentifierNamespace::default(),
     }
 }
 
@@ -254,7 +255,11 @@ fn ig_numeric_spotnumeric_example_pulse_rate() {
 
 #[test]
 fn ig_device_example_phd_identifiers_type_specialization_versions() {
-    let d = device::phd_device(&nonin(), vitalgate_drivers::mdc::PULS_OXIM_SAT_O2);
+    let d = device::phd_device(
+        &nonin(),
+        vitalgate_drivers::mdc::PULS_OXIM_SAT_O2,
+        &IdentifierNamespace::default(),
+    );
     assert_eq!(d["identifier"][0]["value"], "74-E8-FF-FE-FF-05-1C-00");
     assert_eq!(d["identifier"][0]["system"], device::SYSID_SYSTEM);
     assert_eq!(d["identifier"][0]["type"]["coding"][0]["code"], "SYSID");
@@ -517,7 +522,10 @@ fn time_fault_and_unknown_year_fall_back_to_reception_time() {
     let bp = resource(&a, 0, 0);
     assert_eq!(bp["effectiveDateTime"], "2025-11-24T16:00:00Z");
     // No device time stamp: the IG recipe cannot apply, the store's key names it instead.
-    assert_eq!(bp["identifier"][0]["system"], READING_IDENTIFIER_SYSTEM);
+    assert_eq!(
+        bp["identifier"][0]["system"],
+        "https://vitalgate.example/fhir/sid/reading"
+    );
     // PLX spot check with flag bit 4 (device clock not set): same rule.
     let rs = readings(0x2A5E, "11 61 00 48 00 E2 07 0B 0D 11 3B 03", None);
     let a = map(&rs, &"Patient/p1".parse().expect("patient"), 0);
@@ -563,6 +571,54 @@ fn unsynchronised_gateway_clock_holds_instead_of_inventing_a_time() {
         a.items[0],
         Err(MapError::Hold(TimeHold::UnplaceableAfterReboot))
     );
+    // That hold is final (delivery quarantines); the one before synchronisation is not.
+    assert!(TimeHold::UnplaceableAfterReboot.is_final());
+    assert!(!TimeHold::GatewayClockUnsynchronised.is_final());
+}
+
+#[test]
+fn after_a_reboot_a_reading_with_device_time_is_released_on_that_time() {
+    // Device says 2024-03-05 08:30:00 (no zone), measured 90 s fast against a gateway
+    // clock that was not synchronised, in a boot that is over.
+    let mut rs = readings(
+        0x2A35,
+        "02 74 00 47 00 56 00 E8 07 03 05 08 1E 00",
+        Some(90_000),
+    );
+    rs[0].receipt = receipt(false);
+    let patient: PatientRef = "Patient/p1".parse().expect("patient");
+    let items = [MapItem {
+        reading: &rs[0],
+        patient: &patient,
+        stored_key: None,
+    }];
+    // Before the clock is known, even this one waits.
+    let mut gt = gw_time(0);
+    gt.now.clock_synchronized = false;
+    gt.now.boot_id = Uuid::from_u128(2);
+    let a = assemble(&gateway(), &gt, &items);
+    assert_eq!(
+        a.items[0],
+        Err(MapError::Hold(TimeHold::GatewayClockUnsynchronised))
+    );
+    // Synchronised, new boot: the offset was taken against a clock of unknown error, so the
+    // device's own report stands, in the gateway's zone (+01:00 here).
+    let mut gt = gw_time(3600);
+    gt.now.boot_id = Uuid::from_u128(2);
+    let a = assemble(&gateway(), &gt, &items);
+    let bp = resource(&a, 0, 0);
+    assert_eq!(bp["effectiveDateTime"], "2024-03-05T08:30:00+01:00");
+    assert_eq!(
+        bp["identifier"][0]["value"],
+        "74E8FFFEFF051C00-p1-150020-762942600"
+    );
+    // No coincident time stamp: the gateway time of that connection is unknown.
+    assert!(
+        a.entries
+            .iter()
+            .all(|e| e.resource["code"]["coding"][0]["code"] != "67975"),
+        "a coincident time stamp was invented"
+    );
 }
 
 #[test]
@@ -581,6 +637,81 @@ fn device_clock_offset_shifts_unsynchronised_device_time() {
     assert_eq!(
         bp["identifier"][0]["value"],
         "74E8FFFEFF051C00-p1-150020-762942600"
+    );
+}
+
+#[test]
+fn the_identifier_namespace_is_configurable_and_leaves_the_phd_identifier_alone() {
+    let ns: IdentifierNamespace = "https://fhir.example-hospital.org/sid/rpm"
+        .parse()
+        .expect("namespace");
+    let gw = GatewayInfo {
+        namespace: ns.clone(),
+        ..gateway()
+    };
+    let patient: PatientRef = "Patient/p1".parse().expect("patient");
+    let map_with = |rs: &[Reading]| {
+        let items: Vec<MapItem<'_>> = rs
+            .iter()
+            .map(|r| MapItem {
+                reading: r,
+                patient: &patient,
+                stored_key: None,
+            })
+            .collect();
+        assemble(&gw, &gw_time(0), &items)
+    };
+    let systems = |a: &Assembly| -> Vec<String> {
+        a.entries
+            .iter()
+            .flat_map(|e| {
+                e.resource["identifier"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .filter_map(|i| i["system"].as_str().map(str::to_owned))
+            .collect()
+    };
+    // A BP with a device time stamp: the PHD recipe, under the IG's system, whatever the
+    // namespace; the gateway Device is in the namespace; the coincident time stamp too.
+    let rs = readings(
+        0x2A35,
+        "02 74 00 47 00 56 00 E8 07 03 05 08 1E 00",
+        Some(90_000),
+    );
+    let a = map_with(&rs);
+    let bp = resource(&a, 0, 0);
+    assert_eq!(bp["identifier"][0]["system"], PHD_IDENTIFIER_SYSTEM);
+    assert_eq!(
+        bp["identifier"][0]["value"],
+        "74E8FFFEFF051C00-p1-150020-762942600"
+    );
+    let s = systems(&a);
+    assert!(
+        s.contains(&"https://fhir.example-hospital.org/sid/rpm/gateway".to_owned()),
+        "{s:?}"
+    );
+    assert!(
+        s.contains(&"https://fhir.example-hospital.org/sid/rpm/reading".to_owned()),
+        "{s:?}"
+    );
+    assert!(
+        !s.iter().any(|x| x.contains("vitalgate.example")),
+        "the default namespace leaked: {s:?}"
+    );
+    // A serial meter with no Bluetooth identity, and a reading without a time stamp.
+    let mut rs = readings(0x2A37, "00 55", None);
+    rs[0].device = DeviceIdentity::new(Transport::Serial, "/dev/ttyUSB0");
+    let a = map_with(&rs);
+    assert_eq!(
+        resource(&a, 0, 0)["identifier"][0]["system"],
+        "https://fhir.example-hospital.org/sid/rpm/reading"
+    );
+    let s = systems(&a);
+    assert!(
+        s.contains(&"https://fhir.example-hospital.org/sid/rpm/serial-device".to_owned()),
+        "{s:?}"
     );
 }
 

@@ -13,7 +13,14 @@
 //!   difference too); without one, the PHG assumes the device shares its zone;
 //! - anything that needs the gateway clock (reception time, an offset measured against it)
 //!   while that clock was not synchronised: placed from the monotonic clock once the clock
-//!   is synchronised in the same boot, otherwise held; never invented.
+//!   is synchronised in the same boot, otherwise held; never invented;
+//! - after a reboot that monotonic anchor is gone. A reading that carries a usable device
+//!   timestamp then keeps the device's own time, as if no offset had been measured (the
+//!   offset was taken against a clock known to be wrong, so applying it would place the
+//!   reading on no timeline at all): released. A reading whose only time was the
+//!   gateway's reception time has no time anyone can establish: it can never be delivered
+//!   ([`TimeHold::UnplaceableAfterReboot`]) and delivery quarantines it, with an event,
+//!   rather than hold it forever or give it an invented time.
 
 use vitalgate_drivers::Receipt;
 use vitalgate_drivers::time::{DeviceTimestamp, LocalDateTime};
@@ -28,9 +35,21 @@ pub enum TimeHold {
     /// The gateway clock was not synchronised at reception and still cannot place it.
     #[error("the gateway clock is not synchronised yet; delivery waits until time is known")]
     GatewayClockUnsynchronised,
-    /// Received unsynchronised in an earlier boot: the monotonic anchor is gone.
-    #[error("received while the gateway clock was unsynchronised, in an earlier boot")]
+    /// Received unsynchronised in an earlier boot with no device time of its own: the
+    /// monotonic anchor is gone and no time can ever be established. Final: delivery
+    /// quarantines such a reading.
+    #[error(
+        "received while the gateway clock was unsynchronised, in an earlier boot, with no \
+         device time stamp: its time cannot be established"
+    )]
     UnplaceableAfterReboot,
+}
+
+impl TimeHold {
+    /// Whether waiting can never end this hold: delivery quarantines the reading then.
+    pub fn is_final(self) -> bool {
+        matches!(self, TimeHold::UnplaceableAfterReboot)
+    }
 }
 
 /// What the gateway's clock says now (at mapping time) and its zone.
@@ -112,12 +131,17 @@ pub fn effective(
     let print_offset = zone_s.unwrap_or(gw.utc_offset_s);
     let utc_ms = match (zone_s, offset_ms) {
         (Some(z), _) if device_synchronized => naive - i64::from(z) * 1000,
-        (_, Some(off)) => {
+        (_, Some(off)) => match reception_ms(rx, gw) {
             // The offset was measured against the gateway clock: if that clock was not
             // synchronised then, the offset is off by the clock's own error.
-            let correction = reception_ms(rx, gw)? - rx.wall_ms;
-            naive - off + correction
-        }
+            Ok(placed) => naive - off + (placed - rx.wall_ms),
+            // That error can no longer be known: the device's own report is the only time
+            // left, read as when no offset is known.
+            Err(TimeHold::UnplaceableAfterReboot) => {
+                naive - i64::from(zone_s.unwrap_or(gw.utc_offset_s)) * 1000
+            }
+            Err(hold) => return Err(hold),
+        },
         (Some(z), None) => naive - i64::from(z) * 1000,
         (None, None) => naive - i64::from(gw.utc_offset_s) * 1000,
     };

@@ -85,6 +85,7 @@ pub struct Destination {
     store: StoreHandle,
     clock: Arc<dyn Clock>,
     gateway_id: String,
+    namespace: fhir::IdentifierNamespace,
     backoff: Backoff,
     routing: Option<Arc<plan::DeviceRouting>>,
     sync_now: Option<tokio::sync::watch::Receiver<u64>>,
@@ -114,6 +115,7 @@ impl Destination {
         store: StoreHandle,
         clock: Arc<dyn Clock>,
         gateway_id: String,
+        namespace: fhir::IdentifierNamespace,
     ) -> Result<Self, SyncError> {
         let http = auth::client(&cfg)?;
         let creds = Credentials::load(&cfg)?;
@@ -128,6 +130,7 @@ impl Destination {
             store,
             clock,
             gateway_id,
+            namespace,
             routing: None,
             sync_now: None,
             failing_after: crate::config::fleet::DEFAULT_DESTINATION_FAILING_AFTER,
@@ -338,6 +341,7 @@ impl Destination {
             id: self.gateway_id.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             clock_synchronized: now.clock_synchronized,
+            namespace: self.namespace.clone(),
         };
         let time = GatewayTime {
             now,
@@ -358,6 +362,21 @@ impl Destination {
             let id = ready[i].0.id;
             match r {
                 Ok(_) => sendable.push(i),
+                Err(MapError::Hold(hold)) if hold.is_final() => {
+                    // Final: waiting cannot give this reading a time, and none is invented.
+                    report.quarantined += 1;
+                    tracing::warn!(destination = %self.id, reading = id, %hold, "Reading has no establishable time; quarantined.");
+                    updates.push(DeliveryUpdate::Quarantine {
+                        reading_id: id,
+                        http_status: None,
+                        outcome: hold.to_string(),
+                    });
+                    events.push(NewEvent {
+                        severity: Severity::Warning,
+                        kind: "fhir-time-unknown".into(),
+                        detail: serde_json::json!({ "destination": self.id, "reading_id": id }),
+                    });
+                }
                 Err(MapError::Hold(hold)) => {
                     report.held += 1;
                     tracing::debug!(destination = %self.id, reading = id, %hold, "Reading held.");
@@ -658,6 +677,7 @@ pub fn spawn_all(
     let keying = keying.clone();
     let store = store.clone();
     let gateway_id = config.gateway.id.to_string();
+    let namespace = config.fhir.identifier_namespace.clone();
     let failing_after = config.fleet.destination_failing_after;
     tracker.spawn(async move {
         use std::os::fd::AsRawFd;
@@ -699,6 +719,7 @@ pub fn spawn_all(
                     store.clone(),
                     clock.clone(),
                     gateway_id.clone(),
+                    namespace.clone(),
                 ) {
                     Ok(dest) => {
                         let dest = dest

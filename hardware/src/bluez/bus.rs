@@ -56,7 +56,11 @@ impl PrivateBus {
         let config = dir.path().join("system-bus.conf");
         std::fs::write(&config, CONFIG).map_err(BusError::Dir)?;
         let socket = dir.path().join("bus");
+        use std::os::unix::process::CommandExt;
         let mut child = Command::new("dbus-daemon")
+            // A group of its own: Ctrl-C in a terminal signals the foreground group, and the
+            // bus must outlive its owner's orderly shutdown (the owner stops it on drop).
+            .process_group(0)
             .arg(format!("--config-file={}", config.display()))
             .arg(format!("--address=unix:path={}", socket.display()))
             .arg("--nofork")

@@ -6,6 +6,8 @@
 
 #[path = "../../../agent/src/cli.rs"]
 mod cli;
+#[path = "../../../agent/src/cli_demo.rs"]
+mod cli_demo;
 #[path = "../../../agent/src/cli_fhir.rs"]
 mod cli_fhir;
 #[path = "../../../agent/src/cli_install.rs"]
