@@ -624,20 +624,9 @@ pub async fn server_summary(base_url: &str) -> Result<serde_json::Value> {
     Ok(serde_json::Value::Object(out))
 }
 
-/// The options every store writer of this process is opened with.
+/// The store writer's options for a state directory.
 fn writer_options(config: &Config, state_dir: &Path, keying: &Keying) -> WriterOptions {
-    let c = config;
-    WriterOptions {
-        path: c.store_path(state_dir),
-        keying: keying.clone(),
-        batch_max_readings: c.store.batch_max_readings,
-        batch_linger: c.store.batch_linger,
-        cache_size_kib: c.store.cache_size.as_u64() / 1024,
-        channel_capacity: c.supervisor.channel_capacity,
-        destinations: c.destinations.iter().map(|d| d.id.to_string()).collect(),
-        retention: c.store.retention,
-        disk_budget_bytes: c.store.disk_budget.as_u64(),
-    }
+    vitalgate::supervisor::writer_options(config, config.store_path(state_dir), keying)
 }
 
 /// Binds the demo devices to their patients before any source runs, so no reading waits for

@@ -817,18 +817,7 @@ pub async fn record_bindings(
     bindings: &[PlannedBinding],
 ) -> Result<(), crate::store::StoreError> {
     use crate::fleet::store::{FleetStore as _, SqlFleetStore};
-    let c = config;
-    let opts = crate::store::WriterOptions {
-        path: store_path.to_owned(),
-        keying: keying.clone(),
-        batch_max_readings: c.store.batch_max_readings,
-        batch_linger: c.store.batch_linger,
-        cache_size_kib: c.store.cache_size.as_u64() / 1024,
-        channel_capacity: c.supervisor.channel_capacity,
-        destinations: c.destinations.iter().map(|d| d.id.to_string()).collect(),
-        retention: c.store.retention,
-        disk_budget_bytes: c.store.disk_budget.as_u64(),
-    };
+    let opts = crate::supervisor::writer_options(config, store_path.to_owned(), &keying);
     let (handle, thread) = tokio::task::spawn_blocking(move || crate::store::writer::start(opts))
         .await
         .map_err(|_| crate::store::StoreError::WriterStopped)??;

@@ -136,17 +136,7 @@ impl Supervisor {
         create_state_dir(&self.state_dir)?;
         let store_path = self.config.store_path(&self.state_dir);
         let c = &self.config;
-        let writer_opts = WriterOptions {
-            path: store_path.clone(),
-            keying: self.keying.clone(),
-            batch_max_readings: c.store.batch_max_readings,
-            batch_linger: c.store.batch_linger,
-            cache_size_kib: c.store.cache_size.as_u64() / 1024,
-            channel_capacity: c.supervisor.channel_capacity,
-            destinations: c.destinations.iter().map(|d| d.id.to_string()).collect(),
-            retention: c.store.retention,
-            disk_budget_bytes: c.store.disk_budget.as_u64(),
-        };
+        let writer_opts = writer_options(c, store_path.clone(), &self.keying);
         let (store, writer) =
             tokio::task::spawn_blocking(move || store::writer::start(writer_opts))
                 .await
@@ -294,6 +284,23 @@ impl Supervisor {
             sources_failed: failed.load(std::sync::atomic::Ordering::Relaxed),
             restart_requested: restart.is_cancelled(),
         })
+    }
+}
+
+/// The options every store writer of this process is opened with: the daemon's, the demo's,
+/// and the short-lived ones of `provision` and `vitalgate sync`.
+pub fn writer_options(config: &Config, path: PathBuf, keying: &Keying) -> WriterOptions {
+    let c = config;
+    WriterOptions {
+        path,
+        keying: keying.clone(),
+        batch_max_readings: c.store.batch_max_readings,
+        batch_linger: c.store.batch_linger,
+        cache_size_kib: c.store.cache_size.as_u64() / 1024,
+        channel_capacity: c.supervisor.channel_capacity,
+        destinations: c.destinations.iter().map(|d| d.id.to_string()).collect(),
+        retention: c.store.retention,
+        disk_budget_bytes: c.store.disk_budget.as_u64(),
     }
 }
 

@@ -2,6 +2,7 @@
 //! directories, running processes with a deadline, and reading what the store-writer helper
 //! acknowledged. The tests themselves live in `tests/` beside this crate's `src/`.
 
+pub mod ble_rig;
 pub mod broker;
 pub mod update;
 

@@ -2,148 +2,20 @@
 //! against the emulated BlueZ (`vitalgate_hardware::bluez`) on a private D-Bus system bus.
 //! Each test has its own bus, emulator, state directory and agent process.
 
-use std::path::PathBuf;
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use vitalgate::store::StoreReader;
 use vitalgate::store::reader::StoredReading;
 use vitalgate_drivers::Transport;
-use vitalgate_e2e::{Site, sigterm, vitalgate_cmd, wait_deadline, write_config};
-use vitalgate_hardware::bluez::{Emulator, PeripheralSpec, PrivateBus, Profile, payload};
+use vitalgate_e2e::ble_rig::{BleRig, sequences};
+use vitalgate_hardware::bluez::{PeripheralSpec, Profile, payload};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-struct Rig {
-    site: Site,
-    bus: PrivateBus,
-    rt: tokio::runtime::Runtime,
-    emu: Emulator,
-    agent: Option<Child>,
-    log: PathBuf,
-    runs: u32,
-}
+type Rig = BleRig;
 
-impl Rig {
-    fn new(devices: Vec<PeripheralSpec>, allow: &[&str]) -> Self {
-        let site = Site::new().with_key_only();
-        let allow: Vec<String> = allow.iter().map(|a| format!("\"{a}\"")).collect();
-        write_config(
-            &site.root,
-            &site.key_file(),
-            &format!("\n[ble]\nallow = [{}]\n", allow.join(", ")),
-        );
-        let bus = PrivateBus::start().expect("start private D-Bus bus");
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let emu = rt
-            .block_on(Emulator::start(bus.address(), devices))
-            .expect("start emulated BlueZ");
-        let log = site.root.join("agent.log");
-        Self {
-            site,
-            bus,
-            rt,
-            emu,
-            agent: None,
-            log,
-            runs: 0,
-        }
-    }
-
-    fn start_agent(&mut self) {
-        self.runs += 1;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("open agent log");
-        let child = vitalgate_cmd()
-            .arg("run")
-            .arg("--config")
-            .arg(&self.site.config)
-            .arg("--state-dir")
-            .arg(&self.site.state)
-            .env("DBUS_SYSTEM_BUS_ADDRESS", self.bus.address())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn vitalgate run");
-        self.agent = Some(child);
-    }
-
-    fn stop_agent(&mut self) {
-        if let Some(mut child) = self.agent.take() {
-            sigterm(&child);
-            let status = wait_deadline(&mut child, Duration::from_secs(20))
-                .expect("vitalgate run stops on SIGTERM");
-            assert!(
-                status.success(),
-                "vitalgate run exited with {status}\n{}",
-                self.log_text()
-            );
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn readings(&self, address: &str) -> Vec<StoredReading> {
-        let Ok(reader) = StoreReader::open(&self.site.db(), &self.site.keying()) else {
-            return Vec::new();
-        };
-        reader
-            .readings_for_device(Transport::Ble, address)
-            .unwrap_or_default()
-    }
-
-    fn cursor(&self, address: &str, stream: &str) -> Option<String> {
-        StoreReader::open(&self.site.db(), &self.site.keying())
-            .ok()?
-            .cursor(Transport::Ble, address, stream)
-            .ok()?
-    }
-
-    /// Waits until `f` holds, failing with the agent's log after [`WAIT`].
-    fn wait_for(&mut self, what: &str, mut f: impl FnMut(&Self) -> bool) {
-        let until = Instant::now() + WAIT;
-        while Instant::now() < until {
-            if f(self) {
-                return;
-            }
-            if let Some(child) = self.agent.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                panic!(
-                    "vitalgate run exited ({status}) while waiting for {what}\n{}",
-                    self.log_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!(
-            "timed out waiting for {what}\n--- agent log ---\n{}\n--- BlueZ calls ---\n{}",
-            self.log_text(),
-            self.emu.call_log().join("\n")
-        );
-    }
-
-    fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
-        self.rt.block_on(f)
-    }
-}
-
-impl Drop for Rig {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.agent.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+fn rig(devices: Vec<PeripheralSpec>, allow: &[&str]) -> Rig {
+    BleRig::allowing(devices, allow, WAIT)
 }
 
 fn values(r: &StoredReading) -> Vec<String> {
@@ -155,15 +27,6 @@ fn values(r: &StoredReading) -> Vec<String> {
 
 fn has_value(readings: &[StoredReading], expected: &[&str]) -> bool {
     readings.iter().any(|r| values(r) == expected)
-}
-
-fn sequences(readings: &[StoredReading]) -> Vec<u32> {
-    let mut s: Vec<u32> = readings
-        .iter()
-        .filter_map(|r| r.measurement.sequence)
-        .collect();
-    s.sort_unstable();
-    s
 }
 
 const BP: &str = "A0:00:00:00:18:10";
@@ -190,7 +53,7 @@ fn every_profile_lands_in_the_store_with_the_right_values() {
             .with_live_interval(Some(Duration::from_millis(200))),
         PeripheralSpec::new(Profile::Cgm, CGM).with_records(6),
     ];
-    let mut rig = Rig::new(devices, &[BP, THERMO, SCALE, GLUCOSE, PLX, HR, CGM]);
+    let mut rig = rig(devices, &[BP, THERMO, SCALE, GLUCOSE, PLX, HR, CGM]);
     rig.start_agent();
 
     // Blood pressure: reference vector 11 (138/88 mmHg, MAP 120, pulse 60) and record 1.
@@ -317,7 +180,7 @@ fn every_profile_lands_in_the_store_with_the_right_values() {
 
 #[test]
 fn glucose_download_is_incremental_across_connections() {
-    let mut rig = Rig::new(
+    let mut rig = rig(
         vec![PeripheralSpec::new(Profile::Glucose, GLUCOSE).with_records(5)],
         &[GLUCOSE],
     );
@@ -381,7 +244,7 @@ fn glucose_download_is_incremental_across_connections() {
 
 #[test]
 fn a_link_dropped_mid_transfer_completes_after_reconnecting() {
-    let mut rig = Rig::new(
+    let mut rig = rig(
         vec![PeripheralSpec::new(Profile::Glucose, GLUCOSE).with_records(60)],
         &[GLUCOSE],
     );
@@ -419,7 +282,7 @@ fn a_link_dropped_mid_transfer_completes_after_reconnecting() {
 #[test]
 fn a_device_not_on_the_allowlist_is_ignored() {
     const STRANGER: &str = "A0:00:00:00:99:99";
-    let mut rig = Rig::new(
+    let mut rig = rig(
         vec![
             PeripheralSpec::new(Profile::BloodPressure, BP),
             PeripheralSpec::new(Profile::BloodPressure, STRANGER),
@@ -440,7 +303,7 @@ fn a_device_not_on_the_allowlist_is_ignored() {
 
 #[test]
 fn malformed_notifications_are_logged_and_counted_and_the_link_stays_up() {
-    let mut rig = Rig::new(
+    let mut rig = rig(
         vec![
             PeripheralSpec::new(Profile::HeartRate, HR)
                 .with_live_interval(Some(Duration::from_millis(150))),
@@ -480,7 +343,7 @@ fn malformed_notifications_are_logged_and_counted_and_the_link_stays_up() {
 #[test]
 fn racp_att_errors_are_handled_as_the_spec_says() {
     use vitalgate_hardware::bluez::BluezError;
-    let mut rig = Rig::new(
+    let mut rig = rig(
         vec![PeripheralSpec::new(Profile::Glucose, GLUCOSE).with_records(3)],
         &[GLUCOSE],
     );
@@ -518,7 +381,7 @@ fn racp_att_errors_are_handled_as_the_spec_says() {
 #[test]
 fn a_failed_or_slow_call_is_retried_with_backoff() {
     use vitalgate_hardware::bluez::BluezError;
-    let mut rig = Rig::new(
+    let mut rig = rig(
         vec![PeripheralSpec::new(Profile::Thermometer, THERMO).with_records(1)],
         &[THERMO],
     );
@@ -548,7 +411,7 @@ fn a_failed_or_slow_call_is_retried_with_backoff() {
 
 #[test]
 fn a_glucose_meter_that_is_not_bonded_is_reported_not_downloaded() {
-    let mut rig = Rig::new(
+    let mut rig = rig(
         vec![
             PeripheralSpec::new(Profile::Glucose, GLUCOSE)
                 .with_records(3)

@@ -4,95 +4,44 @@
 //! passkey, and what pairs is allowlisted, bound and then read through btleplug. Delivery
 //! goes to the real FHIR server (tests/fhir-server).
 
-use std::path::PathBuf;
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use vitalgate::ble::pairing::WindowReader;
 use vitalgate::store::StoreReader;
-use vitalgate::store::reader::StoredReading;
-use vitalgate_drivers::Transport;
+use vitalgate_e2e::ble_rig::{BleRig, sequences};
 use vitalgate_e2e::fhir::FhirServer;
-use vitalgate_e2e::{Finished, Site, run, sigterm, vitalgate_cmd, wait_deadline, write_config};
-use vitalgate_hardware::bluez::{
-    Emulator, PairingMethod, PeripheralSpec, PrivateBus, Profile, payload,
-};
+use vitalgate_e2e::{Finished, run, vitalgate_cmd};
+use vitalgate_hardware::bluez::{PairingMethod, PeripheralSpec, Profile, payload};
 
 const WAIT: Duration = Duration::from_secs(30);
 const METER: &str = "A0:00:00:00:18:08";
 const SCALE: &str = "A0:00:00:00:18:1D";
 const PASSKEY: u32 = 123_456;
 
-struct Rig {
-    site: Site,
-    bus: PrivateBus,
-    rt: tokio::runtime::Runtime,
-    emu: Emulator,
-    agent: Option<Child>,
-    log: PathBuf,
+type Rig = BleRig;
+
+fn rig(devices: Vec<PeripheralSpec>, extra_config: &str) -> Rig {
+    // This machine's clock may not report NTP sync; delivery would wait for it.
+    BleRig::new(devices, extra_config, WAIT).with_env("VITALGATE_ASSUME_CLOCK_SYNCED", "1")
 }
 
-impl Rig {
-    fn new(devices: Vec<PeripheralSpec>, extra_config: &str) -> Self {
-        let site = Site::new().with_key_only();
-        write_config(&site.root, &site.key_file(), extra_config);
-        let bus = PrivateBus::start().expect("start private D-Bus bus");
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let emu = rt
-            .block_on(Emulator::start(bus.address(), devices))
-            .expect("start emulated BlueZ");
-        let log = site.root.join("agent.log");
-        Self {
-            site,
-            bus,
-            rt,
-            emu,
-            agent: None,
-            log,
-        }
-    }
+/// What the pairing tests do beside the shared rig: the daemon up with its store, and the
+/// pairing commands against the same site and bus.
+trait PairingRig {
+    fn start_daemon(&mut self);
+    fn cli(&self, subcommand: &str, extra: &[&str]) -> Finished;
+    fn pair(&self, extra: &[&str]) -> Finished;
+    fn devices(&self) -> Vec<Value>;
+    fn audit_actions(&self) -> Vec<(String, String, Value)>;
+}
 
-    fn start_agent(&mut self) {
-        let log = std::fs::File::create(&self.log).expect("agent log");
-        let child = vitalgate_cmd()
-            .arg("run")
-            .arg("--config")
-            .arg(&self.site.config)
-            .arg("--state-dir")
-            .arg(&self.site.state)
-            .env("DBUS_SYSTEM_BUS_ADDRESS", self.bus.address())
-            // This machine's clock may not report NTP sync; delivery would wait for it.
-            .env("VITALGATE_ASSUME_CLOCK_SYNCED", "1")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn vitalgate run");
-        self.agent = Some(child);
+impl PairingRig for BleRig {
+    fn start_daemon(&mut self) {
+        self.start_agent();
         self.wait_for("the store", |r| {
             r.site.db().exists() && StoreReader::open(&r.site.db(), &r.site.keying()).is_ok()
         });
-    }
-
-    fn stop_agent(&mut self) {
-        if let Some(mut child) = self.agent.take() {
-            sigterm(&child);
-            let status = wait_deadline(&mut child, Duration::from_secs(20))
-                .expect("vitalgate run stops on SIGTERM");
-            assert!(
-                status.success(),
-                "vitalgate run exited with {status}\n{}",
-                self.log_text()
-            );
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// `vitalgate <subcommand>` against this site and bus.
@@ -122,15 +71,6 @@ impl Rig {
             .expect("an array")
     }
 
-    fn readings(&self, address: &str) -> Vec<StoredReading> {
-        let Ok(reader) = StoreReader::open(&self.site.db(), &self.site.keying()) else {
-            return Vec::new();
-        };
-        reader
-            .readings_for_device(Transport::Ble, address)
-            .unwrap_or_default()
-    }
-
     fn audit_actions(&self) -> Vec<(String, String, Value)> {
         vitalgate::store::devices::audit(&self.site.db(), &self.site.keying(), 100)
             .expect("read audit")
@@ -138,47 +78,6 @@ impl Rig {
             .map(|a| (a.actor, a.action, a.detail))
             .collect()
     }
-
-    fn wait_for(&mut self, what: &str, mut f: impl FnMut(&Self) -> bool) {
-        let until = Instant::now() + WAIT;
-        while Instant::now() < until {
-            if f(self) {
-                return;
-            }
-            if let Some(child) = self.agent.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                panic!(
-                    "vitalgate run exited ({status}) while waiting for {what}\n{}",
-                    self.log_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!(
-            "timed out waiting for {what}\n--- agent log ---\n{}\n--- BlueZ calls ---\n{}",
-            self.log_text(),
-            self.emu.call_log().join("\n")
-        );
-    }
-}
-
-impl Drop for Rig {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.agent.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn sequences(readings: &[StoredReading]) -> Vec<u32> {
-    let mut s: Vec<u32> = readings
-        .iter()
-        .filter_map(|r| r.measurement.sequence)
-        .collect();
-    s.sort_unstable();
-    s
 }
 
 #[test]
@@ -187,8 +86,8 @@ fn a_passkey_glucose_meter_pairs_with_the_right_pin_only_and_unpairs() {
         .with_records(3)
         .unbonded()
         .with_pairing(PairingMethod::Passkey(PASSKEY));
-    let mut rig = Rig::new(vec![meter], "");
-    rig.start_agent();
+    let mut rig = rig(vec![meter], "");
+    rig.start_daemon();
 
     // A wrong PIN: BlueZ's AuthenticationFailed, nothing allowlisted, bound or read.
     let out = rig.pair(&[
@@ -243,7 +142,11 @@ fn a_passkey_glucose_meter_pairs_with_the_right_pin_only_and_unpairs() {
     assert_eq!(d["allowed"], true);
     // Read from the emulated meter's Battery Service at its connection.
     assert_eq!(d["battery_percent"], 87);
-    assert!(d["rssi_dbm"].as_i64().is_some_and(|r| (-100..0).contains(&r)));
+    assert!(
+        d["rssi_dbm"]
+            .as_i64()
+            .is_some_and(|r| (-100..0).contains(&r))
+    );
     assert!(d["last_reading_ms"].as_i64().is_some());
     assert_eq!(
         d["bindings"],
@@ -310,7 +213,7 @@ fn a_passkey_glucose_meter_pairs_with_the_right_pin_only_and_unpairs() {
 
 #[test]
 fn a_pairing_window_that_expires_stops_discovery_and_pairs_nothing() {
-    let mut rig = Rig::new(
+    let mut rig = rig(
         vec![
             PeripheralSpec::new(Profile::Glucose, METER)
                 .unbonded()
@@ -320,7 +223,7 @@ fn a_pairing_window_that_expires_stops_discovery_and_pairs_nothing() {
     );
     // The meter is not in pairing mode (not advertising) while the window is open.
     rig.emu.set_advertising(METER, false);
-    rig.start_agent();
+    rig.start_daemon();
     let out = rig.pair(&[
         "--patient",
         "Patient/pr-0002",
@@ -364,7 +267,7 @@ fn a_pairing_window_that_expires_stops_discovery_and_pairs_nothing() {
 
 #[test]
 fn a_window_that_expires_mid_pairing_cancels_it() {
-    let mut rig = Rig::new(
+    let mut rig = rig(
         vec![
             PeripheralSpec::new(Profile::Glucose, METER)
                 .unbonded()
@@ -375,7 +278,7 @@ fn a_window_that_expires_mid_pairing_cancels_it() {
     // The meter takes far longer to complete pairing than the window lasts.
     rig.emu
         .set_pairing_delay(METER, Some(Duration::from_secs(60)));
-    rig.start_agent();
+    rig.start_daemon();
     let started = Instant::now();
     let out = rig.pair(&[
         "--patient",
@@ -451,8 +354,8 @@ fn a_two_user_scale_binds_each_user_to_its_patient_and_holds_an_unbound_user() {
     let scale = PeripheralSpec::new(Profile::Scale, SCALE)
         .with_records(0)
         .unbonded();
-    let mut rig = Rig::new(vec![scale], &destination);
-    rig.start_agent();
+    let mut rig = rig(vec![scale], &destination);
+    rig.start_daemon();
 
     // User 1 pairs the scale; user 2 is bound to the same, already paired scale.
     rig.pair(&[
@@ -581,8 +484,8 @@ fn a_fleet_command_opens_a_window_the_daemon_serves_under_the_pairing_policy() {
         // A neighbour's scale in pairing mode: not in the policy's allow list.
         PeripheralSpec::new(Profile::Scale, NEIGHBOUR_SCALE).unbonded(),
     ];
-    let mut rig = Rig::new(devices, &format!("\n{fleet}"));
-    rig.start_agent();
+    let mut rig = rig(devices, &format!("\n{fleet}"));
+    rig.start_daemon();
     let topic = |rest: &str| format!("vitalgate/{}/{rest}", GW.0);
     let command = |id: &str, body: Value| -> Value {
         it.publish(&topic(&format!("cmd/{id}")), &body.to_string(), false);
