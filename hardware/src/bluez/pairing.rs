@@ -125,6 +125,17 @@ enum AgentAnswer<T> {
     Err(BluezError),
 }
 
+/// The secret a device expects, as the agent typed it: another one fails as BlueZ fails it.
+fn expect_answer<T: PartialEq>(answer: AgentAnswer<T>, expected: &T) -> Result<(), BluezError> {
+    match answer {
+        AgentAnswer::Ok(given) if given == *expected => Ok(()),
+        AgentAnswer::Ok(_) => Err(BluezError::AuthenticationFailed(
+            "Authentication Failed".into(),
+        )),
+        AgentAnswer::Err(e) => Err(e),
+    }
+}
+
 /// Calls `method` on the agent of `client`, within the agent timeout, aborting on
 /// `CancelPairing`. On timeout or cancel, the agent gets `Cancel()` as BlueZ sends it.
 async fn ask_agent<T>(
@@ -308,11 +319,10 @@ async fn pair_steps(
     }
     let device = ObjectPath::try_from(path.to_owned())
         .map_err(|_| BluezError::Failed("bad device path".into()))?;
-    let failed = || BluezError::AuthenticationFailed("Authentication Failed".into());
     match method {
         PairingMethod::JustWorks => Ok(()),
         PairingMethod::Passkey(expected) => {
-            match ask_agent::<u32>(
+            let answer = ask_agent::<u32>(
                 core,
                 &client,
                 &agent.path,
@@ -320,15 +330,11 @@ async fn pair_steps(
                 "RequestPasskey",
                 &(device,),
             )
-            .await
-            {
-                AgentAnswer::Ok(p) if p == *expected => Ok(()),
-                AgentAnswer::Ok(_) => Err(failed()),
-                AgentAnswer::Err(e) => Err(e),
-            }
+            .await;
+            expect_answer(answer, expected)
         }
         PairingMethod::PinCode(expected) => {
-            match ask_agent::<String>(
+            let answer = ask_agent::<String>(
                 core,
                 &client,
                 &agent.path,
@@ -336,12 +342,8 @@ async fn pair_steps(
                 "RequestPinCode",
                 &(device,),
             )
-            .await
-            {
-                AgentAnswer::Ok(p) if p == *expected => Ok(()),
-                AgentAnswer::Ok(_) => Err(failed()),
-                AgentAnswer::Err(e) => Err(e),
-            }
+            .await;
+            expect_answer(answer, expected)
         }
         PairingMethod::Confirmation(passkey) => {
             match ask_agent::<()>(
