@@ -41,6 +41,7 @@ fn bench(c: &mut Criterion) {
         version: "0".into(),
         clock_synchronized: true,
         namespace: Default::default(),
+        system_id: None,
     };
     let time = GatewayTime {
         now: receipt,

@@ -422,6 +422,12 @@ pub(crate) fn print_status(s: &StoreStatus) {
             r.held_unbound
         );
     }
+    if r.not_patient > 0 {
+        println!(
+            "Kept:     {} reading(s) that are not patient data (control-solution tests, device test data), never sent",
+            r.not_patient
+        );
+    }
     if s.destinations.is_empty() {
         println!("Destinations: none have readings routed to them");
     } else {
@@ -463,6 +469,12 @@ pub(crate) fn print_status(s: &StoreStatus) {
                 n => format!(", {n} users bound"),
             }
         );
+        if d.control_tests + d.device_tests > 0 {
+            println!(
+                "         {} control-solution test(s), {} device test reading(s): kept, never sent",
+                d.control_tests, d.device_tests
+            );
+        }
     }
     if s.alarms.is_empty() {
         println!("Alarms:   none");

@@ -76,6 +76,7 @@ pub fn gateway_now(gateway: &DecodeGateway) -> (GatewayInfo, GatewayTime) {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             clock_synchronized: now.clock_synchronized,
             namespace: gateway.namespace.clone(),
+            system_id: vitalgate::fhir::device::gateway_system_id(),
         },
         GatewayTime {
             now,

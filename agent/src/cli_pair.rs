@@ -332,6 +332,12 @@ pub(crate) fn devices(config: Option<&Path>, a: DevicesArgs) -> Result<u8> {
                 .map_or_else(|| "-".into(), |b| format!("{b}%")),
             if d.allowed { "" } else { " (not allowlisted)" }
         );
+        if d.control_tests > 0 {
+            println!(
+                "       {} control-solution test(s): kept on the gateway, never sent",
+                d.control_tests
+            );
+        }
         if d.held_unbound > 0 {
             let users: Vec<String> = d
                 .unbound_users

@@ -31,6 +31,17 @@ pub const MASS_BODY_ACTUAL: MdcCode = MdcCode(188736);
 pub const LEN_BODY_ACTUAL: MdcCode = MdcCode(188740);
 pub const RATIO_MASS_BODY_LEN_SQ: MdcCode = MdcCode(188752);
 pub const BODY_FAT: MdcCode = MdcCode(188748);
+/// Body composition (IEEE 11073-10420), 2 << 16 + term. Fat-free mass, soft lean mass and
+/// body water (terms 57684, 57688, 57692) appear in several public nomenclature headers;
+/// basal metabolism, muscle percentage, muscle mass and impedance (57696, 57700, 57704,
+/// 57708) in one (marked there as newer than 11073-20601): UNVERIFIED against RTMMS.
+pub const MASS_BODY_FAT_FREE: MdcCode = MdcCode(188756);
+pub const MASS_BODY_SOFT_LEAN: MdcCode = MdcCode(188760);
+pub const BODY_WATER: MdcCode = MdcCode(188764);
+pub const BASAL_METABOLISM: MdcCode = MdcCode(188768);
+pub const BODY_MUSCLE: MdcCode = MdcCode(188772);
+pub const MASS_BODY_MUSCLE: MdcCode = MdcCode(188776);
+pub const BODY_ELECTRICAL_IMPEDANCE: MdcCode = MdcCode(188780);
 pub const CONC_GLU_CAPILLARY_WHOLEBLOOD: MdcCode = MdcCode(160184);
 pub const CONC_GLU_CAPILLARY_PLASMA: MdcCode = MdcCode(160188);
 pub const CONC_GLU_VENOUS_WHOLEBLOOD: MdcCode = MdcCode(160192);
@@ -40,6 +51,9 @@ pub const CONC_GLU_ARTERIAL_PLASMA: MdcCode = MdcCode(160204);
 pub const CONC_GLU_CONTROL: MdcCode = MdcCode(160208);
 /// Interstitial fluid: what a CGM measures, and glucose sample type 9.
 pub const CONC_GLU_ISF: MdcCode = MdcCode(160212);
+/// MDC_CONC_GLU_TREND (IEEE 11073-10425, 128 << 16 + 29400): the CGM trend, in
+/// (mg/dL)/min. From one public nomenclature header: UNVERIFIED against RTMMS.
+pub const CONC_GLU_TREND: MdcCode = MdcCode(8_418_008);
 /// Glucose with no known sample type.
 pub const CONC_GLU_GEN: MdcCode = MdcCode(160020);
 /// MDC_CONC_GLU_UNDETERMINED_WHOLEBLOOD. UNVERIFIED: derived from the code pattern only
@@ -62,6 +76,51 @@ pub const TEMP_FINGER: MdcCode = MdcCode(188432);
 pub const TEMP_TOE: MdcCode = MdcCode(188448);
 pub const TEMP_AXILLA: MdcCode = MdcCode(188452);
 pub const TEMP_GIT: MdcCode = MdcCode(188456);
+
+/// MDC_CONC_HBA1C (Glucose Measurement Context HbA1c), percent.
+pub const CONC_HBA1C: MdcCode = MdcCode(160220);
+
+/// Glucose context (IEEE 11073-10417, partition MDC_PART_PHD_DM = 128, so 128 << 16 + term;
+/// terms as in the public 11073-10101 nomenclature headers, e.g. MDC_CTXT_GLU_MEAL term
+/// 29256 = 8417864, which the PHD IG's meal-context-observation example uses).
+pub const CTXT_GLU_EXERCISE: MdcCode = MdcCode(8_417_760);
+pub const CTXT_GLU_CARB: MdcCode = MdcCode(8_417_764);
+pub const CTXT_GLU_CARB_BREAKFAST: MdcCode = MdcCode(8_417_768);
+pub const CTXT_GLU_CARB_LUNCH: MdcCode = MdcCode(8_417_772);
+pub const CTXT_GLU_CARB_DINNER: MdcCode = MdcCode(8_417_776);
+pub const CTXT_GLU_CARB_SNACK: MdcCode = MdcCode(8_417_780);
+pub const CTXT_GLU_CARB_DRINK: MdcCode = MdcCode(8_417_784);
+pub const CTXT_GLU_CARB_SUPPER: MdcCode = MdcCode(8_417_788);
+pub const CTXT_GLU_CARB_BRUNCH: MdcCode = MdcCode(8_417_792);
+pub const CTXT_MEDICATION: MdcCode = MdcCode(8_417_796);
+pub const CTXT_MEDICATION_RAPIDACTING: MdcCode = MdcCode(8_417_800);
+pub const CTXT_MEDICATION_SHORTACTING: MdcCode = MdcCode(8_417_804);
+pub const CTXT_MEDICATION_INTERMEDIATEACTING: MdcCode = MdcCode(8_417_808);
+pub const CTXT_MEDICATION_LONGACTING: MdcCode = MdcCode(8_417_812);
+pub const CTXT_MEDICATION_PREMIX: MdcCode = MdcCode(8_417_816);
+pub const CTXT_GLU_HEALTH: MdcCode = MdcCode(8_417_820);
+pub const CTXT_GLU_HEALTH_MINOR: MdcCode = MdcCode(8_417_824);
+pub const CTXT_GLU_HEALTH_MAJOR: MdcCode = MdcCode(8_417_828);
+pub const CTXT_GLU_HEALTH_MENSES: MdcCode = MdcCode(8_417_832);
+pub const CTXT_GLU_HEALTH_STRESS: MdcCode = MdcCode(8_417_836);
+pub const CTXT_GLU_HEALTH_NONE: MdcCode = MdcCode(8_417_840);
+pub const CTXT_GLU_SAMPLELOCATION: MdcCode = MdcCode(8_417_844);
+pub const CTXT_GLU_SAMPLELOCATION_UNDETERMINED: MdcCode = MdcCode(8_417_845);
+pub const CTXT_GLU_SAMPLELOCATION_OTHER: MdcCode = MdcCode(8_417_846);
+pub const CTXT_GLU_SAMPLELOCATION_FINGER: MdcCode = MdcCode(8_417_848);
+pub const CTXT_GLU_SAMPLELOCATION_AST: MdcCode = MdcCode(8_417_852);
+pub const CTXT_GLU_SAMPLELOCATION_EARLOBE: MdcCode = MdcCode(8_417_856);
+pub const CTXT_GLU_SAMPLELOCATION_CTRLSOLUTION: MdcCode = MdcCode(8_417_860);
+pub const CTXT_GLU_MEAL: MdcCode = MdcCode(8_417_864);
+pub const CTXT_GLU_MEAL_PREPRANDIAL: MdcCode = MdcCode(8_417_868);
+pub const CTXT_GLU_MEAL_BEDTIME: MdcCode = MdcCode(8_417_869);
+pub const CTXT_GLU_MEAL_POSTPRANDIAL: MdcCode = MdcCode(8_417_872);
+pub const CTXT_GLU_MEAL_FASTING: MdcCode = MdcCode(8_417_876);
+pub const CTXT_GLU_MEAL_CASUAL: MdcCode = MdcCode(8_417_880);
+pub const CTXT_GLU_TESTER: MdcCode = MdcCode(8_417_884);
+pub const CTXT_GLU_TESTER_SELF: MdcCode = MdcCode(8_417_888);
+pub const CTXT_GLU_TESTER_HCP: MdcCode = MdcCode(8_417_892);
+pub const CTXT_GLU_TESTER_LAB: MdcCode = MdcCode(8_417_896);
 
 /// A unit, as the MDC dimension code and its UCUM spelling.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -115,5 +174,33 @@ impl Unit {
     }
     pub fn inch() -> Self {
         Self::new(263520, "[in_i]")
+    }
+    /// MDC_DIM_X_JOULES with the kilo prefix (4 << 16 + 3968 + 3).
+    pub fn kilojoule() -> Self {
+        Self::new(266115, "kJ")
+    }
+    /// MDC_DIM_OHM (4 << 16 + 4032).
+    pub fn ohm() -> Self {
+        Self::new(266176, "Ohm")
+    }
+    /// MDC_DIM_MILLI_G_PER_DL_PER_MIN, as in the header that gives [`CONC_GLU_TREND`].
+    pub fn mg_per_dl_per_min() -> Self {
+        Self::new(266868, "mg/dL/min")
+    }
+    /// MDC_DIM_X_G (4 << 16 + 1728).
+    pub fn gram() -> Self {
+        Self::new(263872, "g")
+    }
+    /// MDC_DIM_MILLI_G (4 << 16 + 1746).
+    pub fn milligram() -> Self {
+        Self::new(263890, "mg")
+    }
+    /// MDC_DIM_MILLI_L (4 << 16 + 1618).
+    pub fn millilitre() -> Self {
+        Self::new(263762, "mL")
+    }
+    /// MDC_DIM_SEC (4 << 16 + 2176).
+    pub fn second() -> Self {
+        Self::new(264320, "s")
     }
 }

@@ -98,6 +98,177 @@ pub struct StatusBits {
     pub width: u8,
 }
 
+/// How a reading reached the gateway. The PHD IG treats a value sent as it was taken
+/// ("real time") differently from one read back from memory: only a live value may take the
+/// gateway's reception time when its own time is missing or unusable.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Origin {
+    /// Not said by the profile (and every reading stored before origins were recorded).
+    #[default]
+    Unknown,
+    /// Sent as it was taken: a live stream sample, a spot check not from storage.
+    Live,
+    /// Read back from the device's memory: a RACP download, a serial memory download.
+    Stored,
+}
+
+/// The true value lies beyond what the device can measure (a meter's "HI" or "LO"). When
+/// the device sent a number with it, that number is the limit, not the value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutOfRange {
+    Above,
+    Below,
+}
+
+/// A condition the device attached to a value: its measurement status, the state of the
+/// sensor or signal, or a finding it flagged. Each one changes how far the value can be
+/// trusted or what it means, so each one reaches the FHIR side (see the README's table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Condition {
+    /// The device marks the value invalid.
+    Invalid,
+    /// The device could not take the measurement.
+    Unavailable,
+    /// The measurement was still in progress when it was sent.
+    Ongoing,
+    /// An early estimate, sent before the value settled.
+    EarlyEstimate,
+    /// The device itself calls the value questionable.
+    Questionable,
+    /// The device was calibrating.
+    Calibrating,
+    /// A heart-rate sensor that detects skin contact reports none.
+    NoSkinContact,
+    /// The oximeter saw artifact in the signal (motion, interference).
+    Artifact,
+    /// The oximeter could not track the pulse signal.
+    OutOfTrack,
+    /// The sensor is off the patient, displaced or disconnected.
+    SensorOff,
+    /// A weak, poor or low-perfusion signal.
+    WeakSignal,
+    /// An irregular heartbeat was detected during the measurement.
+    IrregularHeartbeat,
+    /// The value is the device's average of several measurements.
+    Averaged,
+}
+
+/// What was measured: the patient, or something that is not the patient.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Sample {
+    #[default]
+    Patient,
+    /// A control-solution test of a glucose meter and its strips.
+    ControlSolution,
+    /// Data the device marks as for demonstration or testing.
+    DeviceTest,
+}
+
+/// Why a device time stamp cannot be used as the reading's time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TimeProblem {
+    /// The device reports its own clock as faulty or not set.
+    ClockFault,
+    /// Year, month or day is unknown, or the fields name no real date.
+    IncompleteDate,
+    /// A relative time whose start is unknown (a CGM time offset with no session start).
+    NoAnchor,
+}
+
+/// A body site the device reported (Bluetooth Temperature Type, 0x2A1D).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BodySite {
+    Armpit,
+    EarLobe,
+    Finger,
+    GastrointestinalTract,
+    Mouth,
+    Rectum,
+    Toe,
+    Tympanum,
+}
+
+/// The value of a [`ContextItem`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ContextValue {
+    /// An enumerated value, as an MDC code (e.g. MDC_CTXT_GLU_MEAL_PREPRANDIAL).
+    Code(MdcCode),
+    Quantity {
+        value: Value,
+        unit: Unit,
+    },
+}
+
+/// Context the device recorded with a measurement (glucose meal, tester, medication, HbA1c):
+/// its own observation type and value.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ContextItem {
+    pub kind: MdcCode,
+    pub value: ContextValue,
+    /// How long the context lasted, in seconds (glucose context exercise duration).
+    pub duration_s: Option<u32>,
+}
+
+/// Which bits of a status field the device says it supports (its feature characteristic),
+/// by the same attribute tag as [`StatusBits`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct StatusSupport {
+    pub attribute: String,
+    pub mask: u32,
+}
+
+/// Everything a device said about a measurement besides its value and time.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Qualifiers {
+    pub origin: Origin,
+    pub range: Option<OutOfRange>,
+    /// Sorted and without repeats.
+    pub conditions: Vec<Condition>,
+    pub sample: Sample,
+    pub status_support: Vec<StatusSupport>,
+    pub context: Vec<ContextItem>,
+    pub body_site: Option<BodySite>,
+    /// Measurement types of the same report this value was computed from (BMI from weight
+    /// and height).
+    pub derived_from: Vec<MdcCode>,
+    /// What, besides the sequence number or time stamp, tells this record apart from an
+    /// earlier one the device numbered or timed the same (the CGM session start, a glucose
+    /// record's base time): part of the dedup key, so a new sensor session or a reset meter
+    /// never collides with old records.
+    pub record: Option<String>,
+    /// The device's own confidence in the value, in percent (CGM Quality).
+    pub quality: Option<Value>,
+    /// Why the record cannot be taken at its word: a combination of flags the specification
+    /// rules out (e.g. a result both above and below the device's range). Kept in the store,
+    /// never delivered: quarantined with this reason.
+    pub problem: Option<String>,
+}
+
+impl Qualifiers {
+    /// Adds a condition, keeping the list sorted and unique.
+    pub fn add(&mut self, c: Condition) {
+        if let Err(at) = self.conditions.binary_search(&c) {
+            self.conditions.insert(at, c);
+        }
+    }
+
+    pub fn has(&self, c: Condition) -> bool {
+        self.conditions.binary_search(&c).is_ok()
+    }
+
+    /// Whether the reading belongs in a patient's record at all.
+    pub fn is_patient_data(&self) -> bool {
+        self.sample == Sample::Patient
+    }
+}
+
 /// The measured content of a reading.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Measurement {
@@ -118,9 +289,30 @@ pub struct Measurement {
     /// The device's own timestamp; `None` when the device sent none.
     pub device_time: Option<DeviceTimestamp>,
     pub clock: ClockFlags,
+    /// What else the device said about the value: its origin, range, conditions, sample,
+    /// context and time problems. Appended after the fields of the store's measurement
+    /// format 1, so rows written before it existed still decode (see the store's codec).
+    pub qualifiers: Qualifiers,
 }
 
 impl Measurement {
+    /// Why the device's own time stamp cannot place this reading, if it cannot: the device
+    /// flagged a clock fault, the date is incomplete or not a real date, or the time is a
+    /// counter with no known start. `None` also when the device sent no time stamp at all.
+    pub fn time_problem(&self) -> Option<TimeProblem> {
+        let ts = self.device_time.as_ref()?;
+        if self.clock.time_fault {
+            return Some(TimeProblem::ClockFault);
+        }
+        match ts {
+            DeviceTimestamp::Local { time, .. } => time
+                .epoch_seconds()
+                .err()
+                .map(|_| TimeProblem::IncompleteDate),
+            DeviceTimestamp::Ticks { .. } => Some(TimeProblem::NoAnchor),
+        }
+    }
+
     /// A simple numeric measurement with no optional fields.
     pub fn numeric(kind: MdcCode, value: Value, unit: Unit) -> Self {
         Self {
@@ -134,6 +326,7 @@ impl Measurement {
             sequence: None,
             device_time: None,
             clock: ClockFlags::default(),
+            qualifiers: Qualifiers::default(),
         }
     }
 
@@ -150,6 +343,7 @@ impl Measurement {
             sequence: None,
             device_time: None,
             clock: ClockFlags::default(),
+            qualifiers: Qualifiers::default(),
         }
     }
 }
@@ -193,10 +387,18 @@ impl Reading {
     pub fn dedup_key(&self) -> String {
         let m = &self.measurement;
         let user = m.user_index.map(i32::from).unwrap_or(-1);
+        // A record qualifier (CGM session, glucose base time) follows the number or time it
+        // qualifies; keys of readings without one are unchanged from earlier versions.
+        let record = m
+            .qualifiers
+            .record
+            .as_deref()
+            .map(|r| format!("@{r}"))
+            .unwrap_or_default();
         if let Some(seq) = m.sequence {
             // Zero-padded so a device's keys sort in download order: new records append at
             // the end of the store's unique index instead of splitting pages in the middle.
-            format!("seq:{seq:010}/{}/u{user}", m.kind)
+            format!("seq:{seq:010}{record}/{}/u{user}", m.kind)
         } else if let Some(ts) = &m.device_time {
             let when = match ts {
                 DeviceTimestamp::Local { time, zone, dst } => format!(
@@ -210,7 +412,7 @@ impl Reading {
                     resolution_us,
                 } => format!("tick{ticks}x{resolution_us}"),
             };
-            format!("ts:{when}/{}/u{user}", m.kind)
+            format!("ts:{when}{record}/{}/u{user}", m.kind)
         } else {
             format!("rx:{}/{}", self.instance, m.kind)
         }

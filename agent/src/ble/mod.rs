@@ -13,6 +13,7 @@
 //! commit, so a lost link loses and duplicates nothing.
 
 pub mod backoff;
+pub mod download;
 pub mod pairing;
 pub mod profiles;
 pub mod session;
@@ -123,7 +124,7 @@ pub struct DeviceShared {
     pub clock: Arc<dyn Clock>,
     store_path: PathBuf,
     keying: Keying,
-    cursors: Mutex<HashMap<u16, u16>>,
+    cursors: Mutex<HashMap<u16, download::Cursor>>,
     /// Malformed notifications so far (all connections).
     pub malformed: AtomicU64,
     /// Readings committed so far.
@@ -139,14 +140,14 @@ impl DeviceShared {
 
     /// The last committed record of a download stream: remembered after each commit, read
     /// from the store at the first connection.
-    pub async fn cursor(&self, measurement: u16) -> Result<Option<u16>, StoreError> {
+    pub async fn cursor(&self, measurement: u16) -> Result<Option<download::Cursor>, StoreError> {
         if let Some(c) = self
             .cursors
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(&measurement)
         {
-            return Ok(Some(*c));
+            return Ok(Some(c.clone()));
         }
         let (path, keying, address) = (
             self.store_path.clone(),
@@ -159,20 +160,18 @@ impl DeviceShared {
         })
         .await
         .map_err(|_| StoreError::WriterStopped)??;
-        let parsed = value
-            .and_then(|v| v.parse::<u32>().ok())
-            .map(|v| v.min(u32::from(u16::MAX)) as u16);
-        if let Some(c) = parsed {
-            self.remember_cursor(measurement, u32::from(c));
+        let parsed = value.as_deref().and_then(download::Cursor::parse);
+        if let Some(c) = &parsed {
+            self.remember_cursor(measurement, c.clone());
         }
         Ok(parsed)
     }
 
-    pub fn remember_cursor(&self, measurement: u16, value: u32) {
+    pub fn remember_cursor(&self, measurement: u16, value: download::Cursor) {
         self.cursors
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(measurement, value.min(u32::from(u16::MAX)) as u16);
+            .insert(measurement, value);
     }
 }
 

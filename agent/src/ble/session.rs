@@ -14,11 +14,14 @@ use futures::StreamExt;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-use vitalgate_drivers::ble::{self, DecodeContext, Decoded, dis, racp::RacpResponse};
+use vitalgate_drivers::ble::racp::{RacpRequest, RacpResponse, RacpResponseCode};
+use vitalgate_drivers::ble::{self, DecodeContext, Decoded, dis};
+use vitalgate_drivers::model::Origin;
 use vitalgate_drivers::time::LocalDateTime;
 use vitalgate_drivers::{DecodeError, DeviceIdentity, Reading, Transport};
 
 use super::DeviceShared;
+use super::download::{Cursor, Download};
 use super::profiles::{self, short};
 use crate::store::{Batch, CursorUpdate, NewEvent, Severity, StoreError};
 use vitalgate_drivers::time::{civil_from_days, days_from_civil};
@@ -31,6 +34,8 @@ const GATT_TIMEOUT: Duration = Duration::from_secs(10);
 const RECORD_BATCH: usize = 32;
 /// ... or when no record arrived for this long.
 const RECORD_IDLE_FLUSH: Duration = Duration::from_millis(300);
+/// How long a downloaded glucose record waits for the context it announced.
+const CONTEXT_WAIT: Duration = Duration::from_secs(2);
 /// Malformed notifications recorded as store events per connection (all are counted).
 const MALFORMED_EVENTS_PER_LINK: u64 = 10;
 
@@ -166,12 +171,27 @@ pub async fn run(
         )
         .await?;
     }
-    // CGM records need the session start and whether they carry an E2E-CRC.
+    // CGM records need the session start and whether they carry an E2E-CRC; every status
+    // field is reported only for the bits the device's feature characteristic supports.
     let mut ctx = DecodeContext::default();
-    if let Some(c) = find(profiles::CGM_FEATURE) {
-        let value = gatt("read CGM feature", GATT_TIMEOUT, p.read(c)).await?;
-        if let Ok(Decoded::CgmFeature(f)) = ble::decode(profiles::CGM_FEATURE, &value, &ctx) {
-            ctx.cgm_e2e_crc = Some(f.features.e2e_crc);
+    for u in profiles::FEATURES {
+        let Some(c) = find(u) else { continue };
+        let value = gatt("read feature", GATT_TIMEOUT, p.read(c)).await?;
+        match ble::decode(u, &value, &ctx) {
+            Ok(Decoded::CgmFeature(f)) => {
+                ctx.cgm_e2e_crc = Some(f.features.e2e_crc);
+                ctx.cgm_feature = Some(f.features);
+            }
+            Ok(Decoded::BloodPressureFeature(f)) => ctx.bp_feature = Some(f),
+            Ok(Decoded::GlucoseFeature(f)) => ctx.glucose_feature = Some(f),
+            Ok(Decoded::PlxFeatures(f)) => ctx.plx_features = Some(f),
+            Ok(_) => {}
+            Err(error) => tracing::warn!(
+                device = %address,
+                characteristic = %format!("{u:04X}"),
+                %error,
+                "Unreadable feature value ignored; every status bit the device sets is reported."
+            ),
         }
     }
     if let Some(c) = find(profiles::CGM_SESSION_START) {
@@ -224,7 +244,10 @@ pub async fn run(
         subscribed,
         pending: Vec::new(),
         pending_cursor: None,
+        plan: None,
+        next_request: None,
         download: None,
+        awaiting_context: None,
         malformed_this_link: 0,
     };
     // 7. Receive; a glucose meter or CGM is first asked for the records after the cursor.
@@ -234,29 +257,25 @@ pub async fn run(
         } else {
             profiles::GLUCOSE_MEASUREMENT
         };
-        let after = shared.cursor(measurement).await?;
-        let request = match after {
-            // Greater than or equal to sequence n+1 (filter type 1: sequence number, or the
-            // CGM time offset).
-            Some(n) if n < u16::MAX => {
-                let [lo, hi] = (n + 1).to_le_bytes();
-                vec![0x01, 0x03, 0x01, lo, hi]
-            }
-            Some(_) => Vec::new(),
-            None => vec![0x01, 0x01],
-        };
+        let (plan, request) = Download::start(shared.cursor(measurement).await?);
         rx.download = Some(measurement);
-        if !request.is_empty() {
-            request_records(p, racp, &request).await?;
-        }
+        rx.plan = Some(plan);
+        request_records(p, racp, &request.encode()).await?;
     }
+    let racp = find(profiles::RACP);
     let mut flush_tick = tokio::time::interval(RECORD_IDLE_FLUSH);
     let end = loop {
         tokio::select! {
             _ = cancel.cancelled() => break End::Cancelled,
             () = &mut lost => break End::LinkLost,
             n = stream.next() => match n {
-                Some(n) => rx.handle(n.uuid, &n.value).await?,
+                Some(n) => {
+                    rx.handle(n.uuid, &n.value).await?;
+                    // The device's numbering started over: ask for everything it holds.
+                    if let (Some(next), Some(racp)) = (rx.next_request.take(), racp) {
+                        request_records(p, racp, &next.encode()).await?;
+                    }
+                }
                 None => break End::LinkLost,
             },
             _ = flush_tick.tick() => {
@@ -322,9 +341,15 @@ struct Receiver<'a> {
     subscribed: BTreeSet<u16>,
     /// Downloaded records not yet committed, and the cursor they advance to.
     pending: Vec<Reading>,
-    pending_cursor: Option<u32>,
+    pending_cursor: Option<Cursor>,
+    /// The running download's plan, and the request it wants written next.
+    plan: Option<Download>,
+    next_request: Option<RacpRequest>,
     /// The measurement characteristic of a RACP download in progress.
     download: Option<u16>,
+    /// The sequence number of a downloaded glucose record whose context (0x2A34) is still
+    /// to come.
+    awaiting_context: Option<u16>,
     malformed_this_link: u64,
 }
 
@@ -345,9 +370,31 @@ impl Receiver<'_> {
         if let Decoded::Racp(resp) = &decoded {
             return self.racp_response(resp).await;
         }
-        let measurements = decoded.measurements();
+        if let Decoded::GlucoseContext(c) = &decoded {
+            self.attach_context(c);
+            return Ok(());
+        }
+        let downloading = self.download == Some(u);
+        if let Decoded::Glucose(g) = &decoded
+            && g.context_follows
+            && downloading
+        {
+            self.awaiting_context = Some(g.sequence_number);
+        }
+        let mut measurements = decoded.measurements();
         if measurements.is_empty() {
             return Ok(());
+        }
+        for m in &mut measurements {
+            self.ctx.qualify(m);
+            let q = &mut m.qualifiers;
+            if downloading {
+                // A RACP answer comes from the device's memory, whatever the profile says.
+                q.origin = Origin::Stored;
+            } else if q.origin == Origin::Unknown && profiles::LIVE_WHEN_NOTIFIED.contains(&u) {
+                // Sent on its own, outside a download: as it was taken.
+                q.origin = Origin::Live;
+            }
         }
         let receipt = self.shared.clock.receipt();
         let readings: Vec<Reading> = measurements
@@ -361,17 +408,28 @@ impl Receiver<'_> {
                 raw: value.to_vec(),
             })
             .collect();
-        if self.download == Some(u) {
-            for r in &readings {
-                if let Some(seq) = r.measurement.sequence {
-                    self.pending_cursor = Some(self.pending_cursor.map_or(seq, |c| c.max(seq)));
+        if downloading {
+            if let Some(plan) = &mut self.plan {
+                // One record may give several readings (a CGM glucose and its trend): each
+                // record once, in the order received.
+                let mut last: Option<(u32, Option<&str>)> = None;
+                for r in &readings {
+                    let m = &r.measurement;
+                    if let Some(seq) = m.sequence {
+                        let id = (seq, m.qualifiers.record.as_deref());
+                        if last != Some(id) {
+                            plan.record(u16::try_from(seq).unwrap_or(u16::MAX), id.1);
+                            last = Some(id);
+                        }
+                    }
                 }
+                self.pending_cursor = plan.cursor().cloned();
             }
             self.pending.extend(readings);
             self.shared
                 .last_record
                 .store(crate::store::now_ms(), Ordering::Relaxed);
-            if self.pending.len() >= RECORD_BATCH {
+            if self.pending.len() >= RECORD_BATCH && self.awaiting_context.is_none() {
                 self.flush().await?;
             }
             return Ok(());
@@ -390,9 +448,42 @@ impl Receiver<'_> {
     }
 
     fn idle_for_flush(&self) -> bool {
+        // A glucose record whose context is announced waits a little longer for it.
+        let idle = if self.awaiting_context.is_some() {
+            CONTEXT_WAIT
+        } else {
+            RECORD_IDLE_FLUSH
+        };
         !self.pending.is_empty()
             && crate::store::now_ms() - self.shared.last_record.load(Ordering::Relaxed)
-                >= RECORD_IDLE_FLUSH.as_millis() as i64
+                >= idle.as_millis() as i64
+    }
+
+    /// Joins a Glucose Measurement Context (0x2A34) to the record with its sequence number
+    /// (GLS: the context follows its measurement, flag bit 4), before that record is
+    /// committed: readings are append-only, so context arriving after the commit could not
+    /// be added. A context whose record is not pending any more is logged and dropped.
+    fn attach_context(&mut self, c: &vitalgate_drivers::ble::glucose::GlucoseContext) {
+        if self.awaiting_context == Some(c.sequence_number) {
+            self.awaiting_context = None;
+        }
+        let seq = Some(u32::from(c.sequence_number));
+        let items = c.items();
+        let mut found = false;
+        for r in &mut self.pending {
+            let m = &mut r.measurement;
+            if m.sequence == seq && vitalgate_drivers::ble::glucose::is_glucose(m.kind) {
+                for item in &items {
+                    if !m.qualifiers.context.iter().any(|x| x.kind == item.kind) {
+                        m.qualifiers.context.push(item.clone());
+                    }
+                }
+                found = true;
+            }
+        }
+        if !found {
+            tracing::warn!(device = %self.shared.address, "Glucose context without a pending record dropped.");
+        }
     }
 
     /// Commits downloaded records together with the cursor they advance to; only then is the
@@ -405,17 +496,18 @@ impl Receiver<'_> {
             return Ok(());
         };
         let readings = std::mem::take(&mut self.pending);
+        self.awaiting_context = None;
         let n = readings.len();
         let cursor = self.pending_cursor.take();
         self.shared
             .store
             .commit(Batch {
                 readings,
-                cursor: cursor.map(|c| CursorUpdate {
+                cursor: cursor.as_ref().map(|c| CursorUpdate {
                     transport: Transport::Ble,
                     address: self.shared.address.clone(),
                     stream: profiles::cursor_stream(measurement),
-                    value: c.to_string(),
+                    value: c.to_value(),
                 }),
             })
             .await?;
@@ -430,7 +522,20 @@ impl Receiver<'_> {
     async fn racp_response(&mut self, resp: &RacpResponse) -> Result<(), SessionError> {
         if resp.is_download_complete() {
             self.flush().await?;
-            tracing::info!(device = %self.shared.address, "Record download complete.");
+            let found = !matches!(
+                resp,
+                RacpResponse::ResponseCode {
+                    code: RacpResponseCode::NoRecordsFound,
+                    ..
+                }
+            );
+            match self.plan.as_mut().and_then(|p| p.answered(found)) {
+                Some(next) => {
+                    tracing::info!(device = %self.shared.address, "The device's record numbering started over (new session, reset or wrap); downloading every record it holds.");
+                    self.next_request = Some(next);
+                }
+                None => tracing::info!(device = %self.shared.address, "Record download complete."),
+            }
         } else {
             tracing::warn!(device = %self.shared.address, response = ?resp, "Record access control point refused the request.");
         }

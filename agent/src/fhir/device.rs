@@ -15,7 +15,8 @@ use super::{GatewayInfo, IdentifierNamespace, codes, mdc_coding};
 
 pub const SYSID_SYSTEM: &str = "urn:oid:1.2.840.10004.1.1.1.0.0.1.0.0.1.2680";
 pub const BTMAC_SYSTEM: &str = "http://hl7.org/fhir/sid/eui-48/bluetooth";
-pub const CONTINUA_IDS: &str = "http://hl7.org/fhir/uv/phd/CodeSystem/ContinuaDeviceIdentifiers";
+/// Device identifier types, at the 2.0.0 canonical (CodeSystem.ContinuaDeviceIdentifiers.fsh).
+pub const CONTINUA_IDS: &str = "http://terminology.hl7.org/CodeSystem/ContinuaDeviceIdentifiers";
 /// Devices with neither a System ID nor a Bluetooth address (serial meters): identified by
 /// manufacturer, model and serial number (or port) within the configured identifier
 /// namespace, under this name.
@@ -133,7 +134,6 @@ pub fn phd_device(
     let (spec, spec_name) = codes::specialization(kind);
     let mut d = json!({
         "resourceType": "Device",
-        "meta": { "profile": [PHD_DEVICE_PROFILE] },
         "identifier": identifiers(identity, ns).iter().map(identifier_json).collect::<Vec<_>>(),
         "type": { "coding": [mdc_coding(65573, "MDC_MOC_VMS_MDS_SIMP")] },
         "specialization": [{
@@ -161,8 +161,16 @@ pub fn phd_device(
             .map(|v| json!({ "type": { "coding": [mdc_coding(code, name)] }, "value": v }))
     })
     .collect();
+    // The PhdDevice profile requires manufacturer, model number and at least one version
+    // (PhdDevice FSH: manufacturer 1..1, modelNumber 1..1, version slice MDCType 1..*). A
+    // device that did not tell all three is sent as a plain Device, claiming nothing.
+    let complete =
+        identity.manufacturer.is_some() && identity.model.is_some() && !versions.is_empty();
     if !versions.is_empty() {
         d["version"] = Value::Array(versions);
+    }
+    if complete {
+        d["meta"] = json!({ "profile": [PHD_DEVICE_PROFILE] });
     }
     d
 }
@@ -176,13 +184,51 @@ pub fn gateway_identifier(gw: &GatewayInfo) -> DeviceId {
     }
 }
 
-/// The PhgDevice for this gateway: type MDC_MOC_VMS_MDS_AHD, its software version, and its
-/// time synchronisation (NTP when the kernel reports the clock synchronised).
+/// The gateway's EUI-64 system identifier, derived from the machine id (`/etc/machine-id`,
+/// 32 hex digits, stable for the installation): the first 8 bytes of
+/// SHA-256("vitalgate-phg-sysid:" + id), marked locally administered and unicast, as an
+/// EUI-64 not assigned from an IEEE block must be. `None` for anything but a machine id.
+pub fn system_id_from_machine_id(machine_id: &str) -> Option<[u8; 8]> {
+    use sha2::{Digest, Sha256};
+    let id = machine_id.trim();
+    if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let digest = Sha256::new()
+        .chain_update(b"vitalgate-phg-sysid:")
+        .chain_update(id.to_ascii_lowercase().as_bytes())
+        .finalize();
+    let mut out = [0u8; 8];
+    out.copy_from_slice(digest.get(..8)?);
+    out[0] = (out[0] | 0x02) & !0x01;
+    Some(out)
+}
+
+/// This machine's gateway system identifier (see [`system_id_from_machine_id`]).
+pub fn gateway_system_id() -> Option<[u8; 8]> {
+    std::fs::read_to_string("/etc/machine-id")
+        .ok()
+        .and_then(|id| system_id_from_machine_id(&id))
+}
+
+/// The PhgDevice for this gateway (PhgDevice profile; the IG's PhgDevice notes name the
+/// system identifier and the time synchronization method as its required entries): type
+/// MDC_MOC_VMS_MDS_AHD, the SYSID when known, its software version, and NTP as the way its
+/// clock is set (the gateway synchronises with NTP; whether it is synchronised at a given
+/// moment is told by each reading, not by the Device, which the server keeps).
 pub fn phg_device(gw: &GatewayInfo) -> Value {
-    let mut d = json!({
+    let mut identifiers = vec![identifier_json(&gateway_identifier(gw))];
+    if let Some(sysid) = gw.system_id {
+        identifiers.push(identifier_json(&DeviceId {
+            system: SYSID_SYSTEM.to_owned(),
+            value: dashed(&sysid),
+            continua_type: Some("SYSID"),
+        }));
+    }
+    json!({
         "resourceType": "Device",
         "meta": { "profile": [PHG_DEVICE_PROFILE] },
-        "identifier": [identifier_json(&gateway_identifier(gw))],
+        "identifier": identifiers,
         "manufacturer": "Vitalgate",
         "modelNumber": "vitalgate",
         "type": { "coding": [mdc_coding(531981, "MDC_MOC_VMS_MDS_AHD")] },
@@ -194,12 +240,9 @@ pub fn phg_device(gw: &GatewayInfo) -> Value {
             "type": { "coding": [mdc_coding(531975, "MDC_ID_PROD_SPEC_SW")] },
             "value": gw.version
         }],
-    });
-    if gw.clock_synchronized {
-        d["property"] = json!([{
+        "property": [{
             "type": { "coding": [mdc_coding(68220, "MDC_TIME_SYNC_PROTOCOL")] },
             "valueCode": [{ "coding": [mdc_coding(532226, "MDC_TIME_SYNC_NTPV4")] }]
-        }]);
-    }
-    d
+        }],
+    })
 }

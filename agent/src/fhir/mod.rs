@@ -30,7 +30,8 @@ use std::str::FromStr;
 use serde_json::{Value, json};
 use uuid::Uuid;
 use vitalgate_drivers::ieee11073::Value as DeviceValue;
-use vitalgate_drivers::{Decimal, Reading, StatusBits};
+use vitalgate_drivers::model::{Condition, ContextItem, ContextValue, OutOfRange, Sample};
+use vitalgate_drivers::{Decimal, Reading};
 
 pub use crate::config::fhir::IdentifierNamespace;
 pub use time::{GatewayTime, TimeHold};
@@ -51,7 +52,14 @@ pub const PHD_CATEGORY_SYSTEM: &str =
     "http://hl7.org/fhir/uv/phd/CodeSystem/PhdObservationCategories";
 pub const OBSERVATION_CATEGORY_SYSTEM: &str =
     "http://terminology.hl7.org/CodeSystem/observation-category";
-pub const ASN1_SYSTEM: &str = "http://hl7.org/fhir/uv/phd/CodeSystem/ASN1ToHL7";
+/// The ASN1ToHL7 code system at its 2.0.0 canonical (CodeSystem.ASN1ToHL7.fsh; 1.x used
+/// `http://hl7.org/fhir/uv/phd/CodeSystem/ASN1ToHL7`).
+pub const ASN1_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/ASN1ToHL7";
+/// The PoCD measurement-status codes every PHD interpretation carries (PhdBaseObservation
+/// FSH: `interpretation.coding` slice MsmtStatusInterpretation 1..1).
+pub const POCD_STATUS_SYSTEM: &str = "http://hl7.org/fhir/uv/pocd/CodeSystem/measurement-status";
+pub const DAR_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/data-absent-reason";
+pub const SNOMED_SYSTEM: &str = "http://snomed.info/sct";
 pub const GATEWAY_DEVICE_EXT: &str =
     "http://hl7.org/fhir/StructureDefinition/observation-gatewayDevice";
 pub const COINCIDENT_EXT: &str =
@@ -132,6 +140,8 @@ pub struct GatewayInfo {
     pub clock_synchronized: bool,
     /// The base of this project's own identifier systems (`[fhir] identifier_namespace`).
     pub namespace: IdentifierNamespace,
+    /// The gateway's IEEE EUI-64 system identifier (the PhgDevice's SYSID), when known.
+    pub system_id: Option<[u8; 8]>,
 }
 
 /// One reading to map, with its patient.
@@ -154,6 +164,11 @@ pub enum MapError {
     /// The reading can never become a valid Observation.
     #[error("reading cannot be mapped: {0}")]
     Invalid(String),
+    /// Not the patient's data (a control-solution test, the device's own test data): it
+    /// never reaches a patient's record. The store does not route such readings; `decode`
+    /// says so.
+    #[error("not patient data ({0}): kept on the gateway and counted, never sent")]
+    NotPatientData(&'static str),
 }
 
 /// An MDC coding.
@@ -318,14 +333,20 @@ impl Builder<'_> {
     fn item(&mut self, item: &MapItem<'_>) -> Result<Vec<usize>, MapError> {
         let r = item.reading;
         let m = &r.measurement;
-        let eff = time::effective(
-            m.device_time.as_ref(),
-            m.clock.time_fault,
-            m.clock.synchronized,
-            r.device_clock_offset_ms,
-            &r.receipt,
-            self.time,
-        )?;
+        let q = &m.qualifiers;
+        match q.sample {
+            Sample::Patient => {}
+            Sample::ControlSolution => return Err(MapError::NotPatientData("control solution")),
+            Sample::DeviceTest => {
+                return Err(MapError::NotPatientData(
+                    "the device's test or demonstration data",
+                ));
+            }
+        }
+        if let Some(problem) = &q.problem {
+            return Err(MapError::Invalid(problem.clone()));
+        }
+        let eff = time::effective(m, r.device_clock_offset_ms, &r.receipt, self.time)?;
         if m.value.is_none() && m.components.is_empty() {
             return Err(MapError::Invalid(format!(
                 "measurement {} has neither a value nor components",
@@ -349,44 +370,31 @@ impl Builder<'_> {
             dev_ids[0].search(),
         );
         let dev_ref = reference(&self.out.entries[dev]);
-        let coincident = match r.device_clock_offset_ms {
-            None => None,
-            Some(off) => match self.coincident(r, off, &subject, &phg_ref) {
-                Ok(i) => Some(i),
-                // The gateway clock of that connection can no longer be placed, so there is
-                // no coincident time stamp to report; the reading keeps its device time.
-                Err(MapError::Hold(TimeHold::UnplaceableAfterReboot)) => None,
-                Err(e) => return Err(e),
-            },
+        // The coincident time stamp explains a time taken from this device's clock and
+        // corrected by the offset measured on the connection; nothing else links to it.
+        let coincident = match (eff.source, r.device_clock_offset_ms) {
+            (time::TimeSource::Device { corrected: true }, Some(off)) => {
+                Some(self.coincident(r, off, &dev_ref, &phg_ref)?)
+            }
+            _ => None,
         };
 
-        let ts_part = time::identifier_timestamp(m.device_time.as_ref(), m.clock.time_fault);
-        let identifier = |type_code: u32, supplemental: &[u32]| -> (String, String) {
-            match &ts_part {
-                Some(ts) => {
-                    let mut v = format!(
-                        "{}-{}-{}-{}",
-                        device::identifier_part(&r.device),
-                        item.patient.identifier_part(),
-                        type_code,
-                        ts
-                    );
-                    for s in supplemental {
-                        v.push_str(&format!("-{s}"));
-                    }
-                    (PHD_IDENTIFIER_SYSTEM.to_owned(), v)
-                }
-                None => (
-                    self.gw.namespace.system(READING_IDENTIFIER_NAME),
-                    format!(
-                        "{}-{}-{}-{}",
-                        device::identifier_part(&r.device),
-                        item.patient.identifier_part(),
-                        type_code,
-                        item.stored_key.map_or_else(|| r.dedup_key(), str::to_owned)
-                    ),
-                ),
+        // The IG's identifier is built from the device's own time stamp, so only a reading
+        // whose time is that time stamp can carry it.
+        let ts_part = match eff.source {
+            time::TimeSource::Device { .. } => {
+                time::identifier_timestamp(m.device_time.as_ref(), m.clock.time_fault)
             }
+            time::TimeSource::Reception => None,
+        };
+        let stored_key = item.stored_key.map_or_else(|| r.dedup_key(), str::to_owned);
+        let ids = Ids {
+            device: device::identifier_part(&r.device),
+            patient: item.patient.identifier_part(),
+            ts_part,
+            stored_key,
+            own_kind: m.kind.0,
+            reading_system: self.gw.namespace.system(READING_IDENTIFIER_NAME),
         };
         let common = Common {
             subject: &subject,
@@ -397,42 +405,85 @@ impl Builder<'_> {
         };
 
         let supplemental: Vec<u32> = m.supplemental.iter().map(|c| c.0).collect();
-        let (sys, val) = identifier(m.kind.0, &supplemental);
-        let obs = measurement_observation(r, &common, &sys, &val)?;
+        let (sys, val) = ids.of(m.kind.0, &supplemental);
+        let mut obs = measurement_observation(r, &common, &sys, &val)?;
+        // Derived from other values of the same report (BMI from weight and height, the CGM
+        // trend from its glucose): a reference within this Bundle when the other value is in
+        // it, otherwise a logical reference by its identifier.
+        let derived: Vec<Value> = q
+            .derived_from
+            .iter()
+            .filter_map(|k| ids.sibling(k.0))
+            .map(|(sys, val)| {
+                let key = identifier_search(&sys, &val);
+                match self.by_key.get(&key) {
+                    Some(&i) => reference(&self.out.entries[i]),
+                    None => json!({ "identifier": { "system": sys, "value": val } }),
+                }
+            })
+            .collect();
+        if !derived.is_empty() {
+            obs["derivedFrom"] = Value::Array(derived);
+        }
         let main = self.push("Observation", obs, identifier_search(&sys, &val));
+        let main_ref = reference(&self.out.entries[main]);
         let mut mine = vec![main];
         for s in &m.status {
-            let Some((code, name)) = codes::status_code(&s.attribute) else {
+            let Some(map) = codes::status_map(&s.attribute) else {
                 continue;
             };
-            let (sys, val) = identifier(code, &[]);
+            let supported = q
+                .status_support
+                .iter()
+                .find(|x| x.attribute == s.attribute)
+                .map(|x| x.mask);
+            let bits = codes::reported_bits(&map, &s.attribute, s.bits, supported);
+            if bits.is_empty() {
+                // Every code is an event, and only events that happened are reported.
+                continue;
+            }
+            let (sys, val) = ids.of(map.code, &[]);
             let key = identifier_search(&sys, &val);
-            let main_ref = reference(&self.out.entries[main]);
             if let Some(&i) = self.by_key.get(&key) {
                 // One status report covers several measurements of the same notification
                 // (SpO2 and pulse rate): one Observation, derived from each.
                 if let Some(list) = self.out.entries[i].resource["derivedFrom"].as_array_mut()
                     && !list.contains(&main_ref)
                 {
-                    list.push(main_ref);
+                    list.push(main_ref.clone());
                 }
                 mine.push(i);
                 continue;
             }
-            let obs = status_observation(s, code, name, &common, &sys, &val, main_ref);
+            let obs = status_observation(&map, &bits, &common, &sys, &val, main_ref.clone());
+            mine.push(self.push("Observation", obs, key));
+        }
+        // Context recorded with the value (glucose meal, tester, medication, ...): each its
+        // own Observation that points back at the value (the IG's meal-context example,
+        // "should contain a derived-from reference" to the glucose Observation).
+        for c in &q.context {
+            let (sys, val) = ids.of(c.kind.0, &[]);
+            let key = identifier_search(&sys, &val);
+            if self.by_key.contains_key(&key) {
+                continue;
+            }
+            let obs = context_observation(c, &common, &sys, &val, main_ref.clone());
             mine.push(self.push("Observation", obs, key));
         }
         Ok(mine)
     }
 
     /// One PhdCoincidentTimeStampObservation per connection: the device's clock against the
-    /// gateway's, as measured (`offset` = device − gateway). Its identifier names the
-    /// connection (device, boot, offset), so re-sends after a crash find it again.
+    /// gateway's, as measured (`offset` = device − gateway). Its subject is the PHD Device
+    /// and its device the PHG (PhdCoincidentTimeStampObservation: `subject only
+    /// Reference(PhdDevice)`, `device only Reference(PhgDevice)`). The IG needs no identifier
+    /// for it; ours names the connection (device, boot, offset), so a re-send after a crash
+    /// finds it again instead of creating a second one.
     fn coincident(
         &mut self,
         r: &Reading,
         offset_ms: i64,
-        subject: &Value,
+        dev_ref: &Value,
         phg_ref: &Value,
     ) -> Result<usize, MapError> {
         let dev = device::identifier_part(&r.device);
@@ -452,14 +503,65 @@ impl Builder<'_> {
             "meta": { "profile": [format!("{PROFILE_BASE}PhdCoincidentTimeStampObservation")] },
             "identifier": [{ "system": system, "value": value }],
             "status": "final",
-            "category": [phd_category()],
             "code": { "coding": [mdc_coding(67975, "MDC_ATTR_TIME_ABS")] },
-            "subject": subject,
+            "subject": dev_ref,
             "effectiveDateTime": time::format_date_time(rx, off_s),
             "valueDateTime": time::format_date_time(device_naive - i64::from(off_s) * 1000, off_s),
             "device": phg_ref,
         });
         Ok(self.push("Observation", obs, key))
+    }
+}
+
+/// The identifiers of one reading's Observations: the PHD IG recipe
+/// (`device-patient-type-timestamp-supplemental`) when the reading's time is the device's
+/// own time stamp, else one under the configured namespace built from the store's dedup key.
+struct Ids {
+    device: String,
+    patient: String,
+    ts_part: Option<String>,
+    stored_key: String,
+    own_kind: u32,
+    reading_system: String,
+}
+
+impl Ids {
+    /// The identifier of the Observation of `type_code` that belongs to this reading.
+    fn of(&self, type_code: u32, supplemental: &[u32]) -> (String, String) {
+        match &self.ts_part {
+            Some(ts) => {
+                let mut v = format!("{}-{}-{type_code}-{ts}", self.device, self.patient);
+                for s in supplemental {
+                    v.push_str(&format!("-{s}"));
+                }
+                (PHD_IDENTIFIER_SYSTEM.to_owned(), v)
+            }
+            None => (
+                self.reading_system.clone(),
+                format!(
+                    "{}-{}-{type_code}-{}",
+                    self.device, self.patient, self.stored_key
+                ),
+            ),
+        }
+    }
+
+    /// The identifier of another value of the same report, of `kind`: the same recipe with
+    /// that type, and in the store's key the type in place of this one. `None` when the key
+    /// does not name the type (a live value keyed by its own instance).
+    fn sibling(&self, kind: u32) -> Option<(String, String)> {
+        if self.ts_part.is_some() {
+            return Some(self.of(kind, &[]));
+        }
+        let own = format!("/{}/", self.own_kind);
+        if !self.stored_key.contains(&own) || self.stored_key.starts_with("rx:") {
+            return None;
+        }
+        let key = self.stored_key.replacen(&own, &format!("/{kind}/"), 1);
+        Some((
+            self.reading_system.clone(),
+            format!("{}-{}-{kind}-{key}", self.device, self.patient),
+        ))
     }
 }
 
@@ -482,10 +584,11 @@ fn vital_category() -> Value {
     })
 }
 
-fn code_json(kind: u32) -> Value {
-    let info = codes::info(vitalgate_drivers::mdc::MdcCode(kind));
+fn code_json(kind: u32, unit: Option<&vitalgate_drivers::mdc::Unit>) -> Value {
+    let code = vitalgate_drivers::mdc::MdcCode(kind);
+    let info = codes::info(code);
     let mut coding = vec![mdc_coding(kind, info.reference_id)];
-    if let Some(l) = info.loinc {
+    if let Some(l) = codes::loinc(code, unit.map(|u| u.ucum.as_str())) {
         coding.push(json!({ "system": LOINC_SYSTEM, "code": l.code, "display": l.display }));
     }
     for (code, display) in info.extra_loinc {
@@ -503,7 +606,15 @@ fn extensions(c: &Common<'_>) -> Value {
 }
 
 /// Puts a value (or its data-absent reason) into `target` (an Observation or a component).
-fn set_value(target: &mut Value, value: &DeviceValue, unit: &vitalgate_drivers::mdc::Unit) {
+/// A value beyond what the device can measure is the device's limit with a comparator
+/// (R4 Quantity.comparator: "the actual value is greater or less than the stated value due
+/// to measurement issues"), never a plain number.
+fn set_value(
+    target: &mut Value,
+    value: &DeviceValue,
+    unit: &vitalgate_drivers::mdc::Unit,
+    range: Option<OutOfRange>,
+) {
     match value {
         DeviceValue::Number(d) => {
             target["valueQuantity"] = json!({
@@ -512,6 +623,11 @@ fn set_value(target: &mut Value, value: &DeviceValue, unit: &vitalgate_drivers::
                 "system": UCUM_SYSTEM,
                 "code": unit.ucum,
             });
+            match range {
+                Some(OutOfRange::Above) => target["valueQuantity"]["comparator"] = json!(">"),
+                Some(OutOfRange::Below) => target["valueQuantity"]["comparator"] = json!("<"),
+                None => {}
+            }
         }
         DeviceValue::Special(s) => {
             target["dataAbsentReason"] = json!({ "coding": [{
@@ -522,12 +638,97 @@ fn set_value(target: &mut Value, value: &DeviceValue, unit: &vitalgate_drivers::
     }
 }
 
-/// PLX Measurement Status bits the IG maps onto the measurement (BaseObservation notes).
-const PLX_EARLY_ESTIMATE: u32 = 1 << 6;
-const PLX_DEMONSTRATION: u32 = 1 << 10;
-const PLX_TESTING: u32 = 1 << 11;
-const PLX_UNAVAILABLE: u32 = 1 << 13;
-const PLX_INVALID: u32 = 1 << 15;
+fn dar(code: &str) -> Value {
+    json!({ "coding": [{ "system": DAR_SYSTEM, "code": code }] })
+}
+
+fn pocd(code: &str, display: &str) -> Value {
+    json!({ "coding": [{ "system": POCD_STATUS_SYSTEM, "code": code, "display": display }] })
+}
+
+/// How a device condition changes the Observation (PhdBaseObservation notes, "Measurement
+/// Status", and the FSH's `dataAbsentReason` comment): the data-absent reason that replaces
+/// the value, whether the result is preliminary, the PoCD interpretation, and a note in words.
+struct Treatment {
+    absent: Option<&'static str>,
+    entered_in_error: bool,
+    preliminary: bool,
+    interpretation: Vec<(&'static str, &'static str)>,
+    notes: Vec<&'static str>,
+}
+
+fn treatment(q: &vitalgate_drivers::model::Qualifiers) -> Treatment {
+    let mut t = Treatment {
+        absent: None,
+        entered_in_error: false,
+        preliminary: false,
+        interpretation: Vec::new(),
+        notes: Vec::new(),
+    };
+    let mut interpret = |code, display| {
+        if !t.interpretation.iter().any(|(c, _)| *c == code) {
+            t.interpretation.push((code, display));
+        }
+    };
+    // Only one data-absent reason: invalid wins over unavailable over ongoing.
+    for c in &q.conditions {
+        match c {
+            Condition::Invalid => {
+                t.absent = Some("error");
+                t.entered_in_error = true;
+            }
+            Condition::Unavailable => {
+                t.absent = t.absent.or(Some("not-performed"));
+            }
+            // "msmt ongoing will generate this element" (dataAbsentReason): the value is
+            // not known yet but will be, which is the data-absent-reason `temp-unknown`.
+            Condition::Ongoing => {
+                t.absent = t.absent.or(Some("temp-unknown"));
+                t.preliminary = true;
+            }
+            Condition::EarlyEstimate => {
+                interpret("early-indication", "Early indication");
+                t.preliminary = true;
+            }
+            Condition::Questionable => interpret("questionable", "Questionable"),
+            Condition::Calibrating => interpret("calibration-ongoing", "Calibration ongoing"),
+            // Conditions of the sensor or signal that the IG's measurement status has no
+            // code for: the device doubts the value, which is "questionable", and the note
+            // says why.
+            Condition::NoSkinContact => {
+                interpret("questionable", "Questionable");
+                t.notes.push("The sensor reported no skin contact.");
+            }
+            Condition::Artifact => {
+                interpret("questionable", "Questionable");
+                t.notes.push("The oximeter reported signal artifact.");
+            }
+            Condition::OutOfTrack => {
+                interpret("questionable", "Questionable");
+                t.notes
+                    .push("The oximeter could not track the pulse signal.");
+            }
+            Condition::SensorOff => {
+                interpret("questionable", "Questionable");
+                t.notes
+                    .push("The sensor was off the patient or disconnected.");
+            }
+            Condition::WeakSignal => {
+                interpret("questionable", "Questionable");
+                t.notes
+                    .push("The oximeter reported a weak or low-perfusion signal.");
+            }
+            Condition::IrregularHeartbeat => {
+                t.notes.push("The device detected an irregular heartbeat.");
+            }
+            Condition::Averaged => {
+                t.notes
+                    .push("The device reports this value as the average of several measurements.");
+            }
+        }
+    }
+    t
+}
 
 fn measurement_observation(
     r: &Reading,
@@ -536,7 +737,7 @@ fn measurement_observation(
     id_value: &str,
 ) -> Result<Value, MapError> {
     let m = &r.measurement;
-    let info = codes::info(m.kind);
+    let q = &m.qualifiers;
     let compound = !m.components.is_empty();
     let phd_profile = if compound {
         "PhdCompoundNumericObservation"
@@ -545,8 +746,10 @@ fn measurement_observation(
     };
     let mut profiles = vec![json!(format!("{PROFILE_BASE}{phd_profile}"))];
     let mut category = Vec::new();
-    if let Some(l) = info.loinc {
-        category.push(vital_category());
+    if let Some(l) = codes::loinc(m.kind, m.unit.as_ref().map(|u| u.ucum.as_str())) {
+        if l.vital_sign {
+            category.push(vital_category());
+        }
         let units_ok = if compound {
             m.components
                 .iter()
@@ -564,26 +767,40 @@ fn measurement_observation(
         }
     }
     category.push(phd_category());
+    let t = treatment(q);
     let mut obs = json!({
         "resourceType": "Observation",
         "meta": { "profile": profiles },
         "extension": extensions(c),
         "identifier": [{ "system": id_system, "value": id_value }],
-        "status": "final",
+        "status": if t.entered_in_error { "entered-in-error" } else if t.preliminary { "preliminary" } else { "final" },
         "category": category,
-        "code": code_json(m.kind.0),
+        "code": code_json(m.kind.0, m.unit.as_ref()),
         "subject": c.subject,
         "effectiveDateTime": c.effective,
         "device": c.device,
     });
-    if let (Some(v), Some(u)) = (&m.value, &m.unit) {
-        set_value(&mut obs, v, u);
+    if let Some(site) = q.body_site {
+        let (code, display) = codes::body_site(site);
+        obs["bodySite"] =
+            json!({ "coding": [{ "system": SNOMED_SYSTEM, "code": code, "display": display }] });
     }
     let mut components = Vec::new();
-    for p in &m.components {
-        let mut comp = json!({ "code": code_json(p.kind.0) });
-        set_value(&mut comp, &p.value, &p.unit);
-        components.push(comp);
+    match t.absent {
+        // The measurement status takes precedence over the value, and over a special FLOAT
+        // (PhdNumericObservation FSH); a compound in error has no components either
+        // (ProfileConsumers, compound measurements).
+        Some(code) => obs["dataAbsentReason"] = dar(code),
+        None => {
+            if let (Some(v), Some(u)) = (&m.value, &m.unit) {
+                set_value(&mut obs, v, u, q.range);
+            }
+            for p in &m.components {
+                let mut comp = json!({ "code": code_json(p.kind.0, Some(&p.unit)) });
+                set_value(&mut comp, &p.value, &p.unit, None);
+                components.push(comp);
+            }
+        }
     }
     for s in &m.supplemental {
         components.push(json!({
@@ -591,67 +808,65 @@ fn measurement_observation(
             "valueCodeableConcept": { "coding": [mdc_coding(s.0, codes::info(*s).reference_id)] },
         }));
     }
+    if let Some(quality) = &q.quality
+        && let DeviceValue::Number(d) = quality
+    {
+        // The CGM's confidence in its value has no MDC code: named in words.
+        components.push(json!({
+            "code": { "text": "CGM quality (Bluetooth CGM Measurement), the device's confidence in the value" },
+            "valueQuantity": {
+                "value": decimal_json(*d),
+                "unit": "%",
+                "system": UCUM_SYSTEM,
+                "code": "%",
+            },
+        }));
+    }
     if !components.is_empty() {
         obs["component"] = Value::Array(components);
     }
-    // PLX Measurement Status: mapped onto the Observation as the IG's measurement-status
-    // table says, rather than as a BITs Observation.
-    if let Some(plx) = m
-        .status
-        .iter()
-        .find(|s| s.attribute == "2A5E" || s.attribute == "2A5F")
+    if !t.interpretation.is_empty() {
+        obs["interpretation"] = Value::Array(
+            t.interpretation
+                .iter()
+                .map(|(code, display)| pocd(code, display))
+                .collect(),
+        );
+    }
+    let mut notes: Vec<String> = t.notes.iter().map(|n| (*n).to_owned()).collect();
+    if let Some(range) = q.range
+        && !matches!(m.value, Some(DeviceValue::Number(_)))
     {
-        let absent = if plx.bits & PLX_INVALID != 0 {
-            obs["status"] = json!("entered-in-error");
-            Some("error")
-        } else if plx.bits & PLX_UNAVAILABLE != 0 {
-            Some("not-performed")
-        } else {
-            None
-        };
-        if let Some(code) = absent
-            && obs.get("valueQuantity").is_some()
-        {
-            if let Some(o) = obs.as_object_mut() {
-                o.remove("valueQuantity");
-            }
-            obs["dataAbsentReason"] = json!({ "coding": [{
-                "system": "http://terminology.hl7.org/CodeSystem/data-absent-reason",
-                "code": code,
-            }]});
-        }
-        if plx.bits & PLX_EARLY_ESTIMATE != 0 && obs["status"] == "final" {
-            obs["status"] = json!("preliminary");
-        }
-        if plx.bits & (PLX_DEMONSTRATION | PLX_TESTING) != 0 {
-            obs["meta"]["security"] = json!([{
-                "system": "http://terminology.hl7.org/CodeSystem/v3-ActReason",
-                "code": "HTEST",
-            }]);
-        }
+        // No number to put a comparator on: the condition is still said.
+        notes.push(match range {
+            OutOfRange::Above => "The result is above what the device can measure.".into(),
+            OutOfRange::Below => "The result is below what the device can measure.".into(),
+        });
+    }
+    if !notes.is_empty() {
+        obs["note"] = Value::Array(notes.into_iter().map(|n| json!({ "text": n })).collect());
     }
     Ok(obs)
 }
 
 fn status_observation(
-    s: &StatusBits,
-    code: u32,
-    name: &str,
+    map: &codes::StatusMap,
+    bits: &[codes::Bit],
     c: &Common<'_>,
     id_system: &str,
     id_value: &str,
     derived_from: Value,
 ) -> Value {
-    let components: Vec<Value> = codes::bit_names(&s.attribute)
+    let components: Vec<Value> = bits
         .iter()
-        .map(|(bit, label)| {
+        .map(|b| {
             json!({
                 "code": { "coding": [{
                     "system": ASN1_SYSTEM,
-                    "code": format!("{code}.{bit}"),
-                    "display": label,
+                    "code": format!("{}.{}", map.code, b.asn1),
+                    "display": b.name,
                 }]},
-                "valueBoolean": codes::bit_value(&s.attribute, s.bits, *bit),
+                "valueBoolean": true,
             })
         })
         .collect();
@@ -662,11 +877,54 @@ fn status_observation(
         "identifier": [{ "system": id_system, "value": id_value }],
         "status": "final",
         "category": [phd_category()],
-        "code": { "coding": [mdc_coding(code, name)] },
+        "code": { "coding": [mdc_coding(map.code, map.reference_id)] },
         "subject": c.subject,
         "effectiveDateTime": c.effective,
         "device": c.device,
         "derivedFrom": [derived_from],
         "component": components,
     })
+}
+
+/// A context value as its own Observation: coded (PhdCodedEnumerationObservation, as the
+/// IG's meal-context example) or numeric, derived from the value it describes.
+fn context_observation(
+    item: &ContextItem,
+    c: &Common<'_>,
+    id_system: &str,
+    id_value: &str,
+    derived_from: Value,
+) -> Value {
+    let profile = match item.value {
+        ContextValue::Code(_) => "PhdCodedEnumerationObservation",
+        ContextValue::Quantity { .. } => "PhdNumericObservation",
+    };
+    let mut obs = json!({
+        "resourceType": "Observation",
+        "meta": { "profile": [format!("{PROFILE_BASE}{profile}")] },
+        "extension": extensions(c),
+        "identifier": [{ "system": id_system, "value": id_value }],
+        "status": "final",
+        "category": [phd_category()],
+        "code": code_json(item.kind.0, None),
+        "subject": c.subject,
+        "effectiveDateTime": c.effective,
+        "device": c.device,
+        "derivedFrom": [derived_from],
+    });
+    match &item.value {
+        ContextValue::Code(v) => {
+            obs["valueCodeableConcept"] =
+                json!({ "coding": [mdc_coding(v.0, codes::info(*v).reference_id)] });
+        }
+        ContextValue::Quantity { value, unit } => set_value(&mut obs, value, unit, None),
+    }
+    if let Some(secs) = item.duration_s {
+        // The exercise's own duration: the context held over this long.
+        obs["component"] = json!([{
+            "code": { "text": "Duration" },
+            "valueQuantity": { "value": secs, "unit": "s", "system": UCUM_SYSTEM, "code": "s" },
+        }]);
+    }
+    obs
 }

@@ -33,6 +33,7 @@ fn gateway() -> GatewayInfo {
         version: "0.1.0".into(),
         clock_synchronized: true,
         namespace: IdentifierNamespace::default(),
+        system_id: None,
     }
 }
 
@@ -324,7 +325,10 @@ fn ig_compound_blood_pressure_with_status_bits() {
     );
     assert_eq!(
         codes_of(&comp[2]["code"]),
-        ["urn:iso:std:iso:11073:10101|150023"]
+        [
+            "urn:iso:std:iso:11073:10101|150023",
+            "http://loinc.org|8478-0"
+        ]
     );
     let values: Vec<String> = comp
         .iter()
@@ -370,12 +374,11 @@ fn ig_compound_blood_pressure_with_status_bits() {
             )
         })
         .collect();
+    // Every BP status code is an event: only the bits that are set are reported.
     let want: Vec<(String, bool)> = [
         ("8410608.0", true),
         ("8410608.1", true),
         ("8410608.2", true),
-        ("8410608.3", false),
-        ("8410608.4", false),
         ("8410608.5", true),
     ]
     .iter()
@@ -486,7 +489,13 @@ fn weight_and_glucose_codes_units_and_status() {
     );
     let a = map(&rs, &"Patient/p1".parse().expect("patient"), 0);
     let g = resource(&a, 0, 0);
-    assert_eq!(codes_of(&g["code"]), ["urn:iso:std:iso:11073:10101|160188"]);
+    assert_eq!(
+        codes_of(&g["code"]),
+        [
+            "urn:iso:std:iso:11073:10101|160188",
+            "http://loinc.org|41653-7"
+        ]
+    );
     assert_eq!(
         g["category"].as_array().map(Vec::len),
         Some(1),
@@ -511,27 +520,43 @@ fn weight_and_glucose_codes_units_and_status() {
 }
 
 #[test]
-fn time_fault_and_unknown_year_fall_back_to_reception_time() {
-    // §4.2 vector 11: time stamp with unknown year → not on the current timeline.
+fn unusable_device_times_are_held_out_unless_the_value_is_live() {
+    // §4.2 vector 11: a time stamp with an unknown year cannot be placed. The PHD IG throws
+    // such an observation away; it is never given the download time.
     let rs = readings(
         0x2A35,
         "1E 8A 00 58 00 78 00 00 00 04 11 14 29 3B 3C 00 01 27 00",
         Some(0),
     );
     let a = map(&rs, &"Patient/p1".parse().expect("patient"), 0);
-    let bp = resource(&a, 0, 0);
-    assert_eq!(bp["effectiveDateTime"], "2025-11-24T16:00:00Z");
-    // No device time stamp: the IG recipe cannot apply, the store's key names it instead.
     assert_eq!(
-        bp["identifier"][0]["system"],
+        a.items[0],
+        Err(MapError::Hold(TimeHold::DeviceTimeUnusable(time::Problem(
+            vitalgate_drivers::model::TimeProblem::IncompleteDate
+        ))))
+    );
+    assert!(a.entries.iter().all(|e| e.resource_type != "Observation"));
+    // PLX spot check with flag bit 4 (device clock not set): held too, unless it was sent as
+    // it was taken; then its reception time is its time, under the store's key.
+    let mut rs = readings(0x2A5E, "11 61 00 48 00 E2 07 0B 0D 11 3B 03", None);
+    let a = map(&rs, &"Patient/p1".parse().expect("patient"), 0);
+    assert!(matches!(
+        a.items[0],
+        Err(MapError::Hold(TimeHold::DeviceTimeUnusable(_)))
+    ));
+    for r in &mut rs {
+        r.measurement.qualifiers.origin = vitalgate_drivers::model::Origin::Live;
+    }
+    let a = map(&rs, &"Patient/p1".parse().expect("patient"), 0);
+    let spo2 = resource(&a, 0, 0);
+    assert_eq!(spo2["effectiveDateTime"], "2025-11-24T16:00:00Z");
+    assert_eq!(
+        spo2["identifier"][0]["system"],
         "https://vitalgate.example/fhir/sid/reading"
     );
-    // PLX spot check with flag bit 4 (device clock not set): same rule.
-    let rs = readings(0x2A5E, "11 61 00 48 00 E2 07 0B 0D 11 3B 03", None);
-    let a = map(&rs, &"Patient/p1".parse().expect("patient"), 0);
-    assert_eq!(
-        resource(&a, 0, 0)["effectiveDateTime"],
-        "2025-11-24T16:00:00Z"
+    assert!(
+        spo2["extension"].as_array().is_some_and(|e| e.len() == 1),
+        "no coincident time stamp"
     );
 }
 

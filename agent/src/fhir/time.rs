@@ -2,10 +2,16 @@
 //! instant an Observation's `effective[x]` gets, and the timestamp part of the
 //! conditional-create identifier, which is built from the device's own report only.
 //!
-//! The rules, for Bluetooth SIG devices (Date Time has no zone):
-//! - device time with a time fault, an unknown year/month/day, or only a tick counter with no
-//!   anchor: the device timestamp is thrown away ("not on the current timeline") and the
-//!   reception time is used, as for a reading with no timestamp;
+//! The rules, for Bluetooth SIG devices (Date Time has no zone), following the PHD IG's
+//! PhdBaseObservation notes ("Timestamp: effective[x]"):
+//! - no device time stamp at all: the reception time (the IG's rule), unless the record was
+//!   read back from the device's memory, whose reception says nothing about when it was
+//!   taken ([`TimeHold::StoredWithoutTime`]);
+//! - a device time stamp that cannot be placed (a time fault, an unknown year/month/day, a
+//!   counter with no start): the IG throws such observations away. A value the device sent
+//!   as it was taken (a live stream) takes its reception time; anything else is held out of
+//!   the patient's record with the reason ([`TimeHold::DeviceTimeUnusable`]), never given
+//!   the download time;
 //! - device time with a zone: that instant; not synchronised and an offset measured this
 //!   connection: shifted onto the gateway's timeline by the offset;
 //! - device time without a zone: shifted by the measured offset when there is one (the offset
@@ -22,9 +28,10 @@
 //!   ([`TimeHold::UnplaceableAfterReboot`]) and delivery quarantines it, with an event,
 //!   rather than hold it forever or give it an invented time.
 
-use vitalgate_drivers::Receipt;
+use vitalgate_drivers::model::{Origin, TimeProblem};
 use vitalgate_drivers::time::{DeviceTimestamp, LocalDateTime};
 use vitalgate_drivers::time::{civil_from_days, days_from_civil};
+use vitalgate_drivers::{Measurement, Receipt};
 
 /// Seconds from 1970-01-01 to 2000-01-01, the PHD identifier epoch.
 const EPOCH_2000_S: i64 = 946_684_800;
@@ -43,12 +50,55 @@ pub enum TimeHold {
          device time stamp: its time cannot be established"
     )]
     UnplaceableAfterReboot,
+    /// A record read back from the device's memory whose own time stamp cannot place it
+    /// (the device flagged its clock, the date is incomplete, a CGM session start is
+    /// unknown). The PHD IG throws such observations away "since there is no way to give
+    /// them a correct timestamp"; the reception time would be a lie about a stored record.
+    /// Final: delivery quarantines the reading with this reason, keeping it in the store.
+    #[error(
+        "the device's own time stamp is unusable ({0}) and the record is not live: its time cannot be established"
+    )]
+    DeviceTimeUnusable(Problem),
+    /// A record read back from the device's memory with no time stamp at all: its reception
+    /// time says nothing about when it was taken. Final, as above.
+    #[error("a stored record with no device time stamp: its time cannot be established")]
+    StoredWithoutTime,
+}
+
+/// [`TimeProblem`] with the wording the quarantine reason and `decode` print.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Problem(pub TimeProblem);
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.0 {
+            TimeProblem::ClockFault => "the device reports a clock fault",
+            TimeProblem::IncompleteDate => "the date is incomplete or not a calendar date",
+            TimeProblem::NoAnchor => "a relative time with no known start",
+        })
+    }
 }
 
 impl TimeHold {
     /// Whether waiting can never end this hold: delivery quarantines the reading then.
     pub fn is_final(self) -> bool {
-        matches!(self, TimeHold::UnplaceableAfterReboot)
+        !matches!(self, TimeHold::GatewayClockUnsynchronised)
+    }
+
+    /// A stable name for events and counts.
+    pub fn kind(self) -> &'static str {
+        match self {
+            TimeHold::GatewayClockUnsynchronised => "gateway-clock-unsynchronised",
+            TimeHold::UnplaceableAfterReboot => "unplaceable-after-reboot",
+            TimeHold::DeviceTimeUnusable(Problem(TimeProblem::ClockFault)) => "device-clock-fault",
+            TimeHold::DeviceTimeUnusable(Problem(TimeProblem::IncompleteDate)) => {
+                "device-date-incomplete"
+            }
+            TimeHold::DeviceTimeUnusable(Problem(TimeProblem::NoAnchor)) => {
+                "device-time-unanchored"
+            }
+            TimeHold::StoredWithoutTime => "stored-without-time",
+        }
     }
 }
 
@@ -66,8 +116,26 @@ pub struct GatewayTime {
 pub struct Effective {
     pub utc_ms: i64,
     pub offset_s: i32,
-    /// The device timestamp was unusable and the reception time stands in.
-    pub from_reception: bool,
+    /// Where the time came from.
+    pub source: TimeSource,
+}
+
+/// Where an Observation's time came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeSource {
+    /// The device's own time stamp; `corrected` when the offset measured against the
+    /// gateway's clock this connection moved it (the coincident time stamp then explains
+    /// how, and the Observation links to it).
+    Device { corrected: bool },
+    /// The gateway's reception time: the device sent no time stamp (or an unusable one) with
+    /// a value it sent as it was taken.
+    Reception,
+}
+
+impl Effective {
+    pub fn from_reception(&self) -> bool {
+        self.source == TimeSource::Reception
+    }
 }
 
 /// Where the reading's gateway reception time lies on the synchronised timeline.
@@ -112,43 +180,59 @@ fn usable(ts: Option<&DeviceTimestamp>, time_fault: bool) -> Option<(i64, Option
     }
 }
 
-/// The effective time of a reading per the rules in the module doc.
+/// The effective time of a reading per the rules in the module doc and the PHD IG
+/// (PhdBaseObservation notes, "Timestamp: effective[x]"): the device's own time where it can
+/// be placed; the reception time only for a value with no time stamp, or one the device
+/// sent as it was taken; otherwise no time at all (a final hold).
 pub fn effective(
-    device_time: Option<&DeviceTimestamp>,
-    time_fault: bool,
-    device_synchronized: bool,
+    m: &Measurement,
     offset_ms: Option<i64>,
     rx: &Receipt,
     gw: &GatewayTime,
 ) -> Result<Effective, TimeHold> {
-    let Some((naive, zone_s)) = usable(device_time, time_fault) else {
-        return Ok(Effective {
+    let reception = || {
+        Ok(Effective {
             utc_ms: reception_ms(rx, gw)?,
             offset_s: gw.utc_offset_s,
-            from_reception: true,
-        });
+            source: TimeSource::Reception,
+        })
+    };
+    let live = m.qualifiers.origin == Origin::Live;
+    let Some((naive, zone_s)) = usable(m.device_time.as_ref(), m.clock.time_fault) else {
+        return match (m.time_problem(), m.device_time.is_some()) {
+            (_, _) if live => reception(),
+            (Some(p), _) => Err(TimeHold::DeviceTimeUnusable(Problem(p))),
+            // A clock fault flagged on a reading without a time stamp says nothing about
+            // one the reading does not have.
+            (None, false) if m.qualifiers.origin == Origin::Stored => {
+                Err(TimeHold::StoredWithoutTime)
+            }
+            _ => reception(),
+        };
     };
     let print_offset = zone_s.unwrap_or(gw.utc_offset_s);
-    let utc_ms = match (zone_s, offset_ms) {
-        (Some(z), _) if device_synchronized => naive - i64::from(z) * 1000,
+    let device_synchronized = m.clock.synchronized;
+    let (utc_ms, corrected) = match (zone_s, offset_ms) {
+        (Some(z), _) if device_synchronized => (naive - i64::from(z) * 1000, false),
         (_, Some(off)) => match reception_ms(rx, gw) {
             // The offset was measured against the gateway clock: if that clock was not
             // synchronised then, the offset is off by the clock's own error.
-            Ok(placed) => naive - off + (placed - rx.wall_ms),
+            Ok(placed) => (naive - off + (placed - rx.wall_ms), true),
             // That error can no longer be known: the device's own report is the only time
             // left, read as when no offset is known.
-            Err(TimeHold::UnplaceableAfterReboot) => {
-                naive - i64::from(zone_s.unwrap_or(gw.utc_offset_s)) * 1000
-            }
+            Err(TimeHold::UnplaceableAfterReboot) => (
+                naive - i64::from(zone_s.unwrap_or(gw.utc_offset_s)) * 1000,
+                false,
+            ),
             Err(hold) => return Err(hold),
         },
-        (Some(z), None) => naive - i64::from(z) * 1000,
-        (None, None) => naive - i64::from(gw.utc_offset_s) * 1000,
+        (Some(z), None) => (naive - i64::from(z) * 1000, false),
+        (None, None) => (naive - i64::from(gw.utc_offset_s) * 1000, false),
     };
     Ok(Effective {
         utc_ms,
         offset_s: print_offset,
-        from_reception: false,
+        source: TimeSource::Device { corrected },
     })
 }
 

@@ -103,6 +103,8 @@ mod tests {
             bindings: 1,
             battery_percent: None,
             rssi_dbm: None,
+            control_tests: 0,
+            device_tests: 0,
         });
         s.readings.quarantined = quarantined;
         s

@@ -50,6 +50,8 @@ pub struct DeviceHealth {
     pub battery_percent: Option<u8>,
     /// Signal strength at the last BLE connection; `null` for serial devices.
     pub rssi_dbm: Option<i16>,
+    /// Control-solution tests the device reported (kept on the gateway, never sent).
+    pub control_tests: u64,
 }
 
 fn ms_to_time(ms: i64) -> SystemTime {
@@ -178,6 +180,7 @@ pub fn build(status: &StoreStatus, facts: ProcessFacts, now_ms: i64) -> Telemetr
                 last_seen: (d.last_seen_ms > 0).then(|| format_rfc3339(ms_to_time(d.last_seen_ms))),
                 battery_percent: d.battery_percent,
                 rssi_dbm: d.rssi_dbm,
+                control_tests: d.control_tests,
             })
             .collect(),
         store_bytes: status.store_bytes,
@@ -219,6 +222,7 @@ mod tests {
                 quarantined: 1,
                 delivered: 5,
                 unrouted: 0,
+                not_patient: 0,
                 held_unbound: 0,
             },
             oldest_undelivered_ms: Some(now - 90_000),
@@ -241,6 +245,8 @@ mod tests {
                     bindings: 1,
                     battery_percent: Some(87),
                     rssi_dbm: Some(-52),
+                    control_tests: 0,
+                    device_tests: 0,
                 },
                 DeviceSummary {
                     transport: "ble".into(),
@@ -252,6 +258,8 @@ mod tests {
                     bindings: 0,
                     battery_percent: None,
                     rssi_dbm: None,
+                    control_tests: 0,
+                    device_tests: 0,
                 },
             ],
             ..Default::default()

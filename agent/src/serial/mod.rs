@@ -359,7 +359,10 @@ impl SerialSource {
                                 }
                             }
                         }
-                        Event::Record(r) => pending.push(self.reading(r.measurement, r.raw, clock)),
+                        Event::Record(r) => {
+                            let r = *r;
+                            pending.push(self.reading(r.measurement, r.raw, clock))
+                        }
                         Event::Sample(sample) => {
                             let reduced = if sample.device_time.is_some() {
                                 stored.push(sample)

@@ -45,6 +45,8 @@ pub struct BoundDevice {
     pub held_unbound: u64,
     /// The user indices those held readings came from (-1: the device reports none).
     pub unbound_users: Vec<i64>,
+    /// Control-solution tests among its readings: kept, never sent.
+    pub control_tests: u64,
 }
 
 /// A device name for a reading kind (MDC code).
@@ -54,8 +56,8 @@ fn kind_name(code: i64) -> Option<&'static str> {
         150456 | 149530 | 150320 => "pulse-oximeter",
         147842 => "heart-rate",
         150364..=150399 => "thermometer",
-        188736 | 188740 | 188748 | 188752 => "scale",
-        160212 => "cgm",
+        188736..=188780 => "scale",
+        160212 | 8_418_008 => "cgm",
         160000..=160399 => "glucose-meter",
         _ => return None,
     })
@@ -138,7 +140,7 @@ pub fn list(path: &Path, keying: &Keying) -> Result<Vec<BoundDevice>, StoreError
         let unbound: Vec<(i64, i64)> = conn
             .prepare_cached(
                 "SELECT coalesce(r.user_index, -1), count(*) FROM readings r \
-                 WHERE r.device_id = ?1 AND NOT EXISTS (SELECT 1 FROM bindings b \
+                 WHERE r.device_id = ?1 AND r.not_patient IS NULL AND NOT EXISTS (SELECT 1 FROM bindings b \
                    WHERE b.device_id = r.device_id AND b.user_index IN (coalesce(r.user_index, -1), -1)) \
                  GROUP BY 1 ORDER BY 1",
             )
@@ -162,6 +164,13 @@ pub fn list(path: &Path, keying: &Keying) -> Result<Vec<BoundDevice>, StoreError
             bindings,
             held_unbound: unbound.iter().map(|(_, n)| *n as u64).sum(),
             unbound_users: unbound.iter().map(|(u, _)| *u).collect(),
+            control_tests: conn
+                .prepare_cached(
+                    "SELECT count(*) FROM readings WHERE device_id = ?1 \
+                     AND not_patient = 'control-solution'",
+                )
+                .and_then(|mut s| s.query_row(params![id], |r| r.get::<_, i64>(0)))
+                .map_err(sql("control tests"))? as u64,
         });
     }
     Ok(out)

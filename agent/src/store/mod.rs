@@ -9,6 +9,7 @@
 //! clears device memory) only after that. Readings are keyed by device and a device-derived
 //! dedup key, so a device that re-sends after a crash creates no duplicate.
 
+pub mod codec;
 pub mod devices;
 pub mod key;
 pub mod outbox;

@@ -142,7 +142,7 @@ impl OutboxReader {
             let device: DeviceIdentity =
                 postcard::from_bytes(&identity).map_err(|e| corrupt("device", e))?;
             let measurement: Measurement =
-                postcard::from_bytes(&measurement).map_err(|e| corrupt("measurement", e))?;
+                super::codec::decode(&measurement).map_err(|e| corrupt("measurement", e))?;
             out.push(PendingReading {
                 id,
                 dedup_key: key,

@@ -35,6 +35,9 @@ pub struct ReadingCounts {
     pub delivered: u64,
     /// Routed to no destination (none configured when it arrived).
     pub unrouted: u64,
+    /// Not the patient's (control-solution tests, the device's own test data): kept, never
+    /// sent.
+    pub not_patient: u64,
     /// Kept but held, whatever their delivery state: no binding for their device and user
     /// index, so no patient to deliver them to (`vitalgate devices` says which).
     pub held_unbound: u64,
@@ -65,6 +68,10 @@ pub struct DeviceSummary {
     pub battery_percent: Option<u8>,
     /// Signal strength at the last scan or connection, if the transport has one.
     pub rssi_dbm: Option<i16>,
+    /// Control-solution tests among its readings (kept, never sent).
+    pub control_tests: u64,
+    /// Readings the device marked as its own test or demonstration data (kept, never sent).
+    pub device_tests: u64,
 }
 
 /// A device's last-seen time, battery and signal, for `vitalgate devices` and telemetry.
@@ -145,6 +152,7 @@ impl StoreReader {
                 .map_err(self.sql("count"))
         };
         let total = count("SELECT count(*) FROM readings")?;
+        let not_patient = count("SELECT count(*) FROM readings WHERE not_patient IS NOT NULL")?;
         let routed = count("SELECT count(DISTINCT reading_id) FROM deliveries")?;
         let pending = count("SELECT count(DISTINCT reading_id) FROM deliveries WHERE state = 0")?;
         let quarantined = count(
@@ -156,9 +164,10 @@ impl StoreReader {
             pending,
             quarantined,
             delivered: routed.saturating_sub(pending + quarantined),
-            unrouted: total.saturating_sub(routed),
+            unrouted: total.saturating_sub(routed + not_patient),
+            not_patient,
             held_unbound: count(
-                "SELECT count(*) FROM readings r WHERE NOT EXISTS (SELECT 1 FROM bindings b \
+                "SELECT count(*) FROM readings r WHERE r.not_patient IS NULL AND NOT EXISTS (SELECT 1 FROM bindings b \
                  WHERE b.device_id = r.device_id AND b.user_index IN (coalesce(r.user_index, -1), -1))",
             )?,
         };
@@ -227,7 +236,11 @@ impl StoreReader {
                     "SELECT d.transport, d.address, d.identity, d.last_seen_ms, \
                      (SELECT count(*) FROM readings r WHERE r.device_id = d.id), \
                      (SELECT count(*) FROM bindings b WHERE b.device_id = d.id), \
-                     s.battery_percent, s.rssi_dbm \
+                     s.battery_percent, s.rssi_dbm, \
+                     (SELECT count(*) FROM readings r WHERE r.device_id = d.id \
+                      AND r.not_patient = 'control-solution'), \
+                     (SELECT count(*) FROM readings r WHERE r.device_id = d.id \
+                      AND r.not_patient = 'device-test') \
                      FROM devices d LEFT JOIN device_status s ON s.device_id = d.id \
                      ORDER BY d.last_seen_ms DESC",
                 )
@@ -243,6 +256,8 @@ impl StoreReader {
                         r.get::<_, i64>(5)?,
                         r.get::<_, Option<u8>>(6)?,
                         r.get::<_, Option<i16>>(7)?,
+                        r.get::<_, i64>(8)?,
+                        r.get::<_, i64>(9)?,
                     ))
                 })
                 .map_err(self.sql("devices"))?;
@@ -256,6 +271,8 @@ impl StoreReader {
                     bound,
                     battery_percent,
                     rssi_dbm,
+                    control_tests,
+                    device_tests,
                 ) = row.map_err(self.sql("devices"))?;
                 let identity: Option<DeviceIdentity> = postcard::from_bytes(&identity).ok();
                 devices.push(DeviceSummary {
@@ -268,6 +285,8 @@ impl StoreReader {
                     bindings: bound as u64,
                     battery_percent,
                     rssi_dbm,
+                    control_tests: control_tests as u64,
+                    device_tests: device_tests as u64,
                 });
             }
         }
@@ -318,7 +337,7 @@ impl StoreReader {
         for row in rows {
             let (id, dedup_key, received_ms, body, raw, clock_offset_ms) =
                 row.map_err(self.sql("list readings"))?;
-            let measurement = postcard::from_bytes(&body).map_err(|e| StoreError::Corrupt {
+            let measurement = super::codec::decode(&body).map_err(|e| StoreError::Corrupt {
                 path: self.path.clone(),
                 detail: format!("reading {id} cannot be decoded: {e}"),
             })?;

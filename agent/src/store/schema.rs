@@ -195,6 +195,12 @@ const MIGRATIONS: &[&str] = &[
         rssi_ms         INTEGER
     ) WITHOUT ROWID;
     "#,
+    // 6 -> 7: a reading that is not the patient's (a control-solution test, data the device
+    // marks as its own test or demonstration) says what it is: it is kept, never routed to a
+    // destination, and counted per device. NULL for every patient reading.
+    r#"
+    ALTER TABLE readings ADD COLUMN not_patient TEXT;
+    "#,
 ];
 
 /// Schema versions whose migration is additive: a binary that knows the version before it
@@ -202,7 +208,7 @@ const MIGRATIONS: &[&str] = &[
 /// forgetting to list one is safe (a rollback then refuses the store instead of misreading
 /// it). Only list a migration that adds tables, indexes, or columns that are nullable or have
 /// a default, and that changes no meaning of what exists.
-const ADDITIVE: &[u32] = &[2, 3, 4, 5, 6];
+const ADDITIVE: &[u32] = &[2, 3, 4, 5, 6, 7];
 
 /// The oldest schema version a binary must know to use a store at `version`: the last
 /// breaking migration at or below it.

@@ -24,6 +24,7 @@ use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
+use vitalgate_drivers::model::Sample;
 use vitalgate_drivers::{DeviceIdentity, Reading, Transport};
 
 use super::outbox::{DeliveryUpdate, DestinationOutcome};
@@ -173,6 +174,8 @@ struct EncodedReading {
     boot_id: [u8; 16],
     clock_synced: bool,
     clock_offset_ms: Option<i64>,
+    /// What the reading is when it is not the patient's; such a reading is not routed.
+    not_patient: Option<&'static str>,
 }
 
 impl EncodedBatch {
@@ -184,7 +187,7 @@ impl EncodedBatch {
             let start = bytes.len();
             bytes.extend_from_slice(r.dedup_key().as_bytes());
             let key = start..bytes.len();
-            bytes = postcard::to_extend(&r.measurement, bytes)?;
+            bytes = super::codec::encode(&r.measurement, bytes)?;
             let measurement = key.end..bytes.len();
             bytes.extend_from_slice(&r.raw);
             let raw = measurement.end..bytes.len();
@@ -203,6 +206,7 @@ impl EncodedBatch {
                 boot_id: *r.receipt.boot_id.as_bytes(),
                 clock_synced: r.receipt.clock_synchronized,
                 clock_offset_ms: r.device_clock_offset_ms,
+                not_patient: not_patient(r.measurement.qualifiers.sample),
             });
         }
         Ok(Self {
@@ -211,6 +215,15 @@ impl EncodedBatch {
             bytes,
             cursor: batch.cursor,
         })
+    }
+}
+
+/// The `readings.not_patient` value of a sample that is not the patient's.
+pub fn not_patient(sample: Sample) -> Option<&'static str> {
+    match sample {
+        Sample::Patient => None,
+        Sample::ControlSolution => Some("control-solution"),
+        Sample::DeviceTest => Some("device-test"),
     }
 }
 
@@ -1298,8 +1311,9 @@ impl Writer {
             let mut insert = conn
                 .prepare_cached(
                     "INSERT INTO readings (device_id, dedup_key, kind, user_index, received_ms, \
-                     received_mono_ns, boot_id, clock_synced, clock_offset_ms, measurement, raw) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
+                     received_mono_ns, boot_id, clock_synced, clock_offset_ms, measurement, raw, \
+                     not_patient) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
                      ON CONFLICT (device_id, dedup_key) DO NOTHING",
                 )
                 .map_err(sql("prepare insert"))?;
@@ -1326,9 +1340,17 @@ impl Writer {
                         r.clock_offset_ms,
                         &batch.bytes[r.measurement.clone()],
                         &batch.bytes[r.raw.clone()],
+                        r.not_patient,
                     ])
                     .map_err(sql("insert reading"))?;
-                if inserted == 1 {
+                if inserted == 1 && r.not_patient.is_some() {
+                    // Kept and counted, never sent: it ends the run of routed readings.
+                    let id = conn.last_insert_rowid();
+                    if let Some((first, last)) = run.take() {
+                        self.route(first, last)?;
+                    }
+                    outcomes.push(Outcome::Inserted(id));
+                } else if inserted == 1 {
                     let id = conn.last_insert_rowid();
                     run = match run {
                         Some((first, last)) if id == last + 1 => Some((first, id)),

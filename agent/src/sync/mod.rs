@@ -86,6 +86,7 @@ pub struct Destination {
     clock: Arc<dyn Clock>,
     gateway_id: String,
     namespace: fhir::IdentifierNamespace,
+    system_id: Option<[u8; 8]>,
     backoff: Backoff,
     routing: Option<Arc<plan::DeviceRouting>>,
     sync_now: Option<tokio::sync::watch::Receiver<u64>>,
@@ -131,6 +132,7 @@ impl Destination {
             clock,
             gateway_id,
             namespace,
+            system_id: fhir::device::gateway_system_id(),
             routing: None,
             sync_now: None,
             failing_after: crate::config::fleet::DEFAULT_DESTINATION_FAILING_AFTER,
@@ -342,6 +344,7 @@ impl Destination {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             clock_synchronized: now.clock_synchronized,
             namespace: self.namespace.clone(),
+            system_id: self.system_id,
         };
         let time = GatewayTime {
             now,
@@ -374,7 +377,11 @@ impl Destination {
                     events.push(NewEvent {
                         severity: Severity::Warning,
                         kind: "fhir-time-unknown".into(),
-                        detail: serde_json::json!({ "destination": self.id, "reading_id": id }),
+                        detail: serde_json::json!({
+                            "destination": self.id,
+                            "reading_id": id,
+                            "reason": hold.kind(),
+                        }),
                     });
                 }
                 Err(MapError::Hold(hold)) => {
@@ -383,6 +390,16 @@ impl Destination {
                     updates.push(DeliveryUpdate::Retry {
                         reading_id: id,
                         next_attempt_ms: now.wall_ms + HOLD_RETRY.as_millis() as i64,
+                    });
+                }
+                // The store routes no such reading; one that arrives anyway is kept out of
+                // the patient's record the same way as an unmappable one.
+                Err(e @ MapError::NotPatientData(_)) => {
+                    report.quarantined += 1;
+                    updates.push(DeliveryUpdate::Quarantine {
+                        reading_id: id,
+                        http_status: None,
+                        outcome: e.to_string(),
                     });
                 }
                 Err(MapError::Invalid(why)) => {

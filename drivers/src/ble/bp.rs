@@ -222,6 +222,23 @@ bit_struct! {
     }
 }
 
+impl BloodPressureFeature {
+    /// The Measurement Status bits (0x2A35) the cuff supports: feature bits 0-2 cover status
+    /// bits 0-2, bit 3 the two-bit pulse-rate range (3, 4), bit 4 the measurement position
+    /// (5) (Blood Pressure Feature in the GATT Specification Supplement).
+    pub fn status_support(&self) -> u32 {
+        let raw = u32::from(self.raw);
+        let mut mask = raw & 0x07;
+        if raw & (1 << 3) != 0 {
+            mask |= 0b11 << 3;
+        }
+        if raw & (1 << 4) != 0 {
+            mask |= 1 << 5;
+        }
+        mask
+    }
+}
+
 /// Decodes Blood Pressure Feature (0x2A49).
 pub fn decode_feature(bytes: &[u8]) -> Result<BloodPressureFeature, DecodeError> {
     let mut r = Reader::new(FEATURE, bytes);

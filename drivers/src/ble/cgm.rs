@@ -2,12 +2,14 @@
 //! Measurement 0x2AA7 (several size-prefixed records per notification, each optionally
 //! protected by an E2E-CRC), CGM Feature 0x2AA8 and CGM Session Start Time 0x2AAA.
 
-use super::{DecodeContext, Reader, bit_struct, glucose::SampleLocation, glucose::SampleType};
+use super::{
+    DecodeContext, Reader, Writer, bit_struct, glucose::SampleLocation, glucose::SampleType,
+};
 use crate::DecodeError;
 use crate::crc::e2e_crc;
 use crate::ieee11073::Value;
 use crate::mdc::{self, Unit};
-use crate::model::{Measurement, StatusBits};
+use crate::model::{Condition, Measurement, OutOfRange, StatusBits};
 use crate::time::{
     DeviceTimestamp, DstOffset, LocalDateTime, TimeZone, decode_dst_offset, decode_time_zone,
 };
@@ -108,21 +110,90 @@ impl CgmMeasurement {
         }
     }
 
-    /// One reading: MDC_CONC_GLU_ISF (160212) in mg/dL, sequence = time offset (the CGM
-    /// record number), status = the 24-bit annunciation.
-    pub fn measurement(&self) -> Measurement {
+    /// The readings of one record: the glucose (MDC_CONC_GLU_ISF, 160212, mg/dL) with the
+    /// annunciation as its status, and the trend (MDC_CONC_GLU_TREND, (mg/dL)/min) derived
+    /// from it when sent.
+    ///
+    /// The record number is the time offset, which restarts at 0 with every sensor session,
+    /// so the session start (or, when it is unknown, the record's own bytes) qualifies it:
+    /// a new session never collides with the old one. Annunciation bits 22 and 23 ("result
+    /// lower/higher than the device can process") put the value beyond the device's range;
+    /// both at once contradict each other and make the record a problem. A general device
+    /// fault (bit 5), which has no status code in the PHD IG, makes the value questionable.
+    /// The CGM Quality is the device's confidence in the value, in percent.
+    pub fn measurements(&self) -> Vec<Measurement> {
         let mut m = Measurement::numeric(mdc::CONC_GLU_ISF, self.glucose, Unit::mg_per_dl());
         m.sequence = Some(u32::from(self.time_offset_minutes));
         m.device_time = Some(self.device_time());
+        m.qualifiers.record = Some(match &self.session_start {
+            Some(start) => format!("session {}", start.time),
+            None => format!("record {}", hex_upper(&self.encode_fields())),
+        });
+        m.qualifiers.quality = self.quality;
         if let Some(bits) = self.annunciation() {
             m.status.push(StatusBits {
                 attribute: MEASUREMENT.into(),
                 bits,
                 width: 24,
             });
+            let s = CgmSensorStatus::from_bits(bits);
+            match (
+                s.result_lower_than_device_can_process,
+                s.result_higher_than_device_can_process,
+            ) {
+                (true, true) => {
+                    m.qualifiers.problem = Some(
+                        "CGM status says the result is both below and above the device's range"
+                            .into(),
+                    );
+                }
+                (true, false) => m.qualifiers.range = Some(OutOfRange::Below),
+                (false, true) => m.qualifiers.range = Some(OutOfRange::Above),
+                (false, false) => {}
+            }
+            if s.general_device_fault {
+                m.qualifiers.add(Condition::Questionable);
+            }
         }
-        m
+        let mut out = vec![m];
+        if let Some(trend) = self.trend {
+            let mut t = Measurement::numeric(mdc::CONC_GLU_TREND, trend, Unit::mg_per_dl_per_min());
+            let g = &out[0];
+            t.sequence = g.sequence;
+            t.device_time = g.device_time;
+            t.qualifiers.record = g.qualifiers.record.clone();
+            t.qualifiers.derived_from = vec![mdc::CONC_GLU_ISF];
+            out.push(t);
+        }
+        out
     }
+
+    /// The record's fields as sent (no Size, no CRC): what identifies it when the session
+    /// start is unknown.
+    fn encode_fields(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        let encoded = w.sfloat(self.glucose).is_ok();
+        if !encoded {
+            w.u16_le(0);
+        }
+        w.u16_le(self.time_offset_minutes);
+        for o in [self.warning, self.cal_temp, self.status]
+            .into_iter()
+            .flatten()
+        {
+            w.u8(o);
+        }
+        for v in [self.trend, self.quality].into_iter().flatten() {
+            if w.sfloat(v).is_err() {
+                w.u16_le(0);
+            }
+        }
+        w.bytes
+    }
+}
+
+fn hex_upper(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02X}")).collect()
 }
 
 /// Decodes a CGM Measurement notification (0x2AA7): one or more records, each starting with
@@ -296,6 +367,35 @@ bit_struct! {
         multiple_sessions = 14,
         trend_information = 15,
         quality = 16,
+    }
+}
+
+impl CgmFeatureBits {
+    /// The Sensor Status Annunciation bits the CGM supports (CGM Feature and CGM Measurement
+    /// in the GATT Specification Supplement). Session stopped (0) and time synchronization
+    /// required (8) have no feature bit and are always supported.
+    pub fn status_support(&self) -> u32 {
+        let f = |bit: u32| self.raw & (1 << bit) != 0;
+        let mut mask = 1 | 1 << 8;
+        for (feature, status) in [
+            (0, 0b111 << 9),
+            (1, 0b11 << 16),
+            (2, 1 << 18),
+            (3, 1 << 19),
+            (4, 0b11 << 20),
+            (5, 1 << 4),
+            (6, 1 << 3),
+            (7, 0b11 << 12),
+            (8, 0b11 << 22),
+            (9, 1 << 1),
+            (10, 1 << 2),
+            (11, 1 << 5),
+        ] {
+            if f(feature) {
+                mask |= status;
+            }
+        }
+        mask
     }
 }
 

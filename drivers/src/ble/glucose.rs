@@ -6,7 +6,9 @@ use super::{Reader, Writer, bit_struct, code_enum, local, shift_exponent};
 use crate::DecodeError;
 use crate::ieee11073::{EncodeError, Value};
 use crate::mdc::{self, MdcCode, Unit};
-use crate::model::{Measurement, StatusBits};
+use crate::model::{
+    ContextItem, ContextValue, Measurement, Origin, OutOfRange, Sample, StatusBits,
+};
 use crate::time::{LocalDateTime, TimeError};
 
 const MEASUREMENT: &str = "2A18";
@@ -65,6 +67,27 @@ code_enum! {
         ControlSolution = 4,
         NotAvailable = 15,
     }
+}
+
+impl SampleLocation {
+    /// The MDC_CTXT_GLU_SAMPLELOCATION_* value; `None` for "not available". Control solution
+    /// is not a body site but keeps its own code, so the reading says what it was.
+    pub fn mdc(self) -> Option<MdcCode> {
+        match self {
+            SampleLocation::Finger => Some(mdc::CTXT_GLU_SAMPLELOCATION_FINGER),
+            SampleLocation::AlternateSiteTest => Some(mdc::CTXT_GLU_SAMPLELOCATION_AST),
+            SampleLocation::Earlobe => Some(mdc::CTXT_GLU_SAMPLELOCATION_EARLOBE),
+            SampleLocation::ControlSolution => Some(mdc::CTXT_GLU_SAMPLELOCATION_CTRLSOLUTION),
+            SampleLocation::NotAvailable => None,
+            SampleLocation::Reserved(_) => Some(mdc::CTXT_GLU_SAMPLELOCATION_OTHER),
+        }
+    }
+}
+
+/// Whether a measurement code is a glucose concentration from a glucose meter (any sample
+/// type), the readings a Glucose Measurement Context belongs to.
+pub fn is_glucose(kind: MdcCode) -> bool {
+    (160_000..160_400).contains(&kind.0) && kind != mdc::CONC_GLU_ISF
 }
 
 /// Flag bit 1 fields: the concentration with its unit, sample type and location.
@@ -162,6 +185,14 @@ impl GlucoseMeasurement {
     /// status bit 11 (time fault) as a clock fault. When the user-facing time cannot be
     /// computed (unknown date with a non-zero offset) the reading has no device time and is
     /// flagged as a time fault, rather than carrying a time that is off by the offset.
+    ///
+    /// What else the record says travels in the qualifiers: it comes from the meter's memory
+    /// (GLS sends measurements only in answer to a RACP request); Sensor Status
+    /// Annunciation bits 5 and 6 ("result higher/lower than the device can process", GATT
+    /// Specification Supplement, Glucose Measurement) put the true value above or below what
+    /// the meter can measure; sample type 10 or location 4 make it a control-solution
+    /// test, which is no patient data; the sample location is context; and the base time as
+    /// reported tells this record apart from one a reset meter numbered the same.
     pub fn measurements(&self) -> Vec<Measurement> {
         let Some(c) = &self.concentration else {
             return Vec::new();
@@ -173,6 +204,21 @@ impl GlucoseMeasurement {
             Ok(t) => m.device_time = Some(local(t)),
             Err(_) => m.clock.time_fault = true,
         }
+        let q = &mut m.qualifiers;
+        q.origin = Origin::Stored;
+        q.record = Some(self.base_time.to_string());
+        if c.sample_type == SampleType::ControlSolution
+            || c.location == SampleLocation::ControlSolution
+        {
+            q.sample = Sample::ControlSolution;
+        }
+        if let Some(code) = c.location.mdc() {
+            q.context.push(ContextItem {
+                kind: mdc::CTXT_GLU_SAMPLELOCATION,
+                value: ContextValue::Code(code),
+                duration_s: None,
+            });
+        }
         if let Some(s) = self.status {
             m.status.push(StatusBits {
                 attribute: MEASUREMENT.into(),
@@ -180,6 +226,18 @@ impl GlucoseMeasurement {
                 width: 16,
             });
             m.clock.time_fault |= s.time_fault;
+            match (s.result_too_high, s.result_too_low) {
+                (true, false) => m.qualifiers.range = Some(OutOfRange::Above),
+                (false, true) => m.qualifiers.range = Some(OutOfRange::Below),
+                // Both at once contradict each other: nobody can say what the value means.
+                (true, true) => {
+                    m.qualifiers.problem = Some(
+                        "glucose status says the result is both above and below the meter's range"
+                            .into(),
+                    );
+                }
+                (false, false) => {}
+            }
         }
         vec![m]
     }
@@ -317,6 +375,112 @@ pub struct GlucoseContext {
     pub hba1c: Option<Value>,
 }
 
+impl GlucoseContext {
+    /// The context as IEEE 11073-10417 observations (the glucose meter specialization the
+    /// PHD IG maps; codes in [`mdc`]). Units follow the GATT Specification Supplement: the
+    /// carbohydrate amount is in kilograms and medication in kilograms or litres, so both
+    /// move to grams, milligrams and millilitres by the decimal exponent alone, exactly.
+    /// "Not available" tester and health values carry nothing and are left out.
+    pub fn items(&self) -> Vec<ContextItem> {
+        let code = |kind, value| ContextItem {
+            kind,
+            value: ContextValue::Code(value),
+            duration_s: None,
+        };
+        let mut out = Vec::new();
+        if let Some((id, amount)) = self.carbohydrate {
+            let kind = match id {
+                CarbohydrateId::Breakfast => mdc::CTXT_GLU_CARB_BREAKFAST,
+                CarbohydrateId::Lunch => mdc::CTXT_GLU_CARB_LUNCH,
+                CarbohydrateId::Dinner => mdc::CTXT_GLU_CARB_DINNER,
+                CarbohydrateId::Snack => mdc::CTXT_GLU_CARB_SNACK,
+                CarbohydrateId::Drink => mdc::CTXT_GLU_CARB_DRINK,
+                CarbohydrateId::Supper => mdc::CTXT_GLU_CARB_SUPPER,
+                CarbohydrateId::Brunch => mdc::CTXT_GLU_CARB_BRUNCH,
+                CarbohydrateId::Reserved(_) => mdc::CTXT_GLU_CARB,
+            };
+            out.push(ContextItem {
+                kind,
+                value: ContextValue::Quantity {
+                    value: shift_exponent(amount, 3),
+                    unit: Unit::gram(),
+                },
+                duration_s: None,
+            });
+        }
+        if let Some(meal) = self.meal {
+            let value = match meal {
+                Meal::Preprandial => Some(mdc::CTXT_GLU_MEAL_PREPRANDIAL),
+                Meal::Postprandial => Some(mdc::CTXT_GLU_MEAL_POSTPRANDIAL),
+                Meal::Fasting => Some(mdc::CTXT_GLU_MEAL_FASTING),
+                Meal::Casual => Some(mdc::CTXT_GLU_MEAL_CASUAL),
+                Meal::Bedtime => Some(mdc::CTXT_GLU_MEAL_BEDTIME),
+                Meal::Reserved(_) => None,
+            };
+            out.extend(value.map(|v| code(mdc::CTXT_GLU_MEAL, v)));
+        }
+        if let Some((tester, health)) = self.tester_health {
+            let tester = match tester {
+                Tester::SelfTest => Some(mdc::CTXT_GLU_TESTER_SELF),
+                Tester::HealthCareProfessional => Some(mdc::CTXT_GLU_TESTER_HCP),
+                Tester::LabTest => Some(mdc::CTXT_GLU_TESTER_LAB),
+                Tester::NotAvailable | Tester::Reserved(_) => None,
+            };
+            out.extend(tester.map(|v| code(mdc::CTXT_GLU_TESTER, v)));
+            let health = match health {
+                Health::MinorHealthIssues => Some(mdc::CTXT_GLU_HEALTH_MINOR),
+                Health::MajorHealthIssues => Some(mdc::CTXT_GLU_HEALTH_MAJOR),
+                Health::DuringMenses => Some(mdc::CTXT_GLU_HEALTH_MENSES),
+                Health::UnderStress => Some(mdc::CTXT_GLU_HEALTH_STRESS),
+                Health::NoHealthIssues => Some(mdc::CTXT_GLU_HEALTH_NONE),
+                Health::NotAvailable | Health::Reserved(_) => None,
+            };
+            out.extend(health.map(|v| code(mdc::CTXT_GLU_HEALTH, v)));
+        }
+        if let Some(e) = self.exercise {
+            out.push(ContextItem {
+                kind: mdc::CTXT_GLU_EXERCISE,
+                value: ContextValue::Quantity {
+                    value: Value::number(i64::from(e.intensity_percent), 0),
+                    unit: Unit::percent(),
+                },
+                // 65535 is "overrun": longer than the field can hold, so no duration.
+                duration_s: (e.duration_s != u16::MAX).then_some(u32::from(e.duration_s)),
+            });
+        }
+        if let Some((id, amount, unit)) = self.medication {
+            let kind = match id {
+                MedicationId::RapidActingInsulin => mdc::CTXT_MEDICATION_RAPIDACTING,
+                MedicationId::ShortActingInsulin => mdc::CTXT_MEDICATION_SHORTACTING,
+                MedicationId::IntermediateActingInsulin => mdc::CTXT_MEDICATION_INTERMEDIATEACTING,
+                MedicationId::LongActingInsulin => mdc::CTXT_MEDICATION_LONGACTING,
+                MedicationId::PreMixedInsulin => mdc::CTXT_MEDICATION_PREMIX,
+                MedicationId::Reserved(_) => mdc::CTXT_MEDICATION,
+            };
+            let (value, unit) = match unit {
+                MedicationUnit::Kilograms => (shift_exponent(amount, 6), Unit::milligram()),
+                MedicationUnit::Litres => (shift_exponent(amount, 3), Unit::millilitre()),
+            };
+            out.push(ContextItem {
+                kind,
+                value: ContextValue::Quantity { value, unit },
+                duration_s: None,
+            });
+        }
+        if let Some(v) = self.hba1c {
+            out.push(ContextItem {
+                kind: mdc::CONC_HBA1C,
+                value: ContextValue::Quantity {
+                    value: v,
+                    unit: Unit::percent(),
+                },
+                duration_s: None,
+            });
+        }
+        out
+    }
+}
+
 /// Decodes Glucose Measurement Context (0x2A34).
 pub fn decode_context(bytes: &[u8]) -> Result<GlucoseContext, DecodeError> {
     let mut r = Reader::new(CONTEXT, bytes);
@@ -386,6 +550,30 @@ bit_struct! {
         general_device_fault = 8,
         time_fault = 9,
         multiple_bond = 10,
+    }
+}
+
+impl GlucoseFeature {
+    /// The Sensor Status Annunciation bits (0x2A18) the meter supports: feature bits 0-4
+    /// cover status bits 0-4, bit 5 both result high and low (5, 6), bit 6 both temperature
+    /// bits (7, 8), bit 7 read interrupt (9), bit 8 general fault (10), bit 9 time fault (11)
+    /// (Glucose Feature and Glucose Measurement in the GATT Specification Supplement).
+    pub fn status_support(&self) -> u32 {
+        let raw = u32::from(self.raw);
+        let f = |bit: u32| raw & (1 << bit) != 0;
+        let mut mask = raw & 0x1F;
+        for (feature, status) in [
+            (5, 0b11 << 5),
+            (6, 0b11 << 7),
+            (7, 1 << 9),
+            (8, 1 << 10),
+            (9, 1 << 11),
+        ] {
+            if f(feature) {
+                mask |= status;
+            }
+        }
+        mask
     }
 }
 

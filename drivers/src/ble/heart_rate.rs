@@ -5,7 +5,7 @@ use super::{Reader, code_enum};
 use crate::DecodeError;
 use crate::ieee11073::{Decimal, Value};
 use crate::mdc::{self, Unit};
-use crate::model::Measurement;
+use crate::model::{Condition, Measurement, Origin};
 
 const MEASUREMENT: &str = "2A37";
 const LOCATION: &str = "2A38";
@@ -50,12 +50,21 @@ pub struct HeartRateMeasurement {
 impl HeartRateMeasurement {
     /// One heart-rate reading, MDC_ECG_HEART_RATE (147842) in /min. Energy and RR intervals
     /// stay in the typed struct. A strap sends no timestamp: this is a live value.
+    ///
+    /// Heart rate is a live stream. When the sensor detects skin contact and reports none
+    /// (flags bits 1-2 = 2, Heart Rate Measurement in the GATT Specification Supplement),
+    /// the value says so.
     pub fn measurements(&self) -> Vec<Measurement> {
-        vec![Measurement::numeric(
+        let mut m = Measurement::numeric(
             mdc::ECG_HEART_RATE,
             Value::number(i64::from(self.heart_rate), 0),
             Unit::beats_per_minute(),
-        )]
+        );
+        m.qualifiers.origin = Origin::Live;
+        if self.sensor_contact == SensorContact::NotDetected {
+            m.qualifiers.add(Condition::NoSkinContact);
+        }
+        vec![m]
     }
 }
 

@@ -11,7 +11,7 @@
 
 use crate::DecodeError;
 use crate::ieee11073::{self, EncodeError, Value};
-use crate::model::Measurement;
+use crate::model::{Measurement, StatusSupport};
 use crate::time::{DeviceTimestamp, LocalDateTime, decode_date_time, encode_date_time};
 
 pub mod bp;
@@ -114,6 +114,46 @@ pub struct DecodeContext {
     /// detect it per record from Size = field length + 2, as §2.8 allows. `Some(_)`: a record
     /// that disagrees with the feature is rejected.
     pub cgm_e2e_crc: Option<bool>,
+    /// The feature characteristics read at connection: which status bits the device
+    /// supports, so that only those are reported (the PHD IG reports supported bits only).
+    pub bp_feature: Option<bp::BloodPressureFeature>,
+    pub glucose_feature: Option<glucose::GlucoseFeature>,
+    pub cgm_feature: Option<cgm::CgmFeatureBits>,
+    pub plx_features: Option<plx::PlxFeatures>,
+}
+
+impl DecodeContext {
+    /// Records, on each status field of `m`, which bits the device said it supports.
+    pub fn qualify(&self, m: &mut Measurement) {
+        for s in &m.status {
+            let mask = match s.attribute.as_str() {
+                "2A35" => self.bp_feature.map(|f| f.status_support()),
+                "2A18" => self.glucose_feature.map(|f| f.status_support()),
+                "2AA7" => self.cgm_feature.map(|f| f.status_support()),
+                "2A5E" | "2A5F" => self
+                    .plx_features
+                    .and_then(|f| f.measurement_status_support)
+                    .map(|s| u32::from(s.raw)),
+                "2A5E:device-sensor" | "2A5F:device-sensor" => self
+                    .plx_features
+                    .and_then(|f| f.device_sensor_status_support)
+                    .map(|s| s.raw),
+                _ => None,
+            };
+            if let Some(mask) = mask
+                && !m
+                    .qualifiers
+                    .status_support
+                    .iter()
+                    .any(|x| x.attribute == s.attribute)
+            {
+                m.qualifiers.status_support.push(StatusSupport {
+                    attribute: s.attribute.clone(),
+                    mask,
+                });
+            }
+        }
+    }
 }
 
 /// A decoded characteristic value.
@@ -196,7 +236,7 @@ impl Decoded {
             Decoded::PlxSpotCheck(m) => m.measurements(),
             Decoded::PlxContinuous(m) => m.measurements(),
             Decoded::HeartRate(m) => m.measurements(),
-            Decoded::Cgm(records) => records.iter().map(|r| r.measurement()).collect(),
+            Decoded::Cgm(records) => records.iter().flat_map(|r| r.measurements()).collect(),
             _ => Vec::new(),
         }
     }

@@ -5,7 +5,7 @@ use super::{Reader, bit_struct, local};
 use crate::DecodeError;
 use crate::ieee11073::Value;
 use crate::mdc::{self, MdcCode, Unit};
-use crate::model::{Measurement, StatusBits};
+use crate::model::{Condition, Measurement, Origin, Sample, StatusBits};
 use crate::time::LocalDateTime;
 
 const SPOT: &str = "2A5E";
@@ -197,6 +197,34 @@ fn readings(
     out
 }
 
+/// What the PLX Measurement Status says about the values (PLXS 1.0, Measurement Status
+/// field; its meanings line up with the IEEE 11073-10206 measurement status the PHD IG maps
+/// in PhdBaseObservation "Measurement Status"). "Validated", "fully qualified" and "from
+/// storage" need no flag on the value: storage sets the origin instead.
+fn qualify(out: &mut [Measurement], status: Option<PlxMeasurementStatus>) {
+    let Some(s) = status else {
+        return;
+    };
+    for m in out {
+        let q = &mut m.qualifiers;
+        for (set, c) in [
+            (s.measurement_ongoing, Condition::Ongoing),
+            (s.early_estimated_data, Condition::EarlyEstimate),
+            (s.calibration_ongoing, Condition::Calibrating),
+            (s.measurement_unavailable, Condition::Unavailable),
+            (s.questionable_measurement_detected, Condition::Questionable),
+            (s.invalid_measurement_detected, Condition::Invalid),
+        ] {
+            if set {
+                q.add(c);
+            }
+        }
+        if s.data_for_demonstration || s.data_for_testing {
+            q.sample = Sample::DeviceTest;
+        }
+    }
+}
+
 impl PlxSpotCheck {
     /// SpO2, pulse rate and PAI with the spot modality (150588); flag bit 4 (clock not set)
     /// becomes a time fault.
@@ -208,9 +236,18 @@ impl PlxSpotCheck {
             Some(mdc::MODALITY_SPOT),
             &status,
         );
+        qualify(&mut out, self.measurement_status);
+        let stored = self
+            .measurement_status
+            .is_some_and(|s| s.data_from_measurement_storage);
         for m in &mut out {
             m.device_time = self.timestamp.map(local);
             m.clock.time_fault = self.device_clock_not_set;
+            m.qualifiers.origin = if stored {
+                Origin::Stored
+            } else {
+                Origin::Unknown
+            };
         }
         out
     }
@@ -231,6 +268,11 @@ impl PlxContinuous {
         }
         if let Some(p) = self.slow {
             out.extend(readings(p, None, Some(mdc::MODALITY_SLOW), &status));
+        }
+        qualify(&mut out, self.measurement_status);
+        for m in &mut out {
+            // A continuous measurement has no time stamp: it is sent as it is taken.
+            m.qualifiers.origin = Origin::Live;
         }
         out
     }

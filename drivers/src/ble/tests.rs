@@ -841,6 +841,13 @@ fn body_composition_every_field() {
         got,
         vec![
             (188748, "21.5".into()),
+            (188768, "6000".into()),
+            (188772, "35.0".into()),
+            (188776, "50.000".into()),
+            (188756, "100.000".into()),
+            (188760, "150.000".into()),
+            (188764, "200.000".into()),
+            (188780, "500.0".into()),
             (188736, "77.500".into()),
             (188740, "178.0".into())
         ]
@@ -1077,7 +1084,8 @@ fn cgm_vector_40() {
     assert_eq!(opt_text(r.trend), "0.2");
     assert_eq!(opt_text(r.quality), "99.7");
     assert_eq!(r.crc, Some(0x3F8E));
-    let m = r.measurement();
+    let ms = r.measurements();
+    let m = &ms[0];
     assert_eq!(m.kind, MdcCode(160212));
     assert_eq!(opt_text(m.value), "12.34");
     assert_eq!(m.unit, Some(Unit::new(264274, "mg/dL")));
@@ -1150,7 +1158,7 @@ fn cgm_several_records_and_session_start() {
     };
     let ctx = DecodeContext {
         cgm_session_start: Some(start),
-        cgm_e2e_crc: None,
+        ..Default::default()
     };
     let Decoded::Cgm(records) = decode(0x2AA7, &bytes, &ctx).expect("valid") else {
         panic!()
@@ -1158,7 +1166,7 @@ fn cgm_several_records_and_session_start() {
     let got: Vec<_> = records
         .iter()
         .map(|r| {
-            let m = r.measurement();
+            let m = &r.measurements()[0];
             (
                 opt_text(m.value),
                 m.sequence,
@@ -1195,7 +1203,7 @@ fn cgm_several_records_and_session_start() {
         panic!()
     };
     assert_eq!(
-        time(&r[0].measurement().device_time),
+        time(&r[0].measurements()[0].device_time),
         "2019-03-01T00:58:00 z60 d60"
     );
     assert_eq!(Decoded::Cgm(r).measurements().len(), 1);
@@ -1499,6 +1507,7 @@ fn context() -> impl Strategy<Value = DecodeContext> {
                 dst: None,
                 crc: None,
             }),
+            ..Default::default()
         })
 }
 

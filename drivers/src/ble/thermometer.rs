@@ -6,7 +6,7 @@ use super::{Reader, Writer, code_enum, local};
 use crate::DecodeError;
 use crate::ieee11073::{EncodeError, Value};
 use crate::mdc::{self, MdcCode, Unit};
-use crate::model::Measurement;
+use crate::model::{BodySite, Measurement};
 use crate::time::LocalDateTime;
 
 const MEASUREMENT: &str = "2A1C";
@@ -139,7 +139,26 @@ impl TemperatureMeasurement {
             .map_or(mdc::TEMP_BODY, TemperatureType::mdc);
         let mut m = Measurement::numeric(kind, self.value, self.unit.unit());
         m.device_time = self.timestamp.map(local);
+        m.qualifiers.body_site = self.temperature_type.and_then(TemperatureType::body_site);
         vec![m]
+    }
+}
+
+impl TemperatureType {
+    /// Where the temperature was taken; `None` for "body (general)" and reserved values,
+    /// which name no site.
+    pub fn body_site(self) -> Option<BodySite> {
+        Some(match self {
+            TemperatureType::Armpit => BodySite::Armpit,
+            TemperatureType::Body | TemperatureType::Reserved(_) => return None,
+            TemperatureType::Ear => BodySite::EarLobe,
+            TemperatureType::Finger => BodySite::Finger,
+            TemperatureType::GastroIntestinalTract => BodySite::GastrointestinalTract,
+            TemperatureType::Mouth => BodySite::Mouth,
+            TemperatureType::Rectum => BodySite::Rectum,
+            TemperatureType::Toe => BodySite::Toe,
+            TemperatureType::Tympanum => BodySite::Tympanum,
+        })
     }
 }
 

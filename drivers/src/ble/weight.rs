@@ -11,7 +11,7 @@ use super::{Reader, Writer, bit_struct, local};
 use crate::DecodeError;
 use crate::ieee11073::{Special, Value};
 use crate::mdc::{self, MdcCode, Unit};
-use crate::model::Measurement;
+use crate::model::{Condition, Measurement};
 use crate::time::LocalDateTime;
 
 const WEIGHT: &str = "2A9D";
@@ -59,6 +59,14 @@ fn scaled(raw: u16, multiplier: i64, exponent: i8) -> Value {
 
 fn reading(kind: MdcCode, (value, unit): (Value, Unit)) -> Measurement {
     Measurement::numeric(kind, value, unit)
+}
+
+/// Marks a value the scale reported as "measurement unsuccessful" (0xFFFF): there is none.
+fn unsuccessful(mut m: Measurement, raw: u16) -> Measurement {
+    if raw == UNSUCCESSFUL {
+        m.qualifiers.add(Condition::Unavailable);
+    }
+    m
 }
 
 /// Weight Measurement (0x2A9D).
@@ -114,10 +122,23 @@ impl WeightMeasurement {
     }
 
     /// Body weight (188736), and BMI (188752) and height (188740) when present.
+    ///
+    /// The BMI is derived from the weight and height of the same measurement (the PHD IG,
+    /// ProfileConsumers: a BMI Observation points at them with `derivedFrom`).
     pub fn measurements(&self) -> Vec<Measurement> {
-        let mut out = vec![reading(mdc::MASS_BODY_ACTUAL, self.weight())];
-        out.extend(self.bmi().map(|b| reading(mdc::RATIO_MASS_BODY_LEN_SQ, b)));
-        out.extend(self.height().map(|h| reading(mdc::LEN_BODY_ACTUAL, h)));
+        let mut out = vec![unsuccessful(
+            reading(mdc::MASS_BODY_ACTUAL, self.weight()),
+            self.weight_raw,
+        )];
+        if let (Some(bmi), Some((bmi_raw, height_raw))) = (self.bmi(), self.bmi_and_height_raw) {
+            let mut b = unsuccessful(reading(mdc::RATIO_MASS_BODY_LEN_SQ, bmi), bmi_raw);
+            b.qualifiers.derived_from = vec![mdc::MASS_BODY_ACTUAL, mdc::LEN_BODY_ACTUAL];
+            out.push(b);
+            out.extend(
+                self.height()
+                    .map(|h| unsuccessful(reading(mdc::LEN_BODY_ACTUAL, h), height_raw)),
+            );
+        }
         for m in &mut out {
             m.user_index = self.user_id;
             m.device_time = self.timestamp.map(local);
@@ -232,19 +253,48 @@ impl BodyCompositionMeasurement {
         self.impedance_raw.map(|i| scaled(i, 1, -1))
     }
 
-    /// Body fat (188748), and weight (188736) and height (188740) when present. The other
-    /// fields have no MDC code in the reference notes (§5.3), so they stay in the typed
-    /// struct for now.
+    /// Every field as its IEEE 11073-10420 observation: body fat (188748), basal metabolism,
+    /// muscle percentage and mass, fat-free, soft lean and body water mass, impedance, and
+    /// weight (188736) and height (188740) when present. A field of 0xFFFF ("measurement
+    /// unsuccessful", Body Composition Measurement in the GATT Specification Supplement)
+    /// is a value the scale could not take.
     pub fn measurements(&self) -> Vec<Measurement> {
-        let mut out = vec![reading(mdc::BODY_FAT, self.body_fat())];
-        out.extend(
-            self.weight_raw
-                .map(|w| reading(mdc::MASS_BODY_ACTUAL, self.units.mass(w))),
-        );
-        out.extend(
-            self.height_raw
-                .map(|h| reading(mdc::LEN_BODY_ACTUAL, self.units.height(h))),
-        );
+        let mut out = vec![unsuccessful(
+            reading(mdc::BODY_FAT, self.body_fat()),
+            self.body_fat_raw,
+        )];
+        let mut field = |raw: Option<u16>, kind: MdcCode, f: &dyn Fn(u16) -> (Value, Unit)| {
+            if let Some(raw) = raw {
+                out.push(unsuccessful(reading(kind, f(raw)), raw));
+            }
+        };
+        field(self.basal_metabolism_kj, mdc::BASAL_METABOLISM, &|r| {
+            (scaled(r, 1, 0), Unit::kilojoule())
+        });
+        field(self.muscle_percentage_raw, mdc::BODY_MUSCLE, &|r| {
+            (scaled(r, 1, -1), Unit::percent())
+        });
+        field(self.muscle_mass_raw, mdc::MASS_BODY_MUSCLE, &|r| {
+            self.units.mass(r)
+        });
+        field(self.fat_free_mass_raw, mdc::MASS_BODY_FAT_FREE, &|r| {
+            self.units.mass(r)
+        });
+        field(self.soft_lean_mass_raw, mdc::MASS_BODY_SOFT_LEAN, &|r| {
+            self.units.mass(r)
+        });
+        field(self.body_water_mass_raw, mdc::BODY_WATER, &|r| {
+            self.units.mass(r)
+        });
+        field(self.impedance_raw, mdc::BODY_ELECTRICAL_IMPEDANCE, &|r| {
+            (scaled(r, 1, -1), Unit::ohm())
+        });
+        field(self.weight_raw, mdc::MASS_BODY_ACTUAL, &|r| {
+            self.units.mass(r)
+        });
+        field(self.height_raw, mdc::LEN_BODY_ACTUAL, &|r| {
+            self.units.height(r)
+        });
         for m in &mut out {
             m.user_index = self.user_id;
             m.device_time = self.timestamp.map(local);

@@ -267,7 +267,8 @@ pub enum Parsed {
         device: DeviceInfo,
         time: Option<LocalDateTime>,
     },
-    Result(Option<Measurement>),
+    /// A result, boxed: a reading is far larger than a header.
+    Result(Option<Box<Measurement>>),
     Terminator,
     Other,
 }
@@ -424,7 +425,7 @@ pub fn parse_record(
                     width: 8,
                 });
             }
-            Ok(Parsed::Result(Some(m)))
+            Ok(Parsed::Result(Some(Box::new(m))))
         }
         'L' => Ok(Parsed::Terminator),
         _ => Ok(Parsed::Other),
@@ -530,10 +531,10 @@ impl AstmSession {
                 {
                     self.newest = Some(time);
                 }
-                out.push(Event::Record(Record {
-                    measurement: m,
+                out.push(Event::Record(Box::new(Record {
+                    measurement: *m,
                     raw: r.text.into_bytes(),
-                }));
+                })));
             }
             Ok(_) => {}
             Err(e) => out.push(Event::Problem(e)),
@@ -655,7 +656,7 @@ pub(crate) fn decode_capture(
                     match parse_record(&r.text, &mut assembler.delimiters, r.offset) {
                         Ok(Parsed::Header { device: d, .. }) => *device = d,
                         Ok(Parsed::Result(Some(m))) => records.push(Record {
-                            measurement: m,
+                            measurement: *m,
                             raw: r.text.into_bytes(),
                         }),
                         Ok(_) => {}

@@ -329,8 +329,9 @@ impl DeviceInfo {
 pub enum Event {
     /// Write these bytes to the device.
     Send(Vec<u8>),
-    /// A stored record (one reading) to commit.
-    Record(Record),
+    /// A stored record (one reading) to commit. Boxed: a reading is far larger than the
+    /// other events.
+    Record(Box<Record>),
     /// A sample of a continuous stream, for the stream policy.
     Sample(Sample),
     /// What the device said about itself.

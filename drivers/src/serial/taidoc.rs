@@ -526,10 +526,10 @@ impl TaidocSession {
                     let mut raw = time_frame.to_vec();
                     raw.extend_from_slice(&f.encode());
                     for measurement in record_measurements(self.kind, t, flags, m) {
-                        out.push(Event::Record(Record {
+                        out.push(Event::Record(Box::new(Record {
                             measurement,
                             raw: raw.clone(),
-                        }));
+                        })));
                     }
                     if self.newest.is_none_or(|n| time_key(&t) > time_key(&n)) {
                         self.newest = Some(t);
