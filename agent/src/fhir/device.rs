@@ -65,7 +65,11 @@ fn btmac(identity: &DeviceIdentity) -> Option<String> {
 
 /// Every identifier the device has, most specific first: SYSID, BTMAC, or the serial
 /// namespace.
-pub fn identifiers(identity: &DeviceIdentity, ns: &IdentifierNamespace) -> Vec<DeviceId> {
+pub fn identifiers(
+    identity: &DeviceIdentity,
+    ns: &IdentifierNamespace,
+    gateway_id: &str,
+) -> Vec<DeviceId> {
     let mut out = Vec::new();
     if let Some(sysid) = identity.system_id {
         out.push(DeviceId {
@@ -82,28 +86,41 @@ pub fn identifiers(identity: &DeviceIdentity, ns: &IdentifierNamespace) -> Vec<D
         });
     }
     if out.is_empty() {
-        let value = match (
-            &identity.manufacturer,
-            &identity.model,
-            &identity.serial_number,
-        ) {
-            (Some(m), Some(model), Some(sn)) => format!("{m}|{model}|{sn}"),
-            _ => format!("{}|{}", identity.transport, identity.address),
-        };
         out.push(DeviceId {
             system: ns.system(SERIAL_DEVICE_NAME),
-            value,
+            value: serial_device_value(identity, gateway_id),
             continua_type: None,
         });
     }
     out
 }
 
+/// A device with neither a System ID nor a Bluetooth address (a serial meter): manufacturer,
+/// model and serial number when it told all three, so the meter is the same Device on any
+/// port of any gateway. A meter that tells no serial number can only be known as "the one
+/// on this port of this gateway": the gateway id and a digest of the port, never the port's
+/// path itself (a path names the gateway's hardware, not the device, and changes with it).
+fn serial_device_value(identity: &DeviceIdentity, gateway_id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    match (
+        &identity.manufacturer,
+        &identity.model,
+        &identity.serial_number,
+    ) {
+        (Some(m), Some(model), Some(sn)) => format!("{m}|{model}|{sn}"),
+        _ => {
+            let digest = Sha256::digest(identity.address.as_bytes());
+            let short: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+            format!("{gateway_id}|port-{short}")
+        }
+    }
+}
+
 /// The device part of the Observation identifier: the primary identifier's value, uppercase,
 /// without dashes (16 hex digits for a SYSID, 12 for a BTMAC).
-pub fn identifier_part(identity: &DeviceIdentity) -> String {
+pub fn identifier_part(identity: &DeviceIdentity, gateway_id: &str) -> String {
     // The value of a device identifier does not depend on the namespace.
-    let id = identifiers(identity, &IdentifierNamespace::default()).remove(0);
+    let id = identifiers(identity, &IdentifierNamespace::default(), gateway_id).remove(0);
     match id.continua_type {
         Some(_) => id.value.replace('-', "").to_uppercase(),
         // Serial namespace values may hold dashes and bars; both would blur the dash-separated
@@ -130,11 +147,12 @@ pub fn phd_device(
     identity: &DeviceIdentity,
     kind: vitalgate_drivers::mdc::MdcCode,
     ns: &IdentifierNamespace,
+    gateway_id: &str,
 ) -> Value {
     let (spec, spec_name) = codes::specialization(kind);
     let mut d = json!({
         "resourceType": "Device",
-        "identifier": identifiers(identity, ns).iter().map(identifier_json).collect::<Vec<_>>(),
+        "identifier": identifiers(identity, ns, gateway_id).iter().map(identifier_json).collect::<Vec<_>>(),
         "type": { "coding": [mdc_coding(65573, "MDC_MOC_VMS_MDS_SIMP")] },
         "specialization": [{
             "systemType": { "coding": [mdc_coding(spec, spec_name)] },

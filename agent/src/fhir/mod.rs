@@ -363,10 +363,10 @@ impl Builder<'_> {
         let subject = self.subject(item.patient);
         let phg = self.phg();
         let phg_ref = reference(&self.out.entries[phg]);
-        let dev_ids = device::identifiers(&r.device, &self.gw.namespace);
+        let dev_ids = device::identifiers(&r.device, &self.gw.namespace, &self.gw.id);
         let dev = self.push(
             "Device",
-            device::phd_device(&r.device, m.kind, &self.gw.namespace),
+            device::phd_device(&r.device, m.kind, &self.gw.namespace, &self.gw.id),
             dev_ids[0].search(),
         );
         let dev_ref = reference(&self.out.entries[dev]);
@@ -389,7 +389,7 @@ impl Builder<'_> {
         };
         let stored_key = item.stored_key.map_or_else(|| r.dedup_key(), str::to_owned);
         let ids = Ids {
-            device: device::identifier_part(&r.device),
+            device: device::identifier_part(&r.device, &self.gw.id),
             patient: item.patient.identifier_part(),
             ts_part,
             stored_key,
@@ -486,7 +486,7 @@ impl Builder<'_> {
         dev_ref: &Value,
         phg_ref: &Value,
     ) -> Result<usize, MapError> {
-        let dev = device::identifier_part(&r.device);
+        let dev = device::identifier_part(&r.device, &self.gw.id);
         let value = format!("coin-{dev}-{}-{offset_ms}", r.receipt.boot_id.simple());
         let system = self.gw.namespace.system(READING_IDENTIFIER_NAME);
         let key = identifier_search(&system, &value);

@@ -260,6 +260,7 @@ fn ig_device_example_phd_identifiers_type_specialization_versions() {
         &nonin(),
         vitalgate_drivers::mdc::PULS_OXIM_SAT_O2,
         &IdentifierNamespace::default(),
+        "gw-test-1",
     );
     assert_eq!(d["identifier"][0]["value"], "74-E8-FF-FE-FF-05-1C-00");
     assert_eq!(d["identifier"][0]["system"], device::SYSID_SYSTEM);
@@ -281,8 +282,11 @@ fn ig_device_example_phd_identifiers_type_specialization_versions() {
     // device part is its 12 hex digits.
     let mut bare = nonin();
     bare.system_id = None;
-    assert_eq!(device::identifier_part(&bare), "001C05FFE874");
-    assert_eq!(device::identifier_part(&nonin()), "74E8FFFEFF051C00");
+    assert_eq!(device::identifier_part(&bare, "gw-test-1"), "001C05FFE874");
+    assert_eq!(
+        device::identifier_part(&nonin(), "gw-test-1"),
+        "74E8FFFEFF051C00"
+    );
     let phg = device::phg_device(&gateway());
     assert_eq!(phg["identifier"][0]["value"], "gw-test-1");
     assert_eq!(phg["property"][0]["type"]["coding"][0]["code"], "68220");

@@ -15,7 +15,9 @@ use super::{
 };
 use crate::ieee11073::Value;
 use crate::mdc::{self, Unit};
-use crate::model::{Measurement, StatusBits};
+use crate::model::{
+    ContextItem, ContextValue, Measurement, Origin, OutOfRange, Sample, StatusBits,
+};
 use crate::time::LocalDateTime;
 
 const P: Protocol = Protocol::Astm;
@@ -247,6 +249,9 @@ pub struct Delimiters {
     pub repeat: char,
     pub component: char,
     pub escape: char,
+    /// Carried from record to record: the last order (O) record's action code was "Q",
+    /// quality control (E1394 O.12), so the results that follow are control tests.
+    pub control_order: bool,
 }
 
 impl Default for Delimiters {
@@ -256,6 +261,7 @@ impl Default for Delimiters {
             repeat: '\\',
             component: '^',
             escape: '&',
+            control_order: false,
         }
     }
 }
@@ -346,6 +352,7 @@ pub fn parse_record(
                 repeat: r,
                 component: co,
                 escape: e,
+                control_order: false,
             };
         }
     }
@@ -389,15 +396,41 @@ pub fn parse_record(
                 "mmol/L" | "mmol/l" => Unit::mmol_per_l(),
                 other => return Err(invalid(format!("glucose unit {other:?} is not supported"))),
             };
+            // The specimen: plasma, or whole blood ("W" in E1394, "B" on Contour meters).
             let kind = match component(units, 1).as_str() {
                 "P" => mdc::CONC_GLU_CAPILLARY_PLASMA,
-                "W" => mdc::CONC_GLU_CAPILLARY_WHOLEBLOOD,
+                "W" | "B" => mdc::CONC_GLU_CAPILLARY_WHOLEBLOOD,
                 _ => mdc::CONC_GLU_GEN,
             };
-            let value = parse_decimal(field(3))
-                .ok_or_else(|| invalid(format!("glucose value {:?} is not a number", field(3))))?;
+            // R.4 may carry the comparison with the number (">600") or only words ("HI").
+            let raw_value = field(3).trim();
             let mut flags = 0u32;
-            let mut control = false;
+            let (value_text, text_range) = match raw_value.chars().next() {
+                Some('>') => (&raw_value[1..], FLAG_HI),
+                Some('<') => (&raw_value[1..], FLAG_LO),
+                _ => (raw_value, 0),
+            };
+            flags |= text_range;
+            let value = match value_text.trim().to_ascii_uppercase().as_str() {
+                // Beyond the meter's range with no number: "not at this resolution" (the IG's
+                // FLOATS: "cannot be represented with the supported range"), and the range
+                // says which way.
+                "HI" | "HIGH" => {
+                    flags |= FLAG_HI;
+                    Value::Special(crate::ieee11073::Special::NRes)
+                }
+                "LO" | "LOW" => {
+                    flags |= FLAG_LO;
+                    Value::Special(crate::ieee11073::Special::NRes)
+                }
+                t => parse_decimal(t).ok_or_else(|| {
+                    invalid(format!("glucose value {raw_value:?} is not a number"))
+                })?,
+            };
+            // R.7 abnormal flags: E1394's "<" / ">" (below / above the instrument's scale);
+            // Contour meters send several markers joined by "/": "C" control, "B"/"A" before
+            // and after food.
+            let mut control = delims.control_order;
             for marker in field(6).split('/') {
                 match marker {
                     ">" => flags |= FLAG_HI,
@@ -408,16 +441,40 @@ pub fn parse_record(
                     _ => {}
                 }
             }
-            if control {
-                // Control-solution tests are not patient readings.
-                return Ok(Parsed::Result(None));
-            }
             // E1394 puts the completion time in R.13; Contour meters in R.9.
             let time = [12, 8]
                 .iter()
                 .find_map(|&i| fields.get(i).and_then(|t| parse_timestamp(t)));
             let mut m = Measurement::numeric(kind, value, unit);
             m.device_time = time.map(local);
+            let q = &mut m.qualifiers;
+            q.origin = Origin::Stored;
+            if control {
+                // A control-solution test: kept and counted, never a patient reading.
+                q.sample = Sample::ControlSolution;
+            }
+            q.range = match (flags & FLAG_HI != 0, flags & FLAG_LO != 0) {
+                (true, false) => Some(OutOfRange::Above),
+                (false, true) => Some(OutOfRange::Below),
+                (true, true) => {
+                    q.problem =
+                        Some("the result is flagged both above and below the meter's range".into());
+                    None
+                }
+                (false, false) => None,
+            };
+            let meal = match (flags & FLAG_BEFORE_MEAL != 0, flags & FLAG_AFTER_MEAL != 0) {
+                (true, false) => Some(mdc::CTXT_GLU_MEAL_PREPRANDIAL),
+                (false, true) => Some(mdc::CTXT_GLU_MEAL_POSTPRANDIAL),
+                _ => None,
+            };
+            if let Some(code) = meal {
+                q.context.push(ContextItem {
+                    kind: mdc::CTXT_GLU_MEAL,
+                    value: ContextValue::Code(code),
+                    duration_s: None,
+                });
+            }
             if flags != 0 {
                 m.status.push(StatusBits {
                     attribute: "astm-result-flags".into(),
@@ -426,6 +483,11 @@ pub fn parse_record(
                 });
             }
             Ok(Parsed::Result(Some(Box::new(m))))
+        }
+        // O.12, the action code: "Q" marks a quality-control (control solution) order.
+        'O' => {
+            delims.control_order = field(11).trim().eq_ignore_ascii_case("Q");
+            Ok(Parsed::Other)
         }
         'L' => Ok(Parsed::Terminator),
         _ => Ok(Parsed::Other),

@@ -17,6 +17,7 @@ use super::{
     DeviceInfo, Event, LineSettings, Parity, Protocol, Record, Sample, SerialError, Session,
     SessionOptions, cursor_of, datetime, local_ms, parse_cursor, time_key,
 };
+use crate::model::Condition;
 use crate::time::LocalDateTime;
 
 const P: Protocol = Protocol::Contec;
@@ -190,6 +191,9 @@ pub struct Live {
     pub pleth: u8,
     pub pulse: Option<u16>,
     pub spo2: Option<u8>,
+    /// Byte 2 bit 7 (once the high bits are restored): the finger is out (OSCAR's CMS50F
+    /// loader; MarkMLl's CMS50D+ notes: "1 if finger out"), pulse and SpO2 are then 0.
+    pub finger_out: bool,
 }
 
 pub fn decode_live(p: &Packet) -> Live {
@@ -198,6 +202,16 @@ pub fn decode_live(p: &Packet) -> Live {
         pleth: p.byte(3),
         pulse: valid_pulse(p.byte(5)),
         spo2: valid_spo2(p.byte(6)),
+        finger_out: p.byte(2) & 0x80 != 0,
+    }
+}
+
+/// What a live packet says about the signal.
+fn live_conditions(l: &Live) -> Vec<Condition> {
+    if l.finger_out {
+        vec![Condition::SensorOff]
+    } else {
+        Vec::new()
     }
 }
 
@@ -432,10 +446,9 @@ impl ContecSession {
                 }
             }
             (Step::DeviceId, kind::DEVICE_ID) => {
-                let id = p.text(2);
-                if !id.is_empty() {
-                    self.info.serial_number = Some(id.trim().to_owned());
-                }
+                // The "device id" is a label the user sets (default "user"), not a serial
+                // number: two oximeters may carry the same one, so it never identifies a
+                // device (OSCAR's CMS50F loader writes it; MarkMLl's notes).
                 out.push(Event::Device(self.info.clone()));
                 self.go(Step::Count, now_ms, out);
             }
@@ -517,6 +530,7 @@ impl ContecSession {
                         pulse,
                         device_time: Some(t),
                         raw: p.raw().to_vec(),
+                        conditions: Vec::new(),
                     }));
                 }
             }
@@ -529,6 +543,7 @@ impl ContecSession {
                     pulse: l.pulse,
                     device_time: None,
                     raw: p.raw().to_vec(),
+                    conditions: live_conditions(&l),
                 }));
             }
             // Live packets still arriving before the stop took effect, answers to repeated
@@ -704,6 +719,7 @@ pub(crate) fn decode_capture(
                     pulse: l.pulse,
                     device_time: None,
                     raw: p.raw().to_vec(),
+                    conditions: live_conditions(&l),
                 };
                 records.extend(s.records());
             }
@@ -711,7 +727,6 @@ pub(crate) fn decode_capture(
                 .model
                 .get_or_insert_with(String::new)
                 .push_str(&p.text(3)),
-            kind::DEVICE_ID => device.serial_number = Some(p.text(2).trim().to_owned()),
             kind::PROTOCOL_VERSION => device.firmware = Some(format!("protocol {}", p.byte(3))),
             kind::SESSION_DATE => {
                 date = decode_date(&p);
@@ -744,6 +759,7 @@ pub(crate) fn decode_capture(
                         pulse,
                         device_time: t,
                         raw: p.raw().to_vec(),
+                        conditions: Vec::new(),
                     };
                     records.extend(s.records());
                 }

@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use crate::ieee11073::Value;
 use crate::mdc::{self, Unit};
-use crate::model::{DeviceIdentity, Measurement, Reading, Receipt, Transport};
+use crate::model::{Condition, DeviceIdentity, Measurement, Origin, Reading, Receipt, Transport};
 use crate::time::{DeviceTimestamp, LocalDateTime};
 
 pub mod astm;
@@ -255,6 +255,8 @@ pub struct Sample {
     pub device_time: Option<LocalDateTime>,
     /// The bytes the sample was decoded from.
     pub raw: Vec<u8>,
+    /// What the device said about the signal (artifact, sensor off, weak signal), sorted.
+    pub conditions: Vec<Condition>,
 }
 
 impl Sample {
@@ -264,8 +266,11 @@ impl Sample {
     }
 
     /// The readings of this sample: SpO2 (150456, %) and pulse rate (149530, /min).
+    ///
+    /// A sample with the device's own time comes from its memory (a stored session); one
+    /// without was sent as it was taken.
     pub fn measurements(&self) -> Vec<Measurement> {
-        let mut out = Vec::with_capacity(2);
+        let mut out: Vec<Measurement> = Vec::with_capacity(2);
         let time = self.device_time.map(local);
         if let Some(s) = self.spo2 {
             let mut m = Measurement::numeric(
@@ -284,6 +289,16 @@ impl Sample {
             );
             m.device_time = time;
             out.push(m);
+        }
+        for m in &mut out {
+            m.qualifiers.origin = if time.is_some() {
+                Origin::Stored
+            } else {
+                Origin::Live
+            };
+            for c in &self.conditions {
+                m.qualifiers.add(*c);
+            }
         }
         out
     }

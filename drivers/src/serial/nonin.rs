@@ -10,6 +10,7 @@
 
 use super::buf::{StreamBuf, sum8};
 use super::{DeviceInfo, Event, Protocol, Record, Sample, SerialError, Session};
+use crate::model::Condition;
 
 /// Which output format the device sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -40,6 +41,9 @@ pub const SPO2_MISSING: u8 = 127;
 /// STATUS byte bits.
 pub mod status {
     pub const SYNC: u8 = 0x01;
+    /// Perfusion: red (DF7 RPRF; in DF2 bits 2-1 = 10 red, 11 yellow, so this bit is set
+    /// for both red and yellow).
+    pub const RPRF: u8 = 0x04;
     /// DF2: sensor alarm; DF7: (same position) sensor alarm.
     pub const SNSA: u8 = 0x08;
     pub const OOT: u8 = 0x10;
@@ -275,35 +279,61 @@ impl Packetizer {
 }
 
 /// The values of one packet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PacketValues {
     pub spo2: Option<u8>,
     pub pulse: Option<u16>,
     pub firmware: u8,
     /// STATUS of the SYNC frame.
     pub status: u8,
+    /// What the packet's STATUS bytes said about the signal (any frame).
+    pub conditions: Vec<Condition>,
 }
 
-/// Decodes a complete packet. DF2: HR = ((frame1 & 3) << 7) | (frame2 & 0x7F), SpO2 frame 3,
-/// firmware frame 4 (1-based). DF7: HR is frames 1–2 as a 16-bit big-endian number, SpO2
-/// frame 3, firmware frame 4 (UNVERIFIED beyond OpenICE's reading of the format).
+/// Decodes a complete packet: HR = ((frame1 & 3) << 7) | (frame2 & 0x7F), SpO2 frame 3,
+/// firmware frame 4 (1-based), in both formats: the Nonin OEM specifications lay out the HR
+/// bytes as `0 R R R R R HR8 HR7` / `0 HR6..HR0` (the Oxford IBME Nonin driver reads DF7 the
+/// same way; reading the two bytes as one 16-bit number turns a missing rate, 511, into 895).
+/// The values are withheld when the sensor is off: DF2 "sensor disconnect" (bit 6), DF7
+/// "sensor alarm" (bit 3, set when the finger is removed; bit 6 is reserved in DF7).
 pub fn decode_packet(format: Format, frames: &[Frame]) -> Option<PacketValues> {
     if frames.len() != FRAMES_PER_PACKET {
         return None;
     }
     let d = |i: usize| frames[i].data;
-    let hr = match format {
-        Format::Df7 => u16::from_be_bytes([d(0), d(1)]),
-        _ => (u16::from(d(0) & 0x03) << 7) | u16::from(d(1) & 0x7F),
-    };
+    let hr = (u16::from(d(0) & 0x03) << 7) | u16::from(d(1) & 0x7F);
     let spo2 = d(2) & 0x7F;
     let status = frames[0].status;
-    let disconnected = status & status::SNSD != 0;
+    let any = frames.iter().fold(0u8, |a, f| a | f.status);
+    let off_bit = match format {
+        Format::Df7 => status::SNSA,
+        _ => status::SNSD,
+    };
+    let disconnected = status & off_bit != 0;
+    let mut conditions = Vec::new();
+    if any & status::ARTF != 0 {
+        conditions.push(Condition::Artifact);
+    }
+    if any & status::OOT != 0 {
+        conditions.push(Condition::OutOfTrack);
+    }
+    if any & (off_bit | status::SNSA) != 0 {
+        conditions.push(Condition::SensorOff);
+    }
+    // Perfusion, held for each pulse: red (low or no signal) or yellow (marginal). DF2 has
+    // it in bits 2-1 (01 green, 10 red, 11 yellow); DF7 as RPRF (bit 2) and GPRF (bit 1),
+    // both set for yellow.
+    if any & status::RPRF != 0 {
+        conditions.push(Condition::WeakSignal);
+    }
+    conditions.sort_unstable();
+    conditions.dedup();
     Some(PacketValues {
         spo2: (!disconnected && spo2 != SPO2_MISSING && spo2 <= 100).then_some(spo2),
         pulse: (!disconnected && hr != HR_MISSING && hr > 0).then_some(hr),
         firmware: d(3),
         status,
+        conditions,
     })
 }
 
@@ -539,6 +569,7 @@ impl Session for NoninSession {
                                 pulse: line.pulse,
                                 device_time: None,
                                 raw: line.raw,
+                                conditions: Vec::new(),
                             }));
                         }
                         Err(e) => out.push(Event::Problem(e)),
@@ -575,6 +606,7 @@ impl Session for NoninSession {
                                             pulse: v.pulse,
                                             device_time: None,
                                             raw,
+                                            conditions: v.conditions,
                                         }));
                                     }
                                 }

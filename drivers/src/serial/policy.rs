@@ -173,12 +173,19 @@ fn median_of(samples: &[Sample]) -> Option<Sample> {
     spo2.sort_unstable();
     pulse.sort_unstable();
     let mid = |n: usize| n.saturating_sub(1) / 2;
+    let mut conditions: Vec<_> = samples
+        .iter()
+        .flat_map(|s| s.conditions.iter().copied())
+        .collect();
+    conditions.sort_unstable();
+    conditions.dedup();
     Some(Sample {
         at_ms: last.at_ms,
         spo2: spo2.get(mid(spo2.len())).copied(),
         pulse: pulse.get(mid(pulse.len())).copied(),
         device_time: last.device_time,
         raw: last.raw.clone(),
+        conditions,
     })
 }
 
@@ -193,6 +200,7 @@ mod tests {
             pulse,
             device_time: None,
             raw: vec![at_ms as u8],
+            conditions: Vec::new(),
         }
     }
 

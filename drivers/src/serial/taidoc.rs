@@ -16,7 +16,10 @@ use super::{
 };
 use crate::ieee11073::Value;
 use crate::mdc::{self, Unit};
-use crate::model::{Component, Measurement, StatusBits};
+use crate::model::{
+    Component, Condition, ContextItem, ContextValue, Measurement, Origin, OutOfRange, Sample,
+    StatusBits,
+};
 use crate::time::LocalDateTime;
 
 const P: Protocol = Protocol::Taidoc;
@@ -46,6 +49,10 @@ pub mod cmd {
     pub const RECORD_TIME: u8 = 0x25;
     pub const RECORD_VALUE: u8 = 0x26;
     pub const RECORD_COUNT: u8 = 0x2B;
+    /// The serial number comes in two halves: 0x28 the first 4 bytes, 0x27 the last 4
+    /// (Tidepool's GlucoRx driver `getSerialNumber`, h2Sync's FORA `snParser`).
+    pub const SERIAL_LOW: u8 = 0x27;
+    pub const SERIAL_HIGH: u8 = 0x28;
     pub const SET_CLOCK: u8 = 0x33;
     pub const START_BP: u8 = 0x43;
     pub const CLEAR_MEMORY: u8 = 0x52;
@@ -216,6 +223,36 @@ pub fn decode_datetime(m: [u8; 4], offset: u64) -> Result<(LocalDateTime, BpFlag
     Ok((t, flags))
 }
 
+/// The fields of a datetime message as sent, checked or not: a record whose time is not a
+/// real date is still a record, kept with a time that says it cannot be placed.
+pub fn datetime_fields(m: [u8; 4]) -> (LocalDateTime, BpFlags) {
+    let word = u16::from_le_bytes([m[0], m[1]]);
+    let flags = BpFlags {
+        average: m[3] & 0x80 != 0,
+        irregular_heartbeat: m[2] & 0x40 != 0,
+    };
+    let t = LocalDateTime {
+        year: Some(2000 + (word >> 9)),
+        month: Some(((word >> 5) & 0x0F) as u8),
+        day: Some((word & 0x1F) as u8),
+        hour: m[3] & 0x1F,
+        minute: m[2] & 0x3F,
+        second: 0,
+        millis: None,
+    };
+    (t, flags)
+}
+
+/// The serial number from the two halves: each message printed in reverse byte order, the
+/// 0x28 half first, 16 hex digits.
+pub fn serial_number(high: [u8; 4], low: [u8; 4]) -> String {
+    high.iter()
+        .rev()
+        .chain(low.iter().rev())
+        .map(|b| format!("{b:02X}"))
+        .collect()
+}
+
 /// Encodes a datetime message (no BP flags). Years outside 2000..=2127 are clamped.
 pub fn encode_datetime(t: &LocalDateTime) -> [u8; 4] {
     let year = t.year.unwrap_or(2000).clamp(2000, 2127) - 2000;
@@ -263,7 +300,27 @@ pub fn decode_model(m: [u8; 4]) -> String {
     format!("TD-{:04X}", u16::from_le_bytes([m[0], m[1]]))
 }
 
+/// The meter's measuring range for glucose, mg/dL: a value outside it is the meter's "HI" or
+/// "LO" (there is no flag for it; Tidepool's GlucoRx driver cites the protocol: "HI > 600 and
+/// LO < 20").
+pub const GLUCOSE_RANGE_MG_DL: (u16, u16) = (20, 600);
+
+/// Glucose value message byte 3: the record type in bits 7-6 (00 general, 01 before a meal,
+/// 10 after a meal, 11 control solution) and, on multi-parameter meters, the test type in
+/// bits 5-2 (0 glucose; 6 haematocrit, 7 ketone, 8 uric acid, 9 cholesterol, B haemoglobin,
+/// C lactate, D triglycerides) (h2Sync's FORA library and Tidepool's GlucoRx driver).
+const RECORD_TYPE: u8 = 0xC0;
+const BEFORE_MEAL: u8 = 0x40;
+const AFTER_MEAL: u8 = 0x80;
+const CONTROL_SOLUTION: u8 = 0xC0;
+const TEST_TYPE: u8 = 0x3C;
+
 /// The readings of one record, from its time and value responses.
+///
+/// Glucose: outside 20-600 mg/dL the value is the meter's limit with the true value beyond
+/// it; a control-solution record is not patient data; the meal marker is context; a test
+/// other than glucose is kept but not sent as glucose (its problem says why). BP: the
+/// irregular-heartbeat and averaged flags travel with the pressure and the pulse.
 pub fn record_measurements(
     kind: Kind,
     time: LocalDateTime,
@@ -271,6 +328,11 @@ pub fn record_measurements(
     value: [u8; 4],
 ) -> Vec<Measurement> {
     let when = Some(local(time));
+    let stored = |mut m: Measurement| {
+        m.device_time = when;
+        m.qualifiers.origin = Origin::Stored;
+        m
+    };
     match kind {
         Kind::BloodPressure => {
             let c = |kind, v: u8| Component {
@@ -278,15 +340,14 @@ pub fn record_measurements(
                 value: Value::number(i64::from(v), 0),
                 unit: Unit::mmhg(),
             };
-            let mut bp = Measurement::compound(
+            let mut bp = stored(Measurement::compound(
                 mdc::PRESS_BLD_NONINV,
                 vec![
                     c(mdc::PRESS_BLD_NONINV_SYS, value[0]),
                     c(mdc::PRESS_BLD_NONINV_DIA, value[2]),
                     c(mdc::PRESS_BLD_NONINV_MEAN, value[1]),
                 ],
-            );
-            bp.device_time = when;
+            ));
             if flags.bits() != 0 {
                 bp.status.push(StatusBits {
                     attribute: "taidoc-bp-flags".into(),
@@ -294,42 +355,69 @@ pub fn record_measurements(
                     width: 8,
                 });
             }
-            let mut pulse = Measurement::numeric(
+            let mut pulse = stored(Measurement::numeric(
                 mdc::PULS_RATE_NON_INV,
                 Value::number(i64::from(value[3]), 0),
                 Unit::beats_per_minute(),
-            );
-            pulse.device_time = when;
+            ));
+            for m in [&mut bp, &mut pulse] {
+                if flags.irregular_heartbeat {
+                    m.qualifiers.add(Condition::IrregularHeartbeat);
+                }
+                if flags.average {
+                    m.qualifiers.add(Condition::Averaged);
+                }
+            }
             vec![bp, pulse]
         }
         Kind::Glucose => {
             let mg = u16::from_le_bytes([value[0], value[1]]);
-            let mut g = Measurement::numeric(
+            let (lo, hi) = GLUCOSE_RANGE_MG_DL;
+            let (shown, range) = if mg > hi {
+                (hi, Some(OutOfRange::Above))
+            } else if mg < lo {
+                (lo, Some(OutOfRange::Below))
+            } else {
+                (mg, None)
+            };
+            let mut g = stored(Measurement::numeric(
                 mdc::CONC_GLU_GEN,
-                Value::number(i64::from(mg), 0),
+                Value::number(i64::from(shown), 0),
                 Unit::mg_per_dl(),
-            );
-            g.device_time = when;
-            if value[3] != 0 {
-                // 0x40 before a meal, 0x80 after.
-                g.status.push(StatusBits {
-                    attribute: "taidoc-meal".into(),
-                    bits: u32::from(value[3]),
-                    width: 8,
-                });
+            ));
+            let q = &mut g.qualifiers;
+            q.range = range;
+            match value[3] & RECORD_TYPE {
+                CONTROL_SOLUTION => q.sample = Sample::ControlSolution,
+                BEFORE_MEAL => q.context.push(meal(mdc::CTXT_GLU_MEAL_PREPRANDIAL)),
+                AFTER_MEAL => q.context.push(meal(mdc::CTXT_GLU_MEAL_POSTPRANDIAL)),
+                _ => {}
+            }
+            let test = (value[3] & TEST_TYPE) >> 2;
+            if test != 0 {
+                q.problem = Some(format!(
+                    "TaiDoc test type {test:X} is not a glucose test (haematocrit, ketone, \
+                     lipids...): kept, not sent as glucose"
+                ));
             }
             vec![g]
         }
         Kind::Thermometer => {
             let tenths = u16::from_le_bytes([value[0], value[1]]);
-            let mut t = Measurement::numeric(
+            vec![stored(Measurement::numeric(
                 mdc::TEMP_BODY,
                 Value::number(i64::from(tenths), -1),
                 Unit::celsius(),
-            );
-            t.device_time = when;
-            vec![t]
+            ))]
         }
+    }
+}
+
+fn meal(code: crate::mdc::MdcCode) -> ContextItem {
+    ContextItem {
+        kind: mdc::CTXT_GLU_MEAL,
+        value: ContextValue::Code(code),
+        duration_s: None,
     }
 }
 
@@ -343,6 +431,8 @@ enum Step {
     Idle,
     Connect,
     Model,
+    SerialHigh,
+    SerialLow,
     Clock,
     SetClock,
     Count,
@@ -367,6 +457,7 @@ pub struct TaidocSession {
     count: u16,
     newest: Option<LocalDateTime>,
     pending_time: Option<(LocalDateTime, BpFlags, [u8; FRAME_LEN])>,
+    serial_high: Option<[u8; 4]>,
 }
 
 impl TaidocSession {
@@ -383,6 +474,7 @@ impl TaidocSession {
             count: 0,
             newest: None,
             pending_time: None,
+            serial_high: None,
         }
     }
 
@@ -390,6 +482,14 @@ impl TaidocSession {
         Some(match self.step {
             Step::Connect => (Frame::request(cmd::CONNECT, [0; 4]), "connect (0x22)"),
             Step::Model => (Frame::request(cmd::READ_MODEL, [0; 4]), "read model (0x24)"),
+            Step::SerialHigh => (
+                Frame::request(cmd::SERIAL_HIGH, [0; 4]),
+                "read serial number (0x28)",
+            ),
+            Step::SerialLow => (
+                Frame::request(cmd::SERIAL_LOW, [0; 4]),
+                "read serial number (0x27)",
+            ),
             Step::Clock => (Frame::request(cmd::READ_CLOCK, [0; 4]), "read clock (0x23)"),
             Step::SetClock => (
                 Frame::request(
@@ -448,6 +548,8 @@ impl TaidocSession {
         match self.step {
             Step::Connect => &[cmd::CONNECT, cmd::READ_MODEL, cmd::ENTER_COMM],
             Step::Model => &[cmd::READ_MODEL],
+            Step::SerialHigh => &[cmd::SERIAL_HIGH],
+            Step::SerialLow => &[cmd::SERIAL_LOW],
             Step::Clock => &[cmd::READ_CLOCK],
             Step::SetClock => &[cmd::SET_CLOCK],
             Step::Count => &[cmd::RECORD_COUNT],
@@ -482,6 +584,19 @@ impl TaidocSession {
                     model: Some(model),
                     ..DeviceInfo::default()
                 }));
+                self.go(Step::SerialHigh, now_ms, out);
+            }
+            Step::SerialHigh => {
+                self.serial_high = Some(m);
+                self.go(Step::SerialLow, now_ms, out);
+            }
+            Step::SerialLow => {
+                if let Some(high) = self.serial_high.take() {
+                    out.push(Event::Device(DeviceInfo {
+                        serial_number: Some(serial_number(high, m)),
+                        ..DeviceInfo::default()
+                    }));
+                }
                 self.go(Step::Clock, now_ms, out);
             }
             Step::Clock => {
@@ -516,9 +631,12 @@ impl TaidocSession {
                     }
                 }
                 Err(e) => {
-                    // A record with an impossible time cannot be keyed; skip it.
+                    // A record with an impossible time is still the patient's record: it is
+                    // kept with that time, which no one can place, and never sent.
                     out.push(Event::Problem(e));
-                    self.next_record(i, now_ms, out);
+                    let (t, flags) = datetime_fields(m);
+                    self.pending_time = Some((t, flags, f.encode()));
+                    self.go(Step::Value(i), now_ms, out);
                 }
             },
             Step::Value(i) => {
@@ -531,7 +649,9 @@ impl TaidocSession {
                             raw: raw.clone(),
                         })));
                     }
-                    if self.newest.is_none_or(|n| time_key(&t) > time_key(&n)) {
+                    if t.epoch_seconds().is_ok()
+                        && self.newest.is_none_or(|n| time_key(&t) > time_key(&n))
+                    {
                         self.newest = Some(t);
                     }
                 }
@@ -580,6 +700,12 @@ impl Session for TaidocSession {
     }
 
     fn on_timeout(&mut self, now_ms: u64, out: &mut Vec<Event>) {
+        if matches!(self.step, Step::SerialHigh | Step::SerialLow) && self.tries >= 2 {
+            // Older meters do not answer the serial-number requests: go on without it.
+            self.serial_high = None;
+            self.go(Step::Clock, now_ms, out);
+            return;
+        }
         if self.step == Step::Clear {
             // No answer is documented for a clear; never send it twice.
             self.step = Step::Done;
@@ -629,6 +755,7 @@ pub(crate) fn decode_capture(
     framer.push(bytes);
     let mut kind = None;
     let mut time: Option<(LocalDateTime, BpFlags, Frame)> = None;
+    let mut serial_high = None;
     loop {
         let offset = framer.offset();
         match framer.next() {
@@ -641,10 +768,19 @@ pub(crate) fn decode_capture(
                     device.manufacturer = Some("TaiDoc".into());
                     device.model = Some(model);
                 }
-                cmd::RECORD_TIME => match decode_datetime(f.message, offset) {
-                    Ok((t, flags)) => time = Some((t, flags, f)),
-                    Err(e) => problems.push(e),
-                },
+                cmd::RECORD_TIME => {
+                    if let Err(e) = decode_datetime(f.message, offset) {
+                        problems.push(e);
+                    }
+                    let (t, flags) = datetime_fields(f.message);
+                    time = Some((t, flags, f));
+                }
+                cmd::SERIAL_HIGH => serial_high = Some(f.message),
+                cmd::SERIAL_LOW => {
+                    if let Some(high) = serial_high.take() {
+                        device.serial_number = Some(serial_number(high, f.message));
+                    }
+                }
                 cmd::RECORD_VALUE => {
                     let k = kind.unwrap_or_else(|| Kind::guess(f.message));
                     let (t, flags, raw) = match time.take() {

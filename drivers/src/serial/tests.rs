@@ -124,7 +124,15 @@ mod taidoc_examples {
         let m = &report.readings[0].measurement;
         assert_eq!(num(&m.value), "105");
         assert_eq!(m.unit.as_ref().map(|u| u.ucum.as_str()), Some("mg/dL"));
-        assert_eq!(m.status[0].bits, 0x40, "before meal");
+        // Byte 3 = 0x40: record type "before a meal" (bits 7-6), glucose test (bits 5-2).
+        assert_eq!(
+            m.qualifiers.context,
+            vec![crate::model::ContextItem {
+                kind: mdc::CTXT_GLU_MEAL,
+                value: crate::model::ContextValue::Code(mdc::CTXT_GLU_MEAL_PREPRANDIAL),
+                duration_s: None,
+            }]
+        );
     }
 
     #[test]
@@ -205,6 +213,9 @@ fn taidoc_device(records: &[(LocalDateTime, [u8; 4])], model: [u8; 2], req: &[u8
         }
         cmd::RECORD_TIME => encode_datetime(&records[index].0),
         cmd::RECORD_VALUE => records[index].1,
+        // Serial number 1122334455667788: each half sent in reverse byte order.
+        cmd::SERIAL_HIGH => [0x44, 0x33, 0x22, 0x11],
+        cmd::SERIAL_LOW => [0x88, 0x77, 0x66, 0x55],
         other => [other, 0, 0, 0],
     };
     Frame::response(c, msg).encode().to_vec()
@@ -311,7 +322,16 @@ fn taidoc_session_downloads_then_resumes_from_the_cursor_and_clears_after_commit
             _ => None,
         })
         .collect();
-    assert_eq!(sends, vec![0x22, 0x24, 0x23, 0x2B, 0x25, 0x26, 0x25, 0x52]);
+    assert_eq!(
+        sends,
+        vec![0x22, 0x24, 0x28, 0x27, 0x23, 0x2B, 0x25, 0x26, 0x25, 0x52]
+    );
+    // The serial number (commands 0x28 then 0x27) identifies the meter wherever it is
+    // plugged in.
+    assert!(events.iter().any(|e| matches!(
+        e,
+        Event::Device(d) if d.serial_number.as_deref() == Some("1122334455667788")
+    )));
     let done_at = events
         .iter()
         .position(|e| matches!(e, Event::DownloadComplete { .. }))
@@ -625,7 +645,8 @@ mod contec_examples {
         )
         .expect("decodes");
         assert_eq!(r.device.model.as_deref(), Some("50D(A)+"));
-        assert_eq!(r.device.serial_number.as_deref(), Some("user"));
+        // "user" is the label the owner sets, not a serial number: it identifies nothing.
+        assert_eq!(r.device.serial_number, None);
         assert_eq!(r.device.firmware.as_deref(), Some("protocol 7"));
         assert_eq!(
             contec::decode_date(&packet("07 80 80 80 94 8E 88 92")),
@@ -890,7 +911,7 @@ mod astm_examples {
     }
 
     #[test]
-    fn mmol_values_are_exact_decimals_and_controls_are_dropped() {
+    fn mmol_values_are_exact_decimals_and_controls_are_kept_apart() {
         let recs = [
             "H|\\^&|||SIM^1.0^SN1||||||||1|202403150800".to_owned(),
             "R|1|^^^Glucose|5.4|mmol/L^W||B||202403150730".to_owned(),
@@ -903,11 +924,18 @@ mod astm_examples {
             .flat_map(|f| f.encode())
             .collect();
         let r = decode_capture(Protocol::Astm, &bytes).expect("decodes");
-        assert_eq!(r.readings.len(), 2);
+        assert_eq!(r.readings.len(), 3);
         let v = r.readings[0].measurement.value.expect("value");
         assert_eq!(v, Value::number(54, -1));
         assert_eq!(v.to_string(), "5.4");
-        assert_eq!(r.readings[1].measurement.status[0].bits, astm::FLAG_HI);
+        // The control test is kept, as what it is; never a patient reading.
+        assert_eq!(
+            r.readings[1].measurement.qualifiers.sample,
+            crate::model::Sample::ControlSolution
+        );
+        let hi = &r.readings[2].measurement;
+        assert_eq!(hi.status[0].bits, astm::FLAG_HI);
+        assert_eq!(hi.qualifiers.range, Some(crate::model::OutOfRange::Above));
         assert_eq!(r.device.serial_number.as_deref(), Some("SN1"));
     }
 

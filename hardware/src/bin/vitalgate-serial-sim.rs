@@ -65,6 +65,14 @@ struct Args {
     /// YYYY-MM-DDTHH:MM:SS. Stored records are dated back from it.
     #[arg(long, default_value = "now")]
     clock: String,
+    /// TaiDoc: the serial number the meter reports (16 hex digits); "none" for a meter that
+    /// does not answer the serial-number requests.
+    #[arg(long, default_value = "5A1B2C3D4E5F6071")]
+    serial_number: String,
+    /// Add flagged records (TaiDoc: HI, LO, control solution, irregular heartbeat, averaged,
+    /// an impossible date).
+    #[arg(long)]
+    flagged: bool,
 }
 
 /// This machine's local wall time.
@@ -125,6 +133,8 @@ fn main() -> ExitCode {
         second_try: a.second_try,
         legacy: a.legacy,
         clock,
+        serial_number: (a.serial_number != "none").then(|| a.serial_number.clone()),
+        flagged: a.flagged,
     };
     let faults = Faults {
         bad_checksum_every: a.bad_checksum_every,

@@ -351,6 +351,13 @@ pub struct DeviceOptions {
     pub legacy: bool,
     /// The device's clock at start-up.
     pub clock: LocalDateTime,
+    /// TaiDoc: the serial number it answers 0x28/0x27 with (16 hex digits); `None`: an
+    /// older meter that does not answer them.
+    pub serial_number: Option<String>,
+    /// Add the flagged records a clinician must not read wrongly: TaiDoc glucose meters a
+    /// HI, a LO and a control-solution test, BP meters an irregular heartbeat and an averaged
+    /// reading, every TaiDoc meter one record with an impossible date (a clock fault).
+    pub flagged: bool,
 }
 
 impl Default for DeviceOptions {
@@ -371,6 +378,8 @@ impl Default for DeviceOptions {
                 second: 0,
                 millis: None,
             },
+            serial_number: Some("5A1B2C3D4E5F6071".into()),
+            flagged: false,
         }
     }
 }

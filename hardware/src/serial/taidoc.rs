@@ -23,6 +23,60 @@ pub struct TaidocDevice {
     outbox: Outbox,
     second_try: SecondTry,
     notes: Vec<String>,
+    serial_number: Option<[u8; 8]>,
+    /// Flag bits to OR into a record's time message: (record time, minute bits, hour bits).
+    bp_flags: Vec<(LocalDateTime, u8, u8)>,
+}
+
+/// An impossible record date (30 February), which the meter sends when its clock was never
+/// set or has failed.
+const IMPOSSIBLE: LocalDateTime = LocalDateTime {
+    year: Some(2025),
+    month: Some(2),
+    day: Some(30),
+    hour: 7,
+    minute: 0,
+    second: 0,
+    millis: None,
+};
+
+/// The flagged records of [`DeviceOptions::flagged`], newest first after the ordinary ones:
+/// (time, value message); a time of `None` is sent as an impossible date (2025-02-30).
+fn flagged_records(kind: Kind, clock: &LocalDateTime) -> Vec<(Option<LocalDateTime>, [u8; 4])> {
+    let at = |hours: i64| {
+        let mut t = clock.add_seconds(-hours * 3600 - 1800).unwrap_or(*clock);
+        t.second = 0;
+        Some(t)
+    };
+    match kind {
+        Kind::Glucose => vec![
+            // HI: above the meter's 600 mg/dL (the meter stores more than it can measure).
+            (at(1), {
+                let [a, b] = 601u16.to_le_bytes();
+                [a, b, 0, 0x00]
+            }),
+            // LO: below 20 mg/dL.
+            (at(2), {
+                let [a, b] = 19u16.to_le_bytes();
+                [a, b, 0, 0x00]
+            }),
+            // A control-solution test (record type 11).
+            (at(3), {
+                let [a, b] = 110u16.to_le_bytes();
+                [a, b, 0, 0xC0]
+            }),
+            (None, {
+                let [a, b] = 120u16.to_le_bytes();
+                [a, b, 0, 0x00]
+            }),
+        ],
+        Kind::BloodPressure => vec![
+            (at(1), [150, 110, 90, 96]),
+            (at(2), [131, 99, 83, 70]),
+            (None, [125, 95, 80, 66]),
+        ],
+        Kind::Thermometer => vec![],
+    }
 }
 
 /// Record `i` of a simulated memory of `n` (0 = newest): one every 6 hours back from the
@@ -55,10 +109,36 @@ impl TaidocDevice {
         let digits = o.model.trim_start_matches("TD-");
         let model = u16::from_str_radix(digits, 16).unwrap_or(0x4277);
         let kind = Kind::from_model(&o.model);
+        let mut records: Vec<(LocalDateTime, [u8; 4])> = Vec::new();
+        if o.flagged {
+            // Newest first, as the meter keeps them: the record with no usable date at the
+            // top (it was taken last, with the clock lost), then the flagged ones, all newer
+            // than the ordinary records.
+            let flagged = flagged_records(kind, &o.clock);
+            records.extend(
+                flagged
+                    .iter()
+                    .filter(|(t, _)| t.is_none())
+                    .map(|(_, v)| (IMPOSSIBLE, *v)),
+            );
+            records.extend(flagged.iter().filter_map(|(t, v)| t.map(|t| (t, *v))));
+        }
+        let bp_flags = if o.flagged && kind == Kind::BloodPressure {
+            // The irregular heartbeat (minute bit 6), then the averaged reading (hour bit 7).
+            vec![(records[1].0, 0x40, 0), (records[2].0, 0, 0x80)]
+        } else {
+            Vec::new()
+        };
+        records.extend((0..o.records).map(|i| record(kind, &o.clock, i)));
         Self {
             model,
             kind,
-            records: (0..o.records).map(|i| record(kind, &o.clock, i)).collect(),
+            bp_flags,
+            serial_number: o.serial_number.as_deref().and_then(|s| {
+                let bytes = hex::decode(s).ok()?;
+                <[u8; 8]>::try_from(bytes.as_slice()).ok()
+            }),
+            records,
             clock: o.clock,
             clock_shift_s: 0,
             framer: Framer::new(taidoc::HOST),
@@ -99,7 +179,30 @@ impl TaidocDevice {
                     [a, b, 0, 0]
                 }
             }
-            cmd::RECORD_TIME => taidoc::encode_datetime(&self.records.get(index)?.0),
+            cmd::RECORD_TIME => {
+                let t = self.records.get(index)?.0;
+                let mut m = if t == IMPOSSIBLE {
+                    // encode_datetime cannot write a date that does not exist.
+                    let word: u16 = (25 << 9) | (2 << 5) | 30;
+                    let [a, b] = word.to_le_bytes();
+                    [a, b, t.minute, t.hour]
+                } else {
+                    taidoc::encode_datetime(&t)
+                };
+                if let Some((_, minute, hour)) = self.bp_flags.iter().find(|(at, ..)| *at == t) {
+                    m[2] |= minute;
+                    m[3] |= hour;
+                }
+                m
+            }
+            cmd::SERIAL_HIGH => {
+                let s = self.serial_number?;
+                [s[3], s[2], s[1], s[0]]
+            }
+            cmd::SERIAL_LOW => {
+                let s = self.serial_number?;
+                [s[7], s[6], s[5], s[4]]
+            }
             cmd::RECORD_VALUE => self.records.get(index)?.1,
             cmd::CLEAR_MEMORY => {
                 self.notes
