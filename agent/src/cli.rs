@@ -197,6 +197,7 @@ pub(crate) fn decode_serial(
     gateway: &crate::cli_fhir::DecodeGateway,
     readings_only: bool,
     transaction: bool,
+    received_at: Option<&str>,
 ) -> Result<u8> {
     let text: String = hex_args
         .iter()
@@ -209,19 +210,41 @@ pub(crate) fn decode_serial(
     let bytes = hex::decode(&text).map_err(|e| DecodeFailure::Hex(e.to_string()))?;
     let report = vitalgate_drivers::serial::decode_capture(protocol, &bytes)
         .map_err(DecodeFailure::Serial)?;
-    let value = if readings_only {
-        decode_json(protocol, &report)
+    if readings_only {
+        let text = serde_json::to_string_pretty(&decode_json(protocol, &report))?;
+        // A closed pipe (`| head`) is not an error worth a panic.
+        let _ = writeln!(std::io::stdout().lock(), "{text}");
+        return Ok(exit::OK);
+    }
+    for p in &report.problems {
+        eprintln!("vitalgate: {p}");
+    }
+    let (gw, time) = crate::cli_fhir::gateway_now(gateway, received_at)?;
+    // A live stream carries no device time: its samples are stamped with the reception time
+    // decode assumes (they are sent as they are taken, which is what makes that time theirs).
+    let readings = if report.readings.is_empty() {
+        Vec::new()
     } else {
-        for p in &report.problems {
-            eprintln!("vitalgate: {p}");
-        }
-        let (gw, time) = crate::cli_fhir::gateway_now(gateway);
-        vitalgate::fhir::decode::bundle_for_readings(&report.readings, &gw, &time, transaction)?
+        report
+            .readings
+            .iter()
+            .map(|r| {
+                let mut r = r.clone();
+                r.receipt = time.now;
+                r
+            })
+            .collect()
     };
-    let text = serde_json::to_string_pretty(&value)?;
-    // A closed pipe (`| head`) is not an error worth a panic.
-    let _ = writeln!(std::io::stdout().lock(), "{text}");
-    Ok(exit::OK)
+    match vitalgate::fhir::decode::bundle_for_readings(&readings, &gw, &time, transaction) {
+        Ok(d) => {
+            crate::cli_fhir::print_decoded(&d)?;
+            Ok(exit::OK)
+        }
+        Err(e) => {
+            eprintln!("vitalgate: error: {e}");
+            Ok(exit::DATAERR)
+        }
+    }
 }
 
 /// The JSON `decode` prints. Each reading keeps the model's exact form (`measurement`, with

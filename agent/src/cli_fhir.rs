@@ -41,6 +41,15 @@ pub enum DecodeCommand {
         /// entry a conditional create.
         #[arg(long, default_value = "collection", value_parser = ["collection", "transaction"])]
         bundle: String,
+        /// When the gateway received the bytes (RFC 3339, e.g. 2026-03-01T08:00:00Z): the
+        /// time of a reading that carries none. Default: now, by this machine's clock, taken
+        /// as right even when it reports itself unsynchronised (said on stderr).
+        #[arg(long, value_name = "TIME")]
+        received_at: Option<String>,
+        /// The value answered a record download (RACP): it comes from the device's memory.
+        /// Without it, the value is taken as notified on its own.
+        #[arg(long)]
+        stored: bool,
     },
     /// Decode a captured device-to-host byte stream of a serial protocol and print the FHIR
     /// Bundle its readings map to (streams are not reduced).
@@ -57,6 +66,10 @@ pub enum DecodeCommand {
         /// `collection` (default) or `transaction`.
         #[arg(long, default_value = "collection", value_parser = ["collection", "transaction"])]
         bundle: String,
+        /// When the gateway received the bytes (RFC 3339): the time of readings that carry
+        /// none (live streams). Default: now, by this machine's clock.
+        #[arg(long, value_name = "TIME")]
+        received_at: Option<String>,
     },
 }
 
@@ -67,10 +80,39 @@ pub struct DecodeGateway {
     pub namespace: vitalgate::fhir::IdentifierNamespace,
 }
 
-/// The gateway facts the mapping needs, from the configuration and the system clock.
-pub fn gateway_now(gateway: &DecodeGateway) -> (GatewayInfo, GatewayTime) {
-    let now = SystemClock::new().receipt();
-    (
+/// The gateway facts the mapping needs, from the configuration and the reception time
+/// `decode` assumes: `--received-at`, else this machine's clock. Either is taken as
+/// synchronised (decoding bytes on a workstation is not delivering them), and what was
+/// assumed is said on stderr, so a reading placed at that time is never mistaken for one
+/// that carried its own.
+pub fn gateway_now(
+    gateway: &DecodeGateway,
+    received_at: Option<&str>,
+) -> Result<(GatewayInfo, GatewayTime)> {
+    let mut now = SystemClock::new().receipt();
+    match received_at {
+        Some(t) => {
+            let at = humantime::parse_rfc3339_weak(t)
+                .or_else(|_| humantime::parse_rfc3339(t))
+                .map_err(|e| anyhow::anyhow!("--received-at {t:?} is not an RFC 3339 time: {e}"))?;
+            let ms = at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_err(|_| anyhow::anyhow!("--received-at {t:?} is before 1970"))?
+                .as_millis() as i64;
+            now.wall_ms = ms;
+            eprintln!(
+                "vitalgate: note: readings without a device time are placed at the --received-at time {t}"
+            );
+        }
+        None if !now.clock_synchronized => eprintln!(
+            "vitalgate: note: this machine's clock reports itself unsynchronised; readings \
+             without a device time are placed at its current time (give --received-at to \
+             choose another)"
+        ),
+        None => {}
+    }
+    now.clock_synchronized = true;
+    Ok((
         GatewayInfo {
             id: gateway.id.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -82,7 +124,19 @@ pub fn gateway_now(gateway: &DecodeGateway) -> (GatewayInfo, GatewayTime) {
             now,
             utc_offset_s: vitalgate::fhir::time::local_utc_offset_s(),
         },
-    )
+    ))
+}
+
+/// Prints a decoded Bundle, and on stderr every reading left out of it with the reason.
+pub fn print_decoded(d: &decode::Decoded) -> Result<()> {
+    use std::io::Write;
+    for l in &d.left_out {
+        eprintln!("vitalgate: {l}");
+    }
+    let text = serde_json::to_string_pretty(&d.bundle)?;
+    // A closed pipe (`| head`) is the reader's choice, not an error.
+    let _ = writeln!(std::io::stdout().lock(), "{text}");
+    Ok(())
 }
 
 pub fn decode_cmd(gateway: &DecodeGateway, cmd: DecodeCommand) -> Result<u8> {
@@ -92,36 +146,45 @@ pub fn decode_cmd(gateway: &DecodeGateway, cmd: DecodeCommand) -> Result<u8> {
             hex,
             readings,
             bundle,
-        } => crate::cli::decode_serial(protocol, &hex, gateway, readings, bundle == "transaction"),
+            received_at,
+        } => crate::cli::decode_serial(
+            protocol,
+            &hex,
+            gateway,
+            readings,
+            bundle == "transaction",
+            received_at.as_deref(),
+        ),
         DecodeCommand::Ble {
             characteristic,
             hex,
             address,
             bundle,
+            received_at,
+            stored,
         } => {
+            let (gw, time) = match gateway_now(gateway, received_at.as_deref()) {
+                Ok(g) => g,
+                Err(e) => {
+                    eprintln!("vitalgate: error: {e}");
+                    return Ok(exit::USAGE);
+                }
+            };
             let parsed = (|| {
                 let uuid = decode::parse_characteristic(&characteristic)?;
                 let bytes = decode::parse_hex(&hex)?;
-                let (gw, time) = gateway_now(gateway);
                 let device = decode::placeholder_ble_device(&address);
-                let readings = decode::ble_readings(uuid, &bytes, &device, time.now)?;
+                let readings = decode::ble_readings(uuid, &bytes, &device, time.now, stored)?;
                 decode::bundle_for_readings(&readings, &gw, &time, bundle == "transaction")
             })();
             match parsed {
-                Ok(bundle) => {
-                    use std::io::Write;
-                    let text = serde_json::to_string_pretty(&bundle)?;
-                    // A closed pipe (`| head`) is the reader's choice, not an error.
-                    let _ = writeln!(std::io::stdout().lock(), "{text}");
+                Ok(d) => {
+                    print_decoded(&d)?;
                     Ok(exit::OK)
                 }
                 Err(e @ (DecodeCommandError::Characteristic(_) | DecodeCommandError::Hex(_))) => {
                     eprintln!("vitalgate: error: {e}");
                     Ok(exit::USAGE)
-                }
-                Err(e @ DecodeCommandError::Map { .. }) => {
-                    eprintln!("vitalgate: error: {e}");
-                    Ok(exit::TEMPFAIL)
                 }
                 Err(e) => {
                     eprintln!("vitalgate: error: {e}");
@@ -513,12 +576,10 @@ impl ReadingSource for DemoDevices {
                     bytes.extend_from_slice(&word.to_le_bytes());
                 }
                 let receipt = clock.receipt();
-                let readings =
-                    decode::ble_readings(0x2A5F, &bytes, &oximeter, receipt).map_err(|e| {
-                        SourceError::Failed {
-                            source_name: "demo-oximeter".into(),
-                            detail: e.to_string(),
-                        }
+                let readings = decode::ble_readings(0x2A5F, &bytes, &oximeter, receipt, false)
+                    .map_err(|e| SourceError::Failed {
+                        source_name: "demo-oximeter".into(),
+                        detail: e.to_string(),
                     })?;
                 store
                     .commit(Batch {

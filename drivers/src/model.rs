@@ -60,6 +60,11 @@ pub struct DeviceIdentity {
     pub firmware: Option<String>,
     pub hardware: Option<String>,
     pub software: Option<String>,
+    /// What kinds of device it is, as IEEE 11073-20601 specializations
+    /// (MDC_DEV_SPEC_PROFILE_*), from what it offers: a scale with a Body Composition Service
+    /// is a scale and a body composition analyzer. Empty when the transport could not tell.
+    /// Appended after the fields of the store's identity format 1 (see the store's codec).
+    pub specializations: Vec<u32>,
 }
 
 impl DeviceIdentity {
@@ -74,7 +79,38 @@ impl DeviceIdentity {
             firmware: None,
             hardware: None,
             software: None,
+            specializations: Vec::new(),
         }
+    }
+}
+
+/// IEEE 11073-20601 device specializations (MDC_DEV_SPEC_PROFILE_*, partition 8 codes as
+/// the PHD IG's DeviceTypes11073MDC value set lists them).
+pub mod specialization {
+    pub const PULS_OXIM: u32 = 528_388;
+    pub const BP: u32 = 528_391;
+    pub const TEMP: u32 = 528_392;
+    pub const SCALE: u32 = 528_399;
+    pub const GLUCOSE: u32 = 528_401;
+    pub const BCA: u32 = 528_404;
+    pub const CGM: u32 = 528_409;
+    pub const GENERIC: u32 = 528_457;
+
+    /// The specializations a Bluetooth SIG health service makes a device: Blood Pressure,
+    /// Health Thermometer, Weight Scale, Body Composition, Glucose, Pulse Oximeter, CGM.
+    /// Heart Rate has none of its own (generic).
+    pub fn of_ble_service(service: u16) -> Option<u32> {
+        Some(match service {
+            0x1810 => BP,
+            0x1809 => TEMP,
+            0x181D => SCALE,
+            0x181B => BCA,
+            0x1808 => GLUCOSE,
+            0x1822 => PULS_OXIM,
+            0x181F => CGM,
+            0x180D => GENERIC,
+            _ => return None,
+        })
     }
 }
 

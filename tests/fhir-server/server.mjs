@@ -192,7 +192,21 @@ repo.withTransaction = async (callback) => {
     journal = null;
     return result;
   } catch (err) {
-    for (const [type, id] of journal.reverse()) unindex(type, id);
+    for (const step of journal.reverse()) {
+      if (step[0] === 'update') {
+        // Put the version from before the transaction back, with its identifiers.
+        const before = step[1];
+        const now = repo.resources.get(before.resourceType)?.get(before.id);
+        if (now) for (const k of identifierKeys(now)) byIdentifier.get(k)?.delete(now.id);
+        repo.resources.get(before.resourceType)?.set(before.id, before);
+        for (const k of identifierKeys(before)) {
+          if (!byIdentifier.has(k)) byIdentifier.set(k, new Set());
+          byIdentifier.get(k).add(before.id);
+        }
+      } else {
+        unindex(step[0], step[1]);
+      }
+    }
     journal = null;
     throw err;
   }
@@ -205,10 +219,23 @@ const router = new FhirRouter();
 // its database heritage; this server handles one request at a time, so every transaction is
 // serialisable. Same semantics: ifNoneExist resolved first (one match → that resource, "200";
 // several → 412), urn:uuid references rewritten, every new resource validated, all or nothing.
+// Also conditional updates on one identifier, `PUT <Type>?identifier=<system>|<value>`: no
+// match creates, one match is updated in place (undone with the rest if the transaction
+// fails), several are 412.
 function isSimpleTransaction(body) {
   return body?.resourceType === 'Bundle' && body.type === 'transaction' && Array.isArray(body.entry)
-    && body.entry.every((e) => e.request?.method === 'POST' && e.resource?.resourceType
-      && (!e.request.ifNoneExist || /^identifier=[^&]*$/.test(e.request.ifNoneExist)));
+    && body.entry.every((e) => e.resource?.resourceType && (
+      (e.request?.method === 'POST'
+        && (!e.request.ifNoneExist || /^identifier=[^&]*$/.test(e.request.ifNoneExist)))
+      || (e.request?.method === 'PUT'
+        && e.request.url === `${e.resource.resourceType}?${(e.request.url.split('?')[1] ?? '')}`
+        && /^identifier=[^&]*$/.test(e.request.url.split('?')[1] ?? ''))));
+}
+
+function identifierKeyOf(type, query) {
+  const v = new URLSearchParams(query).get('identifier') ?? '';
+  const bar = v.indexOf('|');
+  return bar >= 0 ? `${type}|${v.slice(0, bar)}|${v.slice(bar + 1)}` : `${type}||${v}`;
 }
 
 function rewriteReferences(value, ids) {
@@ -229,12 +256,12 @@ async function processTransaction(bundle) {
   const claimed = new Map(); // identifier key -> index in plan, for repeats within the bundle
   for (const e of bundle.entry) {
     const type = e.resource.resourceType;
+    const update = e.request.method === 'PUT';
     let existing = null;
     let key = null;
-    if (e.request.ifNoneExist) {
-      const v = new URLSearchParams(e.request.ifNoneExist).get('identifier') ?? '';
-      const bar = v.indexOf('|');
-      key = bar >= 0 ? `${type}|${v.slice(0, bar)}|${v.slice(bar + 1)}` : `${type}||${v}`;
+    const query = update ? e.request.url.split('?')[1] : e.request.ifNoneExist;
+    if (query) {
+      key = identifierKeyOf(type, query);
       const found = [...(byIdentifier.get(key) ?? [])];
       if (found.length > 1) throw new OperationOutcomeError(multipleMatches);
       if (found.length === 1) existing = repo.resources.get(type).get(found[0]);
@@ -243,7 +270,7 @@ async function processTransaction(bundle) {
     if (existing) id = existing.id;
     else if (key && claimed.has(key)) id = plan[claimed.get(key)].id;
     else id = repo.generateId();
-    const step = { entry: e, type, id, existing, repeat: !existing && key && claimed.has(key) };
+    const step = { entry: e, type, id, existing, update, repeat: !existing && key && claimed.has(key) };
     if (key && !claimed.has(key)) claimed.set(key, plan.length);
     plan.push(step);
     if (e.fullUrl) ids.set(e.fullUrl, `${type}/${id}`);
@@ -251,7 +278,21 @@ async function processTransaction(bundle) {
   return repo.withTransaction(async () => {
     const results = [];
     for (const step of plan) {
-      if (step.existing) {
+      if (step.existing && step.update) {
+        const resource = rewriteReferences({ ...step.entry.resource, id: step.id }, ids);
+        delete resource.meta;
+        validate(resource);
+        const before = structuredClone(step.existing);
+        for (const k of identifierKeys(before)) byIdentifier.get(k)?.delete(before.id);
+        const r = await baseUpdate(resource);
+        for (const k of identifierKeys(r)) {
+          if (!byIdentifier.has(k)) byIdentifier.set(k, new Set());
+          byIdentifier.get(k).add(r.id);
+        }
+        journal.push(['update', before]);
+        stats.updates = (stats.updates ?? 0) + 1;
+        results.push({ status: '200 OK', resource: r });
+      } else if (step.existing) {
         results.push({ status: '200 OK', resource: step.existing });
       } else if (step.repeat) {
         results.push({ status: '200 OK', resource: repo.resources.get(step.type).get(step.id) });

@@ -134,6 +134,12 @@ impl BleRig {
             .ok()?
     }
 
+    /// The record number of a download cursor (`<number>@<record identity>`).
+    pub fn cursor_number(&self, address: &str, stream: &str) -> Option<u32> {
+        let c = self.cursor(address, stream)?;
+        c.split('@').next()?.parse().ok()
+    }
+
     /// Waits until `f` holds; fails with the agent's log and the BlueZ call log if the agent
     /// exits first or the rig's wait runs out.
     pub fn wait_for(&mut self, what: &str, mut f: impl FnMut(&Self) -> bool) {

@@ -131,7 +131,7 @@ fn every_profile_lands_in_the_store_with_the_right_values() {
         );
     }
     rig.wait_for("glucose cursor", |r| {
-        r.cursor(GLUCOSE, "racp-2A18").as_deref() == Some("3")
+        r.cursor_number(GLUCOSE, "racp-2A18") == Some(3)
     });
     // Pulse oximeter: the stored spot check (97 %, 72 bpm) and the live stream (100 %, 90).
     rig.wait_for("oximeter", |r| {
@@ -158,7 +158,7 @@ fn every_profile_lands_in_the_store_with_the_right_values() {
         assert_eq!(d.to_f64(), payload::cgm_mg_dl(offset) as f64);
     }
     rig.wait_for("CGM cursor", |r| {
-        r.cursor(CGM, "racp-2AA7").as_deref() == Some("25")
+        r.cursor_number(CGM, "racp-2AA7") == Some(25)
     });
 
     // Clocks: set where the device allows it (CTS write on the thermometer, A&D's Date Time
@@ -186,7 +186,7 @@ fn glucose_download_is_incremental_across_connections() {
     );
     rig.start_agent();
     rig.wait_for("first download", |r| {
-        r.cursor(GLUCOSE, "racp-2A18").as_deref() == Some("5")
+        r.cursor_number(GLUCOSE, "racp-2A18") == Some(5)
     });
     assert_eq!(sequences(&rig.readings(GLUCOSE)), [1, 2, 3, 4, 5]);
 
@@ -194,7 +194,7 @@ fn glucose_download_is_incremental_across_connections() {
     rig.emu.add_records(GLUCOSE, 3);
     rig.block_on(rig.emu.drop_link(GLUCOSE));
     rig.wait_for("second download", |r| {
-        r.cursor(GLUCOSE, "racp-2A18").as_deref() == Some("8")
+        r.cursor_number(GLUCOSE, "racp-2A18") == Some(8)
     });
     assert_eq!(
         sequences(&rig.readings(GLUCOSE)),
@@ -206,7 +206,7 @@ fn glucose_download_is_incremental_across_connections() {
     rig.emu.add_records(GLUCOSE, 2);
     rig.start_agent();
     rig.wait_for("download after restart", |r| {
-        r.cursor(GLUCOSE, "racp-2A18").as_deref() == Some("10")
+        r.cursor_number(GLUCOSE, "racp-2A18") == Some(10)
     });
     let stored = rig.readings(GLUCOSE);
     assert_eq!(
@@ -215,14 +215,15 @@ fn glucose_download_is_incremental_across_connections() {
         "none lost, none twice"
     );
     assert!(rig.emu.connections(GLUCOSE) >= 3);
-    // All records the first time; then "greater than or equal to n + 1".
+    // All records the first time; then "greater than or equal to" the cursor's own record,
+    // which comes back first and shows the numbering did not start over.
     let requests = rig.emu.racp_requests(GLUCOSE);
     assert_eq!(
         requests,
         vec![
             vec![0x01, 0x01],
-            vec![0x01, 0x03, 0x01, 6, 0],
-            vec![0x01, 0x03, 0x01, 9, 0]
+            vec![0x01, 0x03, 0x01, 5, 0],
+            vec![0x01, 0x03, 0x01, 8, 0]
         ],
     );
     // Nothing new: the meter answers "no records found", which is a successful download.
@@ -235,10 +236,128 @@ fn glucose_download_is_incremental_across_connections() {
     rig.wait_for("an empty download", |r| completions(r) > before);
     assert_eq!(
         rig.emu.racp_requests(GLUCOSE).last(),
-        Some(&vec![0x01, 0x03, 0x01, 11, 0])
+        Some(&vec![0x01, 0x03, 0x01, 10, 0])
     );
     assert!(!rig.log_text().contains("refused"), "{}", rig.log_text());
     assert_eq!(sequences(&rig.readings(GLUCOSE)).len(), 10);
+    rig.stop_agent();
+}
+
+/// Record numbers are not record identities: a glucose meter's sequence numbers restart
+/// when it is reset, and a CGM's time offsets restart with every sensor session. After the
+/// numbering starts over, every record the device holds is downloaded and stored, none is
+/// taken for an old one with the same number, and the store stays free of duplicates.
+#[test]
+fn record_numbering_that_starts_over_loses_nothing() {
+    let mut rig = rig(
+        vec![
+            PeripheralSpec::new(Profile::Glucose, GLUCOSE).with_records(5),
+            PeripheralSpec::new(Profile::Cgm, CGM).with_records(4),
+        ],
+        &[GLUCOSE, CGM],
+    );
+    rig.start_agent();
+    rig.wait_for("first downloads", |r| {
+        r.cursor_number(GLUCOSE, "racp-2A18") == Some(5)
+            && r.cursor_number(CGM, "racp-2AA7") == Some(15)
+    });
+    // The meter is reset (three new records numbered 1..=3, taken later), the CGM gets a new
+    // sensor (offsets 0, 5 of a session 30 days later): fewer records than the cursor.
+    rig.emu.start_over(GLUCOSE, 3);
+    rig.emu.start_over(CGM, 2);
+    rig.block_on(rig.emu.drop_link(GLUCOSE));
+    rig.block_on(rig.emu.drop_link(CGM));
+    rig.wait_for("the new records", |r| {
+        r.readings(GLUCOSE).len() == 8 && r.readings(CGM).len() == 6
+    });
+    assert_eq!(sequences(&rig.readings(GLUCOSE)), [1, 1, 2, 2, 3, 3, 4, 5]);
+    assert_eq!(sequences(&rig.readings(CGM)), [0, 0, 5, 5, 10, 15]);
+    // The cursor's record was gone ("no records found" from 5 on), so everything was asked
+    // for.
+    assert_eq!(
+        rig.emu.racp_requests(GLUCOSE),
+        vec![
+            vec![0x01, 0x01],
+            vec![0x01, 0x03, 0x01, 5, 0],
+            vec![0x01, 0x01]
+        ]
+    );
+    rig.wait_for("the new cursor", |r| {
+        r.cursor_number(GLUCOSE, "racp-2A18") == Some(3)
+    });
+
+    // The meter holds more records than the cursor's number after a second reset: record 3
+    // is another record now, which the first answer shows.
+    rig.emu.start_over(GLUCOSE, 4);
+    rig.block_on(rig.emu.drop_link(GLUCOSE));
+    rig.wait_for("after the second reset", |r| {
+        r.readings(GLUCOSE).len() == 12
+    });
+    assert_eq!(
+        rig.emu.racp_requests(GLUCOSE)[3..],
+        [vec![0x01, 0x03, 0x01, 3, 0], vec![0x01, 0x01]]
+    );
+    // Nothing new: the cursor's record is still itself, one request, nothing stored.
+    rig.wait_for("the cursor", |r| {
+        r.cursor_number(GLUCOSE, "racp-2A18") == Some(4)
+    });
+    rig.block_on(rig.emu.drop_link(GLUCOSE));
+    rig.wait_for("a quiet download", |r| {
+        r.emu.racp_requests(GLUCOSE).len() == 6
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(rig.emu.racp_requests(GLUCOSE).len(), 6);
+    assert_eq!(rig.readings(GLUCOSE).len(), 12);
+    rig.stop_agent();
+}
+
+/// Glucose records that must not be read as plain values keep their meaning in the store:
+/// HI (status bit 5) as beyond the meter's range, a control-solution test as no patient
+/// data, a time fault as a clock fault, and the context the meter sent joined to its record.
+#[test]
+fn flagged_glucose_records_keep_their_meaning() {
+    use vitalgate_drivers::model::{ContextValue, OutOfRange, Sample};
+    let mut rig = rig(
+        vec![PeripheralSpec::new(Profile::Glucose, GLUCOSE).with_records(1)],
+        &[GLUCOSE],
+    );
+    let added = rig.emu.add_flagged_records(
+        GLUCOSE,
+        &[
+            payload::GlucoseFlag::High,
+            payload::GlucoseFlag::ControlSolution,
+            payload::GlucoseFlag::TimeFault,
+            payload::GlucoseFlag::WithContext,
+        ],
+    );
+    assert_eq!(added, [2, 3, 4, 5]);
+    rig.start_agent();
+    rig.wait_for("five records", |r| r.readings(GLUCOSE).len() == 5);
+    let by_seq = |s: u32| {
+        rig.readings(GLUCOSE)
+            .into_iter()
+            .find(|r| r.measurement.sequence == Some(s))
+            .expect("record")
+            .measurement
+    };
+    assert_eq!(by_seq(2).qualifiers.range, Some(OutOfRange::Above));
+    assert_eq!(by_seq(3).qualifiers.sample, Sample::ControlSolution);
+    assert!(by_seq(4).clock.time_fault);
+    let ctx = by_seq(5).qualifiers.context;
+    assert!(
+        ctx.iter().any(|c| c.kind.0 == 8_417_864
+            && c.value == ContextValue::Code(vitalgate_drivers::mdc::CTXT_GLU_MEAL_PREPRANDIAL)),
+        "{ctx:?}"
+    );
+    assert!(
+        ctx.iter().any(|c| c.kind.0 == 8_417_772),
+        "lunch carbohydrate: {ctx:?}"
+    );
+    // The store counts the control test on the device and routes it nowhere.
+    let st = StoreReader::open(&rig.site.db(), &rig.site.keying())
+        .and_then(|r| r.status())
+        .expect("status");
+    assert_eq!(st.readings.not_patient, 1);
     rig.stop_agent();
 }
 
@@ -251,7 +370,7 @@ fn a_link_dropped_mid_transfer_completes_after_reconnecting() {
     rig.emu.drop_link_after_records(GLUCOSE, 25);
     rig.start_agent();
     rig.wait_for("complete download", |r| {
-        r.cursor(GLUCOSE, "racp-2A18").as_deref() == Some("60")
+        r.cursor_number(GLUCOSE, "racp-2A18") == Some(60)
     });
     let stored = rig.readings(GLUCOSE);
     assert_eq!(
@@ -354,7 +473,7 @@ fn racp_att_errors_are_handled_as_the_spec_says() {
         .fail_next("WriteValue", Some(GLUCOSE), BluezError::att(0xFE));
     rig.start_agent();
     rig.wait_for("download despite ATT errors", |r| {
-        r.cursor(GLUCOSE, "racp-2A18").as_deref() == Some("3")
+        r.cursor_number(GLUCOSE, "racp-2A18") == Some(3)
     });
     assert_eq!(sequences(&rig.readings(GLUCOSE)), [1, 2, 3]);
     // 0xFD: subscribed again and retried; 0xFE: aborted, then retried.

@@ -30,10 +30,7 @@ pub const RACP: u16 = 0x2A52;
 /// Feature characteristics read at every connection: which status bits a device supports
 /// (BP 0x2A49, glucose 0x2A51, PLX 0x2A60), and the CGM's (0x2AA8, also its E2E-CRC).
 pub const FEATURES: [u16; 4] = [0x2A49, 0x2A51, 0x2A60, 0x2AA8];
-/// Measurements that, notified outside a RACP download, were sent as they were taken: a PLX
-/// spot check (indicated after the measurement) and a CGM record (sent as the sensor takes
-/// it). PLX continuous and heart rate say so themselves.
-pub const LIVE_WHEN_NOTIFIED: [u16; 2] = [0x2A5E, 0x2AA7];
+
 pub const CURRENT_TIME: u16 = 0x2A2B;
 /// Battery Level (Battery Service 0x180F): one byte, percent.
 pub const BATTERY_LEVEL: u16 = 0x2A19;

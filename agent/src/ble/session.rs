@@ -120,8 +120,17 @@ pub async fn run(
             subscribed.insert(u);
         }
     }
-    // 5. Device Information.
+    // 5. Device Information, and what kind of device its health services make it.
     let mut identity = DeviceIdentity::new(Transport::Ble, address.clone());
+    let mut specializations: Vec<u32> = p
+        .services()
+        .iter()
+        .filter_map(|s| short(&s.uuid))
+        .filter_map(vitalgate_drivers::model::specialization::of_ble_service)
+        .collect();
+    specializations.sort_unstable();
+    specializations.dedup();
+    identity.specializations = specializations;
     for u in profiles::DEVICE_INFORMATION {
         if let Some(c) = find(u) {
             let value = gatt("read device information", GATT_TIMEOUT, p.read(c)).await?;
@@ -391,9 +400,9 @@ impl Receiver<'_> {
             if downloading {
                 // A RACP answer comes from the device's memory, whatever the profile says.
                 q.origin = Origin::Stored;
-            } else if q.origin == Origin::Unknown && profiles::LIVE_WHEN_NOTIFIED.contains(&u) {
-                // Sent on its own, outside a download: as it was taken.
-                q.origin = Origin::Live;
+            } else if q.origin == Origin::Unknown {
+                // Sent on its own, outside a download.
+                q.origin = ble::notified_origin(u);
             }
         }
         let receipt = self.shared.clock.receipt();

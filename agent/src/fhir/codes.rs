@@ -313,6 +313,21 @@ pub fn specialization(code: MdcCode) -> (u32, &'static str) {
     }
 }
 
+/// The reference id of a device specialization code.
+pub fn specialization_name(code: u32) -> &'static str {
+    match code {
+        528388 => "MDC_DEV_SPEC_PROFILE_PULS_OXIM",
+        528391 => "MDC_DEV_SPEC_PROFILE_BP",
+        528392 => "MDC_DEV_SPEC_PROFILE_TEMP",
+        528399 => "MDC_DEV_SPEC_PROFILE_SCALE",
+        528401 => "MDC_DEV_SPEC_PROFILE_GLUCOSE",
+        528404 => "MDC_DEV_SPEC_PROFILE_BCA",
+        528409 => "MDC_DEV_SPEC_PROFILE_CGM",
+        528457 => "MDC_DEV_SPEC_PROFILE_GENERIC",
+        _ => "",
+    }
+}
+
 /// The SNOMED CT body structure of a reported site, as the HL7 vital-signs body temperature
 /// site codes name them (armpit 422543003 "Axillary region" ... tympanum 42859004).
 pub fn body_site(site: BodySite) -> (&'static str, &'static str) {

@@ -5,6 +5,7 @@
 
 use serde_json::Value;
 use vitalgate_drivers::ble::{self, DecodeContext};
+use vitalgate_drivers::model::Origin;
 use vitalgate_drivers::{DecodeError, DeviceIdentity, Reading, Receipt, Transport};
 
 use super::{GatewayInfo, GatewayTime, MapError, MapItem, PatientRef, assemble};
@@ -24,12 +25,41 @@ pub enum DecodeCommandError {
         "characteristic 0x{0:04X} carries no measurement (a feature, control point or device-information value)"
     )]
     NoMeasurement(u16),
-    #[error("reading {index} cannot be mapped: {source}")]
-    Map {
-        index: usize,
-        #[source]
-        source: MapError,
-    },
+    /// Nothing the bytes carry would be sent; each reading's reason.
+    #[error("nothing would be sent: {}", left_out_text(.0))]
+    NothingSent(Vec<LeftOut>),
+}
+
+/// A reading that decoded but would not be sent, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeftOut {
+    pub index: usize,
+    pub kind: u32,
+    pub reason: MapError,
+}
+
+impl std::fmt::Display for LeftOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "reading {} (MDC {}) is not sent: {}",
+            self.index, self.kind, self.reason
+        )
+    }
+}
+
+fn left_out_text(v: &[LeftOut]) -> String {
+    v.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// What the bytes map to: the Bundle, and the readings left out of it with their reasons.
+#[derive(Debug, Clone)]
+pub struct Decoded {
+    pub bundle: Value,
+    pub left_out: Vec<LeftOut>,
 }
 
 /// A characteristic as `2A35`, `0x2A35` or `00002a35-0000-1000-8000-00805f9b34fb`.
@@ -64,16 +94,27 @@ pub fn parse_hex(s: &str) -> Result<Vec<u8>, DecodeCommandError> {
 }
 
 /// Decodes one BLE characteristic value into readings from `device`, received at `receipt`.
+///
+/// `stored`: the value answered a record download (RACP), so it comes from the device's
+/// memory; otherwise it was notified on its own, as the transport would take it.
 pub fn ble_readings(
     characteristic: u16,
     bytes: &[u8],
     device: &DeviceIdentity,
     receipt: Receipt,
+    stored: bool,
 ) -> Result<Vec<Reading>, DecodeCommandError> {
     let decoded = ble::decode(characteristic, bytes, &DecodeContext::default())?;
-    let ms = decoded.measurements();
+    let mut ms = decoded.measurements();
     if ms.is_empty() {
         return Err(DecodeCommandError::NoMeasurement(characteristic));
+    }
+    for m in &mut ms {
+        if stored {
+            m.qualifiers.origin = Origin::Stored;
+        } else if m.qualifiers.origin == Origin::Unknown {
+            m.qualifiers.origin = ble::notified_origin(characteristic);
+        }
     }
     Ok(ms
         .into_iter()
@@ -94,13 +135,15 @@ pub fn placeholder_ble_device(address: &str) -> DeviceIdentity {
 }
 
 /// The Bundle for readings from any transport, with a placeholder subject: a `collection`,
-/// or (`transaction`) exactly what delivery would POST.
+/// or (`transaction`) exactly what delivery would POST. Readings that would not be sent (a
+/// control-solution test, a stored record whose time cannot be established, ...) are left
+/// out and listed with the reason; it is an error only when nothing is left to send.
 pub fn bundle_for_readings(
     readings: &[Reading],
     gw: &GatewayInfo,
     time: &GatewayTime,
     transaction: bool,
-) -> Result<Value, DecodeCommandError> {
+) -> Result<Decoded, DecodeCommandError> {
     let patient = PatientRef::placeholder();
     let items: Vec<MapItem<'_>> = readings
         .iter()
@@ -111,17 +154,29 @@ pub fn bundle_for_readings(
         })
         .collect();
     let assembly = assemble(gw, time, &items);
-    for (index, item) in assembly.items.iter().enumerate() {
-        if let Err(source) = item {
-            return Err(DecodeCommandError::Map {
+    let left_out: Vec<LeftOut> = assembly
+        .items
+        .iter()
+        .enumerate()
+        .filter_map(|(index, item)| {
+            item.as_ref().err().map(|reason| LeftOut {
                 index,
-                source: source.clone(),
-            });
-        }
+                kind: readings[index].measurement.kind.0,
+                reason: reason.clone(),
+            })
+        })
+        .collect();
+    if !readings.is_empty() && left_out.len() == readings.len() {
+        return Err(DecodeCommandError::NothingSent(left_out));
     }
-    Ok(if transaction {
-        assembly.transaction()
-    } else {
-        assembly.collection()
+    // The entries of left-out readings were never added, so the assembly holds exactly what
+    // delivery would send.
+    Ok(Decoded {
+        bundle: if transaction {
+            assembly.transaction()
+        } else {
+            assembly.collection()
+        },
+        left_out,
     })
 }

@@ -149,15 +149,26 @@ pub fn phd_device(
     ns: &IdentifierNamespace,
     gateway_id: &str,
 ) -> Value {
-    let (spec, spec_name) = codes::specialization(kind);
+    // What the device offers (its services), else what this reading implies.
+    let specs: Vec<u32> = if identity.specializations.is_empty() {
+        vec![codes::specialization(kind).0]
+    } else {
+        identity.specializations.clone()
+    };
+    let specialization: Vec<Value> = specs
+        .iter()
+        .map(|s| {
+            json!({
+                "systemType": { "coding": [mdc_coding(*s, codes::specialization_name(*s))] },
+                "version": "1"
+            })
+        })
+        .collect();
     let mut d = json!({
         "resourceType": "Device",
         "identifier": identifiers(identity, ns, gateway_id).iter().map(identifier_json).collect::<Vec<_>>(),
         "type": { "coding": [mdc_coding(65573, "MDC_MOC_VMS_MDS_SIMP")] },
-        "specialization": [{
-            "systemType": { "coding": [mdc_coding(spec, spec_name)] },
-            "version": "1"
-        }],
+        "specialization": specialization,
     });
     if let Some(m) = &identity.manufacturer {
         d["manufacturer"] = json!(m);

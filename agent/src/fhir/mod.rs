@@ -214,6 +214,23 @@ pub struct Entry {
     pub resource: Value,
     /// `identifier=<system>|<value>`.
     pub if_none_exist: String,
+    /// Send as a conditional update (`PUT <type>?<if_none_exist>`) rather than a conditional
+    /// create: the server's copy of this shared resource is older than this content.
+    pub update: bool,
+}
+
+impl Entry {
+    /// A digest of the resource's content, to tell whether a destination holds this version.
+    pub fn digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        // serde_json's maps are ordered by key, so the same content prints the same bytes.
+        let text = self.resource.to_string();
+        Sha256::digest(text.as_bytes())
+            .iter()
+            .take(16)
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
 }
 
 /// Readings mapped into one set of entries, shared resources (Patient, Devices, coincident
@@ -227,7 +244,29 @@ pub struct Assembly {
 }
 
 impl Assembly {
-    /// A `transaction` Bundle: every entry a conditional create.
+    /// Marks the Device entries whose content `sent` (conditional-create key to digest, what
+    /// the destination was last sent) does not hold yet as conditional updates. A Device the
+    /// destination never got from this store is updated too: the server may hold an older
+    /// version sent before the store kept digests.
+    pub fn update_changed_devices(&mut self, sent: &HashMap<String, String>) {
+        for e in &mut self.entries {
+            if e.resource_type == "Device" {
+                e.update = sent.get(&e.if_none_exist) != Some(&e.digest());
+            }
+        }
+    }
+
+    /// The Device entries and their digests, to record once the destination has them.
+    pub fn device_digests(&self) -> Vec<(String, String)> {
+        self.entries
+            .iter()
+            .filter(|e| e.resource_type == "Device")
+            .map(|e| (e.if_none_exist.clone(), e.digest()))
+            .collect()
+    }
+
+    /// A `transaction` Bundle: every entry a conditional create (or, for a shared resource
+    /// whose content changed, a conditional update).
     pub fn transaction(&self) -> Value {
         self.bundle("transaction", true)
     }
@@ -243,7 +282,12 @@ impl Assembly {
             .iter()
             .map(|e| {
                 let mut v = json!({ "fullUrl": e.full_url, "resource": e.resource });
-                if requests {
+                if requests && e.update {
+                    v["request"] = json!({
+                        "method": "PUT",
+                        "url": format!("{}?{}", e.resource_type, e.if_none_exist),
+                    });
+                } else if requests {
                     v["request"] = json!({
                         "method": "POST",
                         "url": e.resource_type,
@@ -302,6 +346,7 @@ impl Builder<'_> {
             resource_type,
             resource,
             if_none_exist,
+            update: false,
         });
         i
     }

@@ -97,7 +97,9 @@ enum LinkEnd {
 
 impl SerialSource {
     pub fn new(config: SerialConfig, keying: Keying, store_path: PathBuf) -> Self {
-        let identity = DeviceIdentity::new(Transport::Serial, config.address());
+        let mut identity = DeviceIdentity::new(Transport::Serial, config.address());
+        identity.specializations =
+            vitalgate_drivers::serial::specializations(config.protocol, None);
         Self {
             config,
             keying,
@@ -384,8 +386,13 @@ impl SerialSource {
                         }
                         Event::Device(info) => {
                             info.apply(&mut self.identity);
+                            self.identity.specializations =
+                                vitalgate_drivers::serial::specializations(
+                                    self.config.protocol,
+                                    self.identity.model.as_deref(),
+                                );
                             for r in &mut pending {
-                                info.apply(&mut r.device);
+                                r.device = self.identity.clone();
                             }
                         }
                         Event::DeviceClock(t) => self.device_clock(t, store, clock).await,

@@ -10,12 +10,14 @@
 //! - an older Vitalgate (after a rolled-back update) reads format 1 and ignores the bytes
 //!   after it, as postcard does.
 //!
-//! So fields are only ever appended, never reordered or changed in place.
+//! So fields are only ever appended, never reordered or changed in place. The same holds for
+//! the [`DeviceIdentity`] in `devices.identity`, whose format 1 ends before
+//! [`DeviceIdentity::specializations`].
 
 use serde::Deserialize;
 use vitalgate_drivers::mdc::{MdcCode, Unit};
 use vitalgate_drivers::time::{ClockFlags, DeviceTimestamp};
-use vitalgate_drivers::{Component, Measurement, StatusBits};
+use vitalgate_drivers::{Component, DeviceIdentity, Measurement, StatusBits, Transport};
 
 /// Format 1, field for field: what every row written before the qualifiers holds.
 #[derive(Deserialize)]
@@ -55,6 +57,48 @@ pub fn decode(bytes: &[u8]) -> Result<Measurement, postcard::Error> {
                 device_time: f.device_time,
                 clock: f.clock,
                 qualifiers: Default::default(),
+            })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Identity format 1, field for field.
+#[derive(Deserialize)]
+struct Identity1 {
+    transport: Transport,
+    address: String,
+    system_id: Option<[u8; 8]>,
+    manufacturer: Option<String>,
+    model: Option<String>,
+    serial_number: Option<String>,
+    firmware: Option<String>,
+    hardware: Option<String>,
+    software: Option<String>,
+}
+
+/// Encodes a device identity for the store.
+pub fn encode_identity(d: &DeviceIdentity) -> Result<Vec<u8>, postcard::Error> {
+    postcard::to_allocvec(d)
+}
+
+/// Decodes a stored device identity of any format.
+pub fn decode_identity(bytes: &[u8]) -> Result<DeviceIdentity, postcard::Error> {
+    match postcard::from_bytes::<DeviceIdentity>(bytes) {
+        Ok(d) => Ok(d),
+        Err(postcard::Error::DeserializeUnexpectedEnd) => {
+            let f: Identity1 = postcard::from_bytes(bytes)?;
+            Ok(DeviceIdentity {
+                transport: f.transport,
+                address: f.address,
+                system_id: f.system_id,
+                manufacturer: f.manufacturer,
+                model: f.model,
+                serial_number: f.serial_number,
+                firmware: f.firmware,
+                hardware: f.hardware,
+                software: f.software,
+                specializations: Vec::new(),
             })
         }
         Err(e) => Err(e),
@@ -128,6 +172,42 @@ mod tests {
         assert!(bytes.starts_with(&format1_row()));
         let old: Format1 = postcard::from_bytes(&bytes).expect("an older reader");
         assert_eq!(old.sequence, Some(7));
+    }
+
+    #[test]
+    fn identities_from_before_specializations_decode() {
+        #[derive(serde::Serialize)]
+        struct V1 {
+            transport: Transport,
+            address: String,
+            system_id: Option<[u8; 8]>,
+            manufacturer: Option<String>,
+            model: Option<String>,
+            serial_number: Option<String>,
+            firmware: Option<String>,
+            hardware: Option<String>,
+            software: Option<String>,
+        }
+        let old = postcard::to_allocvec(&V1 {
+            transport: Transport::Ble,
+            address: "00:1C:05:FF:E8:74".into(),
+            system_id: None,
+            manufacturer: Some("Nonin".into()),
+            model: None,
+            serial_number: None,
+            firmware: None,
+            hardware: None,
+            software: None,
+        })
+        .expect("encode");
+        let d = decode_identity(&old).expect("format 1");
+        assert_eq!(d.manufacturer.as_deref(), Some("Nonin"));
+        assert!(d.specializations.is_empty());
+        let mut new = d.clone();
+        new.specializations = vec![528_399, 528_404];
+        let bytes = encode_identity(&new).expect("encode");
+        assert!(bytes.starts_with(&old));
+        assert_eq!(decode_identity(&bytes).expect("decode"), new);
     }
 
     #[test]

@@ -109,7 +109,7 @@ pub fn list(path: &Path, keying: &Keying) -> Result<Vec<BoundDevice>, StoreError
         rssi_dbm,
     ) in rows
     {
-        let identity: Option<DeviceIdentity> = postcard::from_bytes(&identity).ok();
+        let identity: Option<DeviceIdentity> = super::codec::decode_identity(&identity).ok();
         let mut kinds: Vec<&str> = conn
             .prepare_cached("SELECT DISTINCT kind FROM readings WHERE device_id = ?1")
             .and_then(|mut s| {

@@ -37,6 +37,9 @@ pub enum DeliveryUpdate {
     },
     /// The destination's routing rules do not want this reading.
     Unroute { reading_id: i64 },
+    /// The destination now holds this content of a shared resource (a Device), by its
+    /// conditional-create key.
+    ResourceSent { resource: String, digest: String },
 }
 
 /// A destination's last outcome, recorded with a batch of updates.
@@ -140,7 +143,7 @@ impl OutboxReader {
                 detail: format!("reading {id}: cannot decode its {what}: {e}"),
             };
             let device: DeviceIdentity =
-                postcard::from_bytes(&identity).map_err(|e| corrupt("device", e))?;
+                super::codec::decode_identity(&identity).map_err(|e| corrupt("device", e))?;
             let measurement: Measurement =
                 super::codec::decode(&measurement).map_err(|e| corrupt("measurement", e))?;
             out.push(PendingReading {
@@ -224,6 +227,23 @@ impl OutboxReader {
             .map_err(self.sql("list destinations"))
     }
 
+    /// What the destination was last sent of each shared resource: conditional-create key
+    /// to content digest.
+    pub fn sent_resources(
+        &self,
+        destination: &str,
+    ) -> Result<std::collections::HashMap<String, String>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT resource, digest FROM sent_resources WHERE destination = ?1")
+            .map_err(self.sql("sent resources"))?;
+        let rows = stmt
+            .query_map([destination], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(self.sql("sent resources"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(self.sql("sent resources"))
+    }
+
     /// The server id recorded for a reading at a destination.
     pub fn server_id(
         &self,
@@ -297,6 +317,13 @@ pub(crate) fn apply(
                     "DELETE FROM deliveries WHERE reading_id = ?1 AND destination = ?2 AND state = 0",
                 )?
                 .execute(params![reading_id, destination])?,
+            DeliveryUpdate::ResourceSent { resource, digest } => {
+                conn.prepare_cached(
+                    "INSERT INTO sent_resources (destination, resource, digest, sent_ms)                      VALUES (?1, ?2, ?3, ?4) ON CONFLICT (destination, resource) DO UPDATE                      SET digest = excluded.digest, sent_ms = excluded.sent_ms",
+                )?
+                .execute(params![destination, resource, digest, now_ms])?;
+                0
+            }
         };
     }
     match outcome {

@@ -274,7 +274,8 @@ impl StoreReader {
                     control_tests,
                     device_tests,
                 ) = row.map_err(self.sql("devices"))?;
-                let identity: Option<DeviceIdentity> = postcard::from_bytes(&identity).ok();
+                let identity: Option<DeviceIdentity> =
+                    super::codec::decode_identity(&identity).ok();
                 devices.push(DeviceSummary {
                     transport,
                     address,

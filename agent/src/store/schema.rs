@@ -201,6 +201,19 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE readings ADD COLUMN not_patient TEXT;
     "#,
+    // 7 -> 8: what each destination was last sent of a shared resource (a Device), by its
+    // conditional-create key: a digest of the content. A Device whose content changed since
+    // (the device told more about itself) is sent as a conditional update instead of a
+    // create, so the server's copy follows the device.
+    r#"
+    CREATE TABLE sent_resources (
+        destination TEXT    NOT NULL,
+        resource    TEXT    NOT NULL,
+        digest      TEXT    NOT NULL,
+        sent_ms     INTEGER NOT NULL,
+        PRIMARY KEY (destination, resource)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// Schema versions whose migration is additive: a binary that knows the version before it
@@ -208,7 +221,7 @@ const MIGRATIONS: &[&str] = &[
 /// forgetting to list one is safe (a rollback then refuses the store instead of misreading
 /// it). Only list a migration that adds tables, indexes, or columns that are nullable or have
 /// a default, and that changes no meaning of what exists.
-const ADDITIVE: &[u32] = &[2, 3, 4, 5, 6, 7];
+const ADDITIVE: &[u32] = &[2, 3, 4, 5, 6, 7, 8];
 
 /// The oldest schema version a binary must know to use a store at `version`: the last
 /// breaking migration at or below it.

@@ -1451,7 +1451,8 @@ impl Writer {
             .map_err(sql("look up device"))?;
         let (id, stored) = match existing {
             Some((id, blob)) => {
-                let stored: DeviceIdentity = postcard::from_bytes(&blob).unwrap_or(bare.clone());
+                let stored: DeviceIdentity =
+                    super::codec::decode_identity(&blob).unwrap_or(bare.clone());
                 let newest = if *identity != bare {
                     identity.clone()
                 } else {

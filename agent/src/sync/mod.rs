@@ -87,6 +87,9 @@ pub struct Destination {
     gateway_id: String,
     namespace: fhir::IdentifierNamespace,
     system_id: Option<[u8; 8]>,
+    /// What this destination holds of each shared resource (Device key to content digest),
+    /// read from the store at the first round.
+    sent: Option<std::collections::HashMap<String, String>>,
     backoff: Backoff,
     routing: Option<Arc<plan::DeviceRouting>>,
     sync_now: Option<tokio::sync::watch::Receiver<u64>>,
@@ -133,6 +136,7 @@ impl Destination {
             gateway_id,
             namespace,
             system_id: fhir::device::gateway_system_id(),
+            sent: None,
             routing: None,
             sync_now: None,
             failing_after: crate::config::fleet::DEFAULT_DESTINATION_FAILING_AFTER,
@@ -463,13 +467,20 @@ impl Destination {
                     stored_key: Some(chosen[i].2),
                 })
                 .collect();
-            let assembly = match first.take() {
+            let mut assembly = match first.take() {
                 Some(a) => a,
                 None => fhir::assemble(gw, time, &items),
             };
+            if self.sent.is_none() {
+                self.sent = Some(self.outbox.sent_resources(&self.id)?);
+            }
+            if let Some(sent) = &self.sent {
+                assembly.update_changed_devices(sent);
+            }
             match self.send(&assembly, report).await? {
                 Classified::Accepted(locations) => {
-                    let updates = part
+                    let devices = assembly.device_digests();
+                    let mut updates = part
                         .iter()
                         .zip(&assembly.items)
                         .filter_map(|(&i, entries)| {
@@ -481,6 +492,14 @@ impl Destination {
                         })
                         .collect::<Vec<_>>();
                     report.delivered += updates.len();
+                    if let Some(sent) = &mut self.sent {
+                        for (key, digest) in &devices {
+                            sent.insert(key.clone(), digest.clone());
+                        }
+                    }
+                    updates.extend(devices.into_iter().map(|(resource, digest)| {
+                        DeliveryUpdate::ResourceSent { resource, digest }
+                    }));
                     self.store
                         .deliveries(
                             &self.id,

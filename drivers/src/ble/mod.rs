@@ -242,6 +242,21 @@ impl Decoded {
     }
 }
 
+/// How a measurement notified on `characteristic` outside a record download reached the
+/// gateway: a PLX spot check is indicated once it is taken, a CGM record as the sensor takes
+/// it (PLX continuous and heart rate say so themselves). Records answering a RACP request are
+/// stored ones whatever the characteristic.
+pub fn notified_origin(characteristic: u16) -> crate::model::Origin {
+    use crate::model::Origin;
+    match characteristic {
+        uuid::PLX_SPOT_CHECK
+        | uuid::CGM_MEASUREMENT
+        | uuid::PLX_CONTINUOUS
+        | uuid::HEART_RATE_MEASUREMENT => Origin::Live,
+        _ => Origin::Unknown,
+    }
+}
+
 /// Decodes one characteristic value by its 16-bit UUID.
 pub fn decode(
     characteristic: u16,

@@ -315,6 +315,25 @@ impl Sample {
     }
 }
 
+/// The device specializations (MDC_DEV_SPEC_PROFILE_*) a serial device of `protocol` is:
+/// oximeters for Nonin and Contec, glucose meters for ASTM, and for TaiDoc what its model
+/// number says (BP, thermometer, else glucose), once known.
+pub fn specializations(protocol: Protocol, model: Option<&str>) -> Vec<u32> {
+    use crate::model::specialization as spec;
+    match protocol {
+        Protocol::NoninDf2 | Protocol::NoninDf7 | Protocol::NoninAscii | Protocol::Contec => {
+            vec![spec::PULS_OXIM]
+        }
+        Protocol::Astm => vec![spec::GLUCOSE],
+        Protocol::Taidoc => match model.map(taidoc::Kind::from_model) {
+            Some(taidoc::Kind::BloodPressure) => vec![spec::BP],
+            Some(taidoc::Kind::Thermometer) => vec![spec::TEMP],
+            Some(taidoc::Kind::Glucose) => vec![spec::GLUCOSE],
+            None => Vec::new(),
+        },
+    }
+}
+
 /// What a session learned about the device.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeviceInfo {

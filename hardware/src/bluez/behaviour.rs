@@ -281,7 +281,7 @@ fn racp_write(core: &Arc<Core>, address: &str, value: &[u8]) -> Result<(), Bluez
     let op = value.first().copied().unwrap_or(0);
     let operator = value.get(1).copied().unwrap_or(0);
     let operand = value.get(2..).unwrap_or(&[]).to_vec();
-    let (profile, epoch, records) = {
+    let (profile, epoch, records, generation, flags) = {
         let mut w = core.world();
         let Some(d) = w.devices.get_mut(address) else {
             return Err(BluezError::Failed("Not connected".into()));
@@ -301,7 +301,13 @@ fn racp_write(core: &Arc<Core>, address: &str, value: &[u8]) -> Result<(), Bluez
             Racp::Running { .. } => return Err(BluezError::att(0xFE)),
             Racp::Idle => {}
         }
-        (d.spec.profile, d.epoch, d.racp_records.clone())
+        (
+            d.spec.profile,
+            d.epoch,
+            d.racp_records.clone(),
+            d.generation,
+            d.glucose_flags.clone(),
+        )
     };
     let core = core.clone();
     let address = address.to_owned();
@@ -318,7 +324,12 @@ fn racp_write(core: &Arc<Core>, address: &str, value: &[u8]) -> Result<(), Bluez
             Ok(selected) => {
                 set_racp(&core, &address, Racp::Running { aborted: false });
                 tokio::spawn(async move {
-                    transfer(&core, &address, profile, epoch, selected).await;
+                    let records = Records {
+                        selected,
+                        generation,
+                        flags,
+                    };
+                    transfer(&core, &address, profile, epoch, records).await;
                 });
             }
         },
@@ -353,15 +364,21 @@ fn set_racp(core: &Core, address: &str, state: Racp) {
     }
 }
 
+/// The records a RACP request selected, and what they are.
+struct Records {
+    selected: Vec<u16>,
+    generation: u32,
+    flags: std::collections::BTreeMap<u16, payload::GlucoseFlag>,
+}
+
 /// Sends the selected records, then the final response; stops on abort or a lost link, and
 /// drops the link itself when a test asked for it after so many records.
-async fn transfer(
-    core: &Arc<Core>,
-    address: &str,
-    profile: Profile,
-    epoch: u64,
-    selected: Vec<u16>,
-) {
+async fn transfer(core: &Arc<Core>, address: &str, profile: Profile, epoch: u64, r: Records) {
+    let Records {
+        selected,
+        generation,
+        flags,
+    } = r;
     let (measurement, per_notification) = match profile {
         Profile::Cgm => (0x2AA7, 3),
         _ => (0x2A18, 1),
@@ -398,13 +415,25 @@ async fn transfer(
             return;
         }
         let mut value = Vec::new();
+        let mut context = None;
         for r in chunk {
             match profile {
-                Profile::Cgm => value.extend(payload::cgm_record(*r)),
-                _ => value.extend(payload::glucose(*r)),
+                Profile::Cgm => value.extend(payload::cgm_record_of(*r, generation)),
+                _ => {
+                    let flag = flags.get(r).copied();
+                    if flag == Some(payload::GlucoseFlag::WithContext) {
+                        context = Some(payload::glucose_context(*r));
+                    }
+                    value.extend(payload::glucose_record(*r, generation, flag));
+                }
             }
         }
         notify(core, address, measurement, &value).await;
+        if let Some(c) = context {
+            // The context follows its measurement (GLS: flag bit 4).
+            tokio::time::sleep(RECORD_GAP).await;
+            notify(core, address, 0x2A34, &c).await;
+        }
     }
     tokio::time::sleep(RECORD_GAP).await;
     if !same_link(core, address, epoch) {

@@ -179,6 +179,41 @@ impl Emulator {
         }
     }
 
+    /// The device's record numbering starts over with `n` new records: a glucose meter
+    /// reset (sequence numbers from 1 again, for later measurements) or a CGM's new sensor
+    /// session (time offsets from 0 again, with a session start 30 days on). The old
+    /// records are gone, as from a real device.
+    pub fn start_over(&self, address: &str, n: u16) {
+        let mut w = self.core.world();
+        if let Some(d) = w.devices.get_mut(&address.to_ascii_uppercase()) {
+            d.generation += 1;
+            d.glucose_flags.clear();
+            d.racp_records = match d.spec.profile {
+                Profile::Cgm => {
+                    d.cgm_session_start_ms += 30 * 86_400_000;
+                    (0..n).map(|i| i * 5).collect()
+                }
+                _ => (1..=n).collect(),
+            };
+        }
+    }
+
+    /// Adds glucose records with the given flags after the ones the meter holds; returns
+    /// their sequence numbers.
+    pub fn add_flagged_records(&self, address: &str, flags: &[payload::GlucoseFlag]) -> Vec<u16> {
+        let mut w = self.core.world();
+        let mut added = Vec::new();
+        if let Some(d) = w.devices.get_mut(&address.to_ascii_uppercase()) {
+            for f in flags {
+                let next = d.racp_records.last().map_or(1, |l| l + 1);
+                d.racp_records.push(next);
+                d.glucose_flags.insert(next, *f);
+                added.push(next);
+            }
+        }
+        added
+    }
+
     /// Bonds the device with the adapter, as pairing it through `bluetoothctl` would.
     pub fn bond(&self, address: &str) {
         if let Some(d) = self

@@ -167,12 +167,57 @@ pub fn body_composition(i: u32) -> Vec<u8> {
 /// (100 + seq) × 10⁻⁵ kg/L, capillary whole blood from a finger, at
 /// [`record_time`]`(seq)`, time offset 0.
 pub fn glucose(seq: u16) -> Vec<u8> {
+    glucose_record(seq, 0, None)
+}
+
+/// A glucose record that must not be read as a plain value (GATT Specification Supplement,
+/// Glucose Measurement).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GlucoseFlag {
+    /// Sensor Status Annunciation bit 5, "result higher than the device can process", with
+    /// the meter's limit, 600 mg/dL.
+    High,
+    /// Sample type 10 and location 4: a control-solution test.
+    ControlSolution,
+    /// Sensor Status Annunciation bit 11: the meter's clock is at fault.
+    TimeFault,
+    /// A Glucose Measurement Context follows (flag bit 4): before a meal, 45 g of
+    /// carbohydrate at lunch.
+    WithContext,
+}
+
+/// Glucose record `seq` of generation `generation` (the meter was reset that many times:
+/// the same numbers name later records, 1000 hours on, with other values), with `flag`.
+pub fn glucose_record(seq: u16, generation: u32, flag: Option<GlucoseFlag>) -> Vec<u8> {
+    let hours = u32::from(seq) + generation * 1000;
+    let mg = 100 + seq as i16 + (generation * 10) as i16;
+    let (flags, value, type_location, status): (u8, [u8; 2], u8, Option<u16>) = match flag {
+        None => (0x03, sfloat(mg, -5), 0x11, None),
+        Some(GlucoseFlag::High) => (0x0B, sfloat(600, -5), 0x11, Some(1 << 5)),
+        Some(GlucoseFlag::ControlSolution) => (0x03, sfloat(110, -5), 0x4A, None),
+        Some(GlucoseFlag::TimeFault) => (0x0B, sfloat(mg, -5), 0x11, Some(1 << 11)),
+        Some(GlucoseFlag::WithContext) => (0x13, sfloat(mg, -5), 0x11, None),
+    };
+    let mut b = vec![flags];
+    b.extend_from_slice(&seq.to_le_bytes());
+    b.extend_from_slice(&record_time(hours).encode());
+    b.extend_from_slice(&0i16.to_le_bytes());
+    b.extend_from_slice(&value);
+    b.push(type_location);
+    if let Some(s) = status {
+        b.extend_from_slice(&s.to_le_bytes());
+    }
+    b
+}
+
+/// The Glucose Measurement Context of a [`GlucoseFlag::WithContext`] record: carbohydrate
+/// (lunch, 45 g sent as 0.045 kg) and meal (preprandial).
+pub fn glucose_context(seq: u16) -> Vec<u8> {
     let mut b = vec![0x03];
     b.extend_from_slice(&seq.to_le_bytes());
-    b.extend_from_slice(&record_time(u32::from(seq)).encode());
-    b.extend_from_slice(&0i16.to_le_bytes());
-    b.extend_from_slice(&sfloat(100 + seq as i16, -5));
-    b.push(0x11);
+    b.push(2);
+    b.extend_from_slice(&sfloat(45, -3));
+    b.push(1);
     b
 }
 
@@ -203,8 +248,17 @@ pub fn heart_rate(i: u32) -> Vec<u8> {
 
 /// One CGM record (with E2E-CRC) for `time_offset` minutes: (90 + offset / 5) mg/dL.
 pub fn cgm_record(time_offset: u16) -> Vec<u8> {
+    cgm_record_of(time_offset, 0)
+}
+
+/// One CGM record of sensor session `generation` (0 the first): the value moves up by 7
+/// mg/dL with every new session, so records with the same offset differ.
+pub fn cgm_record_of(time_offset: u16, generation: u32) -> Vec<u8> {
     let mut b = vec![8, 0x00];
-    b.extend_from_slice(&sfloat(cgm_mg_dl(time_offset) as i16, 0));
+    b.extend_from_slice(&sfloat(
+        (cgm_mg_dl(time_offset) + 7 * i64::from(generation)) as i16,
+        0,
+    ));
     b.extend_from_slice(&time_offset.to_le_bytes());
     let crc = e2e_crc(&b);
     b.extend_from_slice(&crc.to_le_bytes());

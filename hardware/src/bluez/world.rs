@@ -99,6 +99,12 @@ pub(crate) struct DeviceState {
     pub drop_after_records: Option<u32>,
     pub live_counter: u32,
     pub cgm_session_start_ms: i64,
+    /// How many times the device's record numbering started over (a reset glucose meter, a
+    /// new CGM sensor session): its records from then on are other records with the old
+    /// numbers.
+    pub generation: u32,
+    /// Glucose records sent with a flag instead of a plain value, by sequence number.
+    pub glucose_flags: BTreeMap<u16, super::payload::GlucoseFlag>,
 }
 
 impl DeviceState {
@@ -175,6 +181,8 @@ impl DeviceState {
             racp_requests: Vec::new(),
             drop_after_records: None,
             live_counter: 0,
+            generation: 0,
+            glucose_flags: BTreeMap::new(),
         }
     }
 
