@@ -40,6 +40,7 @@ fn options(path: std::path::PathBuf, keying: Keying) -> WriterOptions {
         channel_capacity: 1024,
         destinations: vec!["hospital".into()],
         retention: Duration::from_secs(30 * 24 * 3600),
+        raw_stream_retention: Duration::from_secs(30 * 24 * 3600),
         disk_budget_bytes: u64::MAX,
     }
 }

@@ -829,7 +829,12 @@ pub fn demo(explicit: Option<&Path>, state_dir: &Path, args: DemoArgs) -> Result
         Some(Ok(bus)) => {
             let (specs, devs) = crate::cli_demo::ble_peripherals(args.records);
             let allow: Vec<String> = devs.iter().map(|d| format!("{:?}", d.address)).collect();
-            toml.push_str(&format!("\n[ble]\nallow = [{}]\n", allow.join(", ")));
+            // The live oximeter stream is reduced as the serial one is: a spot value every
+            // 5 s, so a short demo delivers some at once.
+            toml.push_str(&format!(
+                "\n[ble]\nallow = [{}]\nstream = {{ policy = \"spot\", every = \"5s\" }}\n",
+                allow.join(", ")
+            ));
             println!(
                 "Bluetooth LE: an emulated BlueZ on a private D-Bus bus with a BP cuff ({} \
                  stored records), a thermometer, a scale, a glucose meter and a pulse oximeter, \
@@ -861,6 +866,7 @@ pub fn demo(explicit: Option<&Path>, state_dir: &Path, args: DemoArgs) -> Result
     config.destinations = demo_config.destinations;
     config.serial = demo_config.serial;
     config.ble.allow = demo_config.ble.allow;
+    config.ble.stream = demo_config.ble.stream;
     let store_path = config.store_path(state_dir);
     let destinations: Vec<String> = config
         .destinations

@@ -628,6 +628,7 @@ mod tests {
             channel_capacity: 16,
             destinations: Vec::new(),
             retention: c.store.retention,
+            raw_stream_retention: c.store.raw_stream_retention,
             disk_budget_bytes: c.store.disk_budget.as_u64(),
         };
         let (handle, writer) = crate::store::writer::start(opts).expect("store");

@@ -300,6 +300,7 @@ pub fn writer_options(config: &Config, path: PathBuf, keying: &Keying) -> Writer
         channel_capacity: c.supervisor.channel_capacity,
         destinations: c.destinations.iter().map(|d| d.id.to_string()).collect(),
         retention: c.store.retention,
+        raw_stream_retention: c.store.raw_stream_retention,
         disk_budget_bytes: c.store.disk_budget.as_u64(),
     }
 }

@@ -4,8 +4,8 @@
 //! ([`ieee11073`]), device time ([`time`]) and the nomenclature ([`mdc`]). Protocol decoders are
 //! pure functions over bytes and live apart from the transports that feed them, so they can be
 //! tested with captured vectors and fuzzed without hardware: [`ble`] holds the Bluetooth SIG
-//! health-profile decoders, [`serial`] the serial protocols (framers and sans-I/O sessions)
-//! and the stream-reduction policy.
+//! health-profile decoders, [`serial`] the serial protocols (framers and sans-I/O sessions),
+//! and [`stream`] the continuous streams of both and the policy that reduces them.
 
 pub mod ble;
 pub mod crc;
@@ -13,6 +13,7 @@ pub mod ieee11073;
 pub mod mdc;
 pub mod model;
 pub mod serial;
+pub mod stream;
 pub mod time;
 
 pub use ieee11073::{Decimal, Special, Value};

@@ -281,6 +281,9 @@ pub struct Qualifiers {
     pub record: Option<String>,
     /// The device's own confidence in the value, in percent (CGM Quality).
     pub quality: Option<Value>,
+    /// One sample of a continuous stream as the device sent it: kept on the gateway; what is
+    /// delivered is the stream reduced by its policy.
+    pub raw_stream: bool,
     /// Why the record cannot be taken at its word: a combination of flags the specification
     /// rules out (e.g. a result both above and below the device's range). Kept in the store,
     /// never delivered: quarantined with this reason.
@@ -347,6 +350,15 @@ impl Measurement {
                 .map(|_| TimeProblem::IncompleteDate),
             DeviceTimestamp::Ticks { .. } => Some(TimeProblem::NoAnchor),
         }
+    }
+
+    /// Marks this measurement as one raw sample of a continuous stream (kept, never sent).
+    /// Its dedup key says so, so it never collides with the stream's reduced reading of the
+    /// same second.
+    pub fn as_raw_sample(mut self) -> Self {
+        self.qualifiers.raw_stream = true;
+        self.qualifiers.record = Some("raw".into());
+        self
     }
 
     /// A simple numeric measurement with no optional fields.

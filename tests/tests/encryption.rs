@@ -106,6 +106,7 @@ fn scanner_finds_the_same_text_in_a_plaintext_store() {
         channel_capacity: 8,
         destinations: vec!["hospital".into()],
         retention: Duration::from_secs(30 * 24 * 3600),
+        raw_stream_retention: Duration::from_secs(2 * 24 * 3600),
         disk_budget_bytes: u64::MAX,
     })
     .expect("start plaintext writer");

@@ -189,11 +189,28 @@ fn serial_config(link: &Path, protocol: &str, extra: &str) -> String {
     )
 }
 
-fn stored(site: &Site, address: &str) -> Vec<StoredReading> {
+/// Every reading of the device in the store, raw stream samples included.
+fn all_stored(site: &Site, address: &str) -> Vec<StoredReading> {
     StoreReader::open(&site.db(), &site.keying())
         .expect("open the store")
         .readings_for_device(Transport::Serial, address)
         .expect("list readings")
+}
+
+/// The readings that are delivered: records, and a stream's reduced readings.
+fn stored(site: &Site, address: &str) -> Vec<StoredReading> {
+    all_stored(site, address)
+        .into_iter()
+        .filter(|r| !r.measurement.qualifiers.raw_stream)
+        .collect()
+}
+
+/// The raw samples of a stream, kept beside its reduction (at most one a second).
+fn raw_samples(site: &Site, address: &str) -> Vec<StoredReading> {
+    all_stored(site, address)
+        .into_iter()
+        .filter(|r| r.measurement.qualifiers.raw_stream)
+        .collect()
 }
 
 fn events(site: &Site) -> Vec<(String, serde_json::Value)> {
@@ -568,4 +585,8 @@ fn nonin_ascii_stream_gives_one_reading_per_placement_with_the_stable_policy() {
     let got = stored(&site, &sim.address());
     let kinds: Vec<u32> = got.iter().map(|r| r.measurement.kind.0).collect();
     assert_eq!(kinds, vec![150456, 149530], "{got:#?}");
+    // The stream itself is kept as it came, one sample a second: three or four seconds of
+    // SpO2 and pulse pairs at 10 lines a second.
+    let raw = raw_samples(&site, &sim.address());
+    assert!((4..=10).contains(&raw.len()), "{} raw readings", raw.len());
 }

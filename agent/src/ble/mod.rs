@@ -131,6 +131,8 @@ pub struct DeviceShared {
     pub readings: AtomicU64,
     /// Gateway time of the last downloaded record, for the idle flush.
     pub last_record: AtomicI64,
+    /// How the device's continuous streams are reduced for delivery.
+    pub stream_policy: vitalgate_drivers::stream::StreamPolicy,
 }
 
 impl DeviceShared {
@@ -224,7 +226,11 @@ impl BleSource {
         let mut events = adapter.events().await?;
         let services = profiles::HEALTH_SERVICES.map(profiles::uuid).to_vec();
         adapter.start_scan(ScanFilter { services }).await?;
-        tracing::info!(adapter = %self.config.adapter, "Scanning for Bluetooth LE health devices.");
+        tracing::info!(
+            adapter = %self.config.adapter,
+            stream = ?self.config.stream_policy(),
+            "Scanning for Bluetooth LE health devices."
+        );
         let mut allow = self.allowlist().await;
         let mut devices: HashMap<PeripheralId, DeviceTask> = HashMap::new();
         let mut ignored: HashSet<String> = HashSet::new();
@@ -356,6 +362,7 @@ impl Ctx<'_> {
             malformed: AtomicU64::new(0),
             readings: AtomicU64::new(0),
             last_record: AtomicI64::new(0),
+            stream_policy: self.source.config.stream_policy(),
         });
         let disconnected = Arc::new(Notify::new());
         let cancel = self.cancel.child_token();

@@ -4,7 +4,7 @@
 //! record download for glucose meters and CGMs, committed with its cursor before anything
 //! is acknowledged.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -17,8 +17,9 @@ use uuid::Uuid;
 use vitalgate_drivers::ble::racp::{RacpRequest, RacpResponse, RacpResponseCode};
 use vitalgate_drivers::ble::{self, DecodeContext, Decoded, dis};
 use vitalgate_drivers::model::Origin;
+use vitalgate_drivers::stream::{Reducer, Sample};
 use vitalgate_drivers::time::LocalDateTime;
-use vitalgate_drivers::{DecodeError, DeviceIdentity, Reading, Transport};
+use vitalgate_drivers::{DecodeError, DeviceIdentity, Measurement, Reading, Receipt, Transport};
 
 use super::DeviceShared;
 use super::download::{Cursor, Download};
@@ -257,6 +258,8 @@ pub async fn run(
         next_request: None,
         download: None,
         awaiting_context: None,
+        reducers: HashMap::new(),
+        raw_second: HashMap::new(),
         malformed_this_link: 0,
     };
     // 7. Receive; a glucose meter or CGM is first asked for the records after the cursor.
@@ -295,8 +298,10 @@ pub async fn run(
         }
     };
     // Records received before the link went are kept: committed with their cursor, so the
-    // next connection asks only for what came after.
+    // next connection asks only for what came after. A stream's window in progress is
+    // reduced and kept too.
     rx.flush().await?;
+    rx.flush_streams().await?;
     if end == End::Cancelled {
         let _ = tokio::time::timeout(GATT_TIMEOUT, p.disconnect()).await;
     }
@@ -359,6 +364,10 @@ struct Receiver<'a> {
     /// The sequence number of a downloaded glucose record whose context (0x2A34) is still
     /// to come.
     awaiting_context: Option<u16>,
+    /// The stream policy of each continuous characteristic, and the second of its last raw
+    /// sample kept.
+    reducers: HashMap<u16, Reducer>,
+    raw_second: HashMap<u16, u64>,
     malformed_this_link: u64,
 }
 
@@ -382,6 +391,11 @@ impl Receiver<'_> {
         if let Decoded::GlucoseContext(c) = &decoded {
             self.attach_context(c);
             return Ok(());
+        }
+        if self.download != Some(u)
+            && let Some(sample) = self.stream_sample(&decoded, value)
+        {
+            return self.stream(u, &decoded, sample, value).await;
         }
         let downloading = self.download == Some(u);
         if let Decoded::Glucose(g) = &decoded
@@ -453,6 +467,99 @@ impl Receiver<'_> {
             .await?;
         self.shared.readings.fetch_add(n as u64, Ordering::Relaxed);
         tracing::debug!(device = %self.shared.address, characteristic = %format!("{u:04X}"), readings = n, "BLE readings committed.");
+        Ok(())
+    }
+
+    /// A continuous stream's sample (PLX continuous, heart rate), on the gateway's
+    /// monotonic clock.
+    fn stream_sample(&self, decoded: &Decoded, raw: &[u8]) -> Option<Sample> {
+        let at_ms = self.shared.clock.receipt().monotonic_ns / 1_000_000;
+        match decoded {
+            Decoded::PlxContinuous(c) => Some(c.sample(at_ms, raw)),
+            Decoded::HeartRate(h) => Some(h.sample(at_ms, raw)),
+            _ => None,
+        }
+    }
+
+    /// A continuous stream's notification: kept in the store as it came (at most one a
+    /// second), and fed to the stream policy, whose reduced readings are what is delivered.
+    async fn stream(
+        &mut self,
+        u: u16,
+        decoded: &Decoded,
+        sample: Sample,
+        value: &[u8],
+    ) -> Result<(), SessionError> {
+        let receipt = self.shared.clock.receipt();
+        let second = sample.at_ms / 1000;
+        let mut readings = Vec::new();
+        if self.raw_second.get(&u) != Some(&second) {
+            self.raw_second.insert(u, second);
+            for m in decoded.measurements() {
+                let mut m = m.as_raw_sample();
+                self.ctx.qualify(&mut m);
+                readings.push(self.reading(m, receipt, value));
+            }
+        }
+        let reducer = self
+            .reducers
+            .entry(u)
+            .or_insert_with(|| Reducer::new(self.shared.stream_policy));
+        if let Some(x) = reducer.push(sample) {
+            for mut m in x.measurements() {
+                self.ctx.qualify(&mut m);
+                readings.push(self.reading(m, receipt, &x.raw));
+            }
+        }
+        self.commit_live(readings).await
+    }
+
+    /// The reductions of streams in progress when the link ends: delivered, not lost.
+    async fn flush_streams(&mut self) -> Result<(), SessionError> {
+        let receipt = self.shared.clock.receipt();
+        let mut readings = Vec::new();
+        for r in self.reducers.values_mut() {
+            if let Some(x) = r.flush() {
+                for mut m in x.measurements() {
+                    self.ctx.qualify(&mut m);
+                    readings.push(Reading {
+                        device: self.identity.clone(),
+                        measurement: m,
+                        receipt,
+                        device_clock_offset_ms: self.clock_offset_ms,
+                        instance: Uuid::new_v4(),
+                        raw: x.raw.clone(),
+                    });
+                }
+            }
+        }
+        self.commit_live(readings).await
+    }
+
+    fn reading(&self, measurement: Measurement, receipt: Receipt, raw: &[u8]) -> Reading {
+        Reading {
+            device: self.identity.clone(),
+            measurement,
+            receipt,
+            device_clock_offset_ms: self.clock_offset_ms,
+            instance: Uuid::new_v4(),
+            raw: raw.to_vec(),
+        }
+    }
+
+    async fn commit_live(&mut self, readings: Vec<Reading>) -> Result<(), SessionError> {
+        if readings.is_empty() {
+            return Ok(());
+        }
+        let n = readings.len();
+        self.shared
+            .store
+            .commit(Batch {
+                readings,
+                cursor: None,
+            })
+            .await?;
+        self.shared.readings.fetch_add(n as u64, Ordering::Relaxed);
         Ok(())
     }
 

@@ -34,6 +34,7 @@ pub const DEFAULT_BATCH_MAX_READINGS: usize = 1000;
 pub const DEFAULT_BATCH_LINGER: Duration = Duration::ZERO;
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 pub const DEFAULT_RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
+pub const DEFAULT_RAW_STREAM_RETENTION: Duration = Duration::from_secs(2 * 24 * 3600);
 pub const DEFAULT_DISK_BUDGET: ByteSize = ByteSize::gib(1);
 pub const DEFAULT_CACHE_SIZE: ByteSize = ByteSize::mib(4);
 pub const DEFAULT_CHANNEL_CAPACITY: usize = 1024;
@@ -107,6 +108,10 @@ pub struct StoreConfig {
     /// How often retention runs.
     #[serde(with = "humantime_serde")]
     pub retention_interval: Duration,
+    /// Raw samples of continuous streams (oximeters, heart-rate sensors), kept beside the
+    /// reduced readings that are delivered, are deleted this long after they arrived.
+    #[serde(with = "humantime_serde")]
+    pub raw_stream_retention: Duration,
     /// Store size (database plus write-ahead log) above which an alarm is raised. Readings
     /// are still accepted: nothing undelivered is ever dropped to make room.
     pub disk_budget: ByteSize,
@@ -124,6 +129,7 @@ impl Default for StoreConfig {
             batch_linger: DEFAULT_BATCH_LINGER,
             retention: DEFAULT_RETENTION,
             retention_interval: DEFAULT_RETENTION_INTERVAL,
+            raw_stream_retention: DEFAULT_RAW_STREAM_RETENTION,
             disk_budget: DEFAULT_DISK_BUDGET,
             cache_size: DEFAULT_CACHE_SIZE,
         }
@@ -189,6 +195,13 @@ pub struct BleConfig {
     pub adapter: String,
     /// Devices pre-provisioned at the depot: connected to without a pairing window.
     pub allow: Vec<BtAddr>,
+    /// How continuous streams (PLX continuous measurements, heart rate) are reduced before
+    /// delivery, as for serial oximeters: `{ policy = "median", window = "1m" }` (default),
+    /// `"spot"` or `"stable"`. Every sample is kept in the store as it came (at most one a
+    /// second, for `store.raw_stream_retention`).
+    pub stream: StreamConfig,
+    /// Deliver every sample of a continuous stream instead of its reduction (for studies).
+    pub deliver_raw_stream: bool,
 }
 
 impl Default for BleConfig {
@@ -196,6 +209,19 @@ impl Default for BleConfig {
         Self {
             adapter: DEFAULT_BLE_ADAPTER.to_owned(),
             allow: Vec::new(),
+            stream: StreamConfig::default(),
+            deliver_raw_stream: false,
+        }
+    }
+}
+
+impl BleConfig {
+    /// The stream policy in force.
+    pub fn stream_policy(&self) -> vitalgate_drivers::stream::StreamPolicy {
+        if self.deliver_raw_stream {
+            vitalgate_drivers::stream::StreamPolicy::All
+        } else {
+            self.stream.policy()
         }
     }
 }
@@ -303,8 +329,20 @@ impl Config {
                     .into(),
             ));
         }
+        if let StreamConfig::Spot { every: d } | StreamConfig::Median { window: d } =
+            self.ble.stream
+            && d < Duration::from_secs(1)
+        {
+            return Err(("ble.stream".into(), "the period must be at least 1s".into()));
+        }
         if s.retention < Duration::from_secs(3600) {
             return Err(("store.retention".into(), "must be at least 1h".into()));
+        }
+        if s.raw_stream_retention < Duration::from_secs(3600) {
+            return Err((
+                "store.raw_stream_retention".into(),
+                "must be at least 1h".into(),
+            ));
         }
         if s.retention_interval < Duration::from_secs(1) {
             return Err((

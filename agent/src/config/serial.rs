@@ -169,8 +169,9 @@ pub struct SerialConfig {
     /// Stream reduction for oximeters (Nonin, Contec). Default: median of every minute.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<StreamConfig>,
-    /// Store every sample of a stream instead of applying `stream` (for studies only: a
-    /// 3 Hz oximeter adds about 500,000 readings a day).
+    /// Deliver every sample of a stream instead of applying `stream` (for studies only: a
+    /// 3 Hz oximeter adds about 500,000 readings a day). The raw stream is kept in the store
+    /// either way, at most one sample a second.
     #[serde(default)]
     pub keep_raw_stream: bool,
     /// TaiDoc: clear the device memory after a download the store has committed.

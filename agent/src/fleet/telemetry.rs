@@ -223,6 +223,7 @@ mod tests {
                 delivered: 5,
                 unrouted: 0,
                 not_patient: 0,
+                raw_samples: 0,
                 held_unbound: 0,
             },
             oldest_undelivered_ms: Some(now - 90_000),

@@ -329,6 +329,7 @@ impl SerialSource {
         let policy = self.config.stream_policy();
         let mut live = Reducer::new(policy);
         let mut stored = Reducer::new(policy);
+        let mut raw_second: Option<u64> = None;
         let mut pending: Vec<Reading> = Vec::new();
         let mut flush_at: Option<tokio::time::Instant> = None;
         let mut problems: BTreeMap<&'static str, u64> = BTreeMap::new();
@@ -366,6 +367,19 @@ impl SerialSource {
                             pending.push(self.reading(r.measurement, r.raw, clock))
                         }
                         Event::Sample(sample) => {
+                            // Every sample is kept as it came (at most one a second); what
+                            // is delivered is the stream reduced by the policy.
+                            let second = sample.at_ms / 1000;
+                            if raw_second != Some(second) {
+                                raw_second = Some(second);
+                                for m in sample.measurements() {
+                                    pending.push(self.reading(
+                                        m.as_raw_sample(),
+                                        sample.raw.clone(),
+                                        clock,
+                                    ));
+                                }
+                            }
                             let reduced = if sample.device_time.is_some() {
                                 stored.push(sample)
                             } else {

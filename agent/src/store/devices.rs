@@ -140,7 +140,7 @@ pub fn list(path: &Path, keying: &Keying) -> Result<Vec<BoundDevice>, StoreError
         let unbound: Vec<(i64, i64)> = conn
             .prepare_cached(
                 "SELECT coalesce(r.user_index, -1), count(*) FROM readings r \
-                 WHERE r.device_id = ?1 AND r.not_patient IS NULL AND NOT EXISTS (SELECT 1 FROM bindings b \
+                 WHERE r.device_id = ?1 AND r.kept_as IS NULL AND NOT EXISTS (SELECT 1 FROM bindings b \
                    WHERE b.device_id = r.device_id AND b.user_index IN (coalesce(r.user_index, -1), -1)) \
                  GROUP BY 1 ORDER BY 1",
             )
@@ -167,7 +167,7 @@ pub fn list(path: &Path, keying: &Keying) -> Result<Vec<BoundDevice>, StoreError
             control_tests: conn
                 .prepare_cached(
                     "SELECT count(*) FROM readings WHERE device_id = ?1 \
-                     AND not_patient = 'control-solution'",
+                     AND kept_as = 'control-solution'",
                 )
                 .and_then(|mut s| s.query_row(params![id], |r| r.get::<_, i64>(0)))
                 .map_err(sql("control tests"))? as u64,

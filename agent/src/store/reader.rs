@@ -38,6 +38,8 @@ pub struct ReadingCounts {
     /// Not the patient's (control-solution tests, the device's own test data): kept, never
     /// sent.
     pub not_patient: u64,
+    /// Raw samples of continuous streams, kept beside the reduced readings that are sent.
+    pub raw_samples: u64,
     /// Kept but held, whatever their delivery state: no binding for their device and user
     /// index, so no patient to deliver them to (`vitalgate devices` says which).
     pub held_unbound: u64,
@@ -152,7 +154,10 @@ impl StoreReader {
                 .map_err(self.sql("count"))
         };
         let total = count("SELECT count(*) FROM readings")?;
-        let not_patient = count("SELECT count(*) FROM readings WHERE not_patient IS NOT NULL")?;
+        let not_patient = count(
+            "SELECT count(*) FROM readings WHERE kept_as IN ('control-solution', 'device-test')",
+        )?;
+        let raw_samples = count("SELECT count(*) FROM readings WHERE kept_as = 'raw-sample'")?;
         let routed = count("SELECT count(DISTINCT reading_id) FROM deliveries")?;
         let pending = count("SELECT count(DISTINCT reading_id) FROM deliveries WHERE state = 0")?;
         let quarantined = count(
@@ -164,10 +169,11 @@ impl StoreReader {
             pending,
             quarantined,
             delivered: routed.saturating_sub(pending + quarantined),
-            unrouted: total.saturating_sub(routed + not_patient),
+            unrouted: total.saturating_sub(routed + not_patient + raw_samples),
             not_patient,
+            raw_samples,
             held_unbound: count(
-                "SELECT count(*) FROM readings r WHERE r.not_patient IS NULL AND NOT EXISTS (SELECT 1 FROM bindings b \
+                "SELECT count(*) FROM readings r WHERE r.kept_as IS NULL AND NOT EXISTS (SELECT 1 FROM bindings b \
                  WHERE b.device_id = r.device_id AND b.user_index IN (coalesce(r.user_index, -1), -1))",
             )?,
         };
@@ -238,9 +244,9 @@ impl StoreReader {
                      (SELECT count(*) FROM bindings b WHERE b.device_id = d.id), \
                      s.battery_percent, s.rssi_dbm, \
                      (SELECT count(*) FROM readings r WHERE r.device_id = d.id \
-                      AND r.not_patient = 'control-solution'), \
+                      AND r.kept_as = 'control-solution'), \
                      (SELECT count(*) FROM readings r WHERE r.device_id = d.id \
-                      AND r.not_patient = 'device-test') \
+                      AND r.kept_as = 'device-test') \
                      FROM devices d LEFT JOIN device_status s ON s.device_id = d.id \
                      ORDER BY d.last_seen_ms DESC",
                 )

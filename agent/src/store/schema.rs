@@ -195,11 +195,14 @@ const MIGRATIONS: &[&str] = &[
         rssi_ms         INTEGER
     ) WITHOUT ROWID;
     "#,
-    // 6 -> 7: a reading that is not the patient's (a control-solution test, data the device
-    // marks as its own test or demonstration) says what it is: it is kept, never routed to a
-    // destination, and counted per device. NULL for every patient reading.
+    // 6 -> 7: a reading that is kept on the gateway and never routed to a destination says
+    // why: 'control-solution' (a meter's control test) and 'device-test' (data the device
+    // marks as its own test or demonstration) are not the patient's, 'raw-sample' is one
+    // sample of a continuous stream (what is delivered is the stream reduced by its policy).
+    // Counted per device. NULL for every reading that is delivered.
     r#"
-    ALTER TABLE readings ADD COLUMN not_patient TEXT;
+    ALTER TABLE readings ADD COLUMN kept_as TEXT;
+    CREATE INDEX readings_kept ON readings (kept_as, received_ms) WHERE kept_as IS NOT NULL;
     "#,
     // 7 -> 8: what each destination was last sent of a shared resource (a Device), by its
     // conditional-create key: a digest of the content. A Device whose content changed since

@@ -32,6 +32,7 @@ fn options(path: &Path, key: &DbKey, destinations: &[&str]) -> WriterOptions {
         channel_capacity: 16,
         destinations: destinations.iter().map(|s| s.to_string()).collect(),
         retention: Duration::from_secs(7 * 24 * 3600),
+        raw_stream_retention: Duration::from_secs(7 * 24 * 3600),
         disk_budget_bytes: u64::MAX,
     }
 }

@@ -24,7 +24,7 @@ use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
-use vitalgate_drivers::model::Sample;
+use vitalgate_drivers::model::{Qualifiers, Sample};
 use vitalgate_drivers::{DeviceIdentity, Reading, Transport};
 
 use super::outbox::{DeliveryUpdate, DestinationOutcome};
@@ -45,6 +45,9 @@ pub struct WriterOptions {
     pub destinations: Vec<String>,
     /// Retention: readings delivered everywhere longer ago than this are deleted.
     pub retention: Duration,
+    /// Raw samples of continuous streams (kept beside the reduced readings that are sent)
+    /// received longer ago than this are deleted.
+    pub raw_stream_retention: Duration,
     /// Alarm threshold for database plus WAL size.
     pub disk_budget_bytes: u64,
 }
@@ -174,8 +177,8 @@ struct EncodedReading {
     boot_id: [u8; 16],
     clock_synced: bool,
     clock_offset_ms: Option<i64>,
-    /// What the reading is when it is not the patient's; such a reading is not routed.
-    not_patient: Option<&'static str>,
+    /// Why the reading is kept on the gateway and never routed (`readings.kept_as`).
+    kept_as: Option<&'static str>,
 }
 
 impl EncodedBatch {
@@ -206,7 +209,7 @@ impl EncodedBatch {
                 boot_id: *r.receipt.boot_id.as_bytes(),
                 clock_synced: r.receipt.clock_synchronized,
                 clock_offset_ms: r.device_clock_offset_ms,
-                not_patient: not_patient(r.measurement.qualifiers.sample),
+                kept_as: kept_as(&r.measurement.qualifiers),
             });
         }
         Ok(Self {
@@ -218,12 +221,14 @@ impl EncodedBatch {
     }
 }
 
-/// The `readings.not_patient` value of a sample that is not the patient's.
-pub fn not_patient(sample: Sample) -> Option<&'static str> {
-    match sample {
-        Sample::Patient => None,
+/// The `readings.kept_as` of a reading that is kept on the gateway and never routed: not
+/// the patient's, or one raw sample of a stream whose reduction is what is delivered.
+pub fn kept_as(q: &Qualifiers) -> Option<&'static str> {
+    match q.sample {
         Sample::ControlSolution => Some("control-solution"),
         Sample::DeviceTest => Some("device-test"),
+        Sample::Patient if q.raw_stream => Some("raw-sample"),
+        Sample::Patient => None,
     }
 }
 
@@ -1312,7 +1317,7 @@ impl Writer {
                 .prepare_cached(
                     "INSERT INTO readings (device_id, dedup_key, kind, user_index, received_ms, \
                      received_mono_ns, boot_id, clock_synced, clock_offset_ms, measurement, raw, \
-                     not_patient) \
+                     kept_as) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
                      ON CONFLICT (device_id, dedup_key) DO NOTHING",
                 )
@@ -1340,10 +1345,10 @@ impl Writer {
                         r.clock_offset_ms,
                         &batch.bytes[r.measurement.clone()],
                         &batch.bytes[r.raw.clone()],
-                        r.not_patient,
+                        r.kept_as,
                     ])
                     .map_err(sql("insert reading"))?;
-                if inserted == 1 && r.not_patient.is_some() {
+                if inserted == 1 && r.kept_as.is_some() {
                     // Kept and counted, never sent: it ends the run of routed readings.
                     let id = conn.last_insert_rowid();
                     if let Some((first, last)) = run.take() {
@@ -1576,6 +1581,14 @@ impl Writer {
                     break;
                 }
             }
+            let raw_cutoff = now - self.opts.raw_stream_retention.as_millis() as i64;
+            loop {
+                let n = self.raw_stream_chunk(raw_cutoff)?;
+                report.deleted_readings += n;
+                if n < RETENTION_CHUNK {
+                    break;
+                }
+            }
         } else {
             report.retention_skipped = true;
         }
@@ -1649,6 +1662,23 @@ impl Writer {
             tracing::info!(deleted = ids.len(), "Retention removed delivered readings.");
         }
         Ok(ids.len())
+    }
+
+    /// Deletes up to a chunk of raw stream samples received before `cutoff` (they were never
+    /// routed; the reduced readings that were are kept under the delivered-reading rule).
+    fn raw_stream_chunk(&mut self, cutoff: i64) -> Result<usize, StoreError> {
+        let n = self
+            .conn
+            .prepare_cached(
+                "DELETE FROM readings WHERE id IN (SELECT id FROM readings \
+                 WHERE kept_as = 'raw-sample' AND received_ms < ?1 LIMIT ?2)",
+            )
+            .and_then(|mut s| s.execute(params![cutoff, RETENTION_CHUNK as i64]))
+            .map_err(|e| StoreError::from_sqlite(&self.opts.path, "delete raw samples", e))?;
+        if n > 0 {
+            tracing::debug!(deleted = n, "Retention removed raw stream samples.");
+        }
+        Ok(n)
     }
 }
 

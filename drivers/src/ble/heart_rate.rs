@@ -6,6 +6,7 @@ use crate::DecodeError;
 use crate::ieee11073::{Decimal, Value};
 use crate::mdc::{self, Unit};
 use crate::model::{Condition, Measurement, Origin};
+use crate::stream::{Sample, StreamSource};
 
 const MEASUREMENT: &str = "2A37";
 const LOCATION: &str = "2A38";
@@ -65,6 +66,28 @@ impl HeartRateMeasurement {
             m.qualifiers.add(Condition::NoSkinContact);
         }
         vec![m]
+    }
+}
+
+impl HeartRateMeasurement {
+    /// The heart rate as a stream sample at `at_ms` (the caller's clock). Without skin
+    /// contact the sample has no value: it is kept raw, but a reduction never counts it.
+    pub fn sample(&self, at_ms: u64, raw: &[u8]) -> Sample {
+        let contact = self.sensor_contact != SensorContact::NotDetected;
+        Sample {
+            at_ms,
+            spo2: None,
+            pulse: contact.then(|| Value::number(i64::from(self.heart_rate), 0)),
+            device_time: None,
+            raw: raw.to_vec(),
+            conditions: if contact {
+                Vec::new()
+            } else {
+                vec![Condition::NoSkinContact]
+            },
+            source: StreamSource::HeartRate,
+            status: Vec::new(),
+        }
     }
 }
 

@@ -5,7 +5,8 @@ use super::{Reader, bit_struct, local};
 use crate::DecodeError;
 use crate::ieee11073::Value;
 use crate::mdc::{self, MdcCode, Unit};
-use crate::model::{Condition, Measurement, Origin, Sample, StatusBits};
+use crate::model::{Condition, Measurement, Origin, Sample as SampleKind, StatusBits};
+use crate::stream::{Sample, StreamSource};
 use crate::time::LocalDateTime;
 
 const SPOT: &str = "2A5E";
@@ -220,7 +221,7 @@ fn qualify(out: &mut [Measurement], status: Option<PlxMeasurementStatus>) {
             }
         }
         if s.data_for_demonstration || s.data_for_testing {
-            q.sample = Sample::DeviceTest;
+            q.sample = SampleKind::DeviceTest;
         }
     }
 }
@@ -275,6 +276,39 @@ impl PlxContinuous {
             m.qualifiers.origin = Origin::Live;
         }
         out
+    }
+}
+
+impl PlxContinuous {
+    /// The SpO2PR-Normal pair as a stream sample at `at_ms` (the caller's clock), with the
+    /// measurement status as conditions and the Device and Sensor Status as status bits. A
+    /// value the device marks invalid, unavailable or still being measured, or data for
+    /// testing or demonstration, leaves the sample without values: it is kept raw but is
+    /// nothing a reduction may count. The Fast and Slow pairs and the pulse amplitude index
+    /// stay in the raw stream.
+    pub fn sample(&self, at_ms: u64, raw: &[u8]) -> Sample {
+        let mut ms = readings(self.normal, None, None, &[]);
+        qualify(&mut ms, self.measurement_status);
+        let q = ms.first().map(|m| m.qualifiers.clone()).unwrap_or_default();
+        let unusable = q.sample != SampleKind::Patient
+            || [
+                Condition::Invalid,
+                Condition::Unavailable,
+                Condition::Ongoing,
+            ]
+            .iter()
+            .any(|c| q.has(*c));
+        let usable = |v: Value| (!unusable && v.as_decimal().is_some()).then_some(v);
+        Sample {
+            at_ms,
+            spo2: usable(self.normal.spo2),
+            pulse: usable(self.normal.pulse_rate),
+            device_time: None,
+            raw: raw.to_vec(),
+            conditions: q.conditions,
+            source: StreamSource::Oximeter,
+            status: status_bits(CONTINUOUS, None, self.device_sensor_status),
+        }
     }
 }
 

@@ -524,27 +524,27 @@ impl ContecSession {
                     let t = start.add_seconds(i64::from(self.sample_index)).ok();
                     self.sample_index += 1;
                     let Some(t) = t else { continue };
-                    out.push(Event::Sample(Sample {
-                        at_ms: local_ms(&t),
+                    out.push(Event::Sample(Sample::oximeter(
+                        local_ms(&t),
                         spo2,
                         pulse,
-                        device_time: Some(t),
-                        raw: p.raw().to_vec(),
-                        conditions: Vec::new(),
-                    }));
+                        Some(t),
+                        p.raw().to_vec(),
+                        Vec::new(),
+                    )));
                 }
             }
             (Step::Live, kind::LIVE) => {
                 self.last_live_ms = now_ms;
                 let l = decode_live(&p);
-                out.push(Event::Sample(Sample {
-                    at_ms: now_ms,
-                    spo2: l.spo2,
-                    pulse: l.pulse,
-                    device_time: None,
-                    raw: p.raw().to_vec(),
-                    conditions: live_conditions(&l),
-                }));
+                out.push(Event::Sample(Sample::oximeter(
+                    now_ms,
+                    l.spo2,
+                    l.pulse,
+                    None,
+                    p.raw().to_vec(),
+                    live_conditions(&l),
+                )));
             }
             // Live packets still arriving before the stop took effect, answers to repeated
             // requests, unused metadata: ignored.
@@ -713,14 +713,14 @@ pub(crate) fn decode_capture(
         match p.kind() {
             kind::LIVE => {
                 let l = decode_live(&p);
-                let s = Sample {
-                    at_ms: 0,
-                    spo2: l.spo2,
-                    pulse: l.pulse,
-                    device_time: None,
-                    raw: p.raw().to_vec(),
-                    conditions: live_conditions(&l),
-                };
+                let s = Sample::oximeter(
+                    0,
+                    l.spo2,
+                    l.pulse,
+                    None,
+                    p.raw().to_vec(),
+                    live_conditions(&l),
+                );
                 records.extend(s.records());
             }
             kind::MODEL => device
@@ -753,14 +753,7 @@ pub(crate) fn decode_capture(
                 for (spo2, pulse) in decode_stored(&p) {
                     let t = start.and_then(|s| s.add_seconds(index).ok());
                     index += 1;
-                    let s = Sample {
-                        at_ms: 0,
-                        spo2,
-                        pulse,
-                        device_time: t,
-                        raw: p.raw().to_vec(),
-                        conditions: Vec::new(),
-                    };
+                    let s = Sample::oximeter(0, spo2, pulse, t, p.raw().to_vec(), Vec::new());
                     records.extend(s.records());
                 }
             }

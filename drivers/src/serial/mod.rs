@@ -22,16 +22,18 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::ieee11073::Value;
-use crate::mdc::{self, Unit};
-use crate::model::{Condition, DeviceIdentity, Measurement, Origin, Reading, Receipt, Transport};
+use crate::model::{DeviceIdentity, Measurement, Reading, Receipt, Transport};
 use crate::time::{DeviceTimestamp, LocalDateTime};
 
 pub mod astm;
 pub mod contec;
 pub mod nonin;
-pub mod policy;
 pub mod taidoc;
+
+/// The stream policy, where serial configurations have always named it.
+pub use crate::stream as policy;
+/// Streams are reduced by the same policy whatever the transport: see [`crate::stream`].
+pub use crate::stream::{Sample, StreamSource};
 
 mod buf;
 
@@ -239,80 +241,6 @@ impl SerialError {
 pub struct Record {
     pub measurement: Measurement,
     pub raw: Vec<u8>,
-}
-
-/// One oximeter sample from a continuous stream, before the stream policy.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Sample {
-    /// When the sample was taken, in milliseconds: device time for stored sessions (so the
-    /// policy works on the device's clock), otherwise the caller's monotonic clock.
-    pub at_ms: u64,
-    /// SpO2 in percent; `None` when the device has no valid value (finger out, searching).
-    pub spo2: Option<u8>,
-    /// Pulse rate in beats per minute; `None` when invalid.
-    pub pulse: Option<u16>,
-    /// The device's own timestamp, for samples from device memory.
-    pub device_time: Option<LocalDateTime>,
-    /// The bytes the sample was decoded from.
-    pub raw: Vec<u8>,
-    /// What the device said about the signal (artifact, sensor off, weak signal), sorted.
-    pub conditions: Vec<Condition>,
-}
-
-impl Sample {
-    /// Whether both values are present.
-    pub fn is_valid(&self) -> bool {
-        self.spo2.is_some() && self.pulse.is_some()
-    }
-
-    /// The readings of this sample: SpO2 (150456, %) and pulse rate (149530, /min).
-    ///
-    /// A sample with the device's own time comes from its memory (a stored session); one
-    /// without was sent as it was taken.
-    pub fn measurements(&self) -> Vec<Measurement> {
-        let mut out: Vec<Measurement> = Vec::with_capacity(2);
-        let time = self.device_time.map(local);
-        if let Some(s) = self.spo2 {
-            let mut m = Measurement::numeric(
-                mdc::PULS_OXIM_SAT_O2,
-                Value::number(i64::from(s), 0),
-                Unit::percent(),
-            );
-            m.device_time = time;
-            out.push(m);
-        }
-        if let Some(p) = self.pulse {
-            let mut m = Measurement::numeric(
-                mdc::PULS_OXIM_PULS_RATE,
-                Value::number(i64::from(p), 0),
-                Unit::beats_per_minute(),
-            );
-            m.device_time = time;
-            out.push(m);
-        }
-        for m in &mut out {
-            m.qualifiers.origin = if time.is_some() {
-                Origin::Stored
-            } else {
-                Origin::Live
-            };
-            for c in &self.conditions {
-                m.qualifiers.add(*c);
-            }
-        }
-        out
-    }
-
-    /// The records of this sample (one per measurement, sharing the raw bytes).
-    pub fn records(&self) -> Vec<Record> {
-        self.measurements()
-            .into_iter()
-            .map(|measurement| Record {
-                measurement,
-                raw: self.raw.clone(),
-            })
-            .collect()
-    }
 }
 
 /// The device specializations (MDC_DEV_SPEC_PROFILE_*) a serial device of `protocol` is:

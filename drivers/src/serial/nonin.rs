@@ -563,14 +563,14 @@ impl Session for NoninSession {
                     match item {
                         Ok(line) => {
                             got = true;
-                            out.push(Event::Sample(Sample {
-                                at_ms: now_ms,
-                                spo2: line.spo2,
-                                pulse: line.pulse,
-                                device_time: None,
-                                raw: line.raw,
-                                conditions: Vec::new(),
-                            }));
+                            out.push(Event::Sample(Sample::oximeter(
+                                now_ms,
+                                line.spo2,
+                                line.pulse,
+                                None,
+                                line.raw,
+                                Vec::new(),
+                            )));
                         }
                         Err(e) => out.push(Event::Problem(e)),
                     }
@@ -600,14 +600,14 @@ impl Session for NoninSession {
                                         for fr in &frames {
                                             raw.extend_from_slice(&fr.encode(self.format));
                                         }
-                                        out.push(Event::Sample(Sample {
-                                            at_ms: now_ms,
-                                            spo2: v.spo2,
-                                            pulse: v.pulse,
-                                            device_time: None,
+                                        out.push(Event::Sample(Sample::oximeter(
+                                            now_ms,
+                                            v.spo2,
+                                            v.pulse,
+                                            None,
                                             raw,
-                                            conditions: v.conditions,
-                                        }));
+                                            v.conditions,
+                                        )));
                                     }
                                 }
                                 Some(Err(e)) => out.push(Event::Problem(e)),

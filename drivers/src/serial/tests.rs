@@ -2,6 +2,8 @@
 //! and each session driven through a scripted device.
 
 use super::*;
+use crate::ieee11073::Value;
+use crate::mdc;
 use crate::time::DeviceTimestamp;
 
 fn hex(s: &str) -> Vec<u8> {
@@ -769,7 +771,7 @@ mod contec_examples {
         assert_eq!(samples[0].device_time, Some(dt(2024, 3, 15, 22, 10, 5)));
         assert_eq!(
             samples[5].pulse,
-            Some(150),
+            Some(Value::number(150, 0)),
             "pulse above 127 via the high bits"
         );
         assert_eq!(samples[6].device_time, None);

@@ -227,6 +227,7 @@ fn writer_options(path: &Path, keying: Keying, cache_size_kib: u64) -> WriterOpt
         channel_capacity: 1024,
         destinations: vec![DESTINATION.into()],
         retention: Duration::from_secs(30 * 24 * 3600),
+        raw_stream_retention: Duration::from_secs(2 * 24 * 3600),
         disk_budget_bytes: u64::MAX,
     }
 }

@@ -57,6 +57,7 @@ fn main() -> anyhow::Result<()> {
         channel_capacity: 64,
         destinations: vec!["hospital".into()],
         retention: Duration::from_secs(30 * 24 * 3600),
+        raw_stream_retention: Duration::from_secs(30 * 24 * 3600),
         disk_budget_bytes: u64::MAX,
     })?;
     let memory = BpCuffMemory::new(&args.device, args.records);

@@ -1,5 +1,8 @@
-//! Stream reduction: continuous oximeter streams (1–60 samples a second) must not flood
-//! the store or the FHIR server, so samples go through a configured policy first:
+//! Continuous streams and their reduction, whatever the transport: a serial oximeter (1–60
+//! samples a second), a Bluetooth pulse oximeter's continuous measurement or a heart-rate
+//! sensor (about one a second). Every sample is kept in the store as it came (at most one a
+//! second); what is delivered is the stream reduced by a configured policy, so a clinician
+//! sees one SpO2 a minute rather than thousands:
 //!
 //! - [`StreamPolicy::Spot`]: the first valid sample of every period of N seconds;
 //! - [`StreamPolicy::Median`]: the median SpO2 and median pulse rate of every window of N
@@ -16,8 +19,125 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::Sample;
+use crate::ieee11073::{Decimal, Value};
+use crate::mdc::{self, Unit};
+use crate::model::{Condition, Measurement, Origin, StatusBits};
+use crate::serial::Record;
 use crate::time::LocalDateTime;
+
+/// Which kind of continuous stream a sample belongs to: which codes its values have and what
+/// makes it valid.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StreamSource {
+    /// A pulse oximeter: SpO2 (150456) and pulse rate (149530), valid with both.
+    #[default]
+    Oximeter,
+    /// A heart-rate sensor: heart rate (147842) only.
+    HeartRate,
+}
+
+/// One sample of a continuous stream (an oximeter, a heart-rate sensor), before the stream
+/// policy. Values keep the device's precision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sample {
+    /// When the sample was taken, in milliseconds: device time for stored sessions (so the
+    /// policy works on the device's clock), otherwise the caller's monotonic clock.
+    pub at_ms: u64,
+    /// SpO2 in percent; `None` when the device has no valid value (finger out, searching).
+    pub spo2: Option<Value>,
+    /// Pulse (or heart) rate in beats per minute; `None` when invalid.
+    pub pulse: Option<Value>,
+    /// The device's own timestamp, for samples from device memory.
+    pub device_time: Option<LocalDateTime>,
+    /// The bytes the sample was decoded from.
+    pub raw: Vec<u8>,
+    /// What the device said about the signal (artifact, sensor off, weak signal), sorted.
+    pub conditions: Vec<Condition>,
+    pub source: StreamSource,
+    /// Status fields as the device sent them (Bluetooth PLX Device and Sensor Status, with
+    /// which bits it supports); a reduction reports every bit any of its samples set.
+    pub status: Vec<StatusBits>,
+}
+
+impl Sample {
+    /// An oximeter sample of whole numbers, as the serial protocols send them.
+    pub fn oximeter(
+        at_ms: u64,
+        spo2: Option<u8>,
+        pulse: Option<u16>,
+        device_time: Option<LocalDateTime>,
+        raw: Vec<u8>,
+        conditions: Vec<Condition>,
+    ) -> Self {
+        Self {
+            at_ms,
+            spo2: spo2.map(|v| Value::number(i64::from(v), 0)),
+            pulse: pulse.map(|v| Value::number(i64::from(v), 0)),
+            device_time,
+            raw,
+            conditions,
+            source: StreamSource::Oximeter,
+            status: Vec::new(),
+        }
+    }
+
+    /// Whether the sample has what its stream needs: both values for an oximeter, the rate
+    /// for a heart-rate sensor.
+    pub fn is_valid(&self) -> bool {
+        match self.source {
+            StreamSource::Oximeter => self.spo2.is_some() && self.pulse.is_some(),
+            StreamSource::HeartRate => self.pulse.is_some(),
+        }
+    }
+
+    /// The readings of this sample: SpO2 (150456, %) and pulse rate (149530, /min) of an
+    /// oximeter, or the heart rate (147842, /min) of a heart-rate sensor.
+    ///
+    /// A sample with the device's own time comes from its memory (a stored session); one
+    /// without was sent as it was taken.
+    pub fn measurements(&self) -> Vec<Measurement> {
+        let mut out: Vec<Measurement> = Vec::with_capacity(2);
+        let time = self.device_time.map(crate::ble::local);
+        if let Some(s) = self.spo2 {
+            out.push(Measurement::numeric(
+                mdc::PULS_OXIM_SAT_O2,
+                s,
+                Unit::percent(),
+            ));
+        }
+        if let Some(p) = self.pulse {
+            let kind = match self.source {
+                StreamSource::Oximeter => mdc::PULS_OXIM_PULS_RATE,
+                StreamSource::HeartRate => mdc::ECG_HEART_RATE,
+            };
+            out.push(Measurement::numeric(kind, p, Unit::beats_per_minute()));
+        }
+        for m in &mut out {
+            m.device_time = time;
+            m.status = self.status.clone();
+            m.qualifiers.origin = if time.is_some() {
+                Origin::Stored
+            } else {
+                Origin::Live
+            };
+            for c in &self.conditions {
+                m.qualifiers.add(*c);
+            }
+        }
+        out
+    }
+
+    /// The records of this sample (one per measurement, sharing the raw bytes).
+    pub fn records(&self) -> Vec<Record> {
+        self.measurements()
+            .into_iter()
+            .map(|measurement| Record {
+                measurement,
+                raw: self.raw.clone(),
+            })
+            .collect()
+    }
+}
 
 /// How a continuous stream is reduced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -103,16 +223,20 @@ impl Reducer {
                 spo2_tolerance,
                 pulse_tolerance,
             } => {
-                let (Some(spo2), Some(pulse)) = (s.spo2, s.pulse) else {
+                if !s.is_valid() {
                     // Finger out: the next placement is a new spot check.
                     self.window.clear();
                     self.emitted = false;
                     return None;
+                }
+                let near = |a: Option<Value>, b: Option<Value>, tolerance: f64| match (a, b) {
+                    (Some(a), Some(b)) => (number(a) - number(b)).abs() <= tolerance,
+                    (None, None) => true,
+                    _ => false,
                 };
                 let within = self.window.first().is_some_and(|a| {
-                    a.spo2.is_some_and(|v| v.abs_diff(spo2) <= spo2_tolerance)
-                        && a.pulse
-                            .is_some_and(|v| v.abs_diff(pulse) <= pulse_tolerance)
+                    near(a.spo2, s.spo2, f64::from(spo2_tolerance))
+                        && near(a.pulse, s.pulse, f64::from(pulse_tolerance))
                 });
                 if !within {
                     self.window.clear();
@@ -165,14 +289,31 @@ impl Reducer {
     }
 }
 
-/// The lower median of each value over `samples`, carried by a copy of the last sample.
+/// A value as a number for comparisons; samples hold no special values (they are `None`).
+fn number(v: Value) -> f64 {
+    v.as_decimal().map_or(f64::NAN, Decimal::to_f64)
+}
+
+/// The lower median of each value over `samples`, carried by a copy of the last sample: a
+/// value one of the samples had, with the precision the device sent it in. The conditions
+/// and status bits of every sample count.
 fn median_of(samples: &[Sample]) -> Option<Sample> {
     let last = samples.last()?;
-    let mut spo2: Vec<u8> = samples.iter().filter_map(|s| s.spo2).collect();
-    let mut pulse: Vec<u16> = samples.iter().filter_map(|s| s.pulse).collect();
-    spo2.sort_unstable();
-    pulse.sort_unstable();
+    let sorted = |pick: fn(&Sample) -> Option<Value>| {
+        let mut v: Vec<Value> = samples.iter().filter_map(pick).collect();
+        v.sort_by(|a, b| number(*a).total_cmp(&number(*b)));
+        v
+    };
+    let spo2 = sorted(|s| s.spo2);
+    let pulse = sorted(|s| s.pulse);
     let mid = |n: usize| n.saturating_sub(1) / 2;
+    let mut status: Vec<StatusBits> = Vec::new();
+    for b in samples.iter().flat_map(|s| s.status.iter()) {
+        match status.iter_mut().find(|x| x.attribute == b.attribute) {
+            Some(x) => x.bits |= b.bits,
+            None => status.push(b.clone()),
+        }
+    }
     let mut conditions: Vec<_> = samples
         .iter()
         .flat_map(|s| s.conditions.iter().copied())
@@ -186,6 +327,8 @@ fn median_of(samples: &[Sample]) -> Option<Sample> {
         device_time: last.device_time,
         raw: last.raw.clone(),
         conditions,
+        source: last.source,
+        status,
     })
 }
 
@@ -194,14 +337,11 @@ mod tests {
     use super::*;
 
     fn s(at_ms: u64, spo2: Option<u8>, pulse: Option<u16>) -> Sample {
-        Sample {
-            at_ms,
-            spo2,
-            pulse,
-            device_time: None,
-            raw: vec![at_ms as u8],
-            conditions: Vec::new(),
-        }
+        Sample::oximeter(at_ms, spo2, pulse, None, vec![at_ms as u8], Vec::new())
+    }
+
+    fn int(v: Option<Value>) -> Option<i64> {
+        v.and_then(|v| v.as_decimal()).map(|d| d.to_f64() as i64)
     }
 
     fn run(policy: StreamPolicy, samples: Vec<Sample>) -> Vec<(u64, Option<u8>, Option<u16>)> {
@@ -209,7 +349,13 @@ mod tests {
         let mut out: Vec<_> = samples.into_iter().filter_map(|x| r.push(x)).collect();
         out.extend(r.flush());
         out.into_iter()
-            .map(|x| (x.at_ms, x.spo2, x.pulse))
+            .map(|x| {
+                (
+                    x.at_ms,
+                    int(x.spo2).map(|v| v as u8),
+                    int(x.pulse).map(|v| v as u16),
+                )
+            })
             .collect()
     }
 
