@@ -19,6 +19,7 @@ use vitalgate::store::outbox::{DestinationSummary, OutboxReader};
 use vitalgate::store::{Batch, CursorUpdate, Keying, StoreHandle, WriterOptions};
 use vitalgate::supervisor::{ReadingSource, SourceError, StopWhen, Supervisor};
 use vitalgate::sync::{self, Destination, RoundReport};
+use vitalgate_drivers::ble;
 use vitalgate_drivers::ieee11073::{Value, encode_sfloat};
 use vitalgate_drivers::{DeviceIdentity, Transport};
 use vitalgate_hardware::sim::BpCuffMemory;
@@ -50,6 +51,14 @@ pub enum DecodeCommand {
         /// Without it, the value is taken as notified on its own.
         #[arg(long)]
         stored: bool,
+        /// The device's System ID (0x2A23) as read, 8 hex bytes: the Device is then
+        /// identified by it (SYSID), as it would be after a connection.
+        #[arg(long, value_name = "HEX")]
+        system_id: Option<String>,
+        /// A Glucose Measurement Context (0x2A34) that followed the 0x2A18 value: joined to
+        /// it, as the transport joins them.
+        #[arg(long, value_name = "HEX")]
+        context: Option<String>,
     },
     /// Decode a captured device-to-host byte stream of a serial protocol and print the FHIR
     /// Bundle its readings map to (streams are not reduced).
@@ -162,6 +171,8 @@ pub fn decode_cmd(gateway: &DecodeGateway, cmd: DecodeCommand) -> Result<u8> {
             bundle,
             received_at,
             stored,
+            system_id,
+            context,
         } => {
             let (gw, time) = match gateway_now(gateway, received_at.as_deref()) {
                 Ok(g) => g,
@@ -173,8 +184,15 @@ pub fn decode_cmd(gateway: &DecodeGateway, cmd: DecodeCommand) -> Result<u8> {
             let parsed = (|| {
                 let uuid = decode::parse_characteristic(&characteristic)?;
                 let bytes = decode::parse_hex(&hex)?;
-                let device = decode::placeholder_ble_device(&address);
-                let readings = decode::ble_readings(uuid, &bytes, &device, time.now, stored)?;
+                let mut device = decode::placeholder_ble_device(&address);
+                if let Some(hex) = &system_id {
+                    let id = ble::dis::decode_system_id(&decode::parse_hex(hex)?)?;
+                    ble::dis::apply_system_id(&mut device, &id);
+                }
+                let mut readings = decode::ble_readings(uuid, &bytes, &device, time.now, stored)?;
+                if let Some(hex) = &context {
+                    decode::join_glucose_context(&mut readings, &decode::parse_hex(hex)?)?;
+                }
                 decode::bundle_for_readings(&readings, &gw, &time, bundle == "transaction")
             })();
             match parsed {

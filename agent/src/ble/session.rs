@@ -420,6 +420,9 @@ impl Receiver<'_> {
             }
         }
         let receipt = self.shared.clock.receipt();
+        // The values of one notification are one report: they share an instance, so a BMI
+        // finds the weight it was derived from even when neither has a number or time.
+        let instance = Uuid::new_v4();
         let readings: Vec<Reading> = measurements
             .into_iter()
             .map(|measurement| Reading {
@@ -427,7 +430,7 @@ impl Receiver<'_> {
                 measurement,
                 receipt,
                 device_clock_offset_ms: self.clock_offset_ms,
-                instance: Uuid::new_v4(),
+                instance,
                 raw: value.to_vec(),
             })
             .collect();
@@ -520,6 +523,7 @@ impl Receiver<'_> {
         let mut readings = Vec::new();
         for r in self.reducers.values_mut() {
             if let Some(x) = r.flush() {
+                let instance = Uuid::new_v4();
                 for mut m in x.measurements() {
                     self.ctx.qualify(&mut m);
                     readings.push(Reading {
@@ -527,7 +531,7 @@ impl Receiver<'_> {
                         measurement: m,
                         receipt,
                         device_clock_offset_ms: self.clock_offset_ms,
-                        instance: Uuid::new_v4(),
+                        instance,
                         raw: x.raw.clone(),
                     });
                 }
@@ -583,19 +587,9 @@ impl Receiver<'_> {
         if self.awaiting_context == Some(c.sequence_number) {
             self.awaiting_context = None;
         }
-        let seq = Some(u32::from(c.sequence_number));
-        let items = c.items();
         let mut found = false;
         for r in &mut self.pending {
-            let m = &mut r.measurement;
-            if m.sequence == seq && vitalgate_drivers::ble::glucose::is_glucose(m.kind) {
-                for item in &items {
-                    if !m.qualifiers.context.iter().any(|x| x.kind == item.kind) {
-                        m.qualifiers.context.push(item.clone());
-                    }
-                }
-                found = true;
-            }
+            found |= c.join(&mut r.measurement);
         }
         if !found {
             tracing::warn!(device = %self.shared.address, "Glucose context without a pending record dropped.");

@@ -116,6 +116,8 @@ pub fn ble_readings(
             m.qualifiers.origin = ble::notified_origin(characteristic);
         }
     }
+    // One value's readings are one report, as on the transport.
+    let instance = uuid::Uuid::new_v4();
     Ok(ms
         .into_iter()
         .map(|m| Reading {
@@ -123,10 +125,23 @@ pub fn ble_readings(
             measurement: m,
             receipt,
             device_clock_offset_ms: None,
-            instance: uuid::Uuid::new_v4(),
+            instance,
             raw: bytes.to_vec(),
         })
         .collect())
+}
+
+/// Joins a Glucose Measurement Context (0x2A34) to the glucose readings with its sequence
+/// number, as the transport does.
+pub fn join_glucose_context(
+    readings: &mut [Reading],
+    context: &[u8],
+) -> Result<(), DecodeCommandError> {
+    let c = ble::glucose::decode_context(context)?;
+    for r in readings {
+        c.join(&mut r.measurement);
+    }
+    Ok(())
 }
 
 /// A placeholder BLE device for bytes given on a command line.

@@ -21,6 +21,8 @@ pub mod device;
 pub mod time;
 
 #[cfg(test)]
+mod conformance;
+#[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;
@@ -440,6 +442,11 @@ impl Builder<'_> {
             stored_key,
             own_kind: m.kind.0,
             reading_system: self.gw.namespace.system(READING_IDENTIFIER_NAME),
+            report: format!(
+                "report-{}-{}",
+                r.receipt.boot_id.simple(),
+                r.receipt.monotonic_ns
+            ),
         };
         let common = Common {
             subject: &subject,
@@ -487,7 +494,7 @@ impl Builder<'_> {
                 // Every code is an event, and only events that happened are reported.
                 continue;
             }
-            let (sys, val) = ids.of(map.code, &[]);
+            let (sys, val) = ids.shared(map.code);
             let key = identifier_search(&sys, &val);
             if let Some(&i) = self.by_key.get(&key) {
                 // One status report covers several measurements of the same notification
@@ -568,6 +575,10 @@ struct Ids {
     stored_key: String,
     own_kind: u32,
     reading_system: String,
+    /// The report (notification) the reading came in, by its reception on the gateway's
+    /// monotonic clock: what readings of one report share when they have no device time
+    /// stamp (a status field that covers SpO2 and pulse rate alike).
+    report: String,
 }
 
 impl Ids {
@@ -591,18 +602,43 @@ impl Ids {
         }
     }
 
+    /// The identifier of an Observation that every reading of the report shares (a status
+    /// field): the IG recipe with `type_code`, or, without a device time stamp, the report.
+    fn shared(&self, type_code: u32) -> (String, String) {
+        match &self.ts_part {
+            Some(_) => self.of(type_code, &[]),
+            None => (
+                self.reading_system.clone(),
+                format!(
+                    "{}-{}-{type_code}-{}",
+                    self.device, self.patient, self.report
+                ),
+            ),
+        }
+    }
+
     /// The identifier of another value of the same report, of `kind`: the same recipe with
     /// that type, and in the store's key the type in place of this one. `None` when the key
-    /// does not name the type (a live value keyed by its own instance).
+    /// does not name the type.
     fn sibling(&self, kind: u32) -> Option<(String, String)> {
         if self.ts_part.is_some() {
             return Some(self.of(kind, &[]));
         }
-        let own = format!("/{}/", self.own_kind);
-        if !self.stored_key.contains(&own) || self.stored_key.starts_with("rx:") {
-            return None;
-        }
-        let key = self.stored_key.replacen(&own, &format!("/{kind}/"), 1);
+        let key = if let Some(rest) = self.stored_key.strip_prefix("rx:") {
+            // A live value without number or time: keyed by the report's instance, which
+            // every value of the report shares.
+            let (instance, own) = rest.rsplit_once('/')?;
+            if own != self.own_kind.to_string() {
+                return None;
+            }
+            format!("rx:{instance}/{kind}")
+        } else {
+            let own = format!("/{}/", self.own_kind);
+            if !self.stored_key.contains(&own) {
+                return None;
+            }
+            self.stored_key.replacen(&own, &format!("/{kind}/"), 1)
+        };
         Some((
             self.reading_system.clone(),
             format!("{}-{}-{kind}-{key}", self.device, self.patient),

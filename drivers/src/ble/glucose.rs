@@ -376,6 +376,20 @@ pub struct GlucoseContext {
 }
 
 impl GlucoseContext {
+    /// Joins this context to `m` when it is the glucose reading of the same record (same
+    /// sequence number); returns whether it was. Items already there are not repeated.
+    pub fn join(&self, m: &mut Measurement) -> bool {
+        if m.sequence != Some(u32::from(self.sequence_number)) || !is_glucose(m.kind) {
+            return false;
+        }
+        for item in self.items() {
+            if !m.qualifiers.context.iter().any(|x| x.kind == item.kind) {
+                m.qualifiers.context.push(item);
+            }
+        }
+        true
+    }
+
     /// The context as IEEE 11073-10417 observations (the glucose meter specialization the
     /// PHD IG maps; codes in [`mdc`]). Units follow the GATT Specification Supplement: the
     /// carbohydrate amount is in kilograms and medication in kilograms or litres, so both

@@ -757,8 +757,8 @@ fn weight_every_field_si_and_imperial() {
         got,
         vec![
             (188736, "77.500".into(), Some("kg".into())),
-            (188752, "24.3".into(), Some("kg/m2".into())),
             (188740, "178.0".into(), Some("cm".into())),
+            (188752, "24.3".into(), Some("kg/m2".into())),
         ]
     );
     assert!(ms.iter().all(|m| m.user_index == Some(2)));
@@ -766,15 +766,15 @@ fn weight_every_field_si_and_imperial() {
         ms.iter()
             .all(|m| time(&m.device_time) == "2018-04-17T15:51:00")
     );
-    assert_eq!(ms[1].unit, Some(Unit::new(264096, "kg/m2")));
-    assert_eq!(ms[2].unit, Some(Unit::new(263441, "cm")));
+    assert_eq!(ms[1].unit, Some(Unit::new(263441, "cm")));
+    assert_eq!(ms[2].unit, Some(Unit::new(264096, "kg/m2")));
     // Imperial: 170.86 lb, 70.1 in; 0xFFFF weight = measurement unsuccessful.
     let d = ok(0x2A9D, "09 BE 42 F3 00 BD 02");
     let ms = d.measurements();
     assert_eq!(opt_text(ms[0].value), "170.86");
     assert_eq!(ms[0].unit, Some(Unit::new(263904, "[lb_av]")));
-    assert_eq!(opt_text(ms[2].value), "70.1");
-    assert_eq!(ms[2].unit, Some(Unit::new(263520, "[in_i]")));
+    assert_eq!(opt_text(ms[1].value), "70.1");
+    assert_eq!(ms[1].unit, Some(Unit::new(263520, "[in_i]")));
     let d = ok(0x2A9D, "00 FF FF");
     assert_eq!(
         d.measurements()[0].value,

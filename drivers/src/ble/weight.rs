@@ -131,13 +131,15 @@ impl WeightMeasurement {
             self.weight_raw,
         )];
         if let (Some(bmi), Some((bmi_raw, height_raw))) = (self.bmi(), self.bmi_and_height_raw) {
-            let mut b = unsuccessful(reading(mdc::RATIO_MASS_BODY_LEN_SQ, bmi), bmi_raw);
-            b.qualifiers.derived_from = vec![mdc::MASS_BODY_ACTUAL, mdc::LEN_BODY_ACTUAL];
-            out.push(b);
             out.extend(
                 self.height()
                     .map(|h| unsuccessful(reading(mdc::LEN_BODY_ACTUAL, h), height_raw)),
             );
+            // Last, after what it is derived from: the mapping then references both within
+            // the Bundle.
+            let mut b = unsuccessful(reading(mdc::RATIO_MASS_BODY_LEN_SQ, bmi), bmi_raw);
+            b.qualifiers.derived_from = vec![mdc::MASS_BODY_ACTUAL, mdc::LEN_BODY_ACTUAL];
+            out.push(b);
         }
         for m in &mut out {
             m.user_index = self.user_id;
