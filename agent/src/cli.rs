@@ -466,6 +466,9 @@ pub(crate) fn print_status(s: &StoreStatus) {
                     .map(when)
                     .unwrap_or_else(|| "never".into())
             );
+            for q in &d.quarantine_reasons {
+                println!("    quarantined {:>6}: {}", q.readings, q.reason);
+            }
         }
     }
     println!("Devices ({}):", s.devices.len());

@@ -50,11 +50,31 @@ const TAIDOC_CLOCK: LocalDateTime = LocalDateTime {
 };
 pub const TAIDOC_RECORDS: u32 = 12;
 
+/// The Bluetooth devices that also send flagged readings.
+const GLUCOSE_METER: &str = "A0:DE:00:00:18:08";
+const PULSE_OXIMETER: &str = "A0:DE:00:00:18:22";
+const CGM: &str = "A0:DE:00:00:18:1F";
+const PLX_RECORDS: u32 = 3;
+const CGM_RECORDS: u32 = 6;
+/// Records of the CGM's second sensor session.
+const CGM_NEW_SESSION_RECORDS: u16 = 3;
+/// The glucose meter's flagged records, after its ordinary ones: a HI, a control-solution
+/// test, a record from a meter whose clock is at fault, and one with meal context.
+const GLUCOSE_FLAGS: [payload::GlucoseFlag; 4] = [
+    payload::GlucoseFlag::High,
+    payload::GlucoseFlag::ControlSolution,
+    payload::GlucoseFlag::TimeFault,
+    payload::GlucoseFlag::WithContext,
+];
+const GLUCOSE_RECORDS: u32 = 5;
+
 /// When a device has given what it holds.
 #[derive(Debug, Clone)]
 enum Done {
     /// A reading with this device time (the last stored record) is in the store.
     RecordAt(payload::DateTime),
+    /// This many readings of the device are in the store.
+    Readings(usize),
     /// The download cursor of this stream is in the store.
     Cursor(String),
     /// Any reading is in the store (live devices).
@@ -101,6 +121,9 @@ impl DemoDevice {
             Done::AnyReading => reader
                 .readings_for_device(self.transport, &self.address)
                 .is_ok_and(|r| !r.is_empty()),
+            Done::Readings(n) => reader
+                .readings_for_device(self.transport, &self.address)
+                .is_ok_and(|r| r.len() >= *n),
             Done::RecordAt(t) => reader
                 .readings_for_device(self.transport, &self.address)
                 .is_ok_and(|rs| {
@@ -131,8 +154,9 @@ pub fn start_bus() -> Result<PrivateBus, BusError> {
 }
 
 /// The emulated Bluetooth peripherals: a BP cuff with `records` stored measurements, a
-/// thermometer, a scale, a glucose meter (records over RACP) and a pulse oximeter (stored
-/// spot checks and a live stream).
+/// thermometer, a scale, a glucose meter (records over RACP, some flagged: see
+/// [`add_flagged_readings`]), a CGM (records over RACP; the [`Conductor`] replaces its sensor
+/// during the run) and a pulse oximeter (stored spot checks and a live stream).
 pub fn ble_peripherals(records: u32) -> (Vec<PeripheralSpec>, Vec<DemoDevice>) {
     let records = records.max(1);
     let last = |n: u32| Done::RecordAt(payload::record_time(n));
@@ -152,13 +176,20 @@ pub fn ble_peripherals(records: u32) -> (Vec<PeripheralSpec>, Vec<DemoDevice>) {
             3,
         ),
         ("weight scale", Profile::Scale, "A0:DE:00:00:18:1D", 1, 3),
-        ("glucose meter", Profile::Glucose, "A0:DE:00:00:18:08", 2, 5),
+        (
+            "glucose meter",
+            Profile::Glucose,
+            GLUCOSE_METER,
+            2,
+            GLUCOSE_RECORDS,
+        ),
+        ("CGM", Profile::Cgm, CGM, 2, CGM_RECORDS),
         (
             "pulse oximeter",
             Profile::PulseOximeter,
-            "A0:DE:00:00:18:22",
+            PULSE_OXIMETER,
             2,
-            3,
+            PLX_RECORDS,
         ),
     ];
     let mut specs = Vec::new();
@@ -170,10 +201,14 @@ pub fn ble_peripherals(records: u32) -> (Vec<PeripheralSpec>, Vec<DemoDevice>) {
                 .with_records(n)
                 .with_live_interval(live),
         );
-        // Glucose records are numbered from 1; the others from 0 (record 0 is a reference
-        // vector with its own time stamp, so a one-record device is waited for by any reading).
+        // Glucose records are numbered from 1, and the flagged ones follow; the oximeter's
+        // flagged spot check follows its records; the others are numbered from 0 (record 0 is
+        // a reference vector with its own time stamp, so a one-record device is waited for by
+        // any reading). The CGM is done when both sensor sessions are in.
         let done = match (profile, n) {
-            (Profile::Glucose, n) => last(n),
+            (Profile::Glucose, n) => last(n + GLUCOSE_FLAGS.len() as u32),
+            (Profile::PulseOximeter, n) => last(n),
+            (Profile::Cgm, n) => Done::Readings((n + u32::from(CGM_NEW_SESSION_RECORDS)) as usize),
             (_, 1) => Done::AnyReading,
             (_, n) => last(n - 1),
         };
@@ -186,6 +221,20 @@ pub fn ble_peripherals(records: u32) -> (Vec<PeripheralSpec>, Vec<DemoDevice>) {
         ));
     }
     (specs, devices)
+}
+
+/// Gives the emulated devices the readings a clinician must not read wrongly, after the
+/// ordinary ones: the glucose meter a HI, a control-solution test, a record with its clock
+/// at fault and one with meal context; the oximeter a spot check with its sensor
+/// disconnected. Call it before any client connects.
+pub async fn add_flagged_readings(emu: &Emulator) {
+    emu.add_flagged_records(GLUCOSE_METER, &GLUCOSE_FLAGS);
+    emu.store_measurement(
+        PULSE_OXIMETER,
+        vitalgate_drivers::ble::uuid::PLX_SPOT_CHECK,
+        payload::plx_sensor_disconnected(PLX_RECORDS),
+    )
+    .await;
 }
 
 /// A serial simulator running on a thread of its own, on a PTY behind `link`.
@@ -265,6 +314,9 @@ pub fn serial_devices(dir: &Path) -> Result<(Vec<SerialSim>, Vec<DemoDevice>, St
             records: TAIDOC_RECORDS,
             model: "TD-3128".into(),
             clock: TAIDOC_CLOCK,
+            // An irregular heartbeat, an averaged reading and one record whose date the
+            // meter's lost clock made impossible.
+            flagged: true,
             ..DeviceOptions::default()
         },
         Faults {
@@ -364,6 +416,30 @@ impl Conductor {
         }
     }
 
+    /// Once the CGM's first sensor session is in, the patient puts on a new sensor: the
+    /// transmitter's record numbers (minutes since the session started) start over, and
+    /// both sessions must reach the server.
+    async fn replace_cgm_sensor(self: Arc<Self>, emu: Emulator, cancel: CancellationToken) {
+        let first_session_in = |c: &Self| {
+            c.emulator
+                .as_ref()
+                .is_some_and(|e| !e.racp_requests(CGM).is_empty())
+                && c.reader().is_some_and(|r| {
+                    r.readings_for_device(Transport::Ble, CGM)
+                        .is_ok_and(|rs| rs.len() >= CGM_RECORDS as usize)
+                        && matches!(r.cursor(Transport::Ble, CGM, "racp-2AA7"), Ok(Some(_)))
+                })
+        };
+        if self
+            .wait_until(RECORDS_WITHIN, &cancel, first_session_in)
+            .await
+        {
+            tracing::info!("Demo: the CGM's sensor is replaced; a new session starts.");
+            emu.start_over(CGM, CGM_NEW_SESSION_RECORDS);
+            emu.drop_link(CGM).await;
+        }
+    }
+
     fn pending_devices(&self) -> Vec<String> {
         let Some(reader) = self.reader() else {
             return self.devices.iter().map(|d| d.label.clone()).collect();
@@ -389,6 +465,9 @@ impl ReadingSource for Conductor {
     ) -> Pin<Box<dyn Future<Output = Result<(), SourceError>> + Send>> {
         let me: Arc<Self> = Arc::from(self);
         Box::pin(async move {
+            if let Some(emu) = me.emulator.clone() {
+                tokio::spawn(me.clone().replace_cgm_sensor(emu, cancel.clone()));
+            }
             let Some(run_for) = me.run_for else {
                 cancel.cancelled().await;
                 return Ok(());

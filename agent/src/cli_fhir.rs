@@ -659,6 +659,7 @@ pub async fn server_summary(base_url: &str) -> Result<serde_json::Value> {
         let mut duplicates = 0u64;
         let mut by_code: std::collections::BTreeMap<String, u64> = Default::default();
         let mut by_device: std::collections::BTreeMap<String, u64> = Default::default();
+        let mut flagged: std::collections::BTreeMap<&str, u64> = Default::default();
         for r in &all {
             if let Some(id) = r["identifier"][0]["value"].as_str()
                 && !identifiers.insert(format!("{}|{id}", r["identifier"][0]["system"]))
@@ -684,6 +685,23 @@ pub async fn server_summary(base_url: &str) -> Result<serde_json::Value> {
                         .unwrap_or("?")
                         .to_owned();
                     *by_code.entry(code).or_default() += 1;
+                    // What a clinician must not read as a plain value, as it arrived.
+                    let asn1 = r["component"].as_array().is_some_and(|cs| {
+                        cs.iter().any(|c| {
+                            c["code"]["coding"][0]["system"] == vitalgate::fhir::ASN1_SYSTEM
+                        })
+                    });
+                    for (flag, set) in [
+                        ("comparator", r["valueQuantity"]["comparator"].is_string()),
+                        ("data_absent", r.get("dataAbsentReason").is_some()),
+                        ("interpretation", r.get("interpretation").is_some()),
+                        ("device_status", asn1),
+                        ("not_final", r["status"] != "final"),
+                    ] {
+                        if set {
+                            *flagged.entry(flag).or_default() += 1;
+                        }
+                    }
                     let dev = r["device"]["reference"].as_str().unwrap_or("none");
                     let label = devices.get(dev).cloned().unwrap_or_else(|| dev.to_owned());
                     *by_device.entry(label).or_default() += 1;
@@ -698,6 +716,7 @@ pub async fn server_summary(base_url: &str) -> Result<serde_json::Value> {
         if ty == "Observation" {
             v["by_mdc_code"] = serde_json::to_value(by_code)?;
             v["by_device"] = serde_json::to_value(by_device)?;
+            v["flagged"] = serde_json::to_value(flagged)?;
         }
         out.insert(ty.to_owned(), v);
     }
@@ -855,8 +874,8 @@ pub fn demo(explicit: Option<&Path>, state_dir: &Path, args: DemoArgs) -> Result
             ));
             println!(
                 "Bluetooth LE: an emulated BlueZ on a private D-Bus bus with a BP cuff ({} \
-                 stored records), a thermometer, a scale, a glucose meter and a pulse oximeter, \
-                 read through btleplug",
+                 stored records), a thermometer, a scale, a glucose meter, a CGM and a pulse \
+                 oximeter, read through btleplug",
                 args.records
             );
             devices.extend(devs);
@@ -912,6 +931,7 @@ pub fn demo(explicit: Option<&Path>, state_dir: &Path, args: DemoArgs) -> Result
                 let emu = vitalgate_hardware::bluez::Emulator::start(bus.address(), specs.clone())
                     .await
                     .context("cannot start the emulated BlueZ")?;
+                crate::cli_demo::add_flagged_readings(&emu).await;
                 supervisor = supervisor.with_source(Box::new(vitalgate::ble::BleSource::new(
                     config.ble.clone(),
                     store_path.clone(),
@@ -970,6 +990,18 @@ pub fn demo(explicit: Option<&Path>, state_dir: &Path, args: DemoArgs) -> Result
         let list: Vec<String> = codes.iter().map(|(k, v)| format!("{k}: {v}")).collect();
         println!("  Observations by MDC code: {}", list.join(", "));
     }
+    let flagged = &held["Observation"]["flagged"];
+    let n = |k: &str| flagged[k].as_u64().unwrap_or(0);
+    println!(
+        "  Flagged as the devices flagged them: {} beyond the device's range (comparator), {} \
+         without a value (dataAbsentReason), {} with an interpretation, {} device-status \
+         (ASN1ToHL7 components), {} not final",
+        n("comparator"),
+        n("data_absent"),
+        n("interpretation"),
+        n("device_status"),
+        n("not_final")
+    );
     if let Some(per) = held["Observation"]["by_device"].as_object() {
         println!("  Observations per device:");
         for (device, n) in per {
@@ -981,7 +1013,13 @@ pub fn demo(explicit: Option<&Path>, state_dir: &Path, args: DemoArgs) -> Result
     println!(
         "What ran: simulated devices went into the encrypted store{}{}, then to the FHIR \
          server as transaction Bundles of conditional creates. Run it again on the same state \
-         directory: nothing is stored or sent twice.",
+         directory: nothing is stored or sent twice.\n\n\
+         Flagged on purpose: a HI glucose, a control-solution test and a meter clock fault \
+         (Bluetooth glucose meter), a new CGM sensor session mid-run, an oximeter spot check \
+         with its sensor disconnected, and on the FORA meter an irregular heartbeat, an \
+         averaged reading and a record with an impossible date. Control tests are counted, \
+         never sent; readings whose time cannot be established are quarantined with the \
+         reason (`vitalgate status`); the rest arrive with their flags.",
         if emulated {
             " through the real transports (Bluetooth LE: btleplug and BlueZ's D-Bus API"
         } else {

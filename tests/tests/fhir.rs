@@ -275,8 +275,9 @@ fn demo_pipeline_twice_on_one_state_dir_adds_no_duplicate() {
         out.expect_code(0);
         out
     };
-    // Observations by MDC code: blood pressure (BLE cuff 30 + FORA meter 12), glucose (5),
-    // body weight (the scale's 3), SpO2 (live, from both oximeters).
+    // Observations by MDC code: blood pressure (BLE cuff 30 + FORA meter 12 + 2 flagged),
+    // glucose (5 + 2 flagged that are sent), body weight (the scale's 3), CGM glucose (two
+    // sensor sessions), SpO2 (live, from both oximeters).
     let code = |c: &str| server.observations_with_code(c);
     let out = run("30");
     assert!(
@@ -293,20 +294,23 @@ fn demo_pipeline_twice_on_one_state_dir_adds_no_duplicate() {
     let first = server.all("Observation");
     assert!(duplicate_identifiers(&first).is_empty());
     // The cuff's record 0 is the reference vector with an unknown year: its time cannot be
-    // established, so it (and its pulse rate) is kept on the gateway, never sent.
+    // established, so it (and its pulse rate) is kept on the gateway, never sent; so is the
+    // FORA meter's record with an impossible date.
     assert_eq!(
         code("150020"),
-        41,
-        "BP: 29 of the cuff's 30, 12 from the meter"
+        43,
+        "BP: 29 of the cuff's 30, 14 from the meter"
     );
-    assert_eq!(code("160184"), 5, "glucose records over RACP");
+    assert_eq!(code("160184"), 7, "glucose records over RACP");
     assert_eq!(code("188736"), 3, "weight records");
+    assert_eq!(code("160212"), 9, "CGM records of both sensor sessions");
     assert!(code("150456") > 0, "live SpO2");
     let st = status(&site);
     assert_eq!(st["readings"]["pending"], 0, "{st}");
     assert_eq!(st["readings"]["unrouted"], 0, "{st}");
-    assert_eq!(st["readings"]["quarantined"], 2, "{st}");
+    assert_eq!(st["readings"]["quarantined"], 5, "{st}");
     assert_eq!(delivery(&st, "demo")["backlog"], 0);
+    demo_flagged_readings_keep_their_meaning(&first, &st);
 
     run("30");
     let second = server.all("Observation");
@@ -314,15 +318,16 @@ fn demo_pipeline_twice_on_one_state_dir_adds_no_duplicate() {
         duplicate_identifiers(&second).is_empty(),
         "duplicates after a second run"
     );
-    assert_eq!(code("150020"), 41, "stored BP records were sent twice");
-    assert_eq!(code("160184"), 5, "glucose records were sent twice");
+    assert_eq!(code("150020"), 43, "stored BP records were sent twice");
+    assert_eq!(code("160184"), 7, "glucose records were sent twice");
     assert_eq!(code("188736"), 3, "weight records were sent twice");
+    assert_eq!(code("160212"), 9, "CGM records were sent twice");
     assert!(
         second.len() > first.len(),
         "the second run's live readings are new"
     );
-    // One Device per medical device (five BLE, two serial) plus the gateway; two patients.
-    assert_eq!(server.count("Device"), 8);
+    // One Device per medical device (six BLE, two serial) plus the gateway; two patients.
+    assert_eq!(server.count("Device"), 9);
     assert_eq!(server.count("Patient"), 2);
     // Found by its PHD identifier: the cuff's record 1 is 2026-03-01 09:00:00 device time.
     let hits = server.by_identifier(
@@ -331,6 +336,145 @@ fn demo_pipeline_twice_on_one_state_dir_adds_no_duplicate() {
         "A0DE00FEFF10A0DE-demo-patient-1-https://vitalgate.example/fhir/sid/demo-patient-150020-825670800",
     );
     assert_eq!(hits.len(), 1, "identifier search");
+}
+
+/// What the server holds for each reading the demo's devices flag on purpose, and what the
+/// gateway kept back and why. Expectations from the specifications named beside each.
+fn demo_flagged_readings_keep_their_meaning(obs: &[Value], st: &Value) {
+    let with_code = |c: &str| -> Vec<&Value> {
+        obs.iter()
+            .filter(|o| o["code"]["coding"][0]["code"] == c)
+            .collect()
+    };
+    let by_ref = |reference: &Value| -> &Value {
+        let id = reference["reference"]
+            .as_str()
+            .and_then(|r| r.strip_prefix("Observation/"))
+            .unwrap_or_else(|| panic!("a reference to an Observation: {reference}"));
+        obs.iter()
+            .find(|o| o["id"] == id)
+            .unwrap_or_else(|| panic!("{id} on the server"))
+    };
+    let asn1 = |o: &Value| -> Vec<String> {
+        o["component"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| {
+                c["code"]["coding"][0]["system"]
+                    == "http://terminology.hl7.org/CodeSystem/ASN1ToHL7"
+                    && c["valueBoolean"] == true
+            })
+            .filter_map(|c| c["code"]["coding"][0]["code"].as_str().map(str::to_owned))
+            .collect()
+    };
+
+    // Oximeter sensor disconnected (GSS PLX Spot-check Measurement, Device and Sensor Status
+    // bit 15; PHD ASN1ToHL7 150604.0 "sensor-disconnected"): a device-status Observation with
+    // exactly that event, derived from the SpO2 and pulse rate, which have no value.
+    let plx = with_code("150604");
+    assert_eq!(plx.len(), 1, "one PLX device-status Observation");
+    assert_eq!(asn1(plx[0]), ["150604.0"], "{}", plx[0]);
+    let derived = plx[0]["derivedFrom"].as_array().expect("derivedFrom");
+    assert_eq!(derived.len(), 2, "{}", plx[0]);
+    for d in derived {
+        let o = by_ref(d);
+        assert!(o.get("valueQuantity").is_none(), "{o}");
+        assert!(
+            o["dataAbsentReason"]["coding"][0]["code"].is_string(),
+            "{o}"
+        );
+    }
+
+    // HI glucose (GSS Glucose Measurement, Sensor Status Annunciation bit 5 "result higher
+    // than the device can process"; PHD ASN1ToHL7 8417752.5): the meter's limit with
+    // comparator ">", and the status event.
+    let glucose = with_code("160184");
+    let hi: Vec<&&Value> = glucose
+        .iter()
+        .filter(|o| o["valueQuantity"]["comparator"].is_string())
+        .collect();
+    assert_eq!(hi.len(), 1, "one glucose beyond the meter's range");
+    assert_eq!(hi[0]["valueQuantity"]["comparator"], ">");
+    assert_eq!(hi[0]["valueQuantity"]["value"], 600);
+    assert_eq!(hi[0]["valueQuantity"]["code"], "mg/dL");
+    let glu_status = with_code("8417752");
+    assert_eq!(glu_status.len(), 1);
+    assert_eq!(asn1(glu_status[0]), ["8417752.5"]);
+    // The ordinary records (101..105 mg/dL) and the one with meal context (109) are there;
+    // the control-solution test (110, GSS Type 10 / Location 4) and the record whose meter
+    // clock was at fault (108, Sensor Status Annunciation bit 11) are not.
+    let mut values: Vec<i64> = glucose
+        .iter()
+        .filter(|o| o["valueQuantity"]["comparator"].is_null())
+        .filter_map(|o| o["valueQuantity"]["value"].as_i64())
+        .collect();
+    values.sort_unstable();
+    assert_eq!(values, [101, 102, 103, 104, 105, 109]);
+    // The meal context (GSS Glucose Measurement Context, Meal 1 preprandial; PHD meal
+    // context example: derived from the glucose).
+    let meal = with_code("8417864");
+    assert_eq!(meal.len(), 1);
+    assert_eq!(
+        meal[0]["valueCodeableConcept"]["coding"][0]["code"],
+        "8417868"
+    );
+    assert_eq!(
+        by_ref(&meal[0]["derivedFrom"][0])["valueQuantity"]["value"],
+        109
+    );
+
+    // The CGM's new sensor session: the offsets started over, and the records of both
+    // sessions are there, each at its own time (GSS CGM Measurement Time Offset from the
+    // Session Start Time).
+    let mut cgm_times: Vec<&str> = with_code("160212")
+        .iter()
+        .filter_map(|o| o["effectiveDateTime"].as_str())
+        .collect();
+    cgm_times.sort_unstable();
+    cgm_times.dedup();
+    assert_eq!(cgm_times.len(), 9, "{cgm_times:?}");
+
+    // FORA (TaiDoc) irregular heartbeat: BP status irregular-pulse (PHD ASN1ToHL7
+    // 8410608.2); its averaged reading says so in a note.
+    let bp_status = with_code("8410608");
+    assert_eq!(bp_status.len(), 1);
+    assert_eq!(asn1(bp_status[0]), ["8410608.2"]);
+    assert_eq!(
+        with_code("150020")
+            .iter()
+            .filter(|o| o["note"].to_string().contains("average"))
+            .count(),
+        1
+    );
+
+    // Kept back, counted, and why: one control-solution test; the meter's clock fault (1)
+    // and the impossible dates (the cuff's and the FORA meter's, each with its pulse rate).
+    assert_eq!(st["readings"]["not_patient"], 1, "{st}");
+    let meter = st["devices"]
+        .as_array()
+        .and_then(|d| d.iter().find(|d| d["address"] == "A0:DE:00:00:18:08"))
+        .expect("the glucose meter");
+    assert_eq!(meter["control_tests"], 1, "{meter}");
+    let reasons = &delivery_status(st, "demo")["quarantine_reasons"];
+    let count_of = |needle: &str| -> u64 {
+        reasons
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["reason"].as_str().is_some_and(|t| t.contains(needle)))
+            .filter_map(|r| r["readings"].as_u64())
+            .sum()
+    };
+    assert_eq!(count_of("clock fault"), 1, "{reasons}");
+    assert_eq!(count_of("not a calendar date"), 4, "{reasons}");
+}
+
+fn delivery_status<'a>(st: &'a Value, id: &str) -> &'a Value {
+    st["destinations"]
+        .as_array()
+        .and_then(|a| a.iter().find(|d| d["id"] == id))
+        .unwrap_or_else(|| panic!("no destination {id}: {st}"))
 }
 
 #[test]

@@ -234,6 +234,7 @@ mod tests {
                 quarantined: 1,
                 oldest_pending_ms: Some(now - 90_000),
                 last_delivery_ms: Some(now - 1000),
+                quarantine_reasons: Vec::new(),
             }],
             devices: vec![
                 DeviceSummary {

@@ -53,6 +53,16 @@ pub struct DestinationStatus {
     pub quarantined: u64,
     pub oldest_pending_ms: Option<i64>,
     pub last_delivery_ms: Option<i64>,
+    /// Why its quarantined readings were held out, most frequent first.
+    pub quarantine_reasons: Vec<QuarantineReason>,
+}
+
+/// One reason readings were quarantined for a destination: the gateway's own (a reading
+/// whose time cannot be established, one that cannot be mapped) or the server's refusal.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct QuarantineReason {
+    pub reason: String,
+    pub readings: u64,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -146,6 +156,35 @@ impl StoreReader {
         move |e| StoreError::from_sqlite(&self.path, op, e)
     }
 
+    /// Why readings are quarantined for `destination`: the gateway's reason as written, or
+    /// the server's refusal by its HTTP status (its OperationOutcome stays in the store).
+    /// Each reading counted once, by its latest quarantine.
+    fn quarantine_reasons(&self, destination: &str) -> Result<Vec<QuarantineReason>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT CASE WHEN q.http_status IS NULL THEN coalesce(q.outcome, 'no reason recorded') \
+                 ELSE 'refused by the server (HTTP ' || q.http_status || ')' END AS why, \
+                 count(DISTINCT q.reading_id) FROM quarantine q \
+                 JOIN deliveries d ON d.reading_id = q.reading_id AND d.destination = q.destination \
+                 WHERE q.destination = ?1 AND d.state = 2 \
+                 AND q.id = (SELECT max(id) FROM quarantine x WHERE x.reading_id = q.reading_id \
+                 AND x.destination = q.destination) \
+                 GROUP BY why ORDER BY 2 DESC, 1",
+            )
+            .map_err(self.sql("quarantine reasons"))?;
+        let rows = stmt
+            .query_map([destination], |r| {
+                Ok(QuarantineReason {
+                    reason: r.get(0)?,
+                    readings: r.get::<_, i64>(1)? as u64,
+                })
+            })
+            .map_err(self.sql("quarantine reasons"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(self.sql("quarantine reasons"))
+    }
+
     pub fn status(&self) -> Result<StoreStatus, StoreError> {
         let c = &self.conn;
         let count = |q: &str| -> Result<u64, StoreError> {
@@ -214,6 +253,9 @@ impl StoreReader {
         }
         let mut oldest: Option<i64> = None;
         for d in &mut destinations {
+            if d.quarantined > 0 {
+                d.quarantine_reasons = self.quarantine_reasons(&d.id)?;
+            }
             d.oldest_pending_ms = c
                 .query_row(
                     "SELECT r.received_ms FROM readings r WHERE r.id = \

@@ -163,6 +163,22 @@ impl Emulator {
         }
     }
 
+    /// Stores one more measurement with exactly these bytes on characteristic `uuid` of a
+    /// device with stored measurements: sent after the ones it holds, at once if a client
+    /// is subscribed. For flagged measurements the numbered records do not make.
+    pub async fn store_measurement(&self, address: &str, uuid: u16, value: Vec<u8>) {
+        let a = address.to_ascii_uppercase();
+        let epoch = {
+            let mut w = self.core.world();
+            let Some(d) = w.devices.get_mut(&a) else {
+                return;
+            };
+            d.unsent.entry(uuid).or_default().push_back(value);
+            d.epoch
+        };
+        behaviour::send_stored(&self.core, &a, uuid, epoch).await;
+    }
+
     /// Adds `n` records to a glucose meter or CGM after the ones it holds.
     pub fn add_records(&self, address: &str, n: u16) {
         let mut w = self.core.world();

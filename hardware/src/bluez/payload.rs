@@ -235,6 +235,21 @@ pub fn plx_spot_check(i: u32) -> Vec<u8> {
     b
 }
 
+/// A PLX spot check taken with the sensor off the finger, at [`record_time`]`(i)`: SpO2 and
+/// pulse rate not a number (SFLOAT NaN), Device and Sensor Status bit 15 "sensor
+/// disconnected" (GATT Specification Supplement, PLX Spot-check Measurement).
+pub fn plx_sensor_disconnected(i: u32) -> Vec<u8> {
+    let mut b = vec![0x05];
+    b.extend_from_slice(&SFLOAT_NAN);
+    b.extend_from_slice(&SFLOAT_NAN);
+    b.extend_from_slice(&record_time(i).encode());
+    b.extend_from_slice(&(1u32 << 15).to_le_bytes()[..3]);
+    b
+}
+
+/// SFLOAT "not a number" (IEEE 11073-20601 special value 0x07FF).
+const SFLOAT_NAN: [u8; 2] = [0xFF, 0x07];
+
 /// Reference vector 35 (PLX continuous): SpO2 100 %, pulse 90.
 pub const PLX_CONTINUOUS_VECTOR: [u8; 5] = [0x00, 0x64, 0x00, 0x5A, 0x00];
 
@@ -357,6 +372,13 @@ mod tests {
             ok(uuid::PLX_SPOT_CHECK, &plx_spot_check(i));
             ok(uuid::HEART_RATE_MEASUREMENT, &heart_rate(i));
             ok(uuid::CGM_MEASUREMENT, &cgm_record(i as u16 * 5));
+        }
+        match ok(uuid::PLX_SPOT_CHECK, &plx_sensor_disconnected(3)) {
+            Decoded::PlxSpotCheck(m) => {
+                let status = m.device_sensor_status.expect("device and sensor status");
+                assert!(status.sensor_disconnected && status.raw == 1 << 15);
+            }
+            other => panic!("{other:?}"),
         }
         ok(uuid::PLX_CONTINUOUS, &PLX_CONTINUOUS_VECTOR);
         ok(uuid::HEART_RATE_MEASUREMENT, &HEART_RATE_VECTOR);
