@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
             1 => Some(true),
             _ => Some(false),
         },
-        cgm_session_start: None,
+        ..DecodeContext::default()
     };
     match decode(characteristic, rest, &ctx) {
         Ok(d) => {

@@ -3,11 +3,31 @@
 
 use vitalgate_drivers::DecodeError;
 use vitalgate_drivers::ble::cgm::CgmSessionStartTime;
+use vitalgate_drivers::ble::bp::BloodPressureFeature;
+use vitalgate_drivers::ble::cgm::CgmFeatureBits;
+use vitalgate_drivers::ble::glucose::GlucoseFeature;
+use vitalgate_drivers::ble::plx::{
+    PlxDeviceSensorStatus, PlxFeatures, PlxMeasurementStatus, PlxSupportedFeatures,
+};
 use vitalgate_drivers::ble::{DecodeContext, Decoded, decode};
 use vitalgate_drivers::time::{LocalDateTime, TimeZone};
 
 fn context(selector: u8) -> DecodeContext {
+    // Bit 7: the device announced features, with a mask from the selector (so only some
+    // status bits count as supported).
+    let mask = u32::from(selector).wrapping_mul(0x0101_0101);
+    let featured = selector & 0x80 != 0;
     DecodeContext {
+        bp_feature: featured.then(|| BloodPressureFeature::from_bits(mask as u16)),
+        glucose_feature: featured.then(|| GlucoseFeature::from_bits(mask as u16)),
+        cgm_feature: featured.then(|| CgmFeatureBits::from_bits(mask & 0x00FF_FFFF)),
+        plx_features: featured.then(|| PlxFeatures {
+            supported: PlxSupportedFeatures::from_bits(mask as u16),
+            measurement_status_support: Some(PlxMeasurementStatus::from_bits(mask as u16)),
+            device_sensor_status_support: Some(PlxDeviceSensorStatus::from_bits(
+                mask & 0x00FF_FFFF,
+            )),
+        }),
         cgm_e2e_crc: match (selector >> 4) & 3 {
             0 => None,
             1 => Some(true),
@@ -33,7 +53,10 @@ fn context(selector: u8) -> DecodeContext {
 fn check(characteristic: u16, bytes: &[u8], ctx: &DecodeContext) -> Option<Decoded> {
     match decode(characteristic, bytes, ctx) {
         Ok(d) => {
-            let _ = d.measurements();
+            for mut m in d.measurements() {
+                ctx.qualify(&mut m);
+                let _ = m.time_problem();
+            }
             Some(d)
         }
         Err(DecodeError::Truncated {
