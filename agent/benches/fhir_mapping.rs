@@ -39,7 +39,6 @@ fn bench(c: &mut Criterion) {
     let gw = GatewayInfo {
         id: "bench-gw".into(),
         version: "0".into(),
-        clock_synchronized: true,
         namespace: Default::default(),
         system_id: None,
     };

@@ -199,6 +199,14 @@ pub(crate) fn decode_serial(
     transaction: bool,
     received_at: Option<&str>,
 ) -> Result<u8> {
+    // A bad --received-at is bad usage, as for `decode ble`.
+    let (gw, time) = match crate::cli_fhir::gateway_now(gateway, received_at) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("vitalgate: error: {e}");
+            return Ok(exit::USAGE);
+        }
+    };
     let text: String = hex_args
         .iter()
         .map(|a| a.trim().trim_start_matches("0x").trim_start_matches("0X"))
@@ -219,7 +227,6 @@ pub(crate) fn decode_serial(
     for p in &report.problems {
         eprintln!("vitalgate: {p}");
     }
-    let (gw, time) = crate::cli_fhir::gateway_now(gateway, received_at)?;
     // A live stream carries no device time: its samples are stamped with the reception time
     // decode assumes (they are sent as they are taken, which is what makes that time theirs).
     let readings = if report.readings.is_empty() {

@@ -125,7 +125,6 @@ pub fn gateway_now(
         GatewayInfo {
             id: gateway.id.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            clock_synchronized: now.clock_synchronized,
             namespace: gateway.namespace.clone(),
             system_id: vitalgate::fhir::device::gateway_system_id(),
         },

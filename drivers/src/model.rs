@@ -301,11 +301,6 @@ impl Qualifiers {
     pub fn has(&self, c: Condition) -> bool {
         self.conditions.binary_search(&c).is_ok()
     }
-
-    /// Whether the reading belongs in a patient's record at all.
-    pub fn is_patient_data(&self) -> bool {
-        self.sample == Sample::Patient
-    }
 }
 
 /// The measured content of a reading.
@@ -409,6 +404,22 @@ pub struct Receipt {
     pub boot_id: Uuid,
     /// Whether the kernel reported the wall clock as synchronised when the reading arrived.
     pub clock_synchronized: bool,
+}
+
+impl Receipt {
+    /// The same clocks `ms` milliseconds earlier: when a reduced stream reading's values
+    /// were taken, rather than when the reduction was emitted (a window's median is known
+    /// only once the next window starts).
+    pub fn earlier_by(self, ms: u64) -> Self {
+        let ns = ms.saturating_mul(1_000_000);
+        Self {
+            wall_ms: self
+                .wall_ms
+                .saturating_sub(i64::try_from(ms).unwrap_or(i64::MAX)),
+            monotonic_ns: self.monotonic_ns.saturating_sub(ns),
+            ..self
+        }
+    }
 }
 
 /// A reading: one measurement from one device, with its provenance.

@@ -60,9 +60,9 @@ pub enum TimeError {
     /// to count from.
     #[error("the date has an unknown year, month or day")]
     UnknownDate,
-    /// The fields do not name a real date (e.g. 31 February, which Date Time's per-field
-    /// ranges let through).
-    #[error("{0} is not a calendar date")]
+    /// The fields do not name a real date and time (e.g. 31 February, which Date Time's
+    /// per-field ranges let through, or hour 25).
+    #[error("{0} is not a calendar date and time")]
     InvalidDate(LocalDateTime),
     /// The result falls outside the years Bluetooth Date Time can carry (1582..=9999).
     #[error("the result is outside the years 1582..=9999")]
@@ -112,12 +112,20 @@ pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
 }
 
 impl LocalDateTime {
-    /// The date as `(year, month, day)` when all three are known and name a real day.
+    /// The date as `(year, month, day)` when all three are known and name a real day, and
+    /// the time of day is one (a leap second 60 allowed): device protocols whose fields are
+    /// wider than their range (TaiDoc's 5-bit hour) can carry neither.
     fn checked_date(&self) -> Result<(u16, u8, u8), TimeError> {
         let (Some(year), Some(month), Some(day)) = (self.year, self.month, self.day) else {
             return Err(TimeError::UnknownDate);
         };
-        if !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) {
+        if !(1..=12).contains(&month)
+            || day == 0
+            || day > days_in_month(year, month)
+            || self.hour > 23
+            || self.minute > 59
+            || self.second > 60
+        {
             return Err(TimeError::InvalidDate(*self));
         }
         Ok((year, month, day))

@@ -199,6 +199,7 @@ fn ig_compound_numeric_blood_pressure_with_and_without_mean() {
         // pressure" (8478-0), which takes nothing away.
         ("150023", None, "86"),
     ];
+    assert_eq!(comps.len(), expect.len(), "{o}");
     for (c, (mdc, loinc, value)) in comps.iter().zip(expect) {
         let coded = codings(&c["code"]);
         assert_eq!(coded[0], pair(MDC, mdc));
@@ -397,8 +398,16 @@ fn ig_glucose_and_meal_context() {
     // The example's identifier is device-patient-8417864-timestamp.
     let id = m["identifier"][0]["value"].as_str().expect("identifier");
     assert!(id.contains("-8417864-"), "{id}");
-    assert!(
-        m["derivedFrom"][0]["reference"].is_string(),
+    let glucose_url = b["entry"]
+        .as_array()
+        .and_then(|e| {
+            e.iter()
+                .find(|e| e["resource"]["code"]["coding"][0]["code"] == "160368")
+        })
+        .map(|e| e["fullUrl"].clone())
+        .expect("the glucose entry");
+    assert_eq!(
+        m["derivedFrom"][0]["reference"], glucose_url,
         "derived from the glucose"
     );
 }

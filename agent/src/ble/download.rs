@@ -55,6 +55,10 @@ enum Phase {
         checked: bool,
         restart: bool,
     },
+    /// Asked for the records after a cursor written before identities were kept, as that
+    /// version did (its record is stored under a key without identity, so asking for it
+    /// again would store it twice).
+    AfterOldCursor,
     /// Asked for every record.
     All,
     Finished,
@@ -72,13 +76,17 @@ impl Download {
     /// Starts a download from the stored cursor; returns the first request.
     pub fn start(cursor: Option<Cursor>) -> (Self, RacpRequest) {
         let (phase, filter) = match &cursor {
-            Some(c) => (
+            Some(c) if c.identity.is_some() => (
                 Phase::FromCursor {
                     checked: false,
                     restart: false,
                 },
                 RecordFilter::SequenceAtLeast(c.number),
             ),
+            Some(c) => match c.number.checked_add(1) {
+                Some(next) => (Phase::AfterOldCursor, RecordFilter::SequenceAtLeast(next)),
+                None => (Phase::All, RecordFilter::All),
+            },
             None => (Phase::All, RecordFilter::All),
         };
         (
@@ -104,15 +112,20 @@ impl Download {
             *checked = true;
             let same_identity = match (&c.identity, identity) {
                 (Some(a), Some(b)) => a == b,
-                // Nothing to compare with: an old cursor, or a record with no identity.
+                // Nothing to compare with: a record with no identity.
                 _ => true,
             };
             *restart = number != c.number || !same_identity;
         }
-        self.last = Some(Cursor {
-            number,
-            identity: identity.map(str::to_owned),
-        });
+        // Records answered from the cursor's number after the numbering started over are
+        // kept, but never advance the cursor: they are the new numbering's tail, and a cursor
+        // on them would make the next download skip its head if this one is cut short.
+        if !matches!(self.phase, Phase::FromCursor { restart: true, .. }) {
+            self.last = Some(Cursor {
+                number,
+                identity: identity.map(str::to_owned),
+            });
+        }
     }
 
     /// The device answered the request: `found` false for "no records found". Returns the
@@ -127,7 +140,8 @@ impl Download {
         (next == Phase::All).then_some(RacpRequest::ReportStoredRecords(RecordFilter::All))
     }
 
-    /// The cursor to commit with the records received so far: the last one received.
+    /// The cursor to commit with the records received so far: the last one received in
+    /// order (`None` while only the tail of a new numbering has arrived).
     pub fn cursor(&self) -> Option<&Cursor> {
         self.last.as_ref()
     }
@@ -193,6 +207,9 @@ mod tests {
         let (mut d, _) = Download::start(Cursor::parse("5@session A"));
         d.record(5, Some("session B"));
         d.record(6, Some("session B"));
+        // Kept, but the cursor stays: were the link lost now, the next download must still
+        // ask for records 0 to 4 of the new session.
+        assert_eq!(d.cursor(), None);
         assert_eq!(d.answered(true), Some(all()));
         assert!(d.is_running());
         d.record(0, Some("session B"));
@@ -215,10 +232,20 @@ mod tests {
     }
 
     #[test]
-    fn an_old_cursor_without_identity_learns_it_from_its_record() {
-        let (mut d, _) = Download::start(Cursor::parse("3"));
-        d.record(3, Some("t3"));
+    fn an_old_cursor_without_identity_asks_for_what_follows_and_learns_one() {
+        // Its record is stored under a key without identity: asked for again, it would be
+        // stored twice. So the records after it, as before.
+        let (mut d, req) = Download::start(Cursor::parse("3"));
+        assert_eq!(
+            req,
+            RacpRequest::ReportStoredRecords(RecordFilter::SequenceAtLeast(4))
+        );
+        d.record(4, Some("t4"));
         assert_eq!(d.answered(true), None);
-        assert_eq!(d.cursor().map(Cursor::to_value).as_deref(), Some("3@t3"));
+        assert_eq!(d.cursor().map(Cursor::to_value).as_deref(), Some("4@t4"));
+        // Nothing after it: nothing new, no restart.
+        let (mut d, _) = Download::start(Cursor::parse("3"));
+        assert_eq!(d.answered(false), None);
+        assert!(!d.is_running());
     }
 }

@@ -40,6 +40,10 @@ pub const GLUCOSE_MEASUREMENT: u16 = 0x2A18;
 pub const CGM_MEASUREMENT: u16 = 0x2AA7;
 pub const CGM_FEATURE: u16 = 0x2AA8;
 pub const CGM_SESSION_START: u16 = 0x2AAA;
+pub const PLX_SPOT_CHECK: u16 = 0x2A5E;
+/// The measurements a Record Access Control Point answers with, by service: CGM, glucose,
+/// PLX spot-check storage. A device offers RACP in one of these services.
+pub const RACP_MEASUREMENTS: [u16; 3] = [CGM_MEASUREMENT, GLUCOSE_MEASUREMENT, PLX_SPOT_CHECK];
 
 const BASE_SUFFIX: u128 = 0x0000_1000_8000_0080_5F9B_34FB;
 

@@ -262,13 +262,12 @@ pub async fn run(
         raw_second: HashMap::new(),
         malformed_this_link: 0,
     };
-    // 7. Receive; a glucose meter or CGM is first asked for the records after the cursor.
-    if let Some(racp) = find(profiles::RACP) {
-        let measurement = if find(profiles::CGM_MEASUREMENT).is_some() {
-            profiles::CGM_MEASUREMENT
-        } else {
-            profiles::GLUCOSE_MEASUREMENT
-        };
+    // 7. Receive; a glucose meter, CGM or oximeter with storage is first asked for the
+    // records after the cursor.
+    let stored = profiles::RACP_MEASUREMENTS
+        .into_iter()
+        .find(|m| find(*m).is_some());
+    if let (Some(racp), Some(measurement)) = (find(profiles::RACP), stored) {
         let (plan, request) = Download::start(shared.cursor(measurement).await?);
         rx.download = Some(measurement);
         rx.plan = Some(plan);
@@ -397,7 +396,9 @@ impl Receiver<'_> {
         {
             return self.stream(u, &decoded, sample, value).await;
         }
-        let downloading = self.download == Some(u);
+        // Only while a download is being answered: a CGM's notifications after it are live.
+        let downloading =
+            self.download == Some(u) && self.plan.as_ref().is_some_and(Download::is_running);
         if let Decoded::Glucose(g) = &decoded
             && g.context_follows
             && downloading
@@ -509,9 +510,10 @@ impl Receiver<'_> {
             .entry(u)
             .or_insert_with(|| Reducer::new(self.shared.stream_policy));
         if let Some(x) = reducer.push(sample) {
+            let at = reduced_receipt(receipt, &x);
             for mut m in x.measurements() {
                 self.ctx.qualify(&mut m);
-                readings.push(self.reading(m, receipt, &x.raw));
+                readings.push(self.reading(m, at, &x.raw));
             }
         }
         self.commit_live(readings).await
@@ -524,6 +526,7 @@ impl Receiver<'_> {
         for r in self.reducers.values_mut() {
             if let Some(x) = r.flush() {
                 let instance = Uuid::new_v4();
+                let receipt = reduced_receipt(receipt, &x);
                 for mut m in x.measurements() {
                     self.ctx.qualify(&mut m);
                     readings.push(Reading {
@@ -738,9 +741,33 @@ fn local_utc_offset_s(at_ms: i64) -> i64 {
     if r.is_null() { 0 } else { tm.tm_gmtoff }
 }
 
+/// The receipt of a reduced live stream reading: when its values were taken (the sample's
+/// or window's time on the monotonic clock, which `Receiver::stream_sample` uses), not
+/// when the reduction was emitted.
+fn reduced_receipt(now: Receipt, x: &Sample) -> Receipt {
+    now.earlier_by((now.monotonic_ns / 1_000_000).saturating_sub(x.at_ms))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reduced_reading_is_received_when_its_values_were_taken() {
+        // A median of the minute from 60 s on the monotonic clock, emitted at 90 s when the
+        // next minute's first sample came: received at 60 s, on both clocks.
+        let now = Receipt {
+            wall_ms: 1_000_000,
+            monotonic_ns: 90_000_000_000,
+            boot_id: Uuid::nil(),
+            clock_synchronized: true,
+        };
+        let x = Sample::oximeter(60_000, Some(97), Some(72), None, Vec::new(), Vec::new());
+        let r = reduced_receipt(now, &x);
+        assert_eq!(r.monotonic_ns, 60_000_000_000);
+        assert_eq!(r.wall_ms, 970_000);
+        assert_eq!((r.boot_id, r.clock_synchronized), (now.boot_id, true));
+    }
 
     #[test]
     fn att_error_codes_are_read_from_bluez_messages() {

@@ -68,9 +68,10 @@ pub fn loinc(code: MdcCode, unit: Option<&str>) -> Option<Loinc> {
         return Some(l);
     }
     let candidates: &[Loinc] = match code {
-        mdc::CONC_GLU_CAPILLARY_WHOLEBLOOD | mdc::CONC_GLU_CAPILLARY_PLASMA | mdc::CONC_GLU_GEN => {
-            &GLUCOMETER
-        }
+        // Only where the device said the sample was capillary blood: a glucose of unstated
+        // specimen (MDC_CONC_GLU_GEN: TaiDoc, ASTM without one) keeps its MDC code alone
+        // rather than claim one.
+        mdc::CONC_GLU_CAPILLARY_WHOLEBLOOD | mdc::CONC_GLU_CAPILLARY_PLASMA => &GLUCOMETER,
         mdc::CONC_GLU_ISF => &INTERSTITIAL,
         mdc::CONC_HBA1C => &[lab(
             "4548-4",

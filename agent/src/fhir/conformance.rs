@@ -48,6 +48,8 @@ enum E<'a> {
     Cmp(u32, &'static str),
     /// ... has a value, with no comparator.
     Plain(u32),
+    /// ... is coded by its MDC code alone (no LOINC claims what the device did not say).
+    OnlyMdc(u32),
     /// ... has this LOINC coding beside the MDC one.
     Loinc(u32, &'static str),
     /// The BITs Observation of this attribute reports exactly these ASN1ToHL7 codes.
@@ -91,7 +93,6 @@ fn gateway() -> GatewayInfo {
     GatewayInfo {
         id: "gw-conformance".into(),
         version: "0".into(),
-        clock_synchronized: true,
         namespace: IdentifierNamespace::default(),
         system_id: None,
     }
@@ -212,6 +213,14 @@ fn check(v: &V<'_>, readings: &[Reading]) {
                     "{s} {e:?}: {q}"
                 );
             }
+            E::OnlyMdc(c) => {
+                let codings = &obs(&a, c, s)["code"]["coding"];
+                assert_eq!(
+                    codings.as_array().map(Vec::len),
+                    Some(1),
+                    "{s} {e:?}: {codings}"
+                );
+            }
             E::Loinc(c, loinc) => {
                 let codings = obs(&a, c, s)["code"]["coding"].clone();
                 assert!(
@@ -255,7 +264,18 @@ fn check(v: &V<'_>, readings: &[Reading]) {
                     value.to_string(),
                     "{s} {e:?}"
                 );
-                assert!(o["derivedFrom"][0]["reference"].is_string(), "{s} {e:?}");
+                // Derived from the value it describes, in the same Bundle.
+                let from = o["derivedFrom"][0]["reference"]
+                    .as_str()
+                    .unwrap_or_default();
+                let value = a
+                    .entries
+                    .iter()
+                    .find(|x| x.full_url == from)
+                    .map(|x| &x.resource)
+                    .unwrap_or_else(|| panic!("{s} {e:?}: {from} is not in the Bundle"));
+                assert_eq!(value["resourceType"], "Observation", "{s} {e:?}");
+                assert!(value["valueQuantity"].is_object(), "{s} {e:?}: {value}");
             }
             E::CtxQty(c, value, unit) => {
                 let o = obs(&a, c, s);
@@ -1023,7 +1043,7 @@ mod serial {
         check(
             &v(
                 "TaiDoc: record type 01, before a meal",
-                &[E::Ctx(8_417_864, 8_417_868), E::Plain(g)],
+                &[E::Ctx(8_417_864, 8_417_868), E::Plain(g), E::OnlyMdc(g)],
             ),
             &taidoc(GLUCOSE_METER, T, [105, 0, 0, 0x40]),
         );
@@ -1083,11 +1103,13 @@ mod serial {
     }
 
     fn astm_capture(result: &str) -> Vec<Reading> {
-        let recs = [
-            "H|\\^&|||SIM^1.0^SN1||||||||1|202403150800".to_owned(),
-            result.to_owned(),
-            "L|1||N".to_owned(),
-        ];
+        astm_records(&[result])
+    }
+
+    fn astm_records(body: &[&str]) -> Vec<Reading> {
+        let mut recs = vec!["H|\\^&|||SIM^1.0^SN1||||||||1|202403150800".to_owned()];
+        recs.extend(body.iter().map(|r| (*r).to_owned()));
+        recs.push("L|1||N".to_owned());
         let bytes: Vec<u8> = astm::frames_for(&recs, 1, 240)
             .iter()
             .flat_map(|f| f.encode())
@@ -1134,6 +1156,26 @@ mod serial {
                 &[E::Ctx(8_417_864, 8_417_872), E::Plain(g)],
             ),
             &astm_capture("R|1|^^^Glucose|110|mg/dL^W||A||202403150730"),
+        );
+        // O.12 action code "Q": the order is quality control, and so are its results; the
+        // next patient's results are not.
+        let both = astm_records(&[
+            "P|1",
+            "O|1|||^^^Glucose|||||||Q",
+            "R|1|^^^Glucose|110|mg/dL^W||||202403150730",
+            "P|2",
+            "R|1|^^^Glucose|123|mg/dL^W||||202403150745",
+        ]);
+        check(
+            &v(
+                "E1394 O.12 'Q': a quality-control order",
+                &[E::NotSent("control solution")],
+            ),
+            &both[..1],
+        );
+        check(
+            &v("E1394 P: a new patient, no control order", &[E::Plain(g)]),
+            &both[1..],
         );
     }
 

@@ -95,19 +95,23 @@ pub fn identifiers(
     out
 }
 
-/// A device with neither a System ID nor a Bluetooth address (a serial meter): manufacturer,
-/// model and serial number when it told all three, so the meter is the same Device on any
-/// port of any gateway. A meter that tells no serial number can only be known as "the one
-/// on this port of this gateway": the gateway id and a digest of the port, never the port's
-/// path itself (a path names the gateway's hardware, not the device, and changes with it).
+/// A device with neither a System ID nor a Bluetooth address (a serial meter): its serial
+/// number with the manufacturer and model its protocol tells (TaiDoc both, Nonin the
+/// manufacturer, an ASTM header the model), so the meter is the same Device on any port of
+/// any gateway. What a protocol tells does not change from session to session, so neither
+/// does the value. A meter that tells no serial number can only be known as "the one on this
+/// port of this gateway": the gateway id and a digest of the port, never the port's path
+/// itself (a path names the gateway's hardware, not the device, and changes with it).
 fn serial_device_value(identity: &DeviceIdentity, gateway_id: &str) -> String {
     use sha2::{Digest, Sha256};
-    match (
-        &identity.manufacturer,
-        &identity.model,
-        &identity.serial_number,
-    ) {
-        (Some(m), Some(model), Some(sn)) => format!("{m}|{model}|{sn}"),
+    let maker = identity.manufacturer.as_deref();
+    let model = identity.model.as_deref();
+    match identity.serial_number.as_deref() {
+        Some(sn) if maker.is_some() || model.is_some() => [maker, model, Some(sn)]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join("|"),
         _ => {
             let digest = Sha256::digest(identity.address.as_bytes());
             let short: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();

@@ -139,7 +139,6 @@ impl fmt::Display for PatientRef {
 pub struct GatewayInfo {
     pub id: String,
     pub version: String,
-    pub clock_synchronized: bool,
     /// The base of this project's own identifier systems (`[fhir] identifier_namespace`).
     pub namespace: IdentifierNamespace,
     /// The gateway's IEEE EUI-64 system identifier (the PhgDevice's SYSID), when known.
@@ -381,7 +380,14 @@ impl Builder<'_> {
         let r = item.reading;
         let m = &r.measurement;
         let q = &m.qualifiers;
-        match q.sample {
+        // The control-solution concentration code says so by itself, also on a reading stored
+        // by a version that did not yet tell samples apart.
+        let sample = if m.kind == vitalgate_drivers::mdc::CONC_GLU_CONTROL {
+            Sample::ControlSolution
+        } else {
+            q.sample
+        };
+        match sample {
             Sample::Patient => {}
             Sample::ControlSolution => return Err(MapError::NotPatientData("control solution")),
             Sample::DeviceTest => {

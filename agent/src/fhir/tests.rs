@@ -31,7 +31,6 @@ fn gateway() -> GatewayInfo {
     GatewayInfo {
         id: "gw-test-1".into(),
         version: "0.1.0".into(),
-        clock_synchronized: true,
         namespace: IdentifierNamespace::default(),
         system_id: None,
     }
@@ -548,8 +547,11 @@ fn unusable_device_times_are_held_out_unless_the_value_is_live() {
         a.items[0],
         Err(MapError::Hold(TimeHold::DeviceTimeUnusable(_)))
     ));
+    // The clock offset of this connection was measured, but the time is not the device's:
+    // the coincident time stamp does not apply to it.
     for r in &mut rs {
         r.measurement.qualifiers.origin = vitalgate_drivers::model::Origin::Live;
+        r.device_clock_offset_ms = Some(-90_000);
     }
     let a = map(&rs, &"Patient/p1".parse().expect("patient"), 0);
     let spo2 = resource(&a, 0, 0);
@@ -827,4 +829,71 @@ fn patient_refs_parse_strictly() {
     assert!("Patient/a b".parse::<PatientRef>().is_err());
     assert!("no-bar".parse::<PatientRef>().is_err());
     assert!("|x".parse::<PatientRef>().is_err());
+}
+
+/// A control-solution glucose stored by a version that did not yet tell samples apart reads
+/// back with default qualifiers; its concentration code (MDC_CONC_GLU_CONTROL) still keeps it
+/// out of the patient's record.
+#[test]
+fn a_control_solution_code_is_never_patient_data() {
+    // GSS Glucose Measurement, Type 10 (control solution): 110 mg/dL.
+    let mut rs = readings(0x2A18, "02 01 00 E9 07 01 08 13 07 30 6E B0 1A", None);
+    assert_eq!(
+        rs[0].measurement.kind,
+        vitalgate_drivers::mdc::CONC_GLU_CONTROL
+    );
+    rs[0].measurement.qualifiers = Default::default();
+    let a = map(&rs, &ig_patient(), 0);
+    assert!(
+        matches!(a.items[0], Err(MapError::NotPatientData(_))),
+        "{:?}",
+        a.items[0]
+    );
+    assert!(a.entries.iter().all(|e| e.resource_type != "Observation"));
+}
+
+/// A serial meter is named by its serial number and what its protocol tells with it, never
+/// by its port: moved to another port or gateway, it is the same Device.
+#[test]
+fn serial_devices_are_named_by_serial_number_never_by_port() {
+    let value = |maker: Option<&str>, model: Option<&str>, sn: Option<&str>, port: &str| {
+        let mut d = DeviceIdentity::new(Transport::Serial, port);
+        d.manufacturer = maker.map(str::to_owned);
+        d.model = model.map(str::to_owned);
+        d.serial_number = sn.map(str::to_owned);
+        let ids = device::identifiers(&d, &IdentifierNamespace::default(), "gw-1");
+        assert_eq!(ids.len(), 1);
+        assert!(!ids[0].value.contains("tty"), "{}", ids[0].value);
+        ids[0].value.clone()
+    };
+    for port in ["/dev/ttyUSB0", "/dev/vitalgate/fora"] {
+        // TaiDoc: manufacturer, model and serial number (0x27/0x28).
+        assert_eq!(
+            value(
+                Some("TaiDoc"),
+                Some("TD-3128"),
+                Some("5A1B2C3D4E5F6071"),
+                port
+            ),
+            "TaiDoc|TD-3128|5A1B2C3D4E5F6071"
+        );
+        // Nonin DF7: the manufacturer and the serial number it answers.
+        assert_eq!(
+            value(Some("Nonin Medical"), None, Some("501624139"), port),
+            "Nonin Medical|501624139"
+        );
+        // ASTM: the H record's sender name (model) and serial.
+        assert_eq!(
+            value(None, Some("Contour"), Some("7265-1234567"), port),
+            "Contour|7265-1234567"
+        );
+    }
+    // Contec: no serial number; known only as the one on this port of this gateway.
+    let a = value(Some("Contec"), Some("CMS50D+"), None, "/dev/ttyUSB0");
+    let b = value(Some("Contec"), Some("CMS50D+"), None, "/dev/ttyUSB1");
+    assert!(
+        a.starts_with("gw-1|port-") && b.starts_with("gw-1|port-"),
+        "{a} {b}"
+    );
+    assert_ne!(a, b);
 }

@@ -29,8 +29,8 @@
 //!   rather than hold it forever or give it an invented time.
 
 use vitalgate_drivers::model::{Origin, TimeProblem};
+use vitalgate_drivers::time::civil_from_days;
 use vitalgate_drivers::time::{DeviceTimestamp, LocalDateTime};
-use vitalgate_drivers::time::{civil_from_days, days_from_civil};
 use vitalgate_drivers::{Measurement, Receipt};
 
 /// Seconds from 1970-01-01 to 2000-01-01, the PHD identifier epoch.
@@ -132,12 +132,6 @@ pub enum TimeSource {
     Reception,
 }
 
-impl Effective {
-    pub fn from_reception(&self) -> bool {
-        self.source == TimeSource::Reception
-    }
-}
-
 /// Where the reading's gateway reception time lies on the synchronised timeline.
 pub fn reception_ms(rx: &Receipt, gw: &GatewayTime) -> Result<i64, TimeHold> {
     if rx.clock_synchronized {
@@ -155,13 +149,7 @@ pub fn reception_ms(rx: &Receipt, gw: &GatewayTime) -> Result<i64, TimeHold> {
 
 /// Milliseconds of a complete local date time read as if it were UTC.
 pub fn naive_ms(t: &LocalDateTime) -> Option<i64> {
-    let (y, mo, d) = (t.year?, t.month?, t.day?);
-    if !(1..=12).contains(&mo) || d == 0 || d > vitalgate_drivers::time::days_in_month(y, mo) {
-        return None;
-    }
-    let days = days_from_civil(i64::from(y), i64::from(mo), i64::from(d));
-    let secs =
-        days * 86_400 + i64::from(t.hour) * 3600 + i64::from(t.minute) * 60 + i64::from(t.second);
+    let secs = t.epoch_seconds().ok()?;
     Some(secs * 1000 + i64::from(t.millis.unwrap_or(0)))
 }
 

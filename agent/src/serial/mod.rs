@@ -28,6 +28,7 @@ use vitalgate_drivers::serial::policy::Reducer;
 use vitalgate_drivers::serial::{
     Event, LineSettings, Parity, SerialError, SessionOptions, session,
 };
+use vitalgate_drivers::stream::Sample;
 use vitalgate_drivers::time::LocalDateTime;
 use vitalgate_drivers::{DeviceIdentity, Measurement, Reading, Transport};
 
@@ -270,6 +271,27 @@ impl SerialSource {
         }
     }
 
+    /// The readings of a reduced stream sample. A live one is received when its values were
+    /// taken (the sample's or window's time on the session clock `now_ms` counts on), not
+    /// when the reduction was emitted; a stored session's time is the device's own.
+    fn reduced(&self, x: &Sample, clock: &dyn Clock, now_ms: u64) -> Vec<Reading> {
+        let mut receipt = clock.receipt();
+        if x.device_time.is_none() {
+            receipt = receipt.earlier_by(now_ms.saturating_sub(x.at_ms));
+        }
+        x.measurements()
+            .into_iter()
+            .map(|measurement| Reading {
+                device: self.identity.clone(),
+                measurement,
+                receipt,
+                device_clock_offset_ms: self.clock_offset_ms,
+                instance: Uuid::new_v4(),
+                raw: x.raw.clone(),
+            })
+            .collect()
+    }
+
     fn reading(&self, measurement: Measurement, raw: Vec<u8>, clock: &dyn Clock) -> Reading {
         Reading {
             device: self.identity.clone(),
@@ -386,16 +408,12 @@ impl SerialSource {
                                 live.push(sample)
                             };
                             if let Some(x) = reduced {
-                                for m in x.measurements() {
-                                    pending.push(self.reading(m, x.raw.clone(), clock));
-                                }
+                                pending.extend(self.reduced(&x, clock, now_ms()));
                             }
                         }
                         Event::StreamEnd => {
                             if let Some(x) = stored.flush() {
-                                for m in x.measurements() {
-                                    pending.push(self.reading(m, x.raw.clone(), clock));
-                                }
+                                pending.extend(self.reduced(&x, clock, now_ms()));
                             }
                         }
                         Event::Device(info) => {
@@ -492,9 +510,7 @@ impl SerialSource {
         if !matches!(end, LinkEnd::Store(_))
             && let Some(x) = live.flush()
         {
-            for m in x.measurements() {
-                pending.push(self.reading(m, x.raw.clone(), clock));
-            }
+            pending.extend(self.reduced(&x, clock, now_ms()));
         }
         let end = match self.commit(store, &mut pending, None, &mut totals).await {
             Err(e) if !matches!(end, LinkEnd::Store(_)) => LinkEnd::Store(e),

@@ -319,7 +319,9 @@ pub(crate) fn apply(
                 .execute(params![reading_id, destination])?,
             DeliveryUpdate::ResourceSent { resource, digest } => {
                 conn.prepare_cached(
-                    "INSERT INTO sent_resources (destination, resource, digest, sent_ms)                      VALUES (?1, ?2, ?3, ?4) ON CONFLICT (destination, resource) DO UPDATE                      SET digest = excluded.digest, sent_ms = excluded.sent_ms",
+                    "INSERT INTO sent_resources (destination, resource, digest, sent_ms) \
+                     VALUES (?1, ?2, ?3, ?4) ON CONFLICT (destination, resource) DO UPDATE \
+                     SET digest = excluded.digest, sent_ms = excluded.sent_ms",
                 )?
                 .execute(params![destination, resource, digest, now_ms])?;
                 0

@@ -346,7 +346,6 @@ impl Destination {
         let gw = GatewayInfo {
             id: self.gateway_id.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            clock_synchronized: now.clock_synchronized,
             namespace: self.namespace.clone(),
             system_id: self.system_id,
         };

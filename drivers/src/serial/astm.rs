@@ -489,6 +489,12 @@ pub fn parse_record(
             delims.control_order = field(11).trim().eq_ignore_ascii_case("Q");
             Ok(Parsed::Other)
         }
+        // A new patient record: the results that follow belong to no control order until
+        // an O record says so.
+        'P' => {
+            delims.control_order = false;
+            Ok(Parsed::Other)
+        }
         'L' => Ok(Parsed::Terminator),
         _ => Ok(Parsed::Other),
     }
