@@ -321,17 +321,20 @@ pub(crate) enum Required {
 }
 
 pub(crate) fn load_config(explicit: Option<&Path>, required: Required) -> Result<Config> {
-    match explicit {
-        Some(p) => Ok(Config::load(p)?),
+    let config = match explicit {
+        Some(p) => Config::load(p)?,
         None => {
             let p = Path::new(DEFAULT_CONFIG_PATH);
             if required == Required::IfPresent && !p.exists() {
-                Ok(Config::default())
+                Config::default()
             } else {
-                Ok(Config::load(p)?)
+                Config::load(p)?
             }
         }
-    }
+    };
+    // Every command judges the clock by the same evidence as the daemon.
+    vitalgate::clock::set_sync_marker(&config.gateway.clock_synchronized_file);
+    Ok(config)
 }
 
 fn config_check(explicit: Option<&Path>) -> Result<u8> {
@@ -445,6 +448,20 @@ pub(crate) fn print_status(s: &StoreStatus) {
     match s.oldest_undelivered_ms {
         Some(ms) => println!("Oldest undelivered: received {}", when(ms)),
         None => println!("Oldest undelivered: none"),
+    }
+    // As the daemon last saw it (it records every change).
+    match &s.clock {
+        Some(c) if c.synchronized => println!(
+            "Clock:    synchronised (as of {}: {})",
+            when(c.since_ms),
+            c.why
+        ),
+        Some(c) => println!(
+            "Clock:    NOT synchronised since {}: {}. Readings that need the gateway's time are held until it is.",
+            when(c.since_ms),
+            c.why
+        ),
+        None => println!("Clock:    not reported yet (the daemon has not run)"),
     }
     if r.held_unbound > 0 {
         println!(

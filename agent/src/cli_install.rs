@@ -150,8 +150,8 @@ pub fn provision_cmd(explicit_config: Option<&Path>, args: ProvisionArgs) -> Res
                 with("-wal"),
                 with("-shm"),
             ] {
-                if p.exists() {
-                    std::os::unix::fs::chown(&p, Some(uid), Some(gid))
+                if std::fs::symlink_metadata(&p).is_ok() {
+                    provision::hand_over(&p, uid, gid)
                         .with_context(|| format!("cannot hand {} to the service", p.display()))?;
                 }
             }

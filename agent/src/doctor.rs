@@ -101,7 +101,7 @@ pub async fn run(inputs: &Inputs) -> Report {
     let c = &inputs.config;
     let mut checks = vec![bluetooth(&c.ble.adapter).await];
     checks.extend(serial_ports(c));
-    checks.push(clock());
+    checks.push(clock().await);
     checks.push(disk(c, &inputs.state_dir));
     let (key_check, keying) = db_key(c, &inputs.state_dir, inputs.credentials_dir.as_deref());
     checks.push(key_check);
@@ -219,25 +219,44 @@ pub fn serial_ports(c: &Config) -> Vec<Check> {
         .collect()
 }
 
-/// The kernel's view of the wall clock (the agent's own [`crate::clock`] query).
-pub fn clock() -> Check {
+/// Whether the wall clock is synchronised as the service sees it. The shipped unit's
+/// `ProtectClock=yes` hides the kernel's clock state from the service (even read-only), so
+/// this judges the way the service does: the synchronisation marker, then systemd-timedated.
+/// The kernel's own answer, which this shell can read, is shown beside it; a clock that only
+/// this shell sees as synchronised is a warning, because the service would hold readings.
+pub async fn clock() -> Check {
     const NAME: &str = "clock";
-    if crate::clock::wall_clock_synchronized() {
-        Check::pass(NAME, "wall clock synchronised")
-    } else if std::env::var(crate::clock::ASSUME_SYNCED_ENV).is_ok_and(|v| v == "1") {
-        Check::pass(
-            NAME,
-            format!(
-                "wall clock taken as synchronised ({}=1)",
-                crate::clock::ASSUME_SYNCED_ENV
-            ),
+    let here = crate::clock::signals();
+    let mut service = here.clone();
+    service.kernel = crate::clock::KernelClock::NotPermitted;
+    if !service.marker.1 {
+        service.timedated = crate::clock::ask_timedated().await;
+    }
+    let seen = crate::clock::judge(&service);
+    let shell = crate::clock::judge(&here);
+    let detail = if seen.synchronized {
+        format!("synchronised, as the service sees it: {}", seen.why)
+    } else {
+        format!(
+            "not synchronised, as the service sees it: {}; this shell: {}",
+            seen.why,
+            if shell.synchronized {
+                "synchronised"
+            } else {
+                "not synchronised"
+            }
         )
+    };
+    if seen.synchronized {
+        Check::pass(NAME, detail)
     } else {
         // Readings are still stored; only those needing the gateway's time wait for it.
         Check::warn(
             NAME,
-            "wall clock not synchronised (a board without RTC boots with a wrong time)",
-            "enable NTP: `timedatectl set-ntp true`; check `timedatectl timesync-status` and that UDP 123 is reachable",
+            detail,
+            "enable NTP (`timedatectl set-ntp true`; systemd-timesyncd marks synchronisation in \
+             /run/systemd/timesync/synchronized); with another NTP client, set [gateway] \
+             clock_synchronized_file to a file it creates once synchronised",
         )
     }
 }

@@ -738,6 +738,39 @@ pub fn write_atomic(
     result.map_err(err)
 }
 
+/// Gives `path` to `uid:gid` without following a symbolic link: opened with `O_NOFOLLOW` and
+/// changed through the descriptor (`fchown`), so a link planted in a directory the service
+/// user controls cannot turn root's chown against another file.
+pub fn hand_over(path: &Path, uid: u32, gid: u32) -> Result<(), ProvisionError> {
+    use rustix::fs::{Gid, Mode, OFlags, Uid};
+    let err = |source: std::io::Error| ProvisionError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let fd = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY,
+        Mode::empty(),
+    )
+    .map_err(|e| {
+        if e == rustix::io::Errno::LOOP {
+            err(std::io::Error::other(
+                "it is a symbolic link; refusing to change its owner",
+            ))
+        } else {
+            err(e.into())
+        }
+    })?;
+    let kind = rustix::fs::fstat(&fd).map_err(|e| err(e.into()))?.st_mode & libc::S_IFMT;
+    if kind != libc::S_IFREG && kind != libc::S_IFDIR {
+        return Err(err(std::io::Error::other(
+            "not a regular file or directory; refusing to change its owner",
+        )));
+    }
+    rustix::fs::fchown(&fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
+        .map_err(|e| err(e.into()))
+}
+
 /// Creates a folder (and its parents) with `mode` if it does not exist.
 pub fn ensure_dir(path: &Path, mode: u32) -> Result<(), ProvisionError> {
     use std::os::unix::fs::DirBuilderExt;
@@ -850,6 +883,39 @@ pub async fn record_bindings(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Root hands the store to the service user after recording bindings. A symbolic link
+    /// the service user planted in its own directory (to `/etc/shadow`, say) is refused, and
+    /// the file it points at keeps its owner.
+    #[test]
+    fn handing_over_refuses_a_planted_symlink() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let outside = dir.path().join("outside");
+        std::fs::write(&outside, b"x").expect("write");
+        let before = std::fs::metadata(&outside).expect("stat");
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).expect("mkdir");
+        let planted = state.join("vitalgate.db-wal");
+        std::os::unix::fs::symlink(&outside, &planted).expect("symlink");
+        // Whoever runs the test can give a file to itself; the link must fail all the same.
+        let (uid, gid) = (
+            rustix::process::geteuid().as_raw(),
+            rustix::process::getegid().as_raw(),
+        );
+        let target = if uid == 0 { 65534 } else { uid };
+        let e =
+            hand_over(&planted, target, if uid == 0 { 65534 } else { gid }).expect_err("a symlink");
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        let after = std::fs::metadata(&outside).expect("stat");
+        assert_eq!((after.uid(), after.gid()), (before.uid(), before.gid()));
+        // A regular file and the directory itself are handed over.
+        let db = state.join("vitalgate.db");
+        std::fs::write(&db, b"").expect("write");
+        hand_over(&db, target, if uid == 0 { 65534 } else { gid }).expect("a file");
+        hand_over(&state, target, if uid == 0 { 65534 } else { gid }).expect("a directory");
+        assert_eq!(std::fs::metadata(&db).expect("stat").uid(), target);
+    }
 
     const CERT: &str = include_str!("../testdata/enroll-ca.pem");
     const KEY: &str = include_str!("../testdata/enroll-client.key");

@@ -174,6 +174,7 @@ impl Supervisor {
             &cancel,
             delivery.clone(),
         );
+        tracker.spawn(clock_watch(store.clone(), cancel.child_token()));
         if let Some(period) = sd_notify::watchdog_enabled() {
             tracker.spawn(watchdog(store.clone(), period, cancel.child_token()));
         }
@@ -344,6 +345,53 @@ async fn housekeeping(
         }
     }
 }
+
+/// Watches whether the wall clock is synchronised, as this process sees it (under the
+/// shipped unit, without the kernel's own state): records it when the daemon starts and
+/// whenever it changes, with the evidence or the reason (`clock-synchronised`, info;
+/// `clock-unsynchronised`, warning), which `status`, `doctor` and fleet events show. Where
+/// only systemd-timedated can tell, its answer is kept fresh here.
+async fn clock_watch(store: StoreHandle, cancel: CancellationToken) {
+    let mut last: Option<bool> = None;
+    loop {
+        let s = crate::clock::signals();
+        if s.kernel == crate::clock::KernelClock::NotPermitted && !s.marker.1 {
+            crate::clock::refresh_timedated().await;
+        }
+        let now = crate::clock::sync_state();
+        if last != Some(now.synchronized) {
+            let (kind, severity) = if now.synchronized {
+                ("clock-synchronised", crate::store::Severity::Info)
+            } else {
+                ("clock-unsynchronised", crate::store::Severity::Warning)
+            };
+            if now.synchronized {
+                tracing::info!(why = %now.why, "Wall clock synchronised.");
+            } else {
+                tracing::warn!(why = %now.why, "Wall clock not synchronised; readings that need the gateway's time are held.");
+            }
+            match store
+                .record_event(crate::store::NewEvent {
+                    severity,
+                    kind: kind.into(),
+                    detail: serde_json::json!({ "why": now.why }),
+                })
+                .await
+            {
+                Ok(()) => last = Some(now.synchronized),
+                Err(StoreError::WriterStopped) => return,
+                Err(error) => tracing::warn!(%error, "Cannot record the clock state."),
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(CLOCK_WATCH_EVERY) => {}
+        }
+    }
+}
+
+/// How often the clock's state is looked at for changes.
+const CLOCK_WATCH_EVERY: Duration = Duration::from_secs(10);
 
 /// Feeds the systemd watchdog only when a ping makes the round trip through the writer's
 /// queue, so a wedged writer (stuck fsync, deadlock) gets the service restarted.

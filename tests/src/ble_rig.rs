@@ -21,7 +21,6 @@ pub struct BleRig {
     agent: Option<Child>,
     log: PathBuf,
     wait: Duration,
-    envs: Vec<(&'static str, &'static str)>,
 }
 
 impl std::fmt::Debug for BleRig {
@@ -57,7 +56,6 @@ impl BleRig {
             agent: None,
             log,
             wait,
-            envs: Vec::new(),
         }
     }
 
@@ -69,12 +67,6 @@ impl BleRig {
             &format!("\n[ble]\nallow = [{}]\n", allow.join(", ")),
             wait,
         )
-    }
-
-    /// An environment variable for every agent this rig starts.
-    pub fn with_env(mut self, key: &'static str, value: &'static str) -> Self {
-        self.envs.push((key, value));
-        self
     }
 
     /// Starts `vitalgate run`; its log is appended to across restarts.
@@ -91,7 +83,6 @@ impl BleRig {
             .arg("--state-dir")
             .arg(&self.site.state)
             .env("DBUS_SYSTEM_BUS_ADDRESS", self.bus.address())
-            .envs(self.envs.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

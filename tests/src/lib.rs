@@ -48,14 +48,27 @@ pub fn new_key(dir: &Path) -> PathBuf {
 }
 
 /// A minimal config file pointing the store key at `key_file`, with extra TOML appended.
+///
+/// The gateway's clock counts as synchronised the way a deployed gateway's does once its NTP
+/// client has synchronised it: the marker file `[gateway] clock_synchronized_file` names
+/// exists (see [`clock_marker`]; remove it for an unsynchronised clock). Test machines'
+/// kernels often report their host-disciplined clocks as unsynchronised.
 pub fn write_config(dir: &Path, key_file: &Path, extra: &str) -> PathBuf {
     let p = dir.join("vitalgate.toml");
+    let marker = clock_marker(dir);
+    std::fs::write(&marker, b"").expect("clock marker");
     let text = format!(
-        "[gateway]\nid = \"test-gw\"\n\n[store]\nkey_file = \"{}\"\nkey_credential = \"absent-credential\"\n{extra}",
+        "[gateway]\nid = \"test-gw\"\nclock_synchronized_file = \"{}\"\n\n[store]\nkey_file = \"{}\"\nkey_credential = \"absent-credential\"\n{extra}",
+        marker.display(),
         key_file.display()
     );
     std::fs::write(&p, text).expect("write config");
     p
+}
+
+/// The clock synchronisation marker of a site written by [`write_config`] in `dir`.
+pub fn clock_marker(dir: &Path) -> PathBuf {
+    dir.join("clock-synchronized")
 }
 
 /// A `vitalgate` command whose behaviour does not depend on the machine it runs on: no

@@ -345,3 +345,85 @@ fn decode_serial_prints_readings_as_json() {
     let out = vitalgate(["decode", "serial", "modbus", "00"]);
     out.expect_code(64);
 }
+
+/// The daemon says whether its wall clock is synchronised and on what evidence: without the
+/// synchronisation marker (on a machine whose kernel does not report sync) `status` names
+/// the sources it looked at; once the marker appears, as when systemd-timesyncd synchronises,
+/// the daemon notices and `status` says so.
+#[test]
+fn status_says_whether_the_daemon_sees_its_clock_synchronised_and_why() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = new_key(dir.path());
+    let config = write_config(dir.path(), &key, "");
+    let marker = vitalgate_e2e::clock_marker(dir.path());
+    let state = dir.path().join("state");
+    let status = || -> serde_json::Value {
+        let out = vitalgate_e2e::run_within(
+            {
+                let mut c = vitalgate_cmd();
+                c.arg("status")
+                    .arg("--json")
+                    .arg("--config")
+                    .arg(&config)
+                    .arg("--state-dir")
+                    .arg(&state);
+                c
+            },
+            Duration::from_secs(20),
+        );
+        out.expect_code(0);
+        serde_json::from_str(&out.stdout).expect("status --json")
+    };
+    // A kernel that reports sync would settle it whatever the marker says.
+    let kernel_synced = matches!(
+        vitalgate::clock::kernel_clock(),
+        vitalgate::clock::KernelClock::Read { max_error_us, .. } if max_error_us < 16_000_000
+    );
+    std::fs::remove_file(&marker).expect("no marker");
+    let mut child = vitalgate_cmd()
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(&state)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start vitalgate run");
+    let wait_for = |what: &str, f: &dyn Fn(&serde_json::Value) -> bool| {
+        let until = Instant::now() + Duration::from_secs(40);
+        loop {
+            if state.join("vitalgate.db").exists() {
+                let s = status();
+                if f(&s) {
+                    return s;
+                }
+                assert!(Instant::now() < until, "{what}: {s:#}");
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    };
+    if !kernel_synced {
+        let s = wait_for("the clock reported unsynchronised", &|s| {
+            s["clock"]["synchronized"] == false
+        });
+        let why = s["clock"]["why"].as_str().unwrap_or_default();
+        assert!(
+            why.contains(&format!("{} does not exist", marker.display())),
+            "{why}"
+        );
+    }
+    std::fs::write(&marker, b"").expect("marker");
+    let s = wait_for("the clock reported synchronised", &|s| {
+        s["clock"]["synchronized"] == true
+    });
+    if !kernel_synced {
+        let why = s["clock"]["why"].as_str().unwrap_or_default();
+        assert!(
+            why.contains(&format!("{} exists", marker.display())),
+            "{why}"
+        );
+    }
+    sigterm(&child);
+    assert!(wait_deadline(&mut child, Duration::from_secs(10)).is_some());
+}

@@ -478,6 +478,12 @@ fn telemetry_reports_backlog_devices_and_the_process() {
     assert!(t["disk_free_bytes"].as_u64().expect("disk_free") > 0);
     assert!(t["rss_bytes"].as_u64().expect("rss") > 1 << 20);
     assert!(t["clock_synchronized"].is_boolean());
+    // Why the clock is not synchronised, exactly when it is not.
+    assert_eq!(
+        t["clock_why"].is_string(),
+        t["clock_synchronized"] == false,
+        "{t}"
+    );
     // Nothing of a reading travels: the fields are exactly these.
     let mut keys: Vec<&String> = t.as_object().expect("object").keys().collect();
     keys.sort();
@@ -487,6 +493,7 @@ fn telemetry_reports_backlog_devices_and_the_process() {
             "at",
             "backlog",
             "clock_synchronized",
+            "clock_why",
             "config_version",
             "cpu_percent",
             "destinations",

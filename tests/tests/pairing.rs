@@ -22,8 +22,8 @@ const PASSKEY: u32 = 123_456;
 type Rig = BleRig;
 
 fn rig(devices: Vec<PeripheralSpec>, extra_config: &str) -> Rig {
-    // This machine's clock may not report NTP sync; delivery would wait for it.
-    BleRig::new(devices, extra_config, WAIT).with_env("VITALGATE_ASSUME_CLOCK_SYNCED", "1")
+    // The site's clock marker says the clock is synchronised (see `write_config`).
+    BleRig::new(devices, extra_config, WAIT)
 }
 
 /// What the pairing tests do beside the shared rig: the daemon up with its store, and the

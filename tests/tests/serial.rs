@@ -591,3 +591,29 @@ fn nonin_ascii_stream_gives_one_reading_per_placement_with_the_stable_policy() {
     let raw = raw_samples(&site, &sim.address());
     assert!((4..=10).contains(&raw.len()), "{} raw readings", raw.len());
 }
+
+/// A line the framer cannot read is logged at warn by what went wrong, never with the
+/// device's text: the values in it (a SpO2 of 42 here) appear at debug only, so they stay
+/// out of the journal and out of MQTT.
+#[test]
+fn a_damaged_line_is_logged_without_the_values_in_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let link = dir.path().join("ttyNoninAscii");
+    let mut sim = Sim::start(&link, &["--protocol", "nonin-ascii", "--rate", "2"]);
+    let site = site_with(&serial_config(&link, "nonin-ascii", ""));
+    let mut agent = Agent::start(&site);
+    agent.wait_log("Serial device connected.", 1, Duration::from_secs(10));
+    sim.command(&format!("inject {}", hex::encode(b"SPO2=042 PULSE=51\r\n")));
+    agent.wait_log("Serial link problem", 1, Duration::from_secs(10));
+    let log = agent.stop();
+    let problem = log
+        .iter()
+        .find(|l| l.contains("Serial link problem"))
+        .expect("the problem line");
+    assert!(problem.contains("invalid frame"), "{problem}");
+    assert!(
+        !log.iter().any(|l| l.contains("042")),
+        "device text in the log:\n{}",
+        log.join("\n")
+    );
+}

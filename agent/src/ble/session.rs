@@ -710,13 +710,16 @@ fn device_offset_ms(device: &LocalDateTime, now_ms: i64) -> Option<i64> {
         + i64::from(device.second))
         * 1000
         + i64::from(device.millis.unwrap_or(0));
-    Some(device_local_ms - (now_ms + local_utc_offset_s(now_ms) * 1000))
+    Some(
+        device_local_ms
+            - (now_ms + crate::clock::local_utc_offset_s(now_ms.div_euclid(1000)) * 1000),
+    )
 }
 
 /// The gateway's local wall time now, for setting a device clock.
 fn local_now() -> Option<LocalDateTime> {
     let now = crate::store::now_ms();
-    let local_s = now.div_euclid(1000) + local_utc_offset_s(now);
+    let local_s = now.div_euclid(1000) + crate::clock::local_utc_offset_s(now.div_euclid(1000));
     let (y, m, d) = civil_from_days(local_s.div_euclid(86_400));
     let sod = local_s.rem_euclid(86_400);
     Some(LocalDateTime {
@@ -728,17 +731,6 @@ fn local_now() -> Option<LocalDateTime> {
         second: (sod % 60) as u8,
         millis: None,
     })
-}
-
-/// The local time zone's offset from UTC at `at_ms`, in seconds (0 when unknown).
-#[allow(unsafe_code)]
-fn local_utc_offset_s(at_ms: i64) -> i64 {
-    let t: libc::time_t = at_ms.div_euclid(1000) as libc::time_t;
-    // SAFETY: localtime_r only reads `t` and writes into the zeroed `tm` we own.
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    // SAFETY: both pointers are valid for the duration of the call.
-    let r = unsafe { libc::localtime_r(&t, &mut tm) };
-    if r.is_null() { 0 } else { tm.tm_gmtoff }
 }
 
 /// The receipt of a reduced live stream reading: when its values were taken (the sample's
@@ -793,7 +785,7 @@ mod tests {
     #[test]
     fn clock_offset_is_device_minus_gateway() {
         let now = 1_780_000_000_000i64;
-        let local = now + local_utc_offset_s(now) * 1000 + 90_000;
+        let local = now + crate::clock::local_utc_offset_s(now.div_euclid(1000)) * 1000 + 90_000;
         let s = local.div_euclid(1000);
         let (y, m, d) = civil_from_days(s.div_euclid(86_400));
         let sod = s.rem_euclid(86_400);

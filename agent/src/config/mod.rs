@@ -71,6 +71,10 @@ pub struct GatewayConfig {
     /// The gateway's identity, used in MQTT topics and the FHIR PHG Device. Assigned by IT,
     /// never derived from patient data. Default: "unprovisioned".
     pub id: GatewayId,
+    /// A file whose existence means an NTP client has synchronised the wall clock in this
+    /// boot: systemd-timesyncd's marker by default. The service's sandbox cannot read the
+    /// kernel's clock state, so this (and systemd-timedated) is how it knows.
+    pub clock_synchronized_file: PathBuf,
 }
 
 impl Default for GatewayConfig {
@@ -79,6 +83,7 @@ impl Default for GatewayConfig {
             id: DEFAULT_GATEWAY_ID
                 .parse()
                 .expect("default gateway id is valid"),
+            clock_synchronized_file: PathBuf::from(crate::clock::DEFAULT_SYNC_MARKER),
         }
     }
 }

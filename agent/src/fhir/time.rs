@@ -296,15 +296,7 @@ pub fn format_date_time(utc_ms: i64, offset_s: i32) -> String {
 
 /// The gateway's current UTC offset from the C library's view of the local zone (TZ,
 /// /etc/localtime). Gateways usually run in UTC, giving 0.
-#[allow(unsafe_code)]
 pub fn local_utc_offset_s() -> i32 {
-    let now = crate::store::now_ms() / 1000;
-    let t = now as libc::time_t;
-    // SAFETY: localtime_r writes only into the tm we own and reads the time_t we pass.
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    let r = unsafe { libc::localtime_r(&t, &mut tm) };
-    if r.is_null() {
-        return 0;
-    }
-    tm.tm_gmtoff as i32
+    let now_s = crate::store::now_ms().div_euclid(1000);
+    i32::try_from(crate::clock::local_utc_offset_s(now_s)).unwrap_or(0)
 }

@@ -38,7 +38,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::config::{FleetConfig, GatewayId, LogFilter};
-use crate::store::{NewEvent, Severity};
 use backoff::Backoff;
 use desired::{DesiredConfig, PairingPolicy};
 use handler::Inbound;
@@ -298,7 +297,6 @@ pub async fn run<S: FleetStore>(
         interval_rx,
         observer: setup.observer,
         cpu: telemetry::CpuSampler::default(),
-        clock_synced: None,
         alerts: alerts::Alerts::default(),
         overdue_after: setup.config.device_overdue_after,
     };
@@ -366,7 +364,6 @@ struct Connection<S> {
     interval_rx: watch::Receiver<Duration>,
     observer: Option<mpsc::UnboundedSender<(Instant, ConnectionEvent)>>,
     cpu: telemetry::CpuSampler,
-    clock_synced: Option<bool>,
     alerts: alerts::Alerts,
     overdue_after: Duration,
 }
@@ -618,7 +615,6 @@ impl<S: FleetStore> Connection<S> {
 
     async fn publish_telemetry(&mut self) {
         let receipt = self.ctx.hooks.clock.receipt();
-        self.check_clock(receipt.clock_synchronized).await;
         let snapshot = match self.ctx.store.snapshot().await {
             Ok(s) => s,
             Err(e) => {
@@ -632,6 +628,7 @@ impl<S: FleetStore> Connection<S> {
             config_version: self.ctx.config_version(),
             disk_free_bytes: snapshot.path.parent().and_then(telemetry::disk_free),
             clock_synchronized: receipt.clock_synchronized,
+            clock_why: (!receipt.clock_synchronized).then(|| crate::clock::sync_state().why),
             cpu_percent: self.cpu.sample(),
             rss_bytes: telemetry::rss_bytes(),
             mqtt_reconnects: self.ctx.counters.reconnects.load(Ordering::Relaxed),
@@ -657,24 +654,6 @@ impl<S: FleetStore> Connection<S> {
         ) {
             self.ctx.counters.telemetry.fetch_add(1, Ordering::Relaxed);
         }
-    }
-
-    async fn check_clock(&mut self, synced: bool) {
-        let before = self.clock_synced.replace(synced);
-        let (kind, severity) = match (before, synced) {
-            (None | Some(true), false) => ("clock-unsynchronised", Severity::Warning),
-            (Some(false), true) => ("clock-synchronised", Severity::Info),
-            _ => return,
-        };
-        let _ = self
-            .ctx
-            .store
-            .record_event(NewEvent {
-                severity,
-                kind: kind.into(),
-                detail: json!({}),
-            })
-            .await;
     }
 
     /// Store events (alarms, notable changes) not yet published, oldest first. They are

@@ -25,6 +25,8 @@ pub struct Telemetry {
     pub store_bytes: u64,
     pub disk_free_bytes: Option<u64>,
     pub clock_synchronized: bool,
+    /// Why the clock is not synchronised; `None` when it is.
+    pub clock_why: Option<String>,
     pub cpu_percent: Option<f64>,
     pub rss_bytes: Option<u64>,
     pub mqtt_reconnects: u64,
@@ -132,12 +134,15 @@ pub fn disk_free(path: &Path) -> Option<u64> {
 }
 
 /// What the fleet loop knows beside the store.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ProcessFacts {
     pub uptime: Duration,
     pub config_version: Option<u64>,
     pub disk_free_bytes: Option<u64>,
     pub clock_synchronized: bool,
+    /// While the clock is not synchronised, why (the sources it was judged from); readings
+    /// that need the gateway's time are held meanwhile. `null` when it is.
+    pub clock_why: Option<String>,
     pub cpu_percent: Option<f64>,
     pub rss_bytes: Option<u64>,
     pub mqtt_reconnects: u64,
@@ -186,6 +191,7 @@ pub fn build(status: &StoreStatus, facts: ProcessFacts, now_ms: i64) -> Telemetr
         store_bytes: status.store_bytes,
         disk_free_bytes: facts.disk_free_bytes,
         clock_synchronized: facts.clock_synchronized,
+        clock_why: facts.clock_why,
         cpu_percent: facts.cpu_percent,
         rss_bytes: facts.rss_bytes,
         mqtt_reconnects: facts.mqtt_reconnects,
@@ -271,11 +277,12 @@ mod tests {
             config_version: Some(3),
             disk_free_bytes: Some(1 << 30),
             clock_synchronized: true,
+            clock_why: None,
             cpu_percent: Some(0.5),
             rss_bytes: Some(1 << 20),
             mqtt_reconnects: 2,
         };
-        let t = build(&status, facts, now);
+        let t = build(&status, facts.clone(), now);
         assert_eq!(t.backlog, 4);
         assert_eq!(t.oldest_undelivered_age_s, 90);
         assert_eq!(t.destinations[0].oldest_undelivered_age_s, 90);

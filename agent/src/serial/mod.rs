@@ -191,7 +191,7 @@ impl SerialSource {
                     let legacy = matches!(e, SerialError::LegacyProtocol { .. });
                     if legacy && !legacy_reported {
                         legacy_reported = true;
-                        tracing::error!(port = %self.port_label(), error = %e, "Unsupported serial device.");
+                        tracing::error!(port = %self.port_label(), error = %e.redacted(), "Unsupported serial device.");
                         let _ = store
                             .record_event(NewEvent {
                                 severity: Severity::Alarm,
@@ -199,12 +199,13 @@ impl SerialSource {
                                 detail: serde_json::json!({
                                     "port": self.port_label(),
                                     "protocol": self.config.protocol.as_str(),
-                                    "message": e.to_string(),
+                                    "message": e.redacted(),
                                 }),
                             })
                             .await;
                     } else if !legacy {
-                        tracing::warn!(port = %self.port_label(), error = %e, "Serial session failed; trying again.");
+                        tracing::warn!(port = %self.port_label(), error = %e.redacted(), "Serial session failed; trying again.");
+                        tracing::debug!(port = %self.port_label(), error = %e, "Serial session failure in full.");
                     }
                     let wait = if legacy {
                         FATAL_BACKOFF * 12
@@ -449,9 +450,11 @@ impl SerialSource {
                             let n = problems.entry(p.kind()).or_default();
                             *n += 1;
                             if *n <= PROBLEM_LOG_LIMIT {
-                                tracing::warn!(port = %self.port_label(), problem = %p, count = *n, "Serial link problem; link kept.");
+                                // The device's own text (values) only at debug.
+                                tracing::warn!(port = %self.port_label(), problem = %p.redacted(), count = *n, "Serial link problem; link kept.");
+                                tracing::debug!(port = %self.port_label(), problem = %p, "Serial link problem in full.");
                             } else {
-                                tracing::debug!(port = %self.port_label(), problem = %p, count = *n, "Serial link problem; link kept.");
+                                tracing::debug!(port = %self.port_label(), problem = %p.redacted(), count = *n, "Serial link problem; link kept.");
                             }
                         }
                         Event::Reconfigure(line) => {
@@ -546,7 +549,7 @@ impl SerialSource {
         let Ok(device_s) = device.epoch_seconds() else {
             return;
         };
-        let host_local_ms = r.wall_ms + local_utc_offset_s(r.wall_ms / 1000) * 1000;
+        let host_local_ms = r.wall_ms + crate::clock::local_utc_offset_s(r.wall_ms / 1000) * 1000;
         let offset = device_s * 1000 - host_local_ms;
         self.clock_offset_ms = Some(offset);
         tracing::info!(
@@ -703,18 +706,7 @@ pub fn find_usb_tty(sys_tty: &Path, dev: &Path, usb: &UsbId) -> Option<PathBuf> 
 fn host_local_time(clock: &dyn Clock) -> Option<LocalDateTime> {
     let r = clock.receipt();
     let s = r.wall_ms.div_euclid(1000);
-    LocalDateTime::from_epoch_seconds(s + local_utc_offset_s(s)).ok()
-}
-
-/// The local time zone's offset from UTC at `utc_s`, in seconds (0 if unknown).
-#[allow(unsafe_code)]
-fn local_utc_offset_s(utc_s: i64) -> i64 {
-    let t: libc::time_t = utc_s as libc::time_t;
-    // SAFETY: localtime_r writes only into the tm we own; a zeroed tm is a valid start.
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    // SAFETY: both pointers are valid for the duration of the call.
-    let r = unsafe { libc::localtime_r(&t, &mut tm) };
-    if r.is_null() { 0 } else { tm.tm_gmtoff }
+    LocalDateTime::from_epoch_seconds(s + crate::clock::local_utc_offset_s(s)).ok()
 }
 
 #[cfg(test)]
@@ -756,7 +748,7 @@ mod tests {
 
     #[test]
     fn local_offset_is_sane() {
-        let o = local_utc_offset_s(1_700_000_000);
+        let o = crate::clock::local_utc_offset_s(1_700_000_000);
         assert!(o.abs() <= 14 * 3600, "{o}");
     }
 }

@@ -144,7 +144,12 @@ pub(crate) fn open_connection(
             path: path.to_owned(),
         });
     }
-    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    // NOFOLLOW: a store path that is a symbolic link is refused, never followed (root may
+    // open the service user's store: provisioning records bindings).
+    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_NOFOLLOW;
+    refuse_symlinks(path)?;
     if exists {
         check_file_shape(path)?;
     } else {
@@ -278,6 +283,26 @@ pub(crate) fn open_connection(
     conn.pragma_update(None, "temp_store", "MEMORY")
         .map_err(sql("set temp store"))?;
     Ok(conn)
+}
+
+/// The store and the files SQLite keeps beside it must be what they say: a symbolic link at
+/// any of those paths (which the service user could plant for root to follow) is refused.
+fn refuse_symlinks(path: &Path) -> Result<(), StoreError> {
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        let p = PathBuf::from(p);
+        if std::fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(StoreError::Corrupt {
+                path: path.to_owned(),
+                detail: format!(
+                    "{} is a symbolic link; a store's files are never followed",
+                    p.display()
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn create_private_file(path: &Path) -> Result<(), StoreError> {

@@ -21,6 +21,18 @@ pub struct StoreStatus {
     pub destinations: Vec<DestinationStatus>,
     pub devices: Vec<DeviceSummary>,
     pub alarms: Vec<EventSummary>,
+    /// Whether the daemon last saw its wall clock synchronised, and why (the latest
+    /// `clock-synchronised` / `clock-unsynchronised` event); `None` before a daemon ran.
+    pub clock: Option<ClockStatus>,
+}
+
+/// The daemon's last view of its clock.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ClockStatus {
+    pub synchronized: bool,
+    /// The evidence, or why there is none.
+    pub why: String,
+    pub since_ms: i64,
 }
 
 /// Readings by delivery state. Every reading is in exactly one of these.
@@ -341,6 +353,30 @@ impl StoreReader {
         }
 
         let alarms = self.query_events(Some("alarm"), 10)?;
+        let clock = c
+            .query_row(
+                "SELECT at_ms, kind, detail FROM events \
+                 WHERE kind IN ('clock-synchronised', 'clock-unsynchronised') \
+                 ORDER BY id DESC LIMIT 1",
+                [],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(self.sql("clock state"))?
+            .map(|(at_ms, kind, detail)| ClockStatus {
+                synchronized: kind == "clock-synchronised",
+                why: serde_json::from_str::<serde_json::Value>(&detail)
+                    .ok()
+                    .and_then(|d| d["why"].as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+                since_ms: at_ms,
+            });
 
         let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
         Ok(StoreStatus {
@@ -352,6 +388,7 @@ impl StoreReader {
             destinations,
             devices,
             alarms,
+            clock,
         })
     }
 

@@ -649,3 +649,45 @@ proptest! {
         prop_assert_eq!(status.readings.total, model.len() as u64);
     }
 }
+
+/// Root opens the service user's store when provisioning records bindings: a symbolic link
+/// at the store's path or beside it (its write-ahead log) is refused, never followed, and
+/// the file it points at is left as it was.
+#[test]
+fn a_store_path_that_is_a_symbolic_link_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = DbKey::generate();
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::write(&elsewhere, b"not yours").expect("write");
+    let db = dir.path().join("vitalgate.db");
+    std::os::unix::fs::symlink(&elsewhere, &db).expect("symlink");
+    let e = open_connection(
+        &db,
+        &Keying::Encrypted(key.clone()),
+        Create::IfMissing,
+        1024,
+    )
+    .expect_err("a symlinked store");
+    assert!(e.to_string().contains("symbolic link"), "{e}");
+    assert_eq!(std::fs::read(&elsewhere).expect("read"), b"not yours");
+
+    // A real store with a planted write-ahead log link.
+    std::fs::remove_file(&db).expect("remove");
+    drop(
+        open_connection(
+            &db,
+            &Keying::Encrypted(key.clone()),
+            Create::IfMissing,
+            1024,
+        )
+        .expect("create"),
+    );
+    let mut wal = db.as_os_str().to_owned();
+    wal.push("-wal");
+    let _ = std::fs::remove_file(&wal);
+    std::os::unix::fs::symlink(&elsewhere, &wal).expect("symlink");
+    let e = open_connection(&db, &Keying::Encrypted(key), Create::Never, 1024)
+        .expect_err("a symlinked log");
+    assert!(e.to_string().contains("-wal is a symbolic link"), "{e}");
+    assert_eq!(std::fs::read(&elsewhere).expect("read"), b"not yours");
+}

@@ -201,6 +201,20 @@ pub enum SerialError {
 }
 
 impl SerialError {
+    /// The problem without any text the device sent (a reading's digits may be in the reason
+    /// an invalid frame gives): what logs at info and above, events and MQTT carry. The full
+    /// message is for debug logs and `decode`.
+    pub fn redacted(&self) -> String {
+        match self {
+            Self::Invalid {
+                protocol, offset, ..
+            } => format!("{protocol}: invalid frame at offset {offset}"),
+            other => other.to_string(),
+        }
+    }
+}
+
+impl SerialError {
     pub fn protocol(&self) -> Protocol {
         match self {
             SerialError::Checksum { protocol, .. }

@@ -87,7 +87,13 @@ fn local_now() -> Option<LocalDateTime> {
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
     // SAFETY: as above.
     let r = unsafe { libc::localtime_r(&t, &mut tm) };
-    let offset = if r.is_null() { 0 } else { tm.tm_gmtoff };
+    // `tm_gmtoff` is a C long: 32 bits on 32-bit ARM.
+    #[allow(clippy::useless_conversion)]
+    let offset = if r.is_null() {
+        0
+    } else {
+        i64::from(tm.tm_gmtoff)
+    };
     LocalDateTime::from_epoch_seconds(utc + offset).ok()
 }
 

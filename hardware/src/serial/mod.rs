@@ -115,6 +115,8 @@ pub enum Control {
     Stall(u64),
     /// Start a transfer (ASTM).
     Send,
+    /// Write these bytes to the line as they are (a damaged or foreign frame).
+    Inject(Vec<u8>),
     Quit,
 }
 
@@ -131,8 +133,11 @@ impl std::str::FromStr for Control {
                 .parse()
                 .map(Control::Stall)
                 .map_err(|_| format!("bad stall duration {ms:?}")),
+            (Some("inject"), Some(hex)) => hex::decode(hex)
+                .map(Control::Inject)
+                .map_err(|_| format!("bad hex {hex:?}")),
             _ => Err(format!(
-                "unknown command {s:?}: unplug, replug, stall MS, send, quit"
+                "unknown command {s:?}: unplug, replug, stall MS, send, inject HEX, quit"
             )),
         }
     }
@@ -242,6 +247,11 @@ impl Simulator {
                         (self.report)(Report::Stalled(d));
                     }
                     Ok(Control::Send) => self.device.trigger(ms()),
+                    Ok(Control::Inject(bytes)) => {
+                        if let Some(p) = pty.as_mut() {
+                            p.write_lossy(&bytes)?;
+                        }
+                    }
                     Err(TryRecvError::Empty) => break,
                 }
             }
