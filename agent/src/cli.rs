@@ -13,7 +13,15 @@ use crate::exit;
 
 /// Vitalgate: remote-patient-monitoring gateway agent.
 #[derive(Debug, Parser)]
-#[command(name = "vitalgate", version, about, propagate_version = true)]
+#[command(
+    name = "vitalgate",
+    version,
+    about,
+    propagate_version = true,
+    after_long_help = "Each command documents its own options: vitalgate <command> --help. \
+        Configuration: /etc/vitalgate/vitalgate.toml (every key with its default). The \
+        handbook: /usr/share/doc/vitalgate/README.md."
+)]
 pub struct Cli {
     /// Configuration file.
     #[arg(long, global = true, value_name = "FILE")]
@@ -86,6 +94,14 @@ enum Command {
     /// Signed software update: keys, signing, applying, status.
     #[command(subcommand)]
     Update(crate::cli_update::UpdateCommand),
+    /// Print a shell completion script (the package installs them; or `source` one).
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page, vitalgate(8), as roff (the package installs it).
+    #[command(hide = true)]
+    Manual,
 }
 
 #[derive(Debug, Subcommand)]
@@ -176,6 +192,29 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
         Command::Update(u) => crate::cli_update::dispatch(u, || {
             load_config(cli.config.as_deref(), Required::IfPresent)
         }),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut text = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "vitalgate", &mut text);
+            print_bytes(&text)
+        }
+        Command::Manual => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            let mut text = Vec::new();
+            clap_mangen::Man::new(cmd)
+                .section("8")
+                .render(&mut text)
+                .context("cannot render the manual page")?;
+            print_bytes(&text)
+        }
+    }
+}
+
+/// Writes generated text to stdout; a closed pipe (`| head`) is not an error.
+fn print_bytes(text: &[u8]) -> Result<u8> {
+    match std::io::stdout().lock().write_all(text) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(exit::OK),
     }
 }
 

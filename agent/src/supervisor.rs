@@ -326,6 +326,7 @@ async fn housekeeping(
 ) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut paused: Option<bool> = None;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -333,13 +334,27 @@ async fn housekeeping(
         }
         let r = clock.receipt();
         match store.housekeeping(r.wall_ms, r.clock_synchronized).await {
-            Ok(report) => tracing::debug!(
-                deleted = report.deleted_readings,
-                store_bytes = report.store_bytes,
-                over_budget = report.over_budget,
-                retention_skipped = report.retention_skipped,
-                "Housekeeping done."
-            ),
+            Ok(report) => {
+                tracing::debug!(
+                    deleted = report.deleted_readings,
+                    store_bytes = report.store_bytes,
+                    over_budget = report.over_budget,
+                    retention_skipped = report.retention_skipped,
+                    "Housekeeping done."
+                );
+                // Delivered readings stay on the gateway while retention cannot run: said
+                // once when that starts and once when it ends.
+                if paused != Some(report.retention_skipped) {
+                    if report.retention_skipped {
+                        tracing::warn!(
+                            "Retention paused: the wall clock is not synchronised, so the age of delivered readings cannot be told."
+                        );
+                    } else if paused == Some(true) {
+                        tracing::info!("Retention running again: the wall clock is synchronised.");
+                    }
+                    paused = Some(report.retention_skipped);
+                }
+            }
             Err(StoreError::WriterStopped) => return,
             Err(error) => tracing::warn!(%error, "Housekeeping failed."),
         }

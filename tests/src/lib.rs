@@ -8,6 +8,7 @@ pub mod update;
 
 pub use update::next_version;
 pub mod fhir;
+pub mod nspawn;
 
 use std::collections::BTreeSet;
 use std::ffi::OsStr;

@@ -3,12 +3,13 @@
 //! key made by `vitalgate update keygen`, served over HTTPS on loopback by a rustls server
 //! with a CA of its own.
 //!
-//! systemd cannot run here, so a test supervisor stands in for it: it starts the service the
-//! way the unit does (`vitalgate-launch run ...`, the very launcher the package installs),
-//! restarts it when it exits with a failure (`Restart=on-failure`), and after too many
-//! failures runs `vitalgate-launch --rollback` and starts it again (what `OnFailure=` and
-//! `vitalgate-rollback.service` do). Not covered here: systemd's own watchdog kill and start
-//! limit accounting, `LoadCredential=`, and running as the unprivileged service user.
+//! These tests cover the update engine's every step and failure quickly, so a test supervisor
+//! stands in for systemd: it starts the service the way the unit does (`vitalgate-launch run
+//! ...`, the very launcher the package installs), restarts it when it exits with a failure
+//! (`Restart=on-failure`), and after too many failures runs `vitalgate-launch --rollback` and
+//! starts it again (what `OnFailure=` and `vitalgate-rollback.service` do). The real unit under
+//! a real systemd (its watchdog and start limit, `LoadCredential=`, the unprivileged service
+//! user, an update and a rollback end to end) is `tests/systemd.rs`.
 //!
 //! The good update, the signature rejections and the health-gate rollback are driven the way
 //! IT drives them: an `update` command published on `cmd/<id>` through a real mosquitto (TLS,
@@ -986,4 +987,72 @@ fn the_unit_runs_the_launcher_and_rolls_back_on_failure() {
     )
     .expect("rollback unit");
     assert!(rollback.contains("ExecStart=/usr/lib/vitalgate/vitalgate-launch --rollback"));
+}
+
+/// The rollback helper writes only through names it creates (mktemp) and renames over the
+/// old ones: links planted in the install directory are replaced, never followed, and a
+/// marker naming anything but a version directory is not linked to.
+#[test]
+fn the_rollback_helper_never_writes_through_a_planted_link() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let install = tmp.path().join("install");
+    std::fs::create_dir_all(install.join("versions/9.9.9")).expect("versions");
+    let outside = tmp.path().join("outside");
+    std::fs::write(&outside, "untouched\n").expect("outside");
+    std::os::unix::fs::symlink("versions/9.9.9", install.join("current")).expect("current");
+    let marker = |previous: &str| {
+        std::fs::write(
+            install.join("pending-update"),
+            format!(
+                "operation=op-1\nnew_version=9.9.9\nprevious_version=0.1.0\nprevious_target={previous}\nattempts_left=3\n"
+            ),
+        )
+        .expect("marker");
+    };
+    marker("versions/0.1.0");
+    // Where an older helper wrote its temporary files, and the note itself.
+    for name in [
+        "rolled-back",
+        ".current.tmp",
+        "rolled-back.tmp.1",
+        "pending-update.tmp.1",
+    ] {
+        std::os::unix::fs::symlink(&outside, install.join(name)).expect("plant");
+    }
+    let rollback = || {
+        let st = Command::new("sh")
+            .arg(launcher())
+            .arg("--rollback")
+            .env("VITALGATE_INSTALL_DIR", &install)
+            .status()
+            .expect("rollback helper");
+        assert!(st.success());
+    };
+    rollback();
+    assert_eq!(
+        std::fs::read_to_string(&outside).expect("outside"),
+        "untouched\n"
+    );
+    let note = std::fs::symlink_metadata(install.join("rolled-back")).expect("note");
+    assert!(note.file_type().is_file(), "the note is a file of its own");
+    assert_eq!(
+        std::fs::read_link(install.join("current")).expect("current"),
+        PathBuf::from("versions/0.1.0")
+    );
+    assert!(!install.join("pending-update").exists());
+
+    // A marker pointing outside the versions: no link to it; the packaged version runs.
+    std::os::unix::fs::symlink("versions/9.9.9", install.join("current.new")).expect("link");
+    std::fs::rename(install.join("current.new"), install.join("current")).expect("flip");
+    marker("../../etc");
+    rollback();
+    assert!(std::fs::symlink_metadata(install.join("current")).is_err());
+    // Not on trial: --on-trial says so (the rollback unit's ExecCondition).
+    let st = Command::new("sh")
+        .arg(launcher())
+        .arg("--on-trial")
+        .env("VITALGATE_INSTALL_DIR", &install)
+        .status()
+        .expect("on-trial");
+    assert_eq!(st.code(), Some(1));
 }

@@ -1,0 +1,98 @@
+//! Puts readings that carry no device time into a gateway's store, as a live oximeter's
+//! notifications would arrive: bound to a patient, routed to a destination, each received
+//! now by the gateway's clocks (wall time, CLOCK_BOOTTIME, boot id, and whether the wall
+//! clock counts as synchronised). Their only time is that reception, so delivering them
+//! needs the gateway's clock: the systemd tests use them to see the packaged service hold
+//! them while its clock is unsynchronised, keep them across a restart, and send them once it
+//! is synchronised.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use uuid::Uuid;
+use vitalgate::clock::{Clock, SystemClock};
+use vitalgate::store::{self, Batch, Keying, WriterOptions};
+use vitalgate_drivers::ieee11073::Value;
+use vitalgate_drivers::mdc::{self, Unit};
+use vitalgate_drivers::model::Origin;
+use vitalgate_drivers::{DeviceIdentity, Measurement, Reading, Transport};
+
+#[derive(Debug, Parser)]
+struct Args {
+    #[arg(long)]
+    db: PathBuf,
+    #[arg(long)]
+    key_file: PathBuf,
+    /// The destination id the readings are routed to.
+    #[arg(long)]
+    destination: String,
+    /// The patient the device is bound to (`system|value`).
+    #[arg(long)]
+    patient: String,
+    #[arg(long, default_value = "00:1C:05:FF:E8:22")]
+    device: String,
+    #[arg(long, default_value_t = 3)]
+    count: u32,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let keying = Keying::Encrypted(store::key::read_key_file(&args.key_file)?);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (handle, writer) = store::writer::start(WriterOptions {
+        path: args.db.clone(),
+        keying,
+        batch_max_readings: 1000,
+        batch_linger: Duration::ZERO,
+        cache_size_kib: 2048,
+        channel_capacity: 16,
+        destinations: vec![args.destination.clone()],
+        retention: Duration::from_secs(30 * 24 * 3600),
+        raw_stream_retention: Duration::from_secs(2 * 24 * 3600),
+        disk_budget_bytes: u64::MAX,
+    })?;
+    let device = DeviceIdentity::new(Transport::Ble, &args.device);
+    let clock = SystemClock::new();
+    rt.block_on(async {
+        handle
+            .bind(device.clone(), -1, args.patient.clone())
+            .await?;
+        let readings = (0..args.count)
+            .map(|i| {
+                let mut m = Measurement::numeric(
+                    mdc::PULS_OXIM_SAT_O2,
+                    Value::number(95 + i64::from(i % 4), 0),
+                    Unit::percent(),
+                );
+                m.qualifiers.origin = Origin::Live;
+                Reading {
+                    device: device.clone(),
+                    measurement: m,
+                    receipt: clock.receipt(),
+                    device_clock_offset_ms: None,
+                    instance: Uuid::new_v4(),
+                    raw: Vec::new(),
+                }
+            })
+            .collect();
+        let receipt = handle
+            .commit(Batch {
+                readings,
+                cursor: None,
+            })
+            .await?;
+        println!(
+            "COMMITTED {} synchronised={}",
+            receipt.inserted(),
+            clock.receipt().clock_synchronized
+        );
+        handle.shutdown().await;
+        anyhow::Ok(())
+    })?;
+    drop(handle);
+    writer.join()?;
+    Ok(())
+}
