@@ -211,6 +211,15 @@ fn report_outcome(outcome: Option<&serde_json::Value>) -> u8 {
             );
             exit::NOPERM
         }
+        Some("ambiguous") => {
+            let n = o["candidates"].as_array().map_or(0, Vec::len);
+            eprintln!(
+                "vitalgate: {n} devices are in pairing mode and nothing tells which is meant: \
+                 none was paired. Run `vitalgate pair --device <address>`, or take the others \
+                 out of pairing mode."
+            );
+            exit::TEMPFAIL
+        }
         Some("expired") if failures.is_empty() => {
             eprintln!(
                 "vitalgate: the window expired before a device was found; was it in pairing mode?"

@@ -26,14 +26,22 @@ pub enum UpdateCommand {
         #[arg(long, value_name = "PREFIX")]
         out: PathBuf,
     },
-    /// Sign a manifest (adds or replaces this key's signature).
+    /// Sign an update manifest, or (with --gateway) a desired configuration or a fleet
+    /// command for one gateway. Adds or replaces this key's signature.
     Sign {
-        /// The manifest JSON file.
+        /// The JSON file: a manifest, a desired configuration or a command payload.
         manifest: PathBuf,
-        /// The private key file written by `keygen`.
+        /// The private key file written by `keygen` (an update key for manifests, an
+        /// operator key for fleet documents).
         #[arg(long, value_name = "FILE")]
         key: PathBuf,
-        /// Where to write the signed manifest (default: replace the input file).
+        /// Sign a fleet document for this gateway: sets its "gateway" member first.
+        #[arg(long, value_name = "GATEWAY-ID")]
+        gateway: Option<String>,
+        /// The document is a command published as cmd/<ID>: sets its "id" member first.
+        #[arg(long, value_name = "ID", requires = "gateway")]
+        command_id: Option<String>,
+        /// Where to write the signed document (default: replace the input file).
         #[arg(long, short, value_name = "FILE")]
         output: Option<PathBuf>,
     },
@@ -45,6 +53,12 @@ pub enum UpdateCommand {
         /// The id reported with every step (the fleet command id).
         #[arg(long, default_value = "cli")]
         command_id: String,
+    },
+    /// Apply an update trust document signed by a root key: revoke or add update signing
+    /// keys, set the minimum version (`[update] root_keys` names the root keys).
+    Trust {
+        /// The signed trust document JSON file.
+        document: PathBuf,
     },
     /// Show the running version, the installed versions and the last update operation.
     Status {
@@ -60,12 +74,28 @@ pub fn dispatch(cmd: UpdateCommand, config: impl FnOnce() -> Result<Config>) -> 
         UpdateCommand::Sign {
             manifest,
             key,
+            gateway: None,
             output,
+            ..
         } => sign(&manifest, &key, output.as_deref()),
+        UpdateCommand::Sign {
+            manifest,
+            key,
+            gateway: Some(gateway),
+            command_id,
+            output,
+        } => sign_fleet(
+            &manifest,
+            &key,
+            &gateway,
+            command_id.as_deref(),
+            output.as_deref(),
+        ),
         UpdateCommand::Apply {
             manifest,
             command_id,
         } => apply(&config()?, &manifest, &command_id),
+        UpdateCommand::Trust { document } => trust(&config()?, &document),
         UpdateCommand::Status { json } => status(&config()?, json),
     }
 }
@@ -92,10 +122,33 @@ fn keygen(prefix: &Path) -> Result<u8> {
     println!("Public key:  {}", public.display());
     println!("Key id:      {}", key.public().id());
     println!(
-        "For [update] trusted_keys: \"{}\"",
+        "For [update] trusted_keys (update key) or [fleet] operator_keys (operator key): \"{}\"",
         key.public().to_base64()
     );
     Ok(exit::OK)
+}
+
+fn trust(config: &Config, path: &Path) -> Result<u8> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let updater = Updater::open(&config.update)?;
+    match updater.apply_trust(&bytes) {
+        Ok((doc, key_id)) => {
+            println!(
+                "Update trust document {} applied (signed by root key {key_id}): {} key(s) revoked, {} added{}",
+                doc.sequence,
+                doc.revoked.len(),
+                doc.update_keys.len(),
+                doc.min_version
+                    .map(|v| format!(", minimum version {v}"))
+                    .unwrap_or_default()
+            );
+            Ok(exit::OK)
+        }
+        Err(e) => {
+            eprintln!("vitalgate: {}: {e}", path.display());
+            Ok(exit::DATAERR)
+        }
+    }
 }
 
 fn sign(manifest_path: &Path, key_path: &Path, output: Option<&Path>) -> Result<u8> {
@@ -104,12 +157,78 @@ fn sign(manifest_path: &Path, key_path: &Path, output: Option<&Path>) -> Result<
     let key = PrivateKey::from_base64(&key_text).with_context(|| key_path.display().to_string())?;
     let bytes = std::fs::read(manifest_path)
         .with_context(|| format!("cannot read {}", manifest_path.display()))?;
-    let signed =
-        manifest::sign(&bytes, &key).with_context(|| manifest_path.display().to_string())?;
+    let is_trust = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .is_ok_and(|v| v["type"] == update::trust::TYPE);
+    let signed = if is_trust {
+        // A trust document is signed by a root key, like any signed document.
+        let mut doc: serde_json::Value = serde_json::from_slice(&bytes).context("not JSON")?;
+        vitalgate::signed::add_signature(&mut doc, &key)
+            .with_context(|| manifest_path.display().to_string())?;
+        let mut out = serde_json::to_vec_pretty(&doc).context("cannot serialize")?;
+        out.push(b'\n');
+        out
+    } else {
+        manifest::sign(&bytes, &key).with_context(|| manifest_path.display().to_string())?
+    };
     let out = output.unwrap_or(manifest_path);
     update::state::write_atomic(out, &signed)
         .with_context(|| format!("cannot write {}", out.display()))?;
     println!("Signed {} with key {}", out.display(), key.public().id());
+    Ok(exit::OK)
+}
+
+/// Addresses a desired configuration or a command to one gateway (and command id) and
+/// signs it: what `fleet::trust` checks on the gateway.
+fn sign_fleet(
+    path: &Path,
+    key_path: &Path,
+    gateway: &str,
+    command_id: Option<&str>,
+    output: Option<&Path>,
+) -> Result<u8> {
+    let key_text = std::fs::read_to_string(key_path)
+        .with_context(|| format!("cannot read {}", key_path.display()))?;
+    let key = PrivateKey::from_base64(&key_text).with_context(|| key_path.display().to_string())?;
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut doc: serde_json::Value = serde_json::from_slice(&bytes)
+        .with_context(|| format!("{} is not JSON", path.display()))?;
+    let Some(map) = doc.as_object_mut() else {
+        anyhow::bail!("{} is not a JSON object", path.display());
+    };
+    gateway
+        .parse::<vitalgate::config::GatewayId>()
+        .map_err(|e| anyhow::anyhow!("--gateway: {e}"))?;
+    map.insert(
+        vitalgate::fleet::trust::GATEWAY.into(),
+        serde_json::Value::String(gateway.into()),
+    );
+    match command_id {
+        Some(id) => {
+            vitalgate::fleet::command::CommandId::parse(id)
+                .map_err(|e| anyhow::anyhow!("--command-id: {e}"))?;
+            map.insert(
+                vitalgate::fleet::trust::ID.into(),
+                serde_json::Value::String(id.into()),
+            );
+        }
+        None => {
+            map.remove(vitalgate::fleet::trust::ID);
+        }
+    }
+    vitalgate::signed::add_signature(&mut doc, &key).with_context(|| path.display().to_string())?;
+    let mut out = serde_json::to_vec_pretty(&doc).context("cannot serialize")?;
+    out.push(b'\n');
+    let target = output.unwrap_or(path);
+    update::state::write_atomic(target, &out)
+        .with_context(|| format!("cannot write {}", target.display()))?;
+    println!(
+        "Signed {} for gateway {gateway}{} with key {}",
+        target.display(),
+        command_id
+            .map(|id| format!(", command id {id}"))
+            .unwrap_or_default(),
+        key.public().id()
+    );
     Ok(exit::OK)
 }
 

@@ -137,16 +137,70 @@ pub fn set_private(path: &Path) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod 600");
 }
 
+/// The ACL the README documents: IT may touch every gateway's topics; a gateway may only
+/// read what IT writes to it and write its own reports, never its commands or its desired
+/// configuration.
+pub fn least_privilege_acl() -> String {
+    format!(
+        "user {it}\ntopic readwrite vitalgate/#\n\n\
+         pattern read vitalgate/%u/config/desired\n\
+         pattern read vitalgate/%u/cmd/+\n\
+         pattern write vitalgate/%u/state\n\
+         pattern write vitalgate/%u/telemetry\n\
+         pattern write vitalgate/%u/events\n\
+         pattern write vitalgate/%u/config/reported\n\
+         pattern write vitalgate/%u/cmd/+/result\n",
+        it = IT_USER.0
+    )
+}
+
+/// The operator key the test gateways trust (`[fleet] operator_keys`).
+pub fn operator_key() -> vitalgate::signed::PrivateKey {
+    vitalgate::signed::PrivateKey::from_seed(&[0x4f; 32])
+}
+
+/// `doc` addressed to `gateway` (and, for a command, its id) and signed by `key`, as
+/// `vitalgate update sign --gateway` writes it.
+pub fn signed_with(
+    key: &vitalgate::signed::PrivateKey,
+    gateway: &str,
+    command_id: Option<&str>,
+    mut doc: serde_json::Value,
+) -> serde_json::Value {
+    doc["gateway"] = serde_json::Value::String(gateway.into());
+    if let Some(id) = command_id {
+        doc["id"] = serde_json::Value::String(id.into());
+    }
+    vitalgate::signed::add_signature(&mut doc, key).expect("sign");
+    doc
+}
+
+/// [`signed_with`] the test operator key.
+pub fn signed(
+    gateway: &str,
+    command_id: Option<&str>,
+    doc: serde_json::Value,
+) -> serde_json::Value {
+    signed_with(&operator_key(), gateway, command_id, doc)
+}
+
+/// A command as IT's tooling sends it: signed when its type must be.
+pub fn command_payload(gateway: &str, id: &str, body: serde_json::Value) -> serde_json::Value {
+    let must_sign = body["type"]
+        .as_str()
+        .is_some_and(|t| vitalgate::fleet::trust::SIGNED_COMMANDS.contains(&t));
+    if must_sign {
+        signed(gateway, Some(id), body)
+    } else {
+        body
+    }
+}
+
 impl Broker {
     /// Starts mosquitto in `dir` with the given password users (plus [`IT_USER`]) and
     /// client-certificate names.
     pub fn start(dir: &Path, users: &[(&str, &str)], cert_clients: &[&str]) -> Self {
-        // Each gateway may only touch its own subtree; IT may touch all of them.
-        let acl = format!(
-            "user {it}\ntopic readwrite vitalgate/#\n\npattern readwrite vitalgate/%u/#\n",
-            it = IT_USER.0
-        );
-        Self::start_with(dir, users, cert_clients, &acl, "")
+        Self::start_with(dir, users, cert_clients, &least_privilege_acl(), "")
     }
 
     /// Like [`Broker::start`], with an ACL file and extra `mosquitto.conf` lines of the
@@ -265,10 +319,12 @@ impl Broker {
         std::fs::write(&pw, format!("{password}\n")).expect("password file");
         set_private(&pw);
         format!(
-            "[fleet]\nbroker = \"{}\"\nca_file = \"{}\"\nusername = \"{user}\"\npassword_file = \"{}\"\n{extra}",
+            "[fleet]\nbroker = \"{}\"\nca_file = \"{}\"\nusername = \"{user}\"\npassword_file = \"{}\"\n\
+             operator_keys = [\"{}\"]\n{extra}",
             self.url(),
             self.ca().display(),
-            pw.display()
+            pw.display(),
+            operator_key().public().to_base64()
         )
     }
 }

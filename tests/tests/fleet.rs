@@ -18,7 +18,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
-use vitalgate_e2e::broker::{Broker, IT_USER, Recorder};
+use vitalgate_e2e::broker::{Broker, IT_USER, Recorder, command_payload, signed, signed_with};
 use vitalgate_e2e::fhir::FhirServer;
 use vitalgate_e2e::{run, vitalgate_cmd, wait_deadline};
 
@@ -118,14 +118,24 @@ impl World {
         format!("vitalgate/{gw}/{rest}")
     }
 
-    /// Publishes a command and waits for its final result.
+    /// Publishes a command (signed by the operator when its type must be) and waits for its
+    /// final result.
     fn command(&self, gw: &str, id: &str, body: Value) -> Value {
         self.it.publish(
             &self.topic(gw, &format!("cmd/{id}")),
-            &body.to_string(),
+            &command_payload(gw, id, body).to_string(),
             false,
         );
         self.final_result(gw, id)
+    }
+
+    /// Publishes a desired configuration signed by the operator, retained.
+    fn desired(&self, gw: &str, doc: &Value) {
+        self.it.publish(
+            &self.topic(gw, "config/desired"),
+            &signed(gw, None, doc.clone()).to_string(),
+            true,
+        );
     }
 
     fn final_result(&self, gw: &str, id: &str) -> Value {
@@ -523,12 +533,12 @@ fn desired_config_is_applied_and_an_invalid_one_is_rejected_keeping_the_running_
         "version": 1,
         "telemetry_interval": "2s",
         "log_level": "info",
-        "destinations": [{"id": "hospital", "base_url": "https://fhir.example.org/r4", "credential": "hospital-token"}],
+        "destinations": [{"id": "hospital"}],
         "routing": {"default": ["hospital"]},
         "bindings": [{"device": {"transport": "ble", "address": "00:1C:05:FF:E8:74"}, "user_index": 1, "patient_ref": PATIENT_REFS[2]}],
         "pairing": {"mode": "allowlist-only", "allow": ["00:1C:05:FF:E8:74"]}
     });
-    w.it.publish(&desired, &v1.to_string(), true);
+    w.desired("gw-a", &v1);
     let r = w.it.wait_for(&reported, WAIT, |v| v["status"] == "applied");
     assert_eq!(r["version"], 1);
     assert_eq!(
@@ -550,7 +560,7 @@ fn desired_config_is_applied_and_an_invalid_one_is_rejected_keeping_the_running_
         "routing": {"default": ["nowhere"]},
         "bindings": [],
     });
-    w.it.publish(&desired, &v2.to_string(), true);
+    w.desired("gw-a", &v2);
     let r =
         w.it.wait_for(&reported, WAIT, |v| v["status"] == "rejected");
     assert_eq!(r["version"], 2, "{r}");
@@ -569,7 +579,8 @@ fn desired_config_is_applied_and_an_invalid_one_is_rejected_keeping_the_running_
     let res = w.command(
         "gw-a",
         "pair-1",
-        serde_json::json!({"type": "open-pairing-window", "expires_at": expires_in(300), "seconds": 60}),
+        serde_json::json!({"type": "open-pairing-window", "expires_at": expires_in(300), "seconds": 60,
+            "device": {"transport": "ble", "address": "00:1C:05:FF:E8:74"}}),
     );
     assert_eq!(res["status"], "failed", "{res}");
     assert!(
@@ -588,7 +599,7 @@ fn desired_config_is_applied_and_an_invalid_one_is_rejected_keeping_the_running_
 
     // The applied version survives a restart (persisted) and is reported again.
     gw.kill9();
-    w.it.publish(&desired, &v1.to_string(), true);
+    w.desired("gw-a", &v1);
     let before = w.it.all().len();
     gw.start();
     w.it.wait_for(&w.topic("gw-a", "state"), WAIT, |v| {
@@ -625,7 +636,8 @@ fn every_command_with_replays_and_expiry() {
     let r = w.command(
         "gw-a",
         "pair-1",
-        serde_json::json!({"type": "open-pairing-window", "expires_at": exp, "seconds": 120}),
+        serde_json::json!({"type": "open-pairing-window", "expires_at": exp, "seconds": 120,
+            "device": {"transport": "ble", "address": "00:1C:05:FF:E8:75"}}),
     );
     assert_eq!(r["status"], "succeeded", "{r}");
     assert!(r["detail"]["until"].is_string());
@@ -779,7 +791,7 @@ fn every_command_with_replays_and_expiry() {
         "device": {"transport": "ble", "address": "00:1C:05:FF:E8:74"}, "user_index": 2});
     w.it.publish(
         &w.topic("gw-a", "cmd/bind-1"),
-        &unbind_again.to_string(),
+        &command_payload("gw-a", "bind-1", unbind_again).to_string(),
         false,
     );
     let r =
@@ -872,6 +884,178 @@ fn after_a_broker_restart_the_gateway_resubscribes() {
         s["fleet"]["reconnects"].as_u64().expect("reconnects") >= 1,
         "{s}"
     );
+    w.assert_no_phi();
+}
+
+/// Requirement (fleet trust): whoever can publish on a gateway's topics (the IT backend, a
+/// broker administrator, a compromised broker, the gateway's own credentials) cannot send its
+/// readings or tokens to another server, name its secrets, rebind patients or lock out later
+/// documents. Only a document signed by an operator key of `vitalgate.toml`, for this gateway,
+/// changes data flow or identity, and even it only chooses among the file's destinations. An
+/// attacker FHIR server on loopback receives nothing.
+#[test]
+fn only_signed_documents_change_where_readings_go_or_whose_they_are() {
+    let w = World::new();
+    let hospital = FhirServer::start();
+    let attacker = FhirServer::start();
+    let dest = format!(
+        "[[destination]]\nid = \"hospital\"\nbase_url = \"{}\"\nbatch_linger = \"50ms\"\n\n",
+        hospital.base_url
+    );
+    let mut gw = w.gateway_with(GW_A.0, &w.broker.fleet_toml(GW_A.0, GW_A.1, FAST), &dest);
+    gw.start();
+    w.it.wait_for(&w.topic("gw-a", "state"), WAIT, online);
+    let desired = w.topic("gw-a", "config/desired");
+    let reported = w.topic("gw-a", "config/reported");
+    let rejected = |version: Value, needle: &str| {
+        let r = w.it.wait_for(&reported, WAIT, |v| {
+            v["status"] == "rejected" && v["version"] == version
+        });
+        assert!(
+            r["reason"].as_str().is_some_and(|s| s.contains(needle)),
+            "expected {needle:?}: {r}"
+        );
+        assert!(r["applied_version"].is_null(), "{r}");
+        // Each refusal is an event for IT too; the running configuration is the file's.
+        w.it.wait_for(&w.topic("gw-a", "events"), WAIT, |v| {
+            v["kind"] == "config-rejected" && v["detail"]["version"] == version
+        });
+    };
+
+    // The hospital destination pointed at the attacker: unsigned, signed by a stranger,
+    // signed for another gateway, and signed by the operator (a file destination is pinned).
+    let moved = serde_json::json!({"version": 5,
+        "destinations": [{"id": "hospital", "base_url": attacker.base_url}]});
+    let mut unsigned = moved.clone();
+    unsigned["gateway"] = "gw-a".into();
+    w.it.publish(&desired, &unsigned.to_string(), true);
+    rejected(5.into(), "no signature");
+    let stranger = vitalgate::signed::PrivateKey::from_seed(&[0x11; 32]);
+    let moved6 = serde_json::json!({"version": 6,
+        "destinations": [{"id": "hospital", "base_url": attacker.base_url}]});
+    w.it.publish(
+        &desired,
+        &signed_with(&stranger, "gw-a", None, moved6).to_string(),
+        true,
+    );
+    rejected(6.into(), "untrusted");
+    let moved7 = serde_json::json!({"version": 7,
+        "destinations": [{"id": "hospital", "base_url": attacker.base_url}]});
+    w.it.publish(&desired, &signed("gw-b", None, moved7).to_string(), true);
+    rejected(7.into(), "another gateway");
+    let moved17 = serde_json::json!({"version": 17,
+        "destinations": [{"id": "hospital", "base_url": attacker.base_url}]});
+    w.desired("gw-a", &moved17);
+    rejected(17.into(), "pinned");
+    // A credential named over MQTT (the store key) is refused, whoever signed it.
+    w.desired(
+        "gw-a",
+        &serde_json::json!({"version": 8,
+            "destinations": [{"id": "hospital", "credential": "vitalgate-db-key"}]}),
+    );
+    rejected(8.into(), "never named");
+    // The lock-out version: unsigned it is refused as such, and no signature can even cover
+    // it (the signed form's integers end at 2^53).
+    let lockout = format!(r#"{{"version": {}, "gateway": "gw-a"}}"#, u64::MAX);
+    w.it.publish(&desired, &lockout, true);
+    rejected(u64::MAX.into(), "no signature");
+    let lockout = format!(
+        r#"{{"version": {}, "gateway": "gw-a",
+            "signatures": [{{"key_id": "0011223344556677", "signature": "AA=="}}]}}"#,
+        u64::MAX - 1
+    );
+    w.it.publish(&desired, &lockout, true);
+    rejected((u64::MAX - 1).into(), "2^53");
+
+    // Unsigned data-flow commands bind nobody and open no window.
+    for (id, body) in [
+        (
+            "evil-bind",
+            serde_json::json!({"type": "bind", "expires_at": expires_in(300),
+            "device": {"transport": "ble", "address": "00:1C:05:FF:E8:74"},
+            "patient_ref": PATIENT_REFS[0]}),
+        ),
+        (
+            "evil-pair",
+            serde_json::json!({"type": "open-pairing-window",
+            "expires_at": expires_in(300), "seconds": 60,
+            "device": {"transport": "ble", "address": "00:1C:05:FF:E8:74"}}),
+        ),
+    ] {
+        w.it.publish(
+            &w.topic("gw-a", &format!("cmd/{id}")),
+            &body.to_string(),
+            false,
+        );
+        let r = w.final_result("gw-a", id);
+        assert_eq!(r["status"], "failed", "{r}");
+        assert!(
+            r["reason"]
+                .as_str()
+                .is_some_and(|s| s.contains("no signature")),
+            "{r}"
+        );
+    }
+    assert!(gw.bindings().is_empty());
+
+    // The gateway's own credentials cannot publish on its commands or desired configuration
+    // (the least-privilege ACL): the broker drops both, so nothing reaches the gateway.
+    let own = Recorder::connect(
+        w.broker.port,
+        &w.broker.ca(),
+        GW_A,
+        "vitalgate/gw-a/config/desired",
+    );
+    own.publish(
+        &w.topic("gw-a", "cmd/own-1"),
+        &serde_json::json!({"type": "diagnostics", "expires_at": expires_in(300)}).to_string(),
+        false,
+    );
+    own.publish(&desired, r#"{"version": 99, "gateway": "gw-a"}"#, true);
+    let r = w.command(
+        "gw-a",
+        "legit-diag",
+        serde_json::json!({"type": "diagnostics", "expires_at": expires_in(300)}),
+    );
+    assert_eq!(r["status"], "succeeded", "{r}");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        w.it.all()
+            .iter()
+            .all(|m| !(m.topic.contains("own-1")
+                || (m.topic == desired && m.json()["version"] == 99))),
+        "the gateway's own credentials published on IT's topics"
+    );
+
+    // What the operator signs still works: a desired configuration and a bind.
+    w.desired(
+        "gw-a",
+        &serde_json::json!({"version": 9, "destinations": [{"id": "hospital"}]}),
+    );
+    let r = w.it.wait_for(&reported, WAIT, |v| v["status"] == "applied");
+    assert_eq!(r["version"], 9, "{r}");
+    w.it.wait_for(&w.topic("gw-a", "events"), WAIT, |v| {
+        v["kind"] == "config-applied"
+            && v["detail"]["key_id"] == vitalgate_e2e::broker::operator_key().public().id()
+    });
+    let r = w.command(
+        "gw-a",
+        "bind-ok",
+        serde_json::json!({"type": "bind", "expires_at": expires_in(300),
+            "device": {"transport": "ble", "address": "00:1C:05:FF:E8:74"},
+            "patient_ref": PATIENT_REFS[0]}),
+    );
+    assert_eq!(r["status"], "succeeded", "{r}");
+    assert_eq!(gw.bindings().len(), 1);
+
+    // Readings go where the file says, and nowhere else.
+    fill(&gw, 10);
+    hospital.wait_for(Duration::from_secs(30), "hospital", |s| {
+        cuff_observations(s) >= 10
+    });
+    let seen = attacker.stats();
+    assert_eq!(seen["transactions"], 0, "{seen}");
+    assert_eq!(attacker.count("Observation"), 0);
     w.assert_no_phi();
 }
 
@@ -1049,23 +1233,20 @@ fn a_desired_destination_is_added_and_readings_reach_it_then_removed_and_reporte
     let hospital = FhirServer::start();
     let medicaid = FhirServer::start();
     let dest = format!(
-        "[[destination]]\nid = \"hospital\"\nbase_url = \"{}\"\nbatch_linger = \"50ms\"\n\n",
-        hospital.base_url
+        "[[destination]]\nid = \"hospital\"\nbase_url = \"{}\"\nbatch_linger = \"50ms\"\n\n\
+         [[destination]]\nid = \"medicaid\"\nbase_url = \"{}\"\nbatch_linger = \"50ms\"\n\n",
+        hospital.base_url, medicaid.base_url
     );
     let mut gw = w.gateway_with(GW_A.0, &w.broker.fleet_toml(GW_A.0, GW_A.1, FAST), &dest);
     gw.start();
     w.it.wait_for(&w.topic("gw-a", "state"), WAIT, online);
-    let desired = w.topic("gw-a", "config/desired");
     let reported = w.topic("gw-a", "config/reported");
     let v1 = serde_json::json!({
         "version": 1,
-        "destinations": [
-            {"id": "hospital", "base_url": hospital.base_url},
-            {"id": "medicaid", "base_url": medicaid.base_url}
-        ],
+        "destinations": [{"id": "hospital"}, {"id": "medicaid", "base_url": medicaid.base_url}],
         "routing": {"default": ["hospital", "medicaid"]}
     });
-    w.it.publish(&desired, &v1.to_string(), true);
+    w.desired("gw-a", &v1);
     let r = w.it.wait_for(&reported, WAIT, |v| v["status"] == "applied");
     assert_eq!(r["version"], 1, "{r}");
 
@@ -1089,9 +1270,9 @@ fn a_desired_destination_is_added_and_readings_reach_it_then_removed_and_reporte
     });
     let v2 = serde_json::json!({
         "version": 2,
-        "destinations": [{"id": "medicaid", "base_url": medicaid.base_url}],
+        "destinations": [{"id": "medicaid"}],
     });
-    w.it.publish(&desired, &v2.to_string(), true);
+    w.desired("gw-a", &v2);
     let r = w.it.wait_for(&reported, WAIT, |v| {
         v["status"] == "applied" && v["version"] == 2
     });
@@ -1114,13 +1295,12 @@ fn a_desired_destination_is_added_and_readings_reach_it_then_removed_and_reporte
         "{t}"
     );
 
-    // A destination the gateway could not use (remote, no credential) rejects the whole
-    // document; v2 keeps running.
+    // A server vitalgate.toml does not name rejects the whole document; v2 keeps running.
     let v3 = serde_json::json!({
         "version": 3,
         "destinations": [{"id": "payer", "base_url": "https://payer.example.org/r4"}],
     });
-    w.it.publish(&desired, &v3.to_string(), true);
+    w.desired("gw-a", &v3);
     let r = w.it.wait_for(&reported, WAIT, |v| {
         v["status"] == "rejected" && v["version"] == 3
     });
@@ -1128,7 +1308,7 @@ fn a_desired_destination_is_added_and_readings_reach_it_then_removed_and_reporte
     assert!(
         r["reason"]
             .as_str()
-            .is_some_and(|s| s.contains("destinations[0].auth")),
+            .is_some_and(|s| s.contains("destinations[0].id")),
         "{r}"
     );
     w.assert_no_phi();

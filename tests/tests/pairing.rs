@@ -211,6 +211,94 @@ fn a_passkey_glucose_meter_pairs_with_the_right_pin_only_and_unpairs() {
     rig.stop_agent();
 }
 
+/// Requirement (fleet trust, pairing): a window that does not name its device and finds two
+/// health devices in pairing mode pairs neither (picking one could adopt a neighbour's and
+/// file its readings under this patient), and says to name the device; naming it pairs it.
+#[test]
+fn two_devices_in_pairing_mode_pair_neither_until_the_window_names_one() {
+    const NEIGHBOUR: &str = "A0:00:00:00:00:2E";
+    let devices = vec![
+        PeripheralSpec::new(Profile::Glucose, METER)
+            .with_records(1)
+            .unbonded()
+            .with_pairing(PairingMethod::Passkey(PASSKEY)),
+        PeripheralSpec::new(Profile::Glucose, NEIGHBOUR)
+            .unbonded()
+            .with_pairing(PairingMethod::Passkey(PASSKEY)),
+    ];
+    let mut rig = rig(devices, "");
+    rig.start_daemon();
+    let pin = PASSKEY.to_string();
+    let out = rig.pair(&[
+        "--patient",
+        "Patient/pr-0007",
+        "--seconds",
+        "8",
+        "--pin",
+        &pin,
+    ]);
+    out.expect_code(75);
+    assert!(
+        out.stderr.contains("2 devices are in pairing mode"),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(!rig.emu.is_paired(METER) && !rig.emu.is_paired(NEIGHBOUR));
+    assert!(
+        !rig.emu.call_log().iter().any(|c| c.starts_with("Pair ")),
+        "nothing was even asked to pair"
+    );
+    assert!(rig.devices().is_empty());
+    let out = rig.pair(&[
+        "--patient",
+        "Patient/pr-0007",
+        "--seconds",
+        "20",
+        "--pin",
+        &pin,
+        "--device",
+        METER,
+    ]);
+    out.expect_code(0);
+    assert!(rig.emu.is_paired(METER) && !rig.emu.is_paired(NEIGHBOUR));
+    rig.stop_agent();
+}
+
+/// Requirement (fleet trust, pairing): a window opened with a PIN admits only a device that
+/// used it. A device that bonds Just Works (any device in range could) is unpaired again and
+/// never taken on.
+#[test]
+fn a_just_works_device_is_refused_by_a_window_with_a_pin() {
+    let devices = vec![
+        PeripheralSpec::new(Profile::Glucose, METER)
+            .with_records(1)
+            .unbonded()
+            .with_pairing(PairingMethod::JustWorks),
+    ];
+    let mut rig = rig(devices, "");
+    rig.start_daemon();
+    let out = rig.pair(&[
+        "--patient",
+        "Patient/pr-0008",
+        "--seconds",
+        "6",
+        "--pin",
+        &PASSKEY.to_string(),
+    ]);
+    out.expect_code(75);
+    assert!(
+        out.stdout.contains("Just Works"),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(!rig.emu.is_paired(METER), "the bond was removed again");
+    assert!(rig.devices().is_empty());
+    assert!(rig.readings(METER).is_empty());
+    rig.stop_agent();
+}
+
 #[test]
 fn a_pairing_window_that_expires_stops_discovery_and_pairs_nothing() {
     let mut rig = rig(
@@ -462,10 +550,10 @@ fn expires_in(secs: u64) -> String {
 
 #[test]
 fn a_fleet_command_opens_a_window_the_daemon_serves_under_the_pairing_policy() {
-    use vitalgate_e2e::broker::{Broker, IT_USER, Recorder};
+    use vitalgate_e2e::broker::{Broker, IT_USER, Recorder, command_payload, signed};
     const GW: (&str, &str) = ("test-gw", "test-gw-pw");
     const PATIENT: &str = "Patient/pr-fleet-5e1";
-    // Sorts before the meter, so the window looks at it first.
+    // A neighbour's device in pairing mode at the same time.
     const NEIGHBOUR_SCALE: &str = "A0:00:00:00:00:1D";
     let broker_dir = tempfile::tempdir().expect("tempdir");
     let broker = Broker::start(broker_dir.path(), &[GW], &[]);
@@ -488,7 +576,11 @@ fn a_fleet_command_opens_a_window_the_daemon_serves_under_the_pairing_policy() {
     rig.start_daemon();
     let topic = |rest: &str| format!("vitalgate/{}/{rest}", GW.0);
     let command = |id: &str, body: Value| -> Value {
-        it.publish(&topic(&format!("cmd/{id}")), &body.to_string(), false);
+        it.publish(
+            &topic(&format!("cmd/{id}")),
+            &command_payload(GW.0, id, body).to_string(),
+            false,
+        );
         it.wait_for(&topic(&format!("cmd/{id}/result")), WAIT, |v| {
             v["status"] == "succeeded" || v["status"] == "failed"
         })
@@ -502,30 +594,61 @@ fn a_fleet_command_opens_a_window_the_daemon_serves_under_the_pairing_policy() {
     // allowlist-only: the window is refused.
     it.publish(
         &topic("config/desired"),
-        r#"{"version": 1, "pairing": {"mode": "allowlist-only"}}"#,
+        &signed(
+            GW.0,
+            None,
+            serde_json::json!({"version": 1, "pairing": {"mode": "allowlist-only"}}),
+        )
+        .to_string(),
         true,
     );
     applied(1);
     let r = command(
         "pair-1",
         serde_json::json!({"type": "open-pairing-window", "expires_at": expires_in(300),
-            "seconds": 30, "pin": PASSKEY.to_string(), "patient_ref": PATIENT}),
+            "seconds": 30, "pin": PASSKEY.to_string(), "patient_ref": PATIENT,
+            "device": {"transport": "ble", "address": METER}}),
     );
     assert_eq!(r["status"], "failed", "{r}");
+    assert!(
+        r["reason"]
+            .as_str()
+            .is_some_and(|s| s.contains("allowlist-only")),
+        "{r}"
+    );
 
     // A window policy that lets only the meter pair.
     it.publish(
         &topic("config/desired"),
-        &format!(
-            r#"{{"version": 2, "pairing": {{"mode": "window", "allow": ["{METER}"], "max_window": "5m"}}}}"#
-        ),
+        &signed(
+            GW.0,
+            None,
+            serde_json::json!({"version": 2,
+                "pairing": {"mode": "window", "allow": [METER], "max_window": "5m"}}),
+        )
+        .to_string(),
         true,
     );
     applied(2);
+    // A window for the neighbour's scale is refused: the policy does not allow it.
+    let r = command(
+        "pair-scale",
+        serde_json::json!({"type": "open-pairing-window", "expires_at": expires_in(300),
+            "seconds": 30, "patient_ref": PATIENT,
+            "device": {"transport": "ble", "address": NEIGHBOUR_SCALE}}),
+    );
+    assert_eq!(r["status"], "failed", "{r}");
+    assert!(
+        r["reason"]
+            .as_str()
+            .is_some_and(|s| s.contains("allow list")),
+        "{r}"
+    );
     let r = command(
         "pair-2",
         serde_json::json!({"type": "open-pairing-window", "expires_at": expires_in(300),
-            "seconds": 30, "pin": PASSKEY.to_string(), "patient_ref": PATIENT}),
+            "seconds": 30, "pin": PASSKEY.to_string(), "patient_ref": PATIENT,
+            "device": {"transport": "ble", "address": METER}}),
     );
     assert_eq!(r["status"], "succeeded", "{r}");
     // The daemon acts on the recorded window: the meter pairs with the command's PIN.
@@ -538,17 +661,13 @@ fn a_fleet_command_opens_a_window_the_daemon_serves_under_the_pairing_policy() {
     rig.wait_for("the meter's records", |r| {
         sequences(&r.readings(METER)) == [1, 2, 3]
     });
-    // The scale was seen but refused by the policy's allow list.
+    // The scale, in pairing mode all along, was never paired.
     assert!(!rig.emu.is_paired(NEIGHBOUR_SCALE));
     assert!(
         !rig.emu
             .call_log()
             .iter()
             .any(|c| c.starts_with("Pair ") && c.contains("dev_A0_00_00_00_00_1D"))
-    );
-    assert!(
-        rig.log_text()
-            .contains("not in the pairing policy's allow list")
     );
     it.wait_for(&topic("events"), WAIT, |v| {
         v.to_string().contains("device-paired")

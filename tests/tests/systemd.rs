@@ -400,6 +400,14 @@ fn an_update_under_the_real_unit_commits_and_a_crashing_one_is_rolled_back() {
     assert_eq!(telemetry["clock_synchronized"], false, "{telemetry}");
     let why = telemetry["clock_why"].as_str().unwrap_or_default();
     assert!(why.contains("ProtectClock"), "{why}");
+    // A manifest must expire, and an expiry means nothing on an unsynchronised clock: the
+    // updates below wait for systemd-timesyncd's marker, as a gateway in the field does.
+    c.ok(&format!("mkdir -p /run/systemd/timesync && touch {MARKER}"));
+    it.wait_for(
+        &format!("vitalgate/{GATEWAY}/telemetry"),
+        Duration::from_secs(30),
+        |v| v["clock_synchronized"] == true,
+    );
 
     let manifest = |version: &str, artifact: &Path, name: &str| -> serde_json::Value {
         let url = server.put_file(name, artifact, Fault::None);
@@ -410,6 +418,9 @@ fn an_update_under_the_real_unit_commits_and_a_crashing_one_is_rolled_back() {
             "urls": [url],
             "size": std::fs::metadata(artifact).expect("artifact").len(),
             "sha256": vitalgate::update::install::hash_file(artifact).expect("hash"),
+            "expires": humantime::format_rfc3339_seconds(
+                std::time::SystemTime::now() + Duration::from_secs(86400)
+            ).to_string(),
         });
         let p = gw.host(&format!("manifest-{name}.json"));
         std::fs::write(&p, serde_json::to_vec_pretty(&m).expect("json")).expect("manifest");

@@ -133,6 +133,7 @@ impl Rig {
             "urls": [url],
             "size": std::fs::metadata(artifact).expect("artifact").len(),
             "sha256": vitalgate::update::install::hash_file(artifact).expect("hash"),
+            "expires": expires_in(Duration::from_secs(86400)),
         });
         tweak(&mut m);
         let p = self
@@ -627,6 +628,120 @@ fn bad_signatures_over_mqtt_are_rejected_before_download() {
 }
 
 /// A refused update: `apply` fails at `step` with `words` in the reason and installs nothing.
+/// An RFC 3339 time `after` from now.
+fn expires_in(after: Duration) -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now() + after).to_string()
+}
+
+/// A key pair made by `vitalgate update keygen`: (private key file, public key text).
+fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
+    let out = run({
+        let mut c = vitalgate_cmd();
+        c.args(["update", "keygen", "--out"]).arg(dir.join(name));
+        c
+    });
+    out.expect_code(0);
+    let public = std::fs::read_to_string(dir.join(format!("{name}.pub"))).expect("public key");
+    (dir.join(format!("{name}.key")), public.trim().to_owned())
+}
+
+/// Requirement (fleet trust, updates): a manifest without `expires` could be replayed
+/// forever and is refused; the persisted anti-rollback floor (the highest version committed)
+/// refuses an old manifest even where the running version is below it; an update trust
+/// document signed by a root key revokes a leaked signing key, trusts its successor and sets a
+/// minimum version that not even a signed downgrade passes; an older trust document, or one
+/// signed by an update key, is refused.
+#[test]
+fn replays_old_versions_and_revoked_keys_are_refused() {
+    let keys = tempfile::tempdir().expect("tempdir");
+    let (root_key, root_pub) = keygen(keys.path(), "root");
+    let rig = Rig::new(&format!("root_keys = [\"{root_pub}\"]\n"));
+    let art = next_artifact(&rig.root);
+    // A mirror that breaks the download: a manifest that gets that far passed verification,
+    // and nothing is installed.
+    let url = rig.server.put_file("next", &art, Fault::Truncate(10));
+    let next = next_version();
+
+    let m = rig.manifest(&next, &url, &art, &rig.signing_key, |v| {
+        v.as_object_mut().expect("object").remove("expires");
+    });
+    assert_refused(&rig, &m, "verify", "no `expires`");
+    let m = rig.manifest(&next, &url, &art, &rig.signing_key, |v| {
+        v["expires"] = expires_in(Duration::from_secs(90 * 86400)).into();
+    });
+    assert_refused(&rig, &m, "verify", "expires more than");
+
+    // The floor survives in the download directory; an older manifest stays refused.
+    let floor = rig.download.join("floor");
+    assert_eq!(
+        std::fs::read_to_string(&floor).expect("floor").trim(),
+        RUNNING,
+        "the running version is committed"
+    );
+    std::fs::write(&floor, "99.0.0\n").expect("floor");
+    let m = rig.manifest(&next, &url, &art, &rig.signing_key, |_| {});
+    assert_refused(&rig, &m, "verify", "anti-rollback floor");
+    std::fs::write(&floor, format!("{RUNNING}\n")).expect("floor");
+
+    // The signing key leaked: the root key retires it and trusts a new one.
+    let leaked = vitalgate::signed::PublicKey::from_base64(
+        &std::fs::read_to_string(rig.root.join("it.pub")).expect("it.pub"),
+    )
+    .expect("key");
+    let (new_key, new_pub) = keygen(keys.path(), "next-signer");
+    let trust_doc = |sequence: u64, signer: &Path| -> PathBuf {
+        let p = keys.path().join(format!("trust-{sequence}.json"));
+        let doc = serde_json::json!({"format": 1, "type": "update-trust", "sequence": sequence,
+            "update_keys": [new_pub], "revoked": [leaked.id()], "min_version": RUNNING});
+        std::fs::write(&p, doc.to_string()).expect("trust doc");
+        run({
+            let mut c = vitalgate_cmd();
+            c.args(["update", "sign"]).arg(&p).arg("--key").arg(signer);
+            c
+        })
+        .expect_code(0);
+        p
+    };
+    let apply_trust = |p: &Path| {
+        run({
+            let mut c = vitalgate_cmd();
+            c.arg("--config")
+                .arg(&rig.config)
+                .args(["update", "trust"])
+                .arg(p);
+            c
+        })
+    };
+    let out = apply_trust(&trust_doc(1, &new_key));
+    out.expect_code(65);
+    assert!(
+        out.stderr.contains("not signed by a root key"),
+        "{}",
+        out.stderr
+    );
+    let first = trust_doc(2, &root_key);
+    apply_trust(&first).expect_code(0);
+    let out = apply_trust(&first);
+    out.expect_code(65);
+    assert!(out.stderr.contains("not above"), "{}", out.stderr);
+
+    let m = rig.manifest(&next, &url, &art, &rig.signing_key, |_| {});
+    assert_refused(&rig, &m, "verify", "untrusted");
+    assert!(
+        rig.server.requests().is_empty(),
+        "no refused manifest reached the mirror"
+    );
+    let m = rig.manifest(&next, &url, &art, &new_key, |_| {});
+    assert_refused(&rig, &m, "download", "of");
+    let fetched = rig.server.requests().len();
+    assert!(fetched > 0);
+    let m = rig.manifest("0.0.1", &url, &art, &new_key, |v| {
+        v["allow_downgrade"] = true.into();
+    });
+    assert_refused(&rig, &m, "verify", "minimum version");
+    assert_eq!(rig.server.requests().len(), fetched);
+}
+
 fn assert_refused(rig: &Rig, m: &Path, step: &str, words: &str) {
     let out = rig.apply(m);
     out.expect_code(65);

@@ -360,6 +360,9 @@ struct AgentState {
     pin: Option<Pin>,
     /// Object path of the device `Pair` was called on; requests for others are rejected.
     device: Option<String>,
+    /// Whether the device being paired asked for the PIN (PIN code, passkey or numeric
+    /// comparison) and got it: a PIN window admits no bond made without it (Just Works).
+    pin_used: bool,
 }
 
 #[derive(Debug, zbus::DBusError)]
@@ -375,6 +378,13 @@ enum AgentError {
 struct PairingAgent(Arc<Mutex<AgentState>>);
 
 impl PairingAgent {
+    fn pin_used(&self) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pin_used = true;
+    }
+
     fn for_device(&self, device: &ObjectPath<'_>) -> Result<Option<Pin>, AgentError> {
         let s = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         if s.device.as_deref() != Some(device.as_str()) {
@@ -390,7 +400,10 @@ impl PairingAgent {
 
     fn request_pin_code(&self, device: ObjectPath<'_>) -> Result<String, AgentError> {
         match self.for_device(&device)? {
-            Some(pin) => Ok(pin.expose().to_owned()),
+            Some(pin) => {
+                self.pin_used();
+                Ok(pin.expose().to_owned())
+            }
             None => Err(AgentError::Rejected("no PIN was given".into())),
         }
     }
@@ -401,7 +414,10 @@ impl PairingAgent {
 
     fn request_passkey(&self, device: ObjectPath<'_>) -> Result<u32, AgentError> {
         match self.for_device(&device)?.and_then(|p| p.passkey()) {
-            Some(p) => Ok(p),
+            Some(p) => {
+                self.pin_used();
+                Ok(p)
+            }
             None => Err(AgentError::Rejected("no numeric PIN was given".into())),
         }
     }
@@ -421,7 +437,10 @@ impl PairingAgent {
     /// shows; a headless gateway cannot otherwise tell it is the device the user means.
     fn request_confirmation(&self, device: ObjectPath<'_>, passkey: u32) -> Result<(), AgentError> {
         match self.for_device(&device)?.and_then(|p| p.passkey()) {
-            Some(p) if p == passkey => Ok(()),
+            Some(p) if p == passkey => {
+                self.pin_used();
+                Ok(())
+            }
             _ => Err(AgentError::Rejected("passkey does not match".into())),
         }
     }
@@ -534,16 +553,39 @@ struct Session<'a> {
 impl Session<'_> {
     /// Pairs (or adopts an already bonded) `d`. Ok(()) when it is paired and trusted.
     async fn pair(&self, d: &SeenDevice, until_ms: i64) -> Result<(), String> {
-        {
+        let needs_pin = {
             let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
             s.device = Some(d.path.to_string());
-        }
+            s.pin_used = false;
+            s.pin.is_some()
+        };
         let path = d.path.as_str();
         if !d.paired {
             let left = Duration::from_millis((until_ms - now_ms()).max(0) as u64);
             let pairing = call(&self.conn, path, "org.bluez.Device1", "Pair", &());
             match tokio::time::timeout(left, pairing).await {
-                Ok(Ok(())) => {}
+                Ok(Ok(())) => {
+                    let used = self
+                        .state
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .pin_used;
+                    if needs_pin && !used {
+                        // Just Works: anything in range could have been this device. The bond
+                        // is dropped so nothing of it is kept.
+                        let _ = call(
+                            &self.conn,
+                            &self.adapter_path,
+                            "org.bluez.Adapter1",
+                            "RemoveDevice",
+                            &(d.path.clone(),),
+                        )
+                        .await;
+                        return Err("paired without asking for the PIN (Just Works); a window \
+                                    with a PIN admits only a device that proves it knows it"
+                            .into());
+                    }
+                }
                 // Bonded meanwhile (or before, by another client): as good as paired.
                 Ok(Err(e)) if error_name(&e) == "org.bluez.Error.AlreadyExists" => {}
                 Ok(Err(e)) => return Err(error_name(&e)),
@@ -610,6 +652,7 @@ async fn serve_window(
     let state = Arc::new(Mutex::new(AgentState {
         pin: w.pin.clone(),
         device: None,
+        pin_used: false,
     }));
     let conn = zbus::connection::Builder::system()?
         .serve_at(AGENT_PATH, PairingAgent(state.clone()))?
@@ -731,6 +774,7 @@ async fn discover_and_pair(
         let mut allowed = reader.allowed()?;
         allowed.extend(config_allow.iter().cloned());
         let seen = devices(&session.conn, &session.adapter_path).await?;
+        let mut candidates = Vec::new();
         for d in seen {
             if !d.supported || tried.contains(&d.address) {
                 continue;
@@ -750,6 +794,35 @@ async fn discover_and_pair(
                 }
                 continue;
             }
+            candidates.push(d);
+        }
+        if w.device.is_none() && candidates.len() > 1 {
+            // Two health devices in pairing mode and nothing to tell which one the patient
+            // holds: picking one (by address, or whichever answers first) could adopt a
+            // neighbour's device and file its readings under this patient.
+            tracing::warn!(
+                window = w.id,
+                candidates = candidates.len(),
+                "Pairing window closed: more than one device is in pairing mode; name the device."
+            );
+            let _ = store
+                .record_event(NewEvent {
+                    severity: Severity::Warning,
+                    kind: "pairing-ambiguous".into(),
+                    detail: json!({"candidates": candidates.len()}),
+                })
+                .await;
+            close_window(
+                store,
+                w.id,
+                json!({"result": "ambiguous",
+                        "reason": "more than one device is in pairing mode; open a window naming the device",
+                        "candidates": candidates.iter().map(|d| d.address.clone()).collect::<Vec<_>>()}),
+            )
+            .await?;
+            return Ok(());
+        }
+        for d in candidates {
             tried.insert(d.address.clone());
             tracing::info!(window = w.id, device = %d.address, "Pairing.");
             match session.pair(&d, w.until_ms).await {

@@ -124,6 +124,18 @@ pub enum AuthConfig {
     },
 }
 
+impl AuthConfig {
+    /// The secrets this authentication reads.
+    pub fn secrets(&self) -> Vec<&SecretSource> {
+        match self {
+            AuthConfig::None => vec![],
+            AuthConfig::Bearer { token } => vec![token],
+            AuthConfig::ClientCredentials { client_secret, .. } => vec![client_secret],
+            AuthConfig::SmartBackend { private_key, .. } => vec![private_key],
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SigningAlgorithm {
     RS384,
@@ -200,13 +212,7 @@ impl DestinationConfig {
                 ));
             }
         }
-        let secrets: Vec<&SecretSource> = match &self.auth {
-            AuthConfig::None => vec![],
-            AuthConfig::Bearer { token } => vec![token],
-            AuthConfig::ClientCredentials { client_secret, .. } => vec![client_secret],
-            AuthConfig::SmartBackend { private_key, .. } => vec![private_key],
-        };
-        for s in secrets {
+        for s in self.auth.secrets() {
             if s.credential.is_none() && s.file.is_none() {
                 return Err((
                     key("auth"),

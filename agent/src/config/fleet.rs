@@ -67,6 +67,13 @@ pub struct FleetConfig {
     /// raises a `destination-failing` event, and `destination-recovered` when it delivers.
     #[serde(with = "humantime_serde")]
     pub destination_failing_after: Duration,
+    /// Ed25519 public keys of the operators (base64 of the raw key, as `vitalgate update
+    /// keygen` writes it) whose signature a desired configuration and the commands that change
+    /// where readings go or whose they are (`bind`, `unbind`, `open-pairing-window`) must
+    /// carry. None: such documents are refused, whoever publishes them.
+    pub operator_keys: Vec<String>,
+    /// Files holding further operator keys, one base64 key per file.
+    pub operator_key_files: Vec<PathBuf>,
 }
 
 impl Default for FleetConfig {
@@ -87,6 +94,8 @@ impl Default for FleetConfig {
             session_expiry: DEFAULT_SESSION_EXPIRY,
             device_overdue_after: DEFAULT_DEVICE_OVERDUE_AFTER,
             destination_failing_after: DEFAULT_DESTINATION_FAILING_AFTER,
+            operator_keys: Vec::new(),
+            operator_key_files: Vec::new(),
         }
     }
 }
@@ -136,6 +145,28 @@ impl FleetConfig {
         if self.session_expiry > Duration::from_secs(u32::MAX as u64) {
             return err("session_expiry", "is too long for MQTT (at most 136 years)");
         }
+        for (i, k) in self.operator_keys.iter().enumerate() {
+            if let Err(e) = crate::signed::PublicKey::from_base64(k) {
+                return Err((format!("fleet.operator_keys[{i}]"), e.to_string()));
+            }
+        }
         Ok(())
+    }
+
+    /// The operator keys: inline ones, then those in `operator_key_files`.
+    pub fn operator_public_keys(&self) -> Result<Vec<crate::signed::PublicKey>, String> {
+        let mut keys = Vec::new();
+        for k in &self.operator_keys {
+            keys.push(crate::signed::PublicKey::from_base64(k).map_err(|e| e.to_string())?);
+        }
+        for f in &self.operator_key_files {
+            let text = std::fs::read_to_string(f)
+                .map_err(|e| format!("cannot read operator key {}: {e}", f.display()))?;
+            keys.push(
+                crate::signed::PublicKey::from_base64(&text)
+                    .map_err(|e| format!("operator key {}: {e}", f.display()))?,
+            );
+        }
+        Ok(keys)
     }
 }

@@ -386,6 +386,29 @@ impl Config {
         for (i, d) in self.destinations.iter().enumerate() {
             d.check(i)?;
         }
+        // The store key and the broker password are never a destination's secret: a
+        // destination's token is sent to a server, these must never leave the gateway.
+        let fleet_password_file = self.fleet.password_file.as_deref();
+        for (i, d) in self.destinations.iter().enumerate() {
+            for secret in d.auth.secrets() {
+                let forbidden_credential = secret
+                    .credential
+                    .as_deref()
+                    .is_some_and(|c| c == s.key_credential || c == self.fleet.password_credential);
+                let forbidden_file = secret
+                    .file
+                    .as_deref()
+                    .is_some_and(|f| f == s.key_file || Some(f) == fleet_password_file);
+                if forbidden_credential || forbidden_file {
+                    return Err((
+                        format!("destination[{i}].auth"),
+                        "names the store key or the broker password; those are never sent \
+                         to a server"
+                            .into(),
+                    ));
+                }
+            }
+        }
         let mut seen = std::collections::BTreeSet::new();
         for d in &self.destinations {
             if !seen.insert(d.id.clone()) {
@@ -455,6 +478,27 @@ mod tests {
         assert_eq!(c.store.batch_linger, DEFAULT_BATCH_LINGER);
         assert_eq!(c.log.format, LogFormat::Text);
         assert!(c.destinations.is_empty());
+    }
+
+    #[test]
+    fn the_store_key_and_the_broker_password_are_never_a_destinations_secret() {
+        let dest = |secret: &str| {
+            format!(
+                "[fleet]\npassword_file = \"/etc/vitalgate/mqtt.pw\"\nusername = \"gw\"\n\
+                 [[destination]]\nid = \"h\"\nbase_url = \"https://fhir.example.org/r4\"\n\
+                 [destination.auth]\ntype = \"bearer\"\ntoken = {{ {secret} }}\n"
+            )
+        };
+        for secret in [
+            "credential = \"vitalgate-db-key\"",
+            "credential = \"vitalgate-mqtt-password\"",
+            "file = \"/etc/vitalgate/db.key\"",
+            "file = \"/etc/vitalgate/mqtt.pw\"",
+        ] {
+            let e = parse(&dest(secret)).expect_err(secret).to_string();
+            assert!(e.contains("never sent"), "{secret}: {e}");
+        }
+        parse(&dest("credential = \"hospital-token\"")).expect("a token of its own");
     }
 
     #[test]

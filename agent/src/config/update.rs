@@ -26,6 +26,10 @@ pub struct UpdateConfig {
     pub trusted_keys: Vec<String>,
     /// Files holding further trusted public keys, one base64 key per file.
     pub trusted_key_files: Vec<PathBuf>,
+    /// Root keys (base64 Ed25519 public keys, kept offline) that sign update trust documents:
+    /// revoking and adding update keys, setting the minimum version. None: trust documents
+    /// are refused.
+    pub root_keys: Vec<String>,
     /// Where versions are installed: `versions/<version>/vitalgate`, the `current` symlink,
     /// and the `pending-update` marker the launcher reads. Must match the launcher's
     /// `VITALGATE_INSTALL_DIR`.
@@ -59,6 +63,7 @@ impl Default for UpdateConfig {
         Self {
             trusted_keys: Vec::new(),
             trusted_key_files: Vec::new(),
+            root_keys: Vec::new(),
             install_dir: PathBuf::from(DEFAULT_INSTALL_DIR),
             download_dir: PathBuf::from(DEFAULT_DOWNLOAD_DIR),
             health_window: DEFAULT_HEALTH_WINDOW,
@@ -79,6 +84,11 @@ impl UpdateConfig {
         for (i, k) in self.trusted_keys.iter().enumerate() {
             if let Err(e) = crate::update::manifest::PublicKey::from_base64(k) {
                 return Err((format!("update.trusted_keys[{i}]"), e.to_string()));
+            }
+        }
+        for (i, k) in self.root_keys.iter().enumerate() {
+            if let Err(e) = crate::signed::PublicKey::from_base64(k) {
+                return Err((format!("update.root_keys[{i}]"), e.to_string()));
             }
         }
         if !self.install_dir.is_absolute() {

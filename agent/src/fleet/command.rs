@@ -153,6 +153,11 @@ pub enum CommandKind {
     Update {
         manifest: String,
     },
+    /// An update trust document (key rotation and revocation, minimum version), signed by a
+    /// root key; checked by the updater.
+    UpdateTrust {
+        document: String,
+    },
 }
 
 impl CommandKind {
@@ -166,6 +171,7 @@ impl CommandKind {
             CommandKind::Restart => "restart",
             CommandKind::Diagnostics => "diagnostics",
             CommandKind::Update { .. } => "update",
+            CommandKind::UpdateTrust { .. } => "update-trust",
         }
     }
 }
@@ -180,6 +186,7 @@ pub const COMMAND_TYPES: &[&str] = &[
     "restart",
     "diagnostics",
     "update",
+    "update-trust",
 ];
 
 /// A valid, unexpired command.
@@ -207,6 +214,63 @@ pub enum CommandError {
     Expired(String),
     #[error("expires_at is more than {days} days ahead; commands must expire sooner", days = MAX_EXPIRY_HORIZON.as_secs() / 86400)]
     TooFarAhead,
+    /// Not signed as its type requires, or signed wrongly (see `fleet::trust`).
+    #[error("{0}")]
+    Refused(String),
+    #[error(
+        "too many commands: at most {RATE_BURST} at once and {RATE_PER_MINUTE} a minute are taken; \
+         publish it again later under a new id"
+    )]
+    RateLimited,
+    #[error(
+        "too many command ids ({MAX_LIVE_COMMANDS}) are remembered; publish it again when \
+         earlier ones have expired, and give commands a nearer expires_at"
+    )]
+    TooManyLive,
+}
+
+/// Commands taken at once before the rate applies.
+pub const RATE_BURST: u32 = 100;
+/// Commands taken per minute after a burst.
+pub const RATE_PER_MINUTE: u32 = 60;
+/// Command ids remembered at most (each is a row in the store until it expires, a refused
+/// one for a day).
+pub const MAX_LIVE_COMMANDS: u64 = 5_000;
+
+/// A token bucket over command arrivals: a burst of [`RATE_BURST`], then [`RATE_PER_MINUTE`].
+/// Pure: the caller passes the time.
+#[derive(Debug, Clone)]
+pub struct RateLimit {
+    tokens: f64,
+    last: Option<std::time::Instant>,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        Self {
+            tokens: f64::from(RATE_BURST),
+            last: None,
+        }
+    }
+}
+
+impl RateLimit {
+    /// Takes one token if there is one.
+    pub fn take(&mut self, now: std::time::Instant) -> bool {
+        if let Some(last) = self.last {
+            let refill = now.saturating_duration_since(last).as_secs_f64()
+                * f64::from(RATE_PER_MINUTE)
+                / 60.0;
+            self.tokens = (self.tokens + refill).min(f64::from(RATE_BURST));
+        }
+        self.last = Some(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// The type name of a payload, when it has one, for results of commands that failed to
@@ -258,6 +322,15 @@ pub fn parse(id: &str, payload: &[u8], now: SystemTime) -> Result<Command, Comma
     if expires_at > now + MAX_EXPIRY_HORIZON {
         return Err(CommandError::TooFarAhead);
     }
+    // What addresses and signs the command is checked by `fleet::trust`, over the whole
+    // payload; the type's own fields are what is left.
+    for member in [
+        crate::signed::SIGNATURES,
+        super::trust::GATEWAY,
+        super::trust::ID,
+    ] {
+        fields.remove(member);
+    }
     let rest = serde_json::Value::Object(fields);
     let invalid = |detail: String| CommandError::Invalid { kind, detail };
     let kind = match kind {
@@ -289,8 +362,17 @@ pub fn parse(id: &str, payload: &[u8], now: SystemTime) -> Result<Command, Comma
                     "seconds must be between 1 and {MAX_PAIRING_WINDOW_S}"
                 )));
             }
+            // Over the fleet a window names the one device it admits: IT cannot see which
+            // devices are in pairing mode in a patient's home, so "whatever pairs next" could
+            // be a neighbour's.
             let device = match f.device {
-                None => None,
+                None => {
+                    return Err(invalid(
+                        "device is required: a window opened over the fleet names the device \
+                         it admits"
+                            .into(),
+                    ));
+                }
                 Some(d) => match d.validate().map_err(invalid)? {
                     (Transport::Ble, address) => Some(address),
                     _ => return Err(invalid("only BLE devices pair".into())),
@@ -368,6 +450,17 @@ pub fn parse(id: &str, payload: &[u8], now: SystemTime) -> Result<Command, Comma
             let f: F = fields_of(rest).map_err(invalid)?;
             CommandKind::Update {
                 manifest: serde_json::Value::Object(f.manifest).to_string(),
+            }
+        }
+        "update-trust" => {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct F {
+                document: serde_json::Map<String, serde_json::Value>,
+            }
+            let f: F = fields_of(rest).map_err(invalid)?;
+            CommandKind::UpdateTrust {
+                document: serde_json::Value::Object(f.document).to_string(),
             }
         }
         _ => return Err(CommandError::UnknownType(kind.to_owned())),
@@ -506,18 +599,10 @@ mod tests {
             ok(&format!(r#"{{"type":"sync-now","expires_at":"{LATER}"}}"#)),
             CommandKind::SyncNow
         );
-        assert_eq!(
-            ok(&format!(
-                r#"{{"type":"open-pairing-window","expires_at":"{LATER}","seconds":120}}"#
-            )),
-            CommandKind::OpenPairingWindow {
-                seconds: 120,
-                pin: None,
-                patient: None,
-                user_index: -1,
-                device: None,
-            }
-        );
+        let e = err(&format!(
+            r#"{{"type":"open-pairing-window","expires_at":"{LATER}","seconds":120}}"#
+        ));
+        assert!(e.to_string().contains("device is required"), "{e}");
         match ok(&format!(
             r#"{{"type":"open-pairing-window","expires_at":"{LATER}","seconds":60,"pin":"123456","patient_ref":"pr-1","user_index":2,"device":{{"transport":"ble","address":"a0:00:00:00:18:08"}}}}"#
         )) {
@@ -538,7 +623,7 @@ mod tests {
         }
         // A bad PIN is refused without being echoed.
         let e = err(&format!(
-            r#"{{"type":"open-pairing-window","expires_at":"{LATER}","seconds":60,"pin":"12 34-secret"}}"#
+            r#"{{"type":"open-pairing-window","expires_at":"{LATER}","seconds":60,"pin":"12 34-secret","device":{{"transport":"ble","address":"a0:00:00:00:18:08"}}}}"#
         ));
         assert!(e.to_string().contains("PIN"), "{e}");
         assert!(!e.to_string().contains("secret"), "{e}");
@@ -586,6 +671,33 @@ mod tests {
                 r#"{{"type":"diagnostics","expires_at":"{LATER}"}}"#
             )),
             CommandKind::Diagnostics
+        );
+    }
+
+    #[test]
+    fn the_rate_limit_takes_a_burst_then_one_a_second() {
+        let mut r = RateLimit::default();
+        let t0 = std::time::Instant::now();
+        let taken = (0..RATE_BURST + 50).filter(|_| r.take(t0)).count();
+        assert_eq!(taken, RATE_BURST as usize);
+        assert!(!r.take(t0 + Duration::from_millis(500)));
+        assert!(r.take(t0 + Duration::from_millis(1100)));
+        assert!(!r.take(t0 + Duration::from_millis(1200)));
+        // A long quiet spell refills to the burst, no further.
+        let later = t0 + Duration::from_secs(3600);
+        assert_eq!(
+            (0..RATE_BURST + 5).filter(|_| r.take(later)).count(),
+            RATE_BURST as usize
+        );
+    }
+
+    #[test]
+    fn addressing_and_signature_members_are_not_type_fields() {
+        assert_eq!(
+            ok(&format!(
+                r#"{{"type":"sync-now","expires_at":"{LATER}","gateway":"gw-1","id":"c1","signatures":[]}}"#
+            )),
+            CommandKind::SyncNow
         );
     }
 
@@ -646,13 +758,13 @@ mod tests {
             CommandError::TooFarAhead
         );
         let e = err(&format!(
-            r#"{{"type":"open-pairing-window","expires_at":"{LATER}","seconds":"lots"}}"#
+            r#"{{"type":"open-pairing-window","expires_at":"{LATER}","seconds":"lots","device":{{"transport":"ble","address":"a0:00:00:00:18:08"}}}}"#
         ));
         assert!(e.to_string().contains("seconds"), "{e}");
         assert!(!e.to_string().contains("lots"), "{e}");
         assert!(matches!(
             err(&format!(
-                r#"{{"type":"open-pairing-window","expires_at":"{LATER}","seconds":0}}"#
+                r#"{{"type":"open-pairing-window","expires_at":"{LATER}","seconds":0,"device":{{"transport":"ble","address":"a0:00:00:00:18:08"}}}}"#
             )),
             CommandError::Invalid { .. }
         ));

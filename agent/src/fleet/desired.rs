@@ -3,9 +3,12 @@
 //!
 //! Every field but `version` is optional. An absent `destinations` or `routing` means the
 //! config file's (see `crate::sync::plan`); an absent telemetry interval, log level or pairing
-//! policy leaves the running one as it is. Secrets never travel in the document: destinations name a
-//! credential (a file the gateway already holds), and unknown fields (a stray `password`)
-//! are refused.
+//! policy leaves the running one as it is. Secrets never travel in the document, nor are they
+//! named by it: a destination's credentials are bound to it in `vitalgate.toml`, and unknown
+//! fields (a stray `password`) are refused.
+//!
+//! The document is signed by an operator and names its gateway (`signatures`, `gateway`:
+//! checked by `fleet::trust` over the whole document); here those members are set aside.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -18,6 +21,9 @@ use crate::config::{BtAddr, EndpointUrl, LogFilter, Name};
 
 /// Largest document accepted.
 pub const MAX_DOCUMENT: usize = 256 * 1024;
+/// How far one document's version may be above the applied one (date-based versions such as
+/// `YYYYMMDDhhmm` fit); the signed form keeps every version below 2^53.
+pub const MAX_VERSION_STEP: u64 = 10_000_000_000;
 
 /// The document as it travels.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -37,10 +43,11 @@ struct Wire {
 #[serde(deny_unknown_fields)]
 struct WireDestination {
     id: Name,
-    base_url: EndpointUrl,
-    /// Name of the credential (systemd credential or file under /etc/vitalgate/credentials)
-    /// holding the destination's token; never the token.
-    credential: Option<String>,
+    /// Required for a destination `vitalgate.toml` does not have; for one it has, it may only
+    /// repeat the file's.
+    base_url: Option<EndpointUrl>,
+    /// Refused with a reason: credentials are bound to destinations in the file.
+    credential: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -102,8 +109,7 @@ pub struct DesiredConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Destination {
     pub id: Name,
-    pub base_url: EndpointUrl,
-    pub credential: Option<String>,
+    pub base_url: Option<EndpointUrl>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,11 +158,25 @@ pub fn parse(payload: &[u8]) -> Result<DesiredConfig, DesiredError> {
     let text = std::str::from_utf8(payload).map_err(|_| e("document is not UTF-8".into()))?;
     if text.contains("-----BEGIN") {
         return Err(e(
-            "document carries PEM material; name a credential instead of sending secrets".into(),
+            "document carries PEM material; secrets never travel in a desired configuration".into(),
         ));
     }
-    let mut de = serde_json::Deserializer::from_str(text);
-    let wire: Wire = serde_path_to_error::deserialize(&mut de).map_err(|err| {
+    let mut value: serde_json::Value = serde_json::from_str(text).map_err(|err| {
+        if err.is_syntax() && err.to_string().contains("trailing") {
+            e("trailing data after the document".into())
+        } else {
+            e(format!(
+                "invalid document: not JSON (line {} column {})",
+                err.line(),
+                err.column()
+            ))
+        }
+    })?;
+    if let Some(map) = value.as_object_mut() {
+        map.remove(crate::signed::SIGNATURES);
+        map.remove(super::trust::GATEWAY);
+    }
+    let wire: Wire = serde_path_to_error::deserialize(value).map_err(|err| {
         let path = err.path().to_string();
         let msg = redact_serde_message(&err.into_inner().to_string());
         if path == "." {
@@ -165,8 +185,6 @@ pub fn parse(payload: &[u8]) -> Result<DesiredConfig, DesiredError> {
             e(format!("{path}: {msg}"))
         }
     })?;
-    de.end()
-        .map_err(|_| e("trailing data after the document".into()))?;
     if wire.version == 0 {
         return Err(e("version must be at least 1".into()));
     }
@@ -188,22 +206,16 @@ pub fn parse(payload: &[u8]) -> Result<DesiredConfig, DesiredError> {
                         d.id.as_str()
                     )));
                 }
-                if let Some(c) = &d.credential
-                    && (c.is_empty()
-                        || c.len() > 64
-                        || !c
-                            .chars()
-                            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-                {
+                if d.credential.is_some() {
                     return Err(e(format!(
-                        "destinations[{i}].credential must be a credential name \
-                         (1 to 64 of A-Z, a-z, 0-9, '.', '_', '-'), not a secret"
+                        "destinations[{i}].credential: credentials are bound to their \
+                         destination in vitalgate.toml and are never named by a desired \
+                         configuration"
                     )));
                 }
                 out.push(Destination {
                     id: d.id,
                     base_url: d.base_url,
-                    credential: d.credential,
                 });
             }
             Some(out)
@@ -302,7 +314,7 @@ mod tests {
         "telemetry_interval": "30s",
         "log_level": "info,vitalgate::fleet=debug",
         "destinations": [
-            {"id": "hospital", "base_url": "https://fhir.example.org/r4", "credential": "hospital-token"},
+            {"id": "hospital"},
             {"id": "medicaid", "base_url": "https://medicaid.example.org/fhir"}
         ],
         "routing": {"default": ["hospital"], "devices": [
@@ -357,6 +369,9 @@ mod tests {
         assert!(r.contains("log_level"), "{r}");
         let r = rejected(r#"{"version": 2, "pairing": {"mode": "open"}}"#);
         assert!(r.contains("pairing.mode"), "{r}");
+        // The signature and addressing members are fleet::trust's; they are not fields.
+        let d = parse(br#"{"version": 2, "gateway": "gw-1", "signatures": []}"#).expect("ok");
+        assert_eq!(d.version, 2);
         let r = rejected(r#"{"version": 2} trailing"#);
         assert!(r.contains("trailing") || r.contains("invalid"), "{r}");
     }
@@ -367,10 +382,12 @@ mod tests {
             r#"{"version": 2, "destinations": [{"id": "h", "base_url": "https://x.example", "password": "hunter2"}]}"#,
         );
         assert!(r.contains("password") && !r.contains("hunter2"), "{r}");
-        let r = rejected(
-            r#"{"version": 2, "destinations": [{"id": "h", "base_url": "https://x.example", "credential": "a b/c"}]}"#,
-        );
-        assert!(r.contains("credential"), "{r}");
+        for credential in [r#""a b/c""#, r#""vitalgate-db-key""#, r#""hospital-token""#] {
+            let r = rejected(&format!(
+                r#"{{"version": 2, "destinations": [{{"id": "h", "base_url": "https://x.example", "credential": {credential}}}]}}"#
+            ));
+            assert!(r.contains("never named"), "{r}");
+        }
         let r = rejected(
             r#"{"version": 2, "destinations": [{"id": "h", "base_url": "https://u:p@x.example"}]}"#,
         );

@@ -66,13 +66,26 @@ pub(crate) async fn run<S: FleetStore>(
 }
 
 async fn publish(out: &mpsc::Sender<Outbound>, topic: String, payload: serde_json::Value) {
+    publish_with(out, topic, payload, true).await;
+}
+
+async fn publish_with(
+    out: &mpsc::Sender<Outbound>,
+    topic: String,
+    payload: serde_json::Value,
+    retain: bool,
+) {
     let _ = out
         .send(Outbound::Publish {
             topic,
             payload: serde_json::to_vec(&payload).unwrap_or_default(),
-            retain: true,
+            retain,
         })
         .await;
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn now_rfc3339() -> String {
@@ -114,18 +127,38 @@ async fn command<S: FleetStore>(
         redelivered,
         "Command received."
     );
-    let parsed = command::parse(id, payload, SystemTime::now());
+    // Bounded before anything is stored: a flood of unique ids is refused, not remembered.
+    let within_rate = lock(&ctx.rate).take(std::time::Instant::now());
+    let parsed = if within_rate {
+        command::parse(id, payload, SystemTime::now()).and_then(|c| {
+            let doc: serde_json::Value = serde_json::from_slice(payload)
+                .map_err(|e| command::CommandError::Malformed(e.to_string()))?;
+            match lock(&ctx.trust).command(id, c.kind.type_name(), &doc) {
+                Ok(Some(key_id)) => {
+                    tracing::info!(command = id, key_id, "Command signed by an operator key.");
+                    Ok(c)
+                }
+                Ok(None) => Ok(c),
+                Err(reason) => Err(command::CommandError::Refused(reason)),
+            }
+        })
+    } else {
+        Err(command::CommandError::RateLimited)
+    };
     let kind_name = match &parsed {
         Ok(c) => c.kind.type_name(),
         Err(_) => command::known_type_of(payload).unwrap_or("unknown"),
     };
-    if let Err(command::CommandError::BadId) = parsed {
-        // Not recorded: the id cannot be a key. The result still tells IT why.
-        let reason = command::CommandError::BadId.to_string();
-        publish(
+    if let Err(e @ (command::CommandError::BadId | command::CommandError::RateLimited)) = &parsed {
+        // Not recorded (a bad id cannot be a key; a flood must not fill the store), and the
+        // result is not retained (nor must it fill the broker). It still tells IT why.
+        let reason = e.to_string();
+        tracing::warn!(command = id, %reason, "Command refused.");
+        publish_with(
             out,
             topic,
             result_payload(id, kind_name, "failed", &reason, None),
+            false,
         )
         .await;
         ctx.note_command(id, kind_name, "failed", &reason);
@@ -161,6 +194,19 @@ async fn command<S: FleetStore>(
             return;
         }
     };
+    if let Admission::Full = admission {
+        let reason = command::CommandError::TooManyLive.to_string();
+        tracing::warn!(command = id, "Command refused: too many live command ids.");
+        publish_with(
+            out,
+            topic,
+            result_payload(id, kind_name, "failed", &reason, None),
+            false,
+        )
+        .await;
+        ctx.note_command(id, kind_name, "failed", &reason);
+        return;
+    }
     if let Admission::Seen { status, reason } = admission {
         if redelivered {
             tracing::debug!(command = id, "Redelivered command id ignored.");
@@ -285,6 +331,20 @@ async fn execute<S: FleetStore>(
                         None,
                     );
                 }
+                if let Some(d) = device
+                    && !p.allow.is_empty()
+                    && !p
+                        .allow
+                        .iter()
+                        .any(|a| a.to_string().eq_ignore_ascii_case(d))
+                {
+                    return (
+                        false,
+                        "the device is not in the pairing policy's allow list".into(),
+                        None,
+                        None,
+                    );
+                }
                 if Duration::from_secs(u64::from(*seconds)) > p.max_window {
                     return (
                         false,
@@ -362,6 +422,31 @@ async fn execute<S: FleetStore>(
             None,
         ),
         // Started by `command` before it gets here.
+        CommandKind::UpdateTrust { document } => {
+            let Some(cfg) = &ctx.hooks.update else {
+                return (
+                    false,
+                    "software update is not available in this process".into(),
+                    None,
+                    None,
+                );
+            };
+            match crate::update::Updater::open(cfg).and_then(|u| u.apply_trust(document.as_bytes()))
+            {
+                Ok((doc, key_id)) => {
+                    // Revoked operator keys stop being trusted at once, not at the next start.
+                    lock(&ctx.trust).revoke(&doc.revoked);
+                    (
+                        true,
+                        format!("update trust document {} applied", doc.sequence),
+                        Some(json!({"sequence": doc.sequence, "key_id": key_id,
+                                    "revoked": doc.revoked, "min_version": doc.min_version})),
+                        None,
+                    )
+                }
+                Err(e) => (false, e.to_string(), None, None),
+            }
+        }
         CommandKind::Update { .. } => {
             (false, "update commands run on their own".into(), None, None)
         }
@@ -415,24 +500,36 @@ async fn desired_config<S: FleetStore>(
             "applied_version": applied, "at": now_rfc3339(),
         })
     };
-    let doc = match desired::parse(payload) {
-        Ok(d) => d,
-        Err(e) => {
-            let version = desired::version_of(payload);
-            tracing::warn!(?version, reason = %e, "Desired configuration rejected.");
-            ctx.note_error(&format!("desired config rejected: {e}"));
+    let refuse = |version: Option<u64>, reason: String| {
+        let report = reject(version, reason.clone());
+        let topic = topic.clone();
+        async move {
+            tracing::warn!(?version, %reason, "Desired configuration rejected.");
+            ctx.note_error(&format!("desired config rejected: {reason}"));
             let _ = ctx
                 .store
                 .record_event(NewEvent {
                     severity: Severity::Warning,
                     kind: "config-rejected".into(),
-                    detail: json!({ "version": version, "reason": e.to_string() }),
+                    detail: json!({ "version": version, "reason": reason }),
                 })
                 .await;
             let _ = out.send(Outbound::EventsChanged).await;
-            publish(out, topic, reject(version, e.to_string())).await;
-            return;
+            publish(out, topic, report).await;
         }
+    };
+    let doc = match desired::parse(payload) {
+        Ok(d) => d,
+        Err(e) => return refuse(desired::version_of(payload), e.to_string()).await,
+    };
+    // Only an operator's signature makes a document that decides where readings go and
+    // whose they are trustworthy; the broker that delivered it is not.
+    let signer = match serde_json::from_slice::<serde_json::Value>(payload)
+        .map_err(|e| e.to_string())
+        .and_then(|v| lock(&ctx.trust).desired(&v))
+    {
+        Ok(key_id) => key_id,
+        Err(reason) => return refuse(Some(doc.version), reason).await,
     };
     if applied == Some(doc.version) {
         // The retained document again (after a reconnect): already applied.
@@ -449,24 +546,21 @@ async fn desired_config<S: FleetStore>(
         publish(out, topic, reject(Some(doc.version), reason)).await;
         return;
     }
+    if let Some(a) = applied
+        && doc.version - a > desired::MAX_VERSION_STEP
+    {
+        let reason = format!(
+            "version {} is more than {} above the applied version {a}; versions grow by \
+             bounded steps, so no document can lock out all later ones",
+            doc.version,
+            desired::MAX_VERSION_STEP
+        );
+        return refuse(Some(doc.version), reason).await;
+    }
     // Everything is validated before anything is persisted or applied: the delivery plan
     // (destinations and routing over the file configuration) included.
     let plan = match ctx.hooks.delivery.as_ref().map(|d| d.plan_for(&doc)) {
-        Some(Err(reason)) => {
-            tracing::warn!(version = doc.version, %reason, "Desired configuration rejected.");
-            ctx.note_error(&format!("desired config rejected: {reason}"));
-            let _ = ctx
-                .store
-                .record_event(NewEvent {
-                    severity: Severity::Warning,
-                    kind: "config-rejected".into(),
-                    detail: json!({ "version": doc.version, "reason": reason }),
-                })
-                .await;
-            let _ = out.send(Outbound::EventsChanged).await;
-            publish(out, topic, reject(Some(doc.version), reason)).await;
-            return;
-        }
+        Some(Err(reason)) => return refuse(Some(doc.version), reason).await,
         Some(Ok(plan)) => Some(plan),
         None => None,
     };
@@ -515,13 +609,13 @@ async fn desired_config<S: FleetStore>(
         }
     }
     ctx.apply_runtime(&doc);
-    tracing::info!(version = doc.version, "Desired configuration applied.");
+    tracing::info!(version = doc.version, key_id = %signer, "Desired configuration applied.");
     let _ = ctx
         .store
         .record_event(NewEvent {
             severity: Severity::Info,
             kind: "config-applied".into(),
-            detail: json!({ "version": doc.version }),
+            detail: json!({ "version": doc.version, "key_id": signer }),
         })
         .await;
     let _ = out.send(Outbound::EventsChanged).await;
@@ -717,6 +811,11 @@ mod tests {
             },
             started: Instant::now(),
             counters: Counters::default(),
+            trust: Mutex::new(crate::fleet::trust::Verifier::new(
+                vec![operator().public()],
+                "gw-t",
+            )),
+            rate: Mutex::new(crate::fleet::command::RateLimit::default()),
             runtime: Mutex::new(RuntimeState::default()),
             telemetry_interval: watch::channel(Duration::from_secs(60)).0,
             errors: Mutex::new(VecDeque::new()),
@@ -750,7 +849,34 @@ mod tests {
         out
     }
 
+    fn operator() -> crate::signed::PrivateKey {
+        crate::signed::PrivateKey::from_seed(&[5; 32])
+    }
+
+    /// `body` addressed to the test gateway and signed by the operator.
+    fn signed(mut body: serde_json::Value, id: Option<&str>) -> serde_json::Value {
+        body["gateway"] = json!("gw-t");
+        if let Some(id) = id {
+            body["id"] = json!(id);
+        }
+        crate::signed::add_signature(&mut body, &operator()).expect("sign");
+        body
+    }
+
+    /// A command as IT sends it: signed when its type must be.
     fn cmd(id: &str, body: serde_json::Value, redelivered: bool) -> Inbound {
+        let must_sign = body["type"]
+            .as_str()
+            .is_some_and(|t| crate::fleet::trust::SIGNED_COMMANDS.contains(&t));
+        let body = if must_sign {
+            signed(body, Some(id))
+        } else {
+            body
+        };
+        unsigned_cmd(id, body, redelivered)
+    }
+
+    fn unsigned_cmd(id: &str, body: serde_json::Value, redelivered: bool) -> Inbound {
         Inbound::Command {
             id: id.into(),
             payload: body.to_string().into_bytes(),
@@ -1059,7 +1185,7 @@ mod tests {
                 o.extend(e.clone());
             }
             Inbound::Desired {
-                payload: d.to_string().into_bytes(),
+                payload: signed(d, None).to_string().into_bytes(),
             }
         };
         let out = handle(
@@ -1096,5 +1222,99 @@ mod tests {
         );
         let events = ctx.store.events.lock().expect("lock").clone();
         assert_eq!(events, ["config-applied", "config-rejected"]);
+
+        // A version far above the applied one would lock out every later document.
+        let out = handle(&ctx, doc(2 + desired::MAX_VERSION_STEP + 1, json!({}))).await;
+        assert_eq!(out[0].1["status"], "rejected");
+        assert!(
+            out[0].1["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("bounded steps")),
+            "{}",
+            out[0].1
+        );
+        assert_eq!(ctx.config_version(), Some(2));
+    }
+
+    #[tokio::test]
+    async fn unsigned_or_misaddressed_documents_change_nothing_and_say_why() {
+        let ctx = context();
+        let unsigned = Inbound::Desired {
+            payload: br#"{"version": 7, "gateway": "gw-t", "telemetry_interval": "5s"}"#.to_vec(),
+        };
+        let out = handle(&ctx, unsigned).await;
+        assert_eq!(out[0].1["status"], "rejected");
+        assert!(
+            out[0].1["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("no signature")),
+            "{}",
+            out[0].1
+        );
+        assert_eq!(ctx.config_version(), None);
+        assert_eq!(*ctx.store.events.lock().expect("lock"), ["config-rejected"]);
+
+        // A bind for another gateway, or an unsigned one, binds nobody.
+        let bind = json!({"type": "bind", "expires_at": later(),
+            "device": {"transport": "ble", "address": "00:1C:05:FF:E8:74"}, "patient_ref": "pr-1"});
+        let out = handle(&ctx, unsigned_cmd("b1", bind.clone(), false)).await;
+        assert_eq!(out[0].1["status"], "failed");
+        let mut elsewhere = bind.clone();
+        elsewhere["gateway"] = json!("gw-other");
+        elsewhere["id"] = json!("b2");
+        crate::signed::add_signature(&mut elsewhere, &operator()).expect("sign");
+        let out = handle(&ctx, unsigned_cmd("b2", elsewhere, false)).await;
+        assert!(
+            out[0].1["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("another gateway")),
+            "{}",
+            out[0].1
+        );
+        // The body signed for b3, published as b4: a replay under a new id.
+        let moved = signed(bind, Some("b3"));
+        let out = handle(&ctx, unsigned_cmd("b4", moved, false)).await;
+        assert_eq!(out[0].1["status"], "failed");
+        assert!(ctx.store.bindings.lock().expect("lock").is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_command_flood_is_refused_without_being_stored_or_retained() {
+        let ctx = context();
+        let (tx, mut rx) = mpsc::channel(1024);
+        let n = command::RATE_BURST + 50;
+        for i in 0..n {
+            let body = json!({"type": "diagnostics", "expires_at": later()});
+            command(
+                &ctx,
+                &tx,
+                &format!("f{i}"),
+                body.to_string().as_bytes(),
+                false,
+            )
+            .await;
+        }
+        drop(tx);
+        let mut limited = 0;
+        while let Some(o) = rx.recv().await {
+            if let Outbound::Publish {
+                payload, retain, ..
+            } = o
+            {
+                let v: serde_json::Value = serde_json::from_slice(&payload).expect("json");
+                if v["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("too many commands"))
+                {
+                    assert!(!retain, "a refused flood is not retained on the broker");
+                    limited += 1;
+                }
+            }
+        }
+        assert_eq!(limited, 50);
+        assert_eq!(
+            ctx.store.commands.lock().expect("lock").len(),
+            command::RATE_BURST as usize
+        );
     }
 }

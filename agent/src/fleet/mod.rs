@@ -21,6 +21,7 @@ pub mod status;
 pub mod store;
 pub mod telemetry;
 pub mod topics;
+pub mod trust;
 pub(crate) mod updating;
 
 use std::collections::VecDeque;
@@ -136,6 +137,10 @@ pub(crate) struct Context<S> {
     pub hooks: Hooks,
     pub started: Instant,
     pub counters: Counters,
+    /// Checks the operator signatures on desired configurations and data-flow commands.
+    pub trust: Mutex<trust::Verifier>,
+    /// Admits commands at a bounded rate, so a flood cannot fill the store.
+    pub rate: Mutex<command::RateLimit>,
     runtime: Mutex<RuntimeState>,
     telemetry_interval: watch::Sender<Duration>,
     errors: Mutex<VecDeque<String>>,
@@ -249,6 +254,22 @@ pub async fn run<S: FleetStore>(
         .as_ref()
         .map(|b| b.to_string())
         .unwrap_or_default();
+    let operator_keys = setup.config.operator_public_keys().unwrap_or_else(|error| {
+        // The config check reads these files too; a key that cannot be read here trusts
+        // nothing, so signed documents are refused with the reason rather than accepted.
+        tracing::error!(%error, "Operator keys unusable: desired configurations and data-flow commands will be refused.");
+        Vec::new()
+    });
+    // Keys the update trust document revoked are retired here too.
+    let mut operator_keys = operator_keys;
+    if let Some(doc) = setup
+        .hooks
+        .update
+        .as_ref()
+        .and_then(crate::update::applied_trust)
+    {
+        operator_keys.retain(|k| !doc.is_revoked(k.id()));
+    }
     let (client, eventloop) = AsyncClient::new(options, 64);
     let (interval_tx, interval_rx) = watch::channel(setup.config.telemetry_interval);
     let ctx = Arc::new(Context {
@@ -258,6 +279,8 @@ pub async fn run<S: FleetStore>(
         hooks: setup.hooks,
         started: Instant::now(),
         counters: Counters::default(),
+        trust: Mutex::new(trust::Verifier::new(operator_keys, setup.gateway.as_str())),
+        rate: Mutex::new(command::RateLimit::default()),
         runtime: Mutex::new(RuntimeState::default()),
         telemetry_interval: interval_tx,
         errors: Mutex::new(VecDeque::new()),

@@ -30,6 +30,9 @@ pub enum Admission {
         status: String,
         reason: String,
     },
+    /// New, but [`super::command::MAX_LIVE_COMMANDS`] unexpired ids are already kept: not
+    /// recorded, and not to be run.
+    Full,
 }
 
 /// An event to forward.
@@ -198,6 +201,14 @@ impl FleetStore for SqlFleetStore {
                     .optional()?;
                 if let Some((status, reason)) = seen {
                     return as_value(Admission::Seen { status, reason });
+                }
+                // Every id is kept until it expires (refused ones for the grace period), so
+                // their number is capped: unique ids cannot fill the disk. The cap leaves a
+                // flood able to delay commands, never to grow the store.
+                let kept: i64 =
+                    conn.query_row("SELECT count(*) FROM fleet_commands", [], |r| r.get(0))?;
+                if u64::try_from(kept).unwrap_or(0) >= super::command::MAX_LIVE_COMMANDS {
+                    return as_value(Admission::Full);
                 }
                 let keep_until = expires_ms.max(now).saturating_add(SEEN_GRACE_MS);
                 conn.execute(

@@ -9,9 +9,16 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-/// A SQLCipher raw key. Its `Debug` output is redacted so it can never reach a log.
+/// A SQLCipher raw key. Its `Debug` output is redacted so it can never reach a log, and it is
+/// zeroed when dropped.
 #[derive(Clone, PartialEq, Eq)]
 pub struct DbKey([u8; 32]);
+
+impl Drop for DbKey {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
 
 impl fmt::Debug for DbKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -15,6 +15,7 @@ use tokio::sync::Mutex;
 
 use crate::config::DestinationConfig;
 use crate::config::destination::{AuthConfig, SecretSource, SigningAlgorithm};
+use crate::secret::Secret;
 
 /// Why a destination cannot be reached or authenticated.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +84,28 @@ fn read_file(destination: &str, what: &'static str, p: &Path) -> Result<Vec<u8>,
     })
 }
 
+/// Largest token-endpoint response read (a token response is a few hundred bytes).
+const MAX_TOKEN_RESPONSE: usize = 64 << 10;
+
+/// Reads a response body of at most `limit` bytes; a longer one is an error, read no further.
+pub async fn read_capped(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(format!("response body larger than {limit} bytes"));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| e.without_url().to_string())?
+    {
+        if body.len() + chunk.len() > limit {
+            return Err(format!("response body larger than {limit} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 /// The HTTP client for one destination.
 pub fn client(cfg: &DestinationConfig) -> Result<reqwest::Client, AuthError> {
     let id = cfg.id.to_string();
@@ -99,6 +122,11 @@ pub fn client(cfg: &DestinationConfig) -> Result<reqwest::Client, AuthError> {
         // one just as it is closed fails the request. Dropping ours first avoids the race.
         .pool_idle_timeout(Duration::from_secs(4))
         .user_agent(concat!("vitalgate/", env!("CARGO_PKG_VERSION")))
+        // A redirect would take readings and the Authorization header to wherever the server
+        // says; the configuration names the server, so none is followed (a 3xx is an answer).
+        .redirect(reqwest::redirect::Policy::none())
+        // An https destination never falls back to plain http, on any request it makes.
+        .https_only(cfg.base_url.as_url().scheme() == "https")
         // Environment proxies are ignored: the configuration says what happens.
         .no_proxy();
     if let Some(ca) = &cfg.ca_file {
@@ -138,14 +166,14 @@ pub fn client(cfg: &DestinationConfig) -> Result<reqwest::Client, AuthError> {
 
 #[derive(Debug, Deserialize)]
 struct TokenResponse {
-    access_token: String,
+    access_token: Secret<String>,
     #[serde(default)]
     expires_in: Option<u64>,
 }
 
 #[derive(Debug)]
 struct Cached {
-    token: String,
+    token: Secret<String>,
     refresh_at: Instant,
 }
 
@@ -154,8 +182,8 @@ struct Cached {
 pub struct Credentials {
     destination: String,
     auth: AuthConfig,
-    static_token: Option<String>,
-    secret: Option<Vec<u8>>,
+    static_token: Option<Secret<String>>,
+    secret: Option<Secret<Vec<u8>>>,
     cache: Mutex<Option<Cached>>,
     skew: Duration,
     /// Token requests made (for tests and status).
@@ -169,8 +197,8 @@ impl Credentials {
         let (static_token, secret) = match &cfg.auth {
             AuthConfig::None => (None, None),
             AuthConfig::Bearer { token } => {
-                let t = read_secret(&id, "bearer token", token)?;
-                let t = String::from_utf8(t)
+                let raw = Secret::new(read_secret(&id, "bearer token", token)?);
+                let t = std::str::from_utf8(raw.expose())
                     .map_err(|_| AuthError::Secret {
                         destination: id.clone(),
                         what: "bearer token".into(),
@@ -178,20 +206,24 @@ impl Credentials {
                     })?
                     .trim()
                     .to_owned();
-                (Some(t), None)
+                (Some(Secret::new(t)), None)
             }
             AuthConfig::ClientCredentials { client_secret, .. } => (
                 None,
-                Some(read_secret(&id, "client secret", client_secret)?),
+                Some(Secret::new(read_secret(
+                    &id,
+                    "client secret",
+                    client_secret,
+                )?)),
             ),
             AuthConfig::SmartBackend {
                 private_key,
                 algorithm,
                 ..
             } => {
-                let pem = read_secret(&id, "private key", private_key)?;
+                let pem = Secret::new(read_secret(&id, "private key", private_key)?);
                 // Parse now, so a bad key is a start-up error rather than a delivery one.
-                encoding_key(*algorithm, &pem).map_err(|detail| AuthError::Secret {
+                encoding_key(*algorithm, pem.expose()).map_err(|detail| AuthError::Secret {
                     destination: id.clone(),
                     what: "private key".into(),
                     detail,
@@ -214,18 +246,19 @@ impl Credentials {
     pub async fn header(&self, http: &reqwest::Client) -> Result<Option<String>, AuthError> {
         match &self.auth {
             AuthConfig::None => Ok(None),
-            AuthConfig::Bearer { .. } => {
-                Ok(self.static_token.as_ref().map(|t| format!("Bearer {t}")))
-            }
+            AuthConfig::Bearer { .. } => Ok(self
+                .static_token
+                .as_ref()
+                .map(|t| format!("Bearer {}", t.expose()))),
             AuthConfig::ClientCredentials { .. } | AuthConfig::SmartBackend { .. } => {
                 let mut cache = self.cache.lock().await;
                 if let Some(c) = cache.as_ref()
                     && Instant::now() < c.refresh_at
                 {
-                    return Ok(Some(format!("Bearer {}", c.token)));
+                    return Ok(Some(format!("Bearer {}", c.token.expose())));
                 }
                 let fresh = self.mint(http).await?;
-                let header = format!("Bearer {}", fresh.token);
+                let header = format!("Bearer {}", fresh.token.expose());
                 *cache = Some(fresh);
                 Ok(Some(header))
             }
@@ -246,7 +279,11 @@ impl Credentials {
     }
 
     async fn mint(&self, http: &reqwest::Client) -> Result<Cached, AuthError> {
-        let secret = self.secret.as_deref().unwrap_or_default();
+        let secret = self
+            .secret
+            .as_ref()
+            .map(|s| s.expose().as_slice())
+            .unwrap_or_default();
         let req = match &self.auth {
             AuthConfig::ClientCredentials {
                 token_url,
@@ -309,18 +346,24 @@ impl Credentials {
             .await
             .map_err(|e| AuthError::TokenTransient(e.without_url().to_string()))?;
         let status = resp.status().as_u16();
-        let body = resp
-            .bytes()
+        let body = read_capped(resp, MAX_TOKEN_RESPONSE)
             .await
-            .map_err(|e| AuthError::TokenTransient(e.without_url().to_string()))?;
+            .map_err(AuthError::TokenTransient)?;
         if status >= 500 || status == 429 || status == 408 {
             return Err(AuthError::TokenTransient(format!("HTTP {status}")));
         }
         if !(200..300).contains(&status) {
             // OAuth errors are `{"error": "invalid_client", ...}`: the code only.
+            // The code is echoed into logs and events: only a well-formed OAuth error code
+            // (RFC 6749 section 5.2: printable ASCII) of sensible length passes.
             let error = serde_json::from_slice::<serde_json::Value>(&body)
                 .ok()
                 .and_then(|v| v["error"].as_str().map(str::to_owned))
+                .filter(|e| {
+                    e.len() <= 64
+                        && e.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                })
                 .unwrap_or_default();
             return Err(AuthError::TokenRefused { status, error });
         }
@@ -331,7 +374,9 @@ impl Credentials {
             })?;
         self.minted
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let lifetime = Duration::from_secs(t.expires_in.unwrap_or(300));
+        // The server's `expires_in` is untrusted: clamped, so a huge one cannot overflow the
+        // refresh time and a zero one cannot make every request mint a token.
+        let lifetime = Duration::from_secs(t.expires_in.unwrap_or(300).clamp(10, 24 * 3600));
         // Refresh a little early; for very short tokens, at half their life.
         let early = self.skew.min(lifetime / 2);
         tracing::info!(destination = %self.destination, expires_in_s = lifetime.as_secs(), "Access token obtained.");

@@ -631,7 +631,7 @@ impl Destination {
                         .get("retry-after")
                         .and_then(|v| v.to_str().ok())
                         .map(str::to_owned);
-                    match resp.bytes().await {
+                    match auth::read_capped(resp, response::MAX_RESPONSE_BYTES).await {
                         Ok(bytes) => response::classify(
                             status,
                             retry_after.as_deref(),
@@ -639,12 +639,9 @@ impl Destination {
                             assembly.entries.len(),
                             std::time::SystemTime::now(),
                         ),
-                        Err(e) => Classified::Retry {
+                        Err(reason) => Classified::Retry {
                             after: None,
-                            reason: format!(
-                                "network while reading the response: {}",
-                                e.without_url()
-                            ),
+                            reason: format!("while reading the response: {reason}"),
                         },
                     }
                 }

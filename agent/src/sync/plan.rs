@@ -2,12 +2,13 @@
 //! file configuration overlaid by the last applied desired configuration (fleet management),
 //! computed and validated as a whole before anything of it is used.
 //!
-//! Overlay rules:
-//! - a desired `destinations` list replaces the file's list. An entry whose id is also in the
-//!   file keeps the file's settings (TLS, proxy, batching, retries, route) with the desired
-//!   `base_url`, and the desired `credential` (a bearer token held by the gateway) when it
-//!   names one; a new id gets the defaults. A credential is looked up like any other secret:
-//!   `$CREDENTIALS_DIRECTORY/<name>`, then `/etc/vitalgate/credentials/<name>`.
+//! Overlay rules (the root-owned file pins where readings may go):
+//! - a desired `destinations` list chooses among the file's destinations: it replaces the
+//!   file's list with the entries it names, each the file's destination whole (URL,
+//!   credentials, TLS, proxy, batching, route). Its `base_url` may be left out or repeat the
+//!   file's, never change it, and an id the file does not have is refused, so a credential is
+//!   only ever sent to the server the file names, and a desired configuration never names a
+//!   secret. A new server is a change to `vitalgate.toml` (root), by design.
 //! - a desired `routing` adds a device filter on top of each destination's own route: a
 //!   reading of a device listed in `routing.devices` goes to that entry's destinations, any
 //!   other reading to `routing.default`.
@@ -16,20 +17,14 @@
 //! [`DeliveryControl`] swaps a plan in while running: the store writer's routing set first
 //! (readings committed after that get outbox rows for the new set), then the delivery tasks.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::sync::watch;
 use vitalgate_drivers::{DeviceIdentity, Transport};
 
-use crate::config::destination::{AuthConfig, SecretSource};
 use crate::config::{Config, DestinationConfig};
 use crate::fleet::desired::DesiredConfig;
 use crate::store::{StoreError, StoreHandle};
-
-/// Where a desired destination's named credential is read from when systemd does not
-/// provide it.
-pub const CREDENTIALS_DIR: &str = "/etc/vitalgate/credentials";
 
 /// The fleet's device routing: destination ids per device, and for every other device.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,19 +71,21 @@ impl DeliveryPlan {
         if let Some(list) = &desired.destinations {
             let mut out = Vec::with_capacity(list.len());
             for (i, d) in list.iter().enumerate() {
-                let mut cfg = match config.destinations.iter().find(|f| f.id == d.id) {
-                    Some(f) => f.clone(),
-                    None => new_destination(d.id.clone(), d.base_url.clone())?,
+                let Some(file) = config.destinations.iter().find(|f| f.id == d.id) else {
+                    return Err(format!(
+                        "destinations[{i}].id: {:?} is not a destination of vitalgate.toml; a \
+                         desired configuration chooses among the file's destinations",
+                        d.id.as_str()
+                    ));
                 };
-                cfg.base_url = d.base_url.clone();
-                if let Some(name) = &d.credential {
-                    cfg.auth = AuthConfig::Bearer {
-                        token: SecretSource {
-                            credential: Some(name.clone()),
-                            file: Some(PathBuf::from(CREDENTIALS_DIR).join(name)),
-                        },
-                    };
+                if d.base_url.as_ref().is_some_and(|url| url != &file.base_url) {
+                    return Err(format!(
+                        "destinations[{i}].base_url: destination {:?} is pinned to its \
+                         base_url in vitalgate.toml; a desired configuration cannot move it",
+                        d.id.as_str()
+                    ));
                 }
+                let cfg = file.clone();
                 cfg.check(i).map_err(|(key, msg)| {
                     format!("{}: {msg}", key.replace("destination", "destinations"))
                 })?;
@@ -133,24 +130,6 @@ impl DeliveryPlan {
     pub fn ids(&self) -> Vec<String> {
         self.destinations.iter().map(|d| d.id.to_string()).collect()
     }
-}
-
-/// A destination known only from a desired document: the file's defaults for everything
-/// but its id and URL.
-fn new_destination(
-    id: crate::config::Name,
-    base_url: crate::config::EndpointUrl,
-) -> Result<DestinationConfig, String> {
-    let text = format!(
-        "id = {}\nbase_url = {}\n",
-        toml_string(id.as_str()),
-        toml_string(base_url.as_url().as_str())
-    );
-    toml::from_str(&text).map_err(|e| format!("destination {:?}: {e}", id.as_str()))
-}
-
-fn toml_string(s: &str) -> String {
-    serde_json::Value::String(s.to_owned()).to_string()
 }
 
 /// What [`DeliveryControl::apply`] changed.
@@ -305,58 +284,78 @@ mod tests {
     use super::*;
     use crate::fleet::desired;
 
-    fn file() -> Config {
-        Config::parse(
-            Path::new("t.toml"),
-            "[[destination]]\nid = \"hospital\"\nbase_url = \"http://127.0.0.1:9/fhir\"\nbatch_max = 7\n",
-        )
-        .expect("config")
-    }
-
     fn doc(text: &str) -> DesiredConfig {
         desired::parse(text.as_bytes()).expect("valid document")
     }
 
+    fn two() -> Config {
+        Config::parse(
+            Path::new("t.toml"),
+            "[[destination]]\nid = \"hospital\"\nbase_url = \"http://127.0.0.1:9/fhir\"\nbatch_max = 7\n\
+             [[destination]]\nid = \"medicaid\"\nbase_url = \"https://medicaid.example/fhir\"\n\
+             [destination.auth]\ntype = \"bearer\"\ntoken = { credential = \"medicaid-token\" }\n",
+        )
+        .expect("config")
+    }
+
     #[test]
-    fn desired_destinations_replace_the_files_and_keep_its_settings() {
+    fn desired_destinations_choose_among_the_files_and_keep_all_of_their_settings() {
         let plan = DeliveryPlan::overlay(
-            &file(),
+            &two(),
             &doc(r#"{"version": 4, "destinations": [
-                {"id": "hospital", "base_url": "http://127.0.0.1:10/r4"},
-                {"id": "medicaid", "base_url": "https://medicaid.example/fhir", "credential": "medicaid-token"}]}"#),
+                {"id": "medicaid"}, {"id": "hospital", "base_url": "http://127.0.0.1:9/fhir"}]}"#),
         )
         .expect("plan");
         assert_eq!(plan.version, Some(4));
-        assert_eq!(plan.ids(), ["hospital", "medicaid"]);
-        assert_eq!(plan.destinations[0].batch_max, 7);
-        assert_eq!(plan.destinations[0].base_url.as_url().port(), Some(10));
-        let AuthConfig::Bearer { token } = &plan.destinations[1].auth else {
-            panic!("bearer auth expected");
-        };
-        assert_eq!(token.credential.as_deref(), Some("medicaid-token"));
+        assert_eq!(plan.ids(), ["medicaid", "hospital"]);
+        assert_eq!(plan.destinations[1].batch_max, 7);
+        let as_json = |d: &[DestinationConfig]| serde_json::to_value(d).expect("json");
+        let file = two().destinations;
+        assert_eq!(
+            as_json(&plan.destinations),
+            as_json(&[file[1].clone(), file[0].clone()])
+        );
         assert!(plan.routing.is_none());
         // Without destinations in the document, the file's stay.
-        let plan = DeliveryPlan::overlay(&file(), &doc(r#"{"version": 5}"#)).expect("plan");
+        let plan = DeliveryPlan::overlay(&two(), &doc(r#"{"version": 5}"#)).expect("plan");
+        assert_eq!(plan.ids(), ["hospital", "medicaid"]);
+        // Choosing one removes the other from delivery.
+        let plan = DeliveryPlan::overlay(
+            &two(),
+            &doc(r#"{"version": 6, "destinations": [{"id": "hospital"}]}"#),
+        )
+        .expect("plan");
         assert_eq!(plan.ids(), ["hospital"]);
     }
 
     #[test]
-    fn an_unauthenticated_remote_destination_is_refused() {
+    fn a_desired_document_cannot_move_a_destination_or_add_a_server() {
+        // Moving a file destination would send its token (and every reading) elsewhere.
         let e = DeliveryPlan::overlay(
-            &file(),
+            &two(),
+            &doc(r#"{"version": 4, "destinations": [{"id": "medicaid", "base_url": "https://attacker.example/fhir"}]}"#),
+        )
+        .expect_err("pinned");
+        assert!(
+            e.contains("destinations[0].base_url") && e.contains("pinned"),
+            "{e}"
+        );
+        let e = DeliveryPlan::overlay(
+            &two(),
             &doc(r#"{"version": 4, "destinations": [{"id": "x", "base_url": "https://x.example/r4"}]}"#),
         )
-        .expect_err("needs auth");
-        assert!(e.contains("destinations[0].auth"), "{e}");
+        .expect_err("unknown id");
+        assert!(
+            e.contains("destinations[0].id") && e.contains("vitalgate.toml"),
+            "{e}"
+        );
     }
 
     #[test]
     fn routing_sends_listed_devices_to_their_destinations_and_the_rest_to_default() {
         let plan = DeliveryPlan::overlay(
-            &file(),
-            &doc(r#"{"version": 4, "destinations": [
-                {"id": "hospital", "base_url": "http://127.0.0.1:10/r4"},
-                {"id": "medicaid", "base_url": "http://127.0.0.1:11/r4"}],
+            &two(),
+            &doc(r#"{"version": 4, "destinations": [{"id": "hospital"}, {"id": "medicaid"}],
               "routing": {"default": ["hospital"], "devices": [
                 {"device": {"transport": "ble", "address": "00:1c:05:ff:e8:74"}, "destinations": ["medicaid"]}]}}"#),
         )

@@ -5,6 +5,14 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+/// Largest transaction-response body read; a bigger one is treated as unreadable (the
+/// request is retried), so a hostile server cannot exhaust the gateway's memory.
+pub const MAX_RESPONSE_BYTES: usize = 8 << 20;
+/// How much of a rejection's body is kept with the readings it quarantines.
+pub const MAX_OUTCOME_BYTES: usize = 16 << 10;
+/// The longest a server's Retry-After may hold a destination back.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
 /// What to do after a response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Classified {
@@ -48,7 +56,18 @@ pub fn classify(
         },
         _ => Classified::Rejected {
             status,
-            outcome: String::from_utf8_lossy(body).into_owned(),
+            outcome: {
+                let mut text = String::from_utf8_lossy(body).into_owned();
+                if text.len() > MAX_OUTCOME_BYTES {
+                    let mut end = MAX_OUTCOME_BYTES;
+                    while !text.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    text.truncate(end);
+                    text.push_str(" [truncated]");
+                }
+                text
+            },
         },
     }
 }
@@ -110,13 +129,19 @@ fn parse_locations(body: &[u8], entries: usize) -> Result<Vec<Option<String>>, S
 }
 
 /// RFC 9110 Retry-After: delta-seconds or an HTTP-date.
+/// Clamped to [`MAX_RETRY_AFTER`]: the header is the server's, and a year's wait would stop
+/// delivery as surely as an outage.
 pub fn parse_retry_after(v: &str, now: std::time::SystemTime) -> Option<Duration> {
     let v = v.trim();
     if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
+        return Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER));
     }
     let when = httpdate(v)?;
-    Some(when.duration_since(now).unwrap_or(Duration::ZERO))
+    Some(
+        when.duration_since(now)
+            .unwrap_or(Duration::ZERO)
+            .min(MAX_RETRY_AFTER),
+    )
 }
 
 /// IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), the form servers send.
@@ -156,6 +181,9 @@ fn httpdate(s: &str) -> Option<std::time::SystemTime> {
 }
 
 /// Issue codes of an OperationOutcome, for events (never its text, which may echo values).
+/// The server is untrusted: only strings shaped like FHIR IssueType codes (lowercase letters
+/// and hyphens, `invalid`, `code-invalid`) pass, at most ten, so a code field cannot carry
+/// a patient's data onto MQTT.
 pub fn issue_codes(outcome: &str) -> Vec<String> {
     serde_json::from_str::<Value>(outcome)
         .ok()
@@ -163,7 +191,13 @@ pub fn issue_codes(outcome: &str) -> Vec<String> {
             v["issue"].as_array().map(|issues| {
                 issues
                     .iter()
-                    .filter_map(|i| i["code"].as_str().map(str::to_owned))
+                    .filter_map(|i| i["code"].as_str())
+                    .filter(|c| {
+                        (1..=32).contains(&c.len())
+                            && c.bytes().all(|b| b.is_ascii_lowercase() || b == b'-')
+                    })
+                    .take(10)
+                    .map(str::to_owned)
                     .collect()
             })
         })
@@ -176,6 +210,33 @@ mod tests {
 
     fn now() -> std::time::SystemTime {
         std::time::UNIX_EPOCH + Duration::from_secs(784_111_700) // 1994-11-06T08:48:20Z
+    }
+
+    #[test]
+    fn hostile_responses_are_bounded() {
+        // A Retry-After of a year, or a date far ahead, holds a destination back an hour.
+        assert_eq!(parse_retry_after("31536000", now()), Some(MAX_RETRY_AFTER));
+        assert_eq!(
+            parse_retry_after("Fri, 01 Jan 9999 00:00:00 GMT", now()),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(
+            parse_retry_after("18446744073709551615", now()),
+            Some(MAX_RETRY_AFTER)
+        );
+        // Issue codes that are not codes never reach an event.
+        let oo = r#"{"resourceType":"OperationOutcome","issue":[
+            {"code":"invalid"},{"code":"Jane Doe 1957-03-02"},{"code":"code-invalid"},{"code":7}]}"#;
+        assert_eq!(issue_codes(oo), ["invalid", "code-invalid"]);
+        // A rejection keeps a bounded part of the body with the quarantined readings.
+        let big = vec![b'x'; MAX_OUTCOME_BYTES * 4];
+        match classify(422, None, &big, 1, now()) {
+            Classified::Rejected { outcome, .. } => {
+                assert!(outcome.len() <= MAX_OUTCOME_BYTES + 16, "{}", outcome.len());
+                assert!(outcome.ends_with("[truncated]"));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

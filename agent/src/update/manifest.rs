@@ -3,38 +3,22 @@
 //!
 //! Pure: no I/O, no clock (the caller passes "now"), so every rule is unit-tested and fuzzed.
 //!
-//! # Canonical form
-//! The bytes that are signed are the manifest JSON object **without its `signatures` member**,
-//! serialized the way RFC 8785 (JSON Canonicalization Scheme) does for the subset manifests
-//! use: object members sorted by key (UTF-16 code units, which for the ASCII keys of a
-//! manifest is plain byte order), no whitespace, strings with the minimal JSON escapes
-//! (`\"`, `\\`, `\b`, `\f`, `\n`, `\r`, `\t`, other control characters as lowercase `\u00xx`,
-//! everything else literal UTF-8), integers in plain decimal. Floating-point numbers are
-//! refused (no manifest field is fractional), and so are integers above 2^53, so the form is
-//! exactly JCS. Signing therefore does not depend on how the JSON file was formatted, and
-//! any JCS library can reproduce the signed bytes.
-//!
-//! # Key ids
-//! A key id is the first 16 hex digits of SHA-256 over the raw 32-byte Ed25519 public key.
-//! It only selects which trusted key to try; the signature is what is trusted.
+//! # Canonical form and signatures
+//! Those of every signed fleet document ([`crate::signed`]): JCS (RFC 8785) of the manifest
+//! object without its `signatures` member, Ed25519 signatures with key ids.
 
-use std::collections::BTreeSet;
-use std::fmt;
 use std::time::{Duration, SystemTime};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as B64;
-use ed25519_dalek::{Signer as _, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
+
+use crate::signed::{self, MAX_SAFE_INTEGER, SignatureError};
+pub use crate::signed::{PrivateKey, PublicKey, Signature};
 
 /// The only manifest format this agent understands.
 pub const FORMAT: u32 = 1;
 /// Manifests larger than this are refused before parsing (a manifest is a few hundred bytes).
 pub const MAX_MANIFEST_BYTES: usize = 64 * 1024;
-/// Largest integer JCS (and so our canonical form) represents exactly.
-const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 
 /// A manifest as IT writes and signs it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,103 +52,6 @@ pub struct Manifest {
     /// Signatures over the canonical form; not part of what is signed.
     #[serde(default)]
     pub signatures: Vec<Signature>,
-}
-
-/// One signature over the canonical manifest.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Signature {
-    /// The signing key's id (see the module docs).
-    pub key_id: String,
-    /// Base64 (standard alphabet, padded) of the 64-byte Ed25519 signature.
-    pub signature: String,
-}
-
-/// A trusted public key.
-#[derive(Clone, PartialEq, Eq)]
-pub struct PublicKey {
-    key: VerifyingKey,
-    id: String,
-}
-
-impl fmt::Debug for PublicKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PublicKey({})", self.id)
-    }
-}
-
-impl PublicKey {
-    pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self, ManifestError> {
-        let key = VerifyingKey::from_bytes(bytes).map_err(|_| ManifestError::BadKey {
-            detail: "not a valid Ed25519 public key".into(),
-        })?;
-        Ok(Self {
-            id: key_id(bytes),
-            key,
-        })
-    }
-
-    /// Parses the text form: base64 of the raw 32-byte key (surrounding whitespace ignored).
-    pub fn from_base64(text: &str) -> Result<Self, ManifestError> {
-        let raw = B64.decode(text.trim()).map_err(|e| ManifestError::BadKey {
-            detail: format!("not base64: {e}"),
-        })?;
-        let bytes: [u8; 32] = raw.try_into().map_err(|v: Vec<u8>| ManifestError::BadKey {
-            detail: format!("an Ed25519 public key has 32 bytes, got {}", v.len()),
-        })?;
-        Self::from_bytes(&bytes)
-    }
-
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
-    pub fn to_base64(&self) -> String {
-        B64.encode(self.key.as_bytes())
-    }
-}
-
-/// A private signing key, held offline by IT.
-pub struct PrivateKey(SigningKey);
-
-impl fmt::Debug for PrivateKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PrivateKey({})", self.public().id())
-    }
-}
-
-impl PrivateKey {
-    /// A key from 32 bytes of seed (which must come from a CSPRNG).
-    pub fn from_seed(seed: &[u8; 32]) -> Self {
-        Self(SigningKey::from_bytes(seed))
-    }
-
-    /// Parses the text form: base64 of the 32-byte seed.
-    pub fn from_base64(text: &str) -> Result<Self, ManifestError> {
-        let raw = B64.decode(text.trim()).map_err(|e| ManifestError::BadKey {
-            detail: format!("private key is not base64: {e}"),
-        })?;
-        let seed: [u8; 32] = raw.try_into().map_err(|v: Vec<u8>| ManifestError::BadKey {
-            detail: format!("an Ed25519 private key has 32 bytes, got {}", v.len()),
-        })?;
-        Ok(Self::from_seed(&seed))
-    }
-
-    pub fn to_base64(&self) -> String {
-        B64.encode(self.0.to_bytes())
-    }
-
-    pub fn public(&self) -> PublicKey {
-        let key = self.0.verifying_key();
-        PublicKey {
-            id: key_id(key.as_bytes()),
-            key,
-        }
-    }
-}
-
-fn key_id(public: &[u8; 32]) -> String {
-    hex::encode(&Sha256::digest(public)[..8])
 }
 
 /// Why a manifest was refused. Messages are safe for logs and MQTT (no secrets, no PHI).
@@ -210,6 +97,57 @@ pub enum ManifestError {
     },
     #[error("manifest expired at {expires}")]
     Expired { expires: String },
+    #[error(
+        "manifest has no `expires`: a manifest must expire (within {} days, {} hours for a downgrade), so a captured one cannot be replayed forever",
+        MAX_LIFETIME.as_secs() / 86400,
+        MAX_DOWNGRADE_LIFETIME.as_secs() / 3600
+    )]
+    NoExpiry,
+    #[error("manifest expires more than {limit} ahead; sign it with a nearer `expires`")]
+    ExpiresTooFar { limit: String },
+    #[error(
+        "version {version} is below this gateway's anti-rollback floor {floor} (the highest version it committed), and the manifest does not allow a downgrade"
+    )]
+    BelowFloor {
+        version: semver::Version,
+        floor: semver::Version,
+    },
+    #[error(
+        "version {version} is below the minimum version {minimum} set by the update trust document; nothing older is installed"
+    )]
+    BelowMinimum {
+        version: semver::Version,
+        minimum: semver::Version,
+    },
+}
+
+/// The furthest ahead a manifest may expire.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(30 * 86400);
+/// The furthest ahead a downgrade manifest (a version older than the running one) may expire.
+pub const MAX_DOWNGRADE_LIFETIME: Duration = Duration::from_secs(72 * 3600);
+
+/// The version floors an update must respect.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Floors {
+    /// The highest version ever committed on this gateway (persisted): nothing older is
+    /// installed unless the manifest allows a downgrade, so an old signed manifest replayed
+    /// cannot roll the gateway back.
+    pub committed: Option<semver::Version>,
+    /// The update trust document's `min_version`: nothing older, ever.
+    pub minimum: Option<semver::Version>,
+}
+
+impl From<SignatureError> for ManifestError {
+    fn from(e: SignatureError) -> Self {
+        match e {
+            SignatureError::Unsigned => Self::Unsigned,
+            SignatureError::NoTrustedKeys => Self::NoTrustedKeys,
+            SignatureError::UntrustedKey { key_ids } => Self::UntrustedKey { key_ids },
+            SignatureError::BadSignature { key_id } => Self::BadSignature { key_id },
+            SignatureError::BadKey { detail } => Self::BadKey { detail },
+            SignatureError::Malformed { detail } => Self::Malformed { detail },
+        }
+    }
 }
 
 /// What the running agent is, for the compatibility checks.
@@ -365,34 +303,11 @@ pub fn canonical(bytes: &[u8]) -> Result<Vec<u8>, ManifestError> {
 /// Other signatures are kept, so a manifest can carry signatures by an old and a new key
 /// while keys rotate.
 pub fn sign(bytes: &[u8], key: &PrivateKey) -> Result<Vec<u8>, ManifestError> {
-    let (_, canonical) = parse_both(bytes)?;
+    parse_both(bytes)?;
     let mut value: Value = serde_json::from_slice(bytes).map_err(|e| ManifestError::Syntax {
         detail: e.to_string(),
     })?;
-    let id = key.public().id;
-    let sig = Signature {
-        key_id: id.clone(),
-        signature: B64.encode(key.0.sign(&canonical).to_bytes()),
-    };
-    let Some(map) = value.as_object_mut() else {
-        return Err(ManifestError::Malformed {
-            detail: "a manifest is a JSON object".into(),
-        });
-    };
-    let sigs = map
-        .entry("signatures")
-        .or_insert_with(|| Value::Array(Vec::new()));
-    let Value::Array(list) = sigs else {
-        return Err(ManifestError::Malformed {
-            detail: "`signatures` is not a list".into(),
-        });
-    };
-    list.retain(|s| s.get("key_id").and_then(Value::as_str) != Some(id.as_str()));
-    list.push(
-        serde_json::to_value(sig).map_err(|e| ManifestError::Malformed {
-            detail: e.to_string(),
-        })?,
-    );
+    signed::add_signature(&mut value, key)?;
     let mut out = serde_json::to_vec_pretty(&value).map_err(|e| ManifestError::Malformed {
         detail: e.to_string(),
     })?;
@@ -411,48 +326,15 @@ fn verify_parsed(
     canonical: &[u8],
     trusted: &[PublicKey],
 ) -> Result<Verified, ManifestError> {
-    if trusted.is_empty() {
-        return Err(ManifestError::NoTrustedKeys);
-    }
-    if manifest.signatures.is_empty() {
-        return Err(ManifestError::Unsigned);
-    }
-    let mut bad = None;
-    for sig in &manifest.signatures {
-        let Some(key) = trusted.iter().find(|k| k.id == sig.key_id) else {
-            continue;
-        };
-        let ok = B64
-            .decode(&sig.signature)
-            .ok()
-            .and_then(|raw| <[u8; 64]>::try_from(raw).ok())
-            .map(|raw| ed25519_dalek::Signature::from_bytes(&raw))
-            .is_some_and(|s| key.key.verify_strict(canonical, &s).is_ok());
-        if ok {
-            let key_id = key.id.clone();
-            return Ok(Verified { manifest, key_id });
-        }
-        bad = Some(sig.key_id.clone());
-    }
-    Err(match bad {
-        Some(key_id) => ManifestError::BadSignature { key_id },
-        None => ManifestError::UntrustedKey {
-            key_ids: manifest
-                .signatures
-                .iter()
-                .map(|s| s.key_id.as_str())
-                .collect::<BTreeSet<_>>()
-                .into_iter()
-                .collect::<Vec<_>>()
-                .join(", "),
-        },
-    })
+    let key_id = signed::verify_canonical(canonical, &manifest.signatures, trusted)?;
+    Ok(Verified { manifest, key_id })
 }
 
 /// Whether this gateway may install the (verified) manifest now.
 pub fn check_applicable(
     manifest: &Manifest,
     platform: &Platform,
+    floors: &Floors,
     now: SystemTime,
 ) -> Result<(), ManifestError> {
     let arch_ok = manifest.architectures.contains(&platform.arch)
@@ -471,11 +353,23 @@ pub fn check_applicable(
             target: platform.target.clone(),
         });
     }
-    if let Some(expiry) = manifest.expiry()?
-        && now >= expiry
-    {
+    let Some(expiry) = manifest.expiry()? else {
+        return Err(ManifestError::NoExpiry);
+    };
+    if now >= expiry {
         return Err(ManifestError::Expired {
             expires: manifest.expires.clone().unwrap_or_default(),
+        });
+    }
+    let downgrade = manifest.version.cmp_precedence(&platform.version) == std::cmp::Ordering::Less;
+    let limit = if downgrade {
+        MAX_DOWNGRADE_LIFETIME
+    } else {
+        MAX_LIFETIME
+    };
+    if expiry.duration_since(now).unwrap_or_default() > limit {
+        return Err(ManifestError::ExpiresTooFar {
+            limit: humantime::format_duration(limit).to_string(),
         });
     }
     if let Some(min) = &manifest.min_from_version
@@ -489,15 +383,37 @@ pub fn check_applicable(
     // Build metadata is ignored by semver precedence; two builds that differ only there are
     // the same version to us too.
     match manifest.version.cmp_precedence(&platform.version) {
-        std::cmp::Ordering::Equal => Err(ManifestError::SameVersion {
-            version: manifest.version.clone(),
-        }),
-        std::cmp::Ordering::Less if !manifest.allow_downgrade => Err(ManifestError::Downgrade {
-            version: manifest.version.clone(),
-            running: platform.version.clone(),
-        }),
-        _ => Ok(()),
+        std::cmp::Ordering::Equal => {
+            return Err(ManifestError::SameVersion {
+                version: manifest.version.clone(),
+            });
+        }
+        std::cmp::Ordering::Less if !manifest.allow_downgrade => {
+            return Err(ManifestError::Downgrade {
+                version: manifest.version.clone(),
+                running: platform.version.clone(),
+            });
+        }
+        _ => {}
     }
+    if let Some(minimum) = &floors.minimum
+        && manifest.version.cmp_precedence(minimum) == std::cmp::Ordering::Less
+    {
+        return Err(ManifestError::BelowMinimum {
+            version: manifest.version.clone(),
+            minimum: minimum.clone(),
+        });
+    }
+    if let Some(floor) = &floors.committed
+        && manifest.version.cmp_precedence(floor) == std::cmp::Ordering::Less
+        && !manifest.allow_downgrade
+    {
+        return Err(ManifestError::BelowFloor {
+            version: manifest.version.clone(),
+            floor: floor.clone(),
+        });
+    }
+    Ok(())
 }
 
 /// How long until the manifest expires (None: never).
@@ -511,93 +427,12 @@ pub fn time_left(manifest: &Manifest, now: SystemTime) -> Option<Duration> {
 
 /// The canonical form of a manifest object: JCS without the `signatures` member.
 fn canonical_unsigned(value: &Value) -> Result<Vec<u8>, ManifestError> {
-    let Value::Object(map) = value else {
+    if !value.is_object() {
         return Err(ManifestError::Malformed {
             detail: "a manifest is a JSON object".into(),
         });
-    };
-    let mut out = Vec::with_capacity(512);
-    write_object(
-        &mut out,
-        map.iter().filter(|(k, _)| k.as_str() != "signatures"),
-    )?;
-    Ok(out)
-}
-
-fn write_object<'a>(
-    out: &mut Vec<u8>,
-    members: impl Iterator<Item = (&'a String, &'a Value)>,
-) -> Result<(), ManifestError> {
-    let mut members: Vec<_> = members.collect();
-    members.sort_by(|a, b| a.0.encode_utf16().cmp(b.0.encode_utf16()));
-    out.push(b'{');
-    for (i, (k, v)) in members.into_iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        write_string(out, k);
-        out.push(b':');
-        write_value(out, v)?;
     }
-    out.push(b'}');
-    Ok(())
-}
-
-fn write_value(out: &mut Vec<u8>, value: &Value) -> Result<(), ManifestError> {
-    match value {
-        Value::Null => out.extend_from_slice(b"null"),
-        Value::Bool(true) => out.extend_from_slice(b"true"),
-        Value::Bool(false) => out.extend_from_slice(b"false"),
-        Value::Number(n) => match (n.as_u64(), n.as_i64()) {
-            (Some(u), _) if u <= MAX_SAFE_INTEGER => {
-                out.extend_from_slice(u.to_string().as_bytes())
-            }
-            (None, Some(i)) if i.unsigned_abs() <= MAX_SAFE_INTEGER => {
-                out.extend_from_slice(i.to_string().as_bytes())
-            }
-            _ => {
-                return Err(ManifestError::Malformed {
-                    detail: format!("number {n} is not an integer of at most 2^53"),
-                });
-            }
-        },
-        Value::String(s) => write_string(out, s),
-        Value::Array(items) => {
-            out.push(b'[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_value(out, item)?;
-            }
-            out.push(b']');
-        }
-        Value::Object(map) => write_object(out, map.iter())?,
-    }
-    Ok(())
-}
-
-fn write_string(out: &mut Vec<u8>, s: &str) {
-    out.push(b'"');
-    for c in s.chars() {
-        match c {
-            '"' => out.extend_from_slice(b"\\\""),
-            '\\' => out.extend_from_slice(b"\\\\"),
-            '\u{8}' => out.extend_from_slice(b"\\b"),
-            '\u{c}' => out.extend_from_slice(b"\\f"),
-            '\n' => out.extend_from_slice(b"\\n"),
-            '\r' => out.extend_from_slice(b"\\r"),
-            '\t' => out.extend_from_slice(b"\\t"),
-            c if (c as u32) < 0x20 => {
-                out.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes())
-            }
-            c => {
-                let mut buf = [0; 4];
-                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
-            }
-        }
-    }
-    out.push(b'"');
+    Ok(signed::canonical_unsigned(value)?)
 }
 
 #[cfg(test)]

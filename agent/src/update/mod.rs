@@ -22,6 +22,7 @@ pub mod health;
 pub mod install;
 pub mod manifest;
 pub mod state;
+pub mod trust;
 
 use std::os::fd::AsFd as _;
 use std::path::{Path, PathBuf};
@@ -35,9 +36,10 @@ use crate::config::update::UpdateConfig;
 use download::DownloadError;
 use health::{GatePolicy, GateStop, HealthCheck};
 use install::{InstallError, Layout, Marker};
-use manifest::{Platform, PublicKey};
+use manifest::{Floors, Platform, PublicKey};
 pub use state::{Operation, State, Step};
 use state::{OperationFile, Resume, StateError};
+use trust::{TrustDocument, TrustError};
 
 static VERSION_OVERRIDE: OnceLock<String> = OnceLock::new();
 
@@ -120,6 +122,8 @@ pub enum UpdateError {
     State(#[from] StateError),
     #[error(transparent)]
     Install(#[from] InstallError),
+    #[error(transparent)]
+    Trust(#[from] TrustError),
     #[error("{what} {}: {source}", .path.display())]
     Io {
         what: &'static str,
@@ -147,8 +151,62 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Loads the trusted keys from the configuration (inline keys, then key files).
+/// The persisted trust document (verified against the configured root keys), if any. A file
+/// that no longer verifies (the root keys changed) is ignored with a warning.
+pub fn applied_trust(cfg: &UpdateConfig) -> Option<TrustDocument> {
+    let path = cfg.download_dir.join(TRUST_FILE);
+    let bytes = std::fs::read(&path).ok()?;
+    let roots: Vec<PublicKey> = cfg
+        .root_keys
+        .iter()
+        .filter_map(|k| PublicKey::from_base64(k).ok())
+        .collect();
+    match TrustDocument::verify(&bytes, &roots) {
+        Ok((doc, _)) => Some(doc),
+        Err(error) => {
+            tracing::warn!(%error, path = %path.display(), "Update trust document ignored.");
+            None
+        }
+    }
+}
+
+/// Where the applied trust document and the anti-rollback floor are kept.
+pub const TRUST_FILE: &str = "trust.json";
+pub const FLOOR_FILE: &str = "floor";
+
+/// The highest version this gateway ever committed, if known.
+fn committed_floor(cfg: &UpdateConfig) -> Option<semver::Version> {
+    std::fs::read_to_string(cfg.download_dir.join(FLOOR_FILE))
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+}
+
+/// Raises the persisted floor to `version` (never lowers it).
+fn raise_floor(cfg: &UpdateConfig, version: &semver::Version) -> Result<(), UpdateError> {
+    if committed_floor(cfg).is_some_and(|f| f.cmp_precedence(version) != std::cmp::Ordering::Less) {
+        return Ok(());
+    }
+    let path = cfg.download_dir.join(FLOOR_FILE);
+    state::write_atomic(&path, format!("{version}\n").as_bytes()).map_err(|source| {
+        UpdateError::Io {
+            what: "cannot write",
+            path,
+            source,
+        }
+    })
+}
+
+/// Loads the trusted keys from the configuration (inline keys, then key files), with the
+/// applied trust document's additions and revocations.
 pub fn trusted_keys(cfg: &UpdateConfig) -> Result<Vec<PublicKey>, UpdateError> {
+    let keys = configured_keys(cfg)?;
+    Ok(match applied_trust(cfg) {
+        Some(doc) => doc.update_keys(&keys),
+        None => keys,
+    })
+}
+
+fn configured_keys(cfg: &UpdateConfig) -> Result<Vec<PublicKey>, UpdateError> {
     let mut keys = Vec::new();
     for k in &cfg.trusted_keys {
         keys.push(PublicKey::from_base64(k).map_err(|e| UpdateError::Config(e.to_string()))?);
@@ -200,7 +258,7 @@ impl Updater {
             rustix::fs::FlockOperation::NonBlockingLockExclusive,
         )
         .map_err(|_| UpdateError::Locked { path: lock_path })?;
-        Ok(Self {
+        let updater = Self {
             cfg: cfg.clone(),
             keys,
             platform: Platform::this(
@@ -211,7 +269,48 @@ impl Updater {
             file: OperationFile::new(&cfg.download_dir),
             layout: Layout::new(&cfg.install_dir),
             _lock: lock,
-        })
+        };
+        // The running version is committed unless it is on trial: it becomes the floor, so
+        // a replayed older manifest cannot roll the gateway back.
+        if updater.file.load()?.is_none_or(|op| op.state.is_terminal()) {
+            raise_floor(cfg, &updater.platform.version)?;
+        }
+        Ok(updater)
+    }
+
+    /// The floors a manifest must respect now.
+    pub fn floors(&self) -> Floors {
+        Floors {
+            committed: committed_floor(&self.cfg),
+            minimum: applied_trust(&self.cfg).and_then(|d| d.min_version),
+        }
+    }
+
+    /// Verifies an update trust document against the root keys and, if it follows the applied
+    /// one, persists it; it takes effect for every later verification. Returns the document
+    /// and the root key that signed it.
+    pub fn apply_trust(&self, bytes: &[u8]) -> Result<(TrustDocument, String), UpdateError> {
+        let roots: Vec<PublicKey> = self
+            .cfg
+            .root_keys
+            .iter()
+            .filter_map(|k| PublicKey::from_base64(k).ok())
+            .collect();
+        let (doc, key_id) = TrustDocument::verify(bytes, &roots)?;
+        doc.follows(applied_trust(&self.cfg).as_ref())?;
+        let path = self.cfg.download_dir.join(TRUST_FILE);
+        state::write_atomic(&path, bytes).map_err(|source| UpdateError::Io {
+            what: "cannot write",
+            path,
+            source,
+        })?;
+        tracing::info!(
+            sequence = doc.sequence,
+            key_id,
+            revoked = doc.revoked.len(),
+            "Update trust document applied."
+        );
+        Ok((doc, key_id))
     }
 
     /// The persisted operation, if any (for `vitalgate update status`).
@@ -335,6 +434,9 @@ impl Updater {
                 // Marker first: once it is gone the launcher stops counting, and if we die
                 // before the state is saved the gate simply runs again.
                 self.layout.remove_marker()?;
+                if let Ok(v) = op.version.parse::<semver::Version>() {
+                    raise_floor(&self.cfg, &v)?;
+                }
                 let keep_prev = op.previous_version.clone();
                 if let Err(e) = self
                     .layout
@@ -380,7 +482,13 @@ impl Updater {
         }
         progress(&self.report(op, Status::InProgress, None));
         let m = match manifest::verify(op.manifest.as_bytes(), &self.keys).and_then(|v| {
-            manifest::check_applicable(&v.manifest, &self.platform, SystemTime::now()).map(|()| v)
+            manifest::check_applicable(
+                &v.manifest,
+                &self.platform,
+                &self.floors(),
+                SystemTime::now(),
+            )
+            .map(|()| v)
         }) {
             Ok(v) => {
                 tracing::info!(operation = %op.id, version = %v.manifest.version, key_id = %v.key_id, "Update manifest verified.");

@@ -404,8 +404,12 @@ fn main() {
         .expect("runtime");
     rt.block_on(async move {
         let tmp = tempfile::tempdir().expect("tempdir");
+        // The README's least-privilege ACL, by client id: the bench gateways share a user.
         let acl = "user bench-it\ntopic read $SYS/#\ntopic read vitalgate/#\n\n\
-                   pattern readwrite vitalgate/%c/#\n";
+                   pattern read vitalgate/%c/config/desired\npattern read vitalgate/%c/cmd/+\n\
+                   pattern write vitalgate/%c/state\npattern write vitalgate/%c/telemetry\n\
+                   pattern write vitalgate/%c/events\npattern write vitalgate/%c/config/reported\n\
+                   pattern write vitalgate/%c/cmd/+/result\n";
         let mut broker = Broker::start_with(
             &tmp.path().join("broker"),
             &[("bench", "bench-pw"), ("bench-it", "bench-it-pw")],

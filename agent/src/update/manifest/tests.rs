@@ -52,9 +52,10 @@ fn canonical_form_is_sorted_compact_and_excludes_signatures() {
 
 #[test]
 fn canonical_string_escapes_follow_jcs() {
-    let mut out = Vec::new();
-    write_string(&mut out, "a\"b\\c\n\u{1}é/\u{7f}");
-    assert_eq!(out, "\"a\\\"b\\\\c\\n\\u0001é/\u{7f}\"".as_bytes());
+    let out =
+        crate::signed::canonical_unsigned(&serde_json::json!({"s": "a\"b\\c\n\u{1}é/\u{7f}"}))
+            .expect("canonical");
+    assert_eq!(out, "{\"s\":\"a\\\"b\\\\c\\n\\u0001é/\u{7f}\"}".as_bytes());
 }
 
 #[test]
@@ -228,54 +229,68 @@ fn malformed_manifests_get_clear_errors() {
     ));
 }
 
+/// The time the applicability tests run at, and a manifest expiring a day later.
+fn now() -> SystemTime {
+    humantime::parse_rfc3339("2026-06-01T00:00:00Z").expect("t")
+}
+
+fn expiring(mut v: serde_json::Value) -> Manifest {
+    if v.get("expires").is_none() {
+        v["expires"] = serde_json::json!("2026-06-02T00:00:00Z");
+    }
+    Manifest::parse(&serde_json::to_vec(&v).expect("json")).expect("parse")
+}
+
+fn applicable(m: &Manifest, running: &str) -> Result<(), ManifestError> {
+    check_applicable(m, &platform(running), &Floors::default(), now())
+}
+
 #[test]
 fn architecture_must_match_by_debian_name_or_triple() {
-    let m = Manifest::parse(&serde_json::to_vec(&unsigned()).expect("json")).expect("parse");
-    let now = SystemTime::now();
-    check_applicable(&m, &platform("0.1.0"), now).expect("amd64 listed");
+    let m = expiring(unsigned());
+    applicable(&m, "0.1.0").expect("amd64 listed");
     let mut arm = platform("0.1.0");
     arm.arch = "armhf".into();
     arm.target = "armv7-unknown-linux-gnueabihf".into();
     assert!(matches!(
-        check_applicable(&m, &arm, now).expect_err("armhf not listed"),
+        check_applicable(&m, &arm, &Floors::default(), now()).expect_err("armhf not listed"),
         ManifestError::WrongArchitecture { .. }
     ));
     let mut v = unsigned();
     v.as_object_mut().expect("obj").remove("architectures");
     v["targets"] = serde_json::json!(["armv7-unknown-linux-gnueabihf"]);
-    let m = Manifest::parse(&serde_json::to_vec(&v).expect("json")).expect("parse");
-    check_applicable(&m, &arm, now).expect("triple listed");
+    let m = expiring(v);
+    check_applicable(&m, &arm, &Floors::default(), now()).expect("triple listed");
 }
 
 #[test]
 fn versions_compare_by_semver_and_downgrades_need_the_flag() {
-    let now = SystemTime::now();
     let with = |f: &dyn Fn(&mut serde_json::Value)| {
         let mut v = unsigned();
         f(&mut v);
-        Manifest::parse(&serde_json::to_vec(&v).expect("json")).expect("parse")
+        expiring(v)
     };
     let m = with(&|_| {});
-    check_applicable(&m, &platform("0.1.9"), now).expect("upgrade");
-    check_applicable(&m, &platform("0.2.0-rc.1"), now).expect("pre-release to release");
+    applicable(&m, "0.1.9").expect("upgrade");
+    applicable(&m, "0.2.0-rc.1").expect("pre-release to release");
     assert!(matches!(
-        check_applicable(&m, &platform("0.2.0"), now).expect_err("same"),
+        applicable(&m, "0.2.0").expect_err("same"),
         ManifestError::SameVersion { .. }
     ));
     assert!(matches!(
-        check_applicable(&m, &platform("0.10.0"), now).expect_err("0.10 > 0.2"),
+        applicable(&m, "0.10.0").expect_err("0.10 > 0.2"),
         ManifestError::Downgrade { .. }
     ));
     let allowed = with(&|v| v["allow_downgrade"] = serde_json::json!(true));
-    check_applicable(&allowed, &platform("0.10.0"), now).expect("explicit downgrade");
+    applicable(&allowed, "0.10.0").expect("explicit downgrade");
     assert!(matches!(
-        check_applicable(&allowed, &platform("0.2.0+build7"), now).expect_err("same"),
+        applicable(&allowed, "0.2.0+build7").expect_err("same"),
         ManifestError::SameVersion { .. }
     ));
     let min = with(&|v| v["min_from_version"] = serde_json::json!("0.1.5"));
-    check_applicable(&min, &platform("0.1.5"), now).expect("at the minimum");
+    applicable(&min, "0.1.5").expect("at the minimum");
     assert!(matches!(
-        check_applicable(&min, &platform("0.1.4"), now).expect_err("too old"),
+        applicable(&min, "0.1.4").expect_err("too old"),
         ManifestError::TooOld { .. }
     ));
 }
@@ -287,12 +302,63 @@ fn expired_manifests_are_refused() {
     let m = Manifest::parse(&serde_json::to_vec(&v).expect("json")).expect("parse");
     let before = humantime::parse_rfc3339("2025-12-31T23:59:59Z").expect("t");
     let after = humantime::parse_rfc3339("2026-01-01T00:00:00Z").expect("t");
-    check_applicable(&m, &platform("0.1.0"), before).expect("not yet expired");
+    check_applicable(&m, &platform("0.1.0"), &Floors::default(), before).expect("not yet expired");
     assert!(matches!(
-        check_applicable(&m, &platform("0.1.0"), after).expect_err("expired"),
+        check_applicable(&m, &platform("0.1.0"), &Floors::default(), after).expect_err("expired"),
         ManifestError::Expired { .. }
     ));
     assert_eq!(time_left(&m, before), Some(Duration::from_secs(1)));
+}
+
+#[test]
+fn a_manifest_must_expire_soon_and_a_downgrade_sooner() {
+    // Without `expires` a captured manifest could be replayed forever.
+    let m = Manifest::parse(&serde_json::to_vec(&unsigned()).expect("json")).expect("parse");
+    assert_eq!(applicable(&m, "0.1.0"), Err(ManifestError::NoExpiry));
+    let mut v = unsigned();
+    v["expires"] = serde_json::json!("2026-07-02T00:00:00Z");
+    assert!(matches!(
+        applicable(&expiring(v), "0.1.0"),
+        Err(ManifestError::ExpiresTooFar { .. })
+    ));
+    let mut v = unsigned();
+    v["expires"] = serde_json::json!("2026-06-30T00:00:00Z");
+    applicable(&expiring(v.clone()), "0.1.0").expect("an upgrade may live 30 days");
+    v["allow_downgrade"] = serde_json::json!(true);
+    assert!(matches!(
+        applicable(&expiring(v.clone()), "0.3.0"),
+        Err(ManifestError::ExpiresTooFar { .. })
+    ));
+    v["expires"] = serde_json::json!("2026-06-03T23:00:00Z");
+    applicable(&expiring(v), "0.3.0").expect("a downgrade may live 72 hours");
+}
+
+#[test]
+fn the_committed_floor_stops_old_manifests_and_the_minimum_stops_everything_older() {
+    let m = expiring(unsigned());
+    // Running 0.1.0 (reinstalled by hand) below a committed 0.3.0: an old 0.2.0 manifest
+    // replayed would be an upgrade of the running version, and is still refused.
+    let floors = Floors {
+        committed: Some("0.3.0".parse().expect("v")),
+        minimum: None,
+    };
+    assert!(matches!(
+        check_applicable(&m, &platform("0.1.0"), &floors, now()),
+        Err(ManifestError::BelowFloor { .. })
+    ));
+    let mut v = unsigned();
+    v["allow_downgrade"] = serde_json::json!(true);
+    let downgrade = expiring(v);
+    check_applicable(&downgrade, &platform("0.1.0"), &floors, now())
+        .expect("a signed, short-lived downgrade passes the committed floor");
+    let floors = Floors {
+        committed: None,
+        minimum: Some("0.2.1".parse().expect("v")),
+    };
+    assert!(matches!(
+        check_applicable(&downgrade, &platform("0.3.0"), &floors, now()),
+        Err(ManifestError::BelowMinimum { .. })
+    ));
 }
 
 #[test]
