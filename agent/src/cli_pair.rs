@@ -341,6 +341,9 @@ pub(crate) fn devices(config: Option<&Path>, a: DevicesArgs) -> Result<u8> {
                 .map_or_else(|| "-".into(), |b| format!("{b}%")),
             if d.allowed { "" } else { " (not allowlisted)" }
         );
+        if let Some(p) = &d.pseudonym {
+            println!("       on MQTT: {p}");
+        }
         if d.control_tests > 0 {
             println!(
                 "       {} control-solution test(s): kept on the gateway, never sent",

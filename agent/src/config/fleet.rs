@@ -74,6 +74,10 @@ pub struct FleetConfig {
     pub operator_keys: Vec<String>,
     /// Files holding further operator keys, one base64 key per file.
     pub operator_key_files: Vec<PathBuf>,
+    /// Telemetry and events name devices by a per-gateway pseudonym instead of their
+    /// Bluetooth address or USB serial number (`vitalgate devices` maps them back). `false`
+    /// publishes the addresses.
+    pub pseudonymize_devices: bool,
 }
 
 impl Default for FleetConfig {
@@ -96,6 +100,7 @@ impl Default for FleetConfig {
             destination_failing_after: DEFAULT_DESTINATION_FAILING_AFTER,
             operator_keys: Vec::new(),
             operator_key_files: Vec::new(),
+            pseudonymize_devices: true,
         }
     }
 }

@@ -816,6 +816,7 @@ mod tests {
                 "gw-t",
             )),
             rate: Mutex::new(crate::fleet::command::RateLimit::default()),
+            pseudonyms: None,
             runtime: Mutex::new(RuntimeState::default()),
             telemetry_interval: watch::channel(Duration::from_secs(60)).0,
             errors: Mutex::new(VecDeque::new()),

@@ -9,7 +9,8 @@
 //! and desired-config parsing, backoff, telemetry shaping) lives in modules of its own.
 //!
 //! Nothing published carries patient data: telemetry and events are counts, ages, sizes and
-//! device addresses; command results never echo a patient reference.
+//! device pseudonyms (see `crate::store::pseudonym`); command results never echo a patient
+//! reference.
 
 pub mod alerts;
 pub mod backoff;
@@ -141,6 +142,9 @@ pub(crate) struct Context<S> {
     pub trust: Mutex<trust::Verifier>,
     /// Admits commands at a bounded rate, so a flood cannot fill the store.
     pub rate: Mutex<command::RateLimit>,
+    /// The key that turns device addresses into pseudonyms in telemetry and events; `None`
+    /// when the configuration opts out (or the store has none: simulations).
+    pub pseudonyms: Option<crate::secret::Secret<Vec<u8>>>,
     runtime: Mutex<RuntimeState>,
     telemetry_interval: watch::Sender<Duration>,
     errors: Mutex<VecDeque<String>>,
@@ -180,6 +184,14 @@ impl<S> Context<S> {
             tracing::debug!(reason = %e, "Log level of the desired configuration not applied.");
         }
         self.update_status(|s| s.config_version = Some(doc.version));
+    }
+
+    /// Device addresses in an outgoing payload become pseudonyms (see
+    /// [`crate::store::pseudonym`]); with an unusable key, `dev-unknown`.
+    pub fn pseudonymize(&self, payload: &mut serde_json::Value) {
+        if let Some(k) = &self.pseudonyms {
+            crate::store::pseudonym::apply(k.expose(), payload);
+        }
     }
 
     pub fn note_error(&self, text: &str) {
@@ -270,6 +282,18 @@ pub async fn run<S: FleetStore>(
     {
         operator_keys.retain(|k| !doc.is_revoked(k.id()));
     }
+    let pseudonyms = if setup.config.pseudonymize_devices {
+        match setup.store.pseudonym_key().await {
+            Ok(k) => k,
+            Err(error) => {
+                // Publishing addresses instead would break the promise: they go out unnamed.
+                tracing::error!(%error, "Cannot read the device pseudonym key; devices are published as dev-unknown.");
+                Some(crate::secret::Secret::new(Vec::new()))
+            }
+        }
+    } else {
+        None
+    };
     let (client, eventloop) = AsyncClient::new(options, 64);
     let (interval_tx, interval_rx) = watch::channel(setup.config.telemetry_interval);
     let ctx = Arc::new(Context {
@@ -281,6 +305,7 @@ pub async fn run<S: FleetStore>(
         counters: Counters::default(),
         trust: Mutex::new(trust::Verifier::new(operator_keys, setup.gateway.as_str())),
         rate: Mutex::new(command::RateLimit::default()),
+        pseudonyms,
         runtime: Mutex::new(RuntimeState::default()),
         telemetry_interval: interval_tx,
         errors: Mutex::new(VecDeque::new()),
@@ -666,6 +691,8 @@ impl<S: FleetStore> Connection<S> {
             }
         }
         let t = telemetry::build(&snapshot, facts, receipt.wall_ms);
+        let mut t = serde_json::to_value(&t).unwrap_or_default();
+        self.ctx.pseudonymize(&mut t);
         let every = *self.interval_rx.borrow();
         // Stale telemetry is worthless: it expires after two periods (MQTT 5).
         if self.publish(
@@ -697,13 +724,14 @@ impl<S: FleetStore> Connection<S> {
             let n = events.len();
             let mut sent_to = None;
             for e in events {
-                let payload = json!({
+                let mut payload = json!({
                     "id": e.id,
                     "at": command::format_rfc3339(std::time::SystemTime::UNIX_EPOCH + Duration::from_millis(e.at_ms.max(0) as u64)),
                     "severity": e.severity,
                     "kind": e.kind,
                     "detail": e.detail,
                 });
+                self.ctx.pseudonymize(&mut payload);
                 if !self.publish(
                     self.ctx.topics.events(),
                     serde_json::to_vec(&payload).unwrap_or_default(),

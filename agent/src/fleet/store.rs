@@ -71,6 +71,14 @@ pub trait FleetStore: Send + Sync + 'static {
         let _ = id;
         async { Ok(None) }
     }
+    /// The key of the device pseudonyms published on MQTT, made on first use. The default
+    /// has none (simulations publish addresses).
+    fn pseudonym_key(
+        &self,
+    ) -> impl Future<Output = Result<Option<crate::secret::Secret<Vec<u8>>>, StoreError>> + Send
+    {
+        async { Ok(None) }
+    }
     fn bind(
         &self,
         transport: Transport,
@@ -171,6 +179,23 @@ fn from_value<T: serde::de::DeserializeOwned>(
 }
 
 impl FleetStore for SqlFleetStore {
+    async fn pseudonym_key(&self) -> Result<Option<crate::secret::Secret<Vec<u8>>>, StoreError> {
+        let v = self
+            .handle
+            .exec(|conn, _| {
+                let key = crate::store::pseudonym::key(conn, true)?;
+                Ok(serde_json::Value::String(
+                    key.map(|k| hex::encode(k.expose())).unwrap_or_default(),
+                ))
+            })
+            .await?;
+        let text = crate::secret::Secret::new(v.as_str().unwrap_or_default().to_owned());
+        Ok(hex::decode(text.expose())
+            .ok()
+            .filter(|k| !k.is_empty())
+            .map(crate::secret::Secret::new))
+    }
+
     async fn admit_command(
         &self,
         id: &str,

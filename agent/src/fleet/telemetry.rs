@@ -1,5 +1,6 @@
 //! Health telemetry: what the store, the disk, the clock and the process look like. Counts,
-//! ages, sizes and device addresses only: no patient identifier, name or measurement value.
+//! ages, sizes and devices (by pseudonym, applied when published) only: no patient identifier,
+//! name or measurement value.
 
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};

@@ -47,6 +47,9 @@ pub struct BoundDevice {
     pub unbound_users: Vec<i64>,
     /// Control-solution tests among its readings: kept, never sent.
     pub control_tests: u64,
+    /// What fleet telemetry and events call this device instead of its address (see
+    /// [`super::pseudonym`]); `None` until fleet management made the key.
+    pub pseudonym: Option<String>,
 }
 
 /// A device name for a reading kind (MDC code).
@@ -67,6 +70,7 @@ fn kind_name(code: i64) -> Option<&'static str> {
 pub fn list(path: &Path, keying: &Keying) -> Result<Vec<BoundDevice>, StoreError> {
     let conn = open_connection(path, keying, Create::Never, 256)?;
     let sql = |op| move |e| StoreError::from_sqlite(path, op, e);
+    let pseudonym_key = super::pseudonym::key(&conn, false).map_err(sql("pseudonym key"))?;
     let mut stmt = conn
         .prepare(
             "SELECT d.id, d.transport, d.address, d.identity, d.last_seen_ms, d.allowed, \
@@ -150,6 +154,9 @@ pub fn list(path: &Path, keying: &Keying) -> Result<Vec<BoundDevice>, StoreError
             })
             .map_err(sql("held readings"))?;
         out.push(BoundDevice {
+            pseudonym: pseudonym_key
+                .as_ref()
+                .map(|k| super::pseudonym::of(k.expose(), &address)),
             transport,
             address,
             kind: (!kinds.is_empty()).then(|| kinds.join("+")),

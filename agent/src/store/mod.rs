@@ -13,6 +13,7 @@ pub mod codec;
 pub mod devices;
 pub mod key;
 pub mod outbox;
+pub mod pseudonym;
 pub mod reader;
 pub mod schema;
 pub mod writer;

@@ -217,6 +217,14 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (destination, resource)
     ) WITHOUT ROWID;
     "#,
+    // 8 -> 9: secrets the gateway makes for itself and never shares: the key of the device
+    // pseudonyms published on MQTT (see `pseudonym`).
+    r#"
+    CREATE TABLE gateway_secrets (
+        name  TEXT PRIMARY KEY,
+        value BLOB NOT NULL
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// Schema versions whose migration is additive: a binary that knows the version before it
@@ -224,7 +232,7 @@ const MIGRATIONS: &[&str] = &[
 /// forgetting to list one is safe (a rollback then refuses the store instead of misreading
 /// it). Only list a migration that adds tables, indexes, or columns that are nullable or have
 /// a default, and that changes no meaning of what exists.
-const ADDITIVE: &[u32] = &[2, 3, 4, 5, 6, 7, 8];
+const ADDITIVE: &[u32] = &[2, 3, 4, 5, 6, 7, 8, 9];
 
 /// The oldest schema version a binary must know to use a store at `version`: the last
 /// breaking migration at or below it.
