@@ -1018,6 +1018,9 @@ fn only_signed_documents_change_where_readings_go_or_whose_they_are() {
                 .is_some_and(|s| s.contains("no signature")),
             "{r}"
         );
+        w.it.wait_for(&w.topic("gw-a", "events"), WAIT, |v| {
+            v["kind"] == "command-refused" && v["detail"]["id"] == id
+        });
     }
     assert!(gw.bindings().is_empty());
 

@@ -39,7 +39,8 @@ const SCAN_POLL: Duration = Duration::from_millis(300);
 /// Where the pairing agent object lives on the daemon's connection.
 const AGENT_PATH: &str = "/io/vitalgate/PairingAgent";
 
-/// A PIN or passkey for a device. Never logged or displayed: `Debug` redacts it.
+/// A PIN or passkey for a device. Never logged or displayed: `Debug` redacts it, and it is
+/// zeroed when dropped.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Pin(String);
 
@@ -64,6 +65,12 @@ impl Pin {
 
     pub fn expose(&self) -> &str {
         &self.0
+    }
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
     }
 }
 
@@ -552,7 +559,8 @@ struct Session<'a> {
 
 impl Session<'_> {
     /// Pairs (or adopts an already bonded) `d`. Ok(()) when it is paired and trusted.
-    async fn pair(&self, d: &SeenDevice, until_ms: i64) -> Result<(), String> {
+    /// `ours`: the device is already on this gateway's allowlist (its bond was made here).
+    async fn pair(&self, d: &SeenDevice, until_ms: i64, ours: bool) -> Result<(), String> {
         let needs_pin = {
             let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
             s.device = Some(d.path.to_string());
@@ -560,39 +568,47 @@ impl Session<'_> {
             s.pin.is_some()
         };
         let path = d.path.as_str();
+        if d.paired && needs_pin && !ours {
+            // A bond this gateway did not make proves nothing about the PIN.
+            return Err("already bonded without this window's PIN; remove the bond \
+                        (`vitalgate unpair`) and pair again"
+                .into());
+        }
         if !d.paired {
             let left = Duration::from_millis((until_ms - now_ms()).max(0) as u64);
             let pairing = call(&self.conn, path, "org.bluez.Device1", "Pair", &());
             match tokio::time::timeout(left, pairing).await {
-                Ok(Ok(())) => {
-                    let used = self
-                        .state
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .pin_used;
-                    if needs_pin && !used {
-                        // Just Works: anything in range could have been this device. The bond
-                        // is dropped so nothing of it is kept.
-                        let _ = call(
-                            &self.conn,
-                            &self.adapter_path,
-                            "org.bluez.Adapter1",
-                            "RemoveDevice",
-                            &(d.path.clone(),),
-                        )
-                        .await;
-                        return Err("paired without asking for the PIN (Just Works); a window \
-                                    with a PIN admits only a device that proves it knows it"
-                            .into());
-                    }
-                }
-                // Bonded meanwhile (or before, by another client): as good as paired.
+                // Bonded by this call, or meanwhile by another client: either way, with a PIN
+                // window the bond counts only if the device asked for the PIN and got it.
+                Ok(Ok(())) => {}
                 Ok(Err(e)) if error_name(&e) == "org.bluez.Error.AlreadyExists" => {}
                 Ok(Err(e)) => return Err(error_name(&e)),
                 Err(_) => {
                     let _ = call(&self.conn, path, "org.bluez.Device1", "CancelPairing", &()).await;
                     return Err("window expired while pairing".into());
                 }
+            }
+            let used = self
+                .state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pin_used;
+            if needs_pin && !used {
+                // Just Works: anything in range could have been this device. The bond is
+                // dropped so nothing of it is kept.
+                let _ = call(
+                    &self.conn,
+                    &self.adapter_path,
+                    "org.bluez.Adapter1",
+                    "RemoveDevice",
+                    &(d.path.clone(),),
+                )
+                .await;
+                return Err(
+                    "paired without asking for the PIN (Just Works); a window with a \
+                            PIN admits only a device that proves it knows it"
+                        .into(),
+                );
             }
         }
         // Trusted: BlueZ lets the device reconnect without asking an agent again.
@@ -825,7 +841,8 @@ async fn discover_and_pair(
         for d in candidates {
             tried.insert(d.address.clone());
             tracing::info!(window = w.id, device = %d.address, "Pairing.");
-            match session.pair(&d, w.until_ms).await {
+            let ours = allowed.contains(&d.address);
+            match session.pair(&d, w.until_ms, ours).await {
                 Ok(()) => {
                     adopt(store, w, &d.address).await?;
                     tracing::info!(window = w.id, device = %d.address, user_index = w.user_index, "Device paired, allowlisted and bound.");

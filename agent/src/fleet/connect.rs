@@ -33,6 +33,8 @@ pub enum ConnectError {
     NoPassword { credential: String },
     #[error("password in {} is empty or not one line of UTF-8", .path.display())]
     BadPassword { path: PathBuf },
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// The last will and the `offline` state payload: what the broker publishes, retained, when
@@ -103,34 +105,72 @@ pub fn mqtt_options(
                 check_private(key)?;
                 Some((
                     read_file("client certificate", cert)?,
-                    read_file("client key", key)?,
+                    zeroize::Zeroizing::new(read_file("client key", key)?),
                 ))
             }
             _ => None,
         };
-        let transport = match &cfg.ca_file {
-            Some(ca) => Transport::tls_with_config(TlsConfiguration::Simple {
-                ca: read_file("CA file", ca)?,
-                alpn: None,
-                client_auth,
-            }),
-            None if client_auth.is_none() => Transport::tls_with_default_config(),
-            None => {
-                // rumqttc's default TLS setup has no client certificate; the system roots
-                // are loaded here into the same "simple" configuration instead.
-                Transport::tls_with_config(TlsConfiguration::Simple {
-                    ca: read_file("system CA bundle", Path::new(SYSTEM_CA_BUNDLE))?,
-                    alpn: None,
-                    client_auth,
-                })
-            }
+        let ca = match &cfg.ca_file {
+            Some(ca) => read_file("CA file", ca)?,
+            None => read_file("system CA bundle", Path::new(SYSTEM_CA_BUNDLE))?,
         };
-        o.set_transport(transport);
+        let config = client_config(
+            &ca,
+            client_auth
+                .as_ref()
+                .map(|(c, k)| (c.as_slice(), k.as_slice())),
+        )?;
+        o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            std::sync::Arc::new(config),
+        )));
     }
     Ok(o)
 }
 
 const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// The TLS client configuration, built here with rustls (and its maintained PEM parser)
+/// rather than by rumqttc, whose own setup parses PEM with the unmaintained `rustls-pemfile`
+/// and links `rustls-webpki` 0.102 (see `deny.toml`): neither runs for the gateway.
+fn client_config(
+    ca_pem: &[u8],
+    client_auth: Option<(&[u8], &[u8])>,
+) -> Result<rustls::ClientConfig, ConnectError> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_slice_iter(ca_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ConnectError::Tls(format!("CA bundle: {e}")))?;
+    // A PEM block that is not a certificate failed the bundle above (a CA file is the
+    // operator's); a certificate webpki cannot use as an anchor is skipped rather than making
+    // every other one unusable (system bundles hold a few).
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(certs);
+    if roots.is_empty() {
+        return Err(ConnectError::Tls(
+            "the CA bundle holds no certificate".into(),
+        ));
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| ConnectError::Tls(e.to_string()))?
+    .with_root_certificates(roots);
+    match client_auth {
+        None => Ok(builder.with_no_client_auth()),
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_slice_iter(cert)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| ConnectError::Tls(format!("client certificate: {e}")))?;
+            let key = PrivateKeyDer::from_pem_slice(key)
+                .map_err(|e| ConnectError::Tls(format!("client key: {e}")))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| ConnectError::Tls(format!("client certificate/key: {e}")))
+        }
+    }
+}
 
 fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, ConnectError> {
     std::fs::read(path).map_err(|source| ConnectError::Read {

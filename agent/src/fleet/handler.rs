@@ -149,11 +149,30 @@ async fn command<S: FleetStore>(
         Ok(c) => c.kind.type_name(),
         Err(_) => command::known_type_of(payload).unwrap_or("unknown"),
     };
-    if let Err(e @ (command::CommandError::BadId | command::CommandError::RateLimited)) = &parsed {
-        // Not recorded (a bad id cannot be a key; a flood must not fill the store), and the
-        // result is not retained (nor must it fill the broker). It still tells IT why.
+    if let Err(
+        e @ (command::CommandError::BadId
+        | command::CommandError::RateLimited
+        | command::CommandError::Refused(_)),
+    ) = &parsed
+    {
+        // Not recorded (a bad id cannot be a key; a flood, or documents nobody signed, must
+        // not fill the store or take ids IT will use), and the result is not retained (nor
+        // must it fill the broker). It still tells IT why.
         let reason = e.to_string();
         tracing::warn!(command = id, %reason, "Command refused.");
+        if let command::CommandError::Refused(_) = e {
+            // Someone published a data-flow command without an operator's signature: IT
+            // hears of it as an event too, not only on a result topic it may not watch.
+            let _ = ctx
+                .store
+                .record_event(NewEvent {
+                    severity: Severity::Warning,
+                    kind: "command-refused".into(),
+                    detail: json!({ "id": id, "type": kind_name, "reason": reason }),
+                })
+                .await;
+            let _ = out.send(Outbound::EventsChanged).await;
+        }
         publish_with(
             out,
             topic,
@@ -633,18 +652,33 @@ pub(crate) fn applied_report(version: u64) -> serde_json::Value {
 /// refuses it, the file configuration runs and the reason is logged.
 pub(crate) async fn restore<S: FleetStore>(ctx: &Context<S>) {
     match ctx.store.applied_config().await {
-        Ok(Some((version, text))) => match desired::parse(text.as_bytes()) {
+        Ok(Some((version, text))) => match restorable(&lock(&ctx.trust), &text) {
             Ok(doc) => {
                 ctx.apply_runtime(&doc);
                 tracing::info!(version, "Desired configuration restored from the store.");
             }
             Err(e) => {
-                tracing::warn!(version, reason = %e, "Stored desired configuration is not valid for this version; using the file configuration.")
+                // No applied version either: the next document IT signs applies, whatever
+                // version the stored one claimed.
+                tracing::warn!(version, reason = %e, "Stored desired configuration not restored; using the file configuration.")
             }
         },
         Ok(None) => {}
         Err(e) => tracing::warn!(error = %e, "Cannot read the stored desired configuration."),
     }
+}
+
+/// A stored desired configuration, if it still stands: valid for this version, and signed by
+/// an operator key trusted now (a document stored before signatures were required, or signed
+/// by a key since revoked, does not come back at a restart).
+pub(crate) fn restorable(
+    trust: &super::trust::Verifier,
+    text: &str,
+) -> Result<desired::DesiredConfig, String> {
+    let doc = desired::parse(text.as_bytes()).map_err(|e| e.to_string())?;
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    trust.desired(&value)?;
+    Ok(doc)
 }
 
 /// Keeps the last few error texts for diagnostics.
@@ -1260,6 +1294,15 @@ mod tests {
             "device": {"transport": "ble", "address": "00:1C:05:FF:E8:74"}, "patient_ref": "pr-1"});
         let out = handle(&ctx, unsigned_cmd("b1", bind.clone(), false)).await;
         assert_eq!(out[0].1["status"], "failed");
+        assert_eq!(
+            ctx.store
+                .events
+                .lock()
+                .expect("lock")
+                .last()
+                .map(String::as_str),
+            Some("command-refused")
+        );
         let mut elsewhere = bind.clone();
         elsewhere["gateway"] = json!("gw-other");
         elsewhere["id"] = json!("b2");
@@ -1276,7 +1319,54 @@ mod tests {
         let moved = signed(bind, Some("b3"));
         let out = handle(&ctx, unsigned_cmd("b4", moved, false)).await;
         assert_eq!(out[0].1["status"], "failed");
+        assert!(
+            out[0].1["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("its own id")),
+            "{}",
+            out[0].1
+        );
+        // Refused documents take no id: b1 is still free for IT.
+        assert!(!ctx.store.commands.lock().expect("lock").contains_key("b1"));
         assert!(ctx.store.bindings.lock().expect("lock").is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_stored_document_comes_back_at_start_only_while_its_signature_stands() {
+        // Stored by a version that required no signature, perhaps pushed by an attacker
+        // through the broker, with a version that would lock out every signed document.
+        let ctx = context();
+        *ctx.store.config.lock().expect("lock") = Some((
+            u64::MAX,
+            r#"{"version": 18446744073709551615, "telemetry_interval": "5s"}"#.into(),
+        ));
+        restore(&ctx).await;
+        assert_eq!(
+            ctx.config_version(),
+            None,
+            "an unsigned stored document is not restored"
+        );
+        assert_eq!(*ctx.telemetry_interval.borrow(), Duration::from_secs(60));
+        // The next signed document applies, whatever the stored one claimed.
+        let doc = signed(json!({"version": 3}), None);
+        let out = handle(
+            &ctx,
+            Inbound::Desired {
+                payload: doc.to_string().into_bytes(),
+            },
+        )
+        .await;
+        assert_eq!(out[0].1["status"], "applied", "{}", out[0].1);
+        // Signed and stored: restored; its key revoked: not.
+        let ctx = context();
+        *ctx.store.config.lock().expect("lock") = Some((3, doc.to_string()));
+        restore(&ctx).await;
+        assert_eq!(ctx.config_version(), Some(3));
+        let ctx = context();
+        *ctx.store.config.lock().expect("lock") = Some((3, doc.to_string()));
+        lock(&ctx.trust).revoke(&[operator().public().id().to_owned()]);
+        restore(&ctx).await;
+        assert_eq!(ctx.config_version(), None);
     }
 
     #[tokio::test]

@@ -266,21 +266,16 @@ pub async fn run<S: FleetStore>(
         .as_ref()
         .map(|b| b.to_string())
         .unwrap_or_default();
-    let operator_keys = setup.config.operator_public_keys().unwrap_or_else(|error| {
-        // The config check reads these files too; a key that cannot be read here trusts
-        // nothing, so signed documents are refused with the reason rather than accepted.
+    // Keys an update trust document revoked are retired here too.
+    let (verifier, key_error) = trust::Verifier::load(
+        &setup.config,
+        setup.hooks.update.as_ref(),
+        setup.gateway.as_str(),
+    );
+    if let Some(error) = key_error {
+        // A key that cannot be read trusts nothing: signed documents are refused with the
+        // reason rather than accepted.
         tracing::error!(%error, "Operator keys unusable: desired configurations and data-flow commands will be refused.");
-        Vec::new()
-    });
-    // Keys the update trust document revoked are retired here too.
-    let mut operator_keys = operator_keys;
-    if let Some(doc) = setup
-        .hooks
-        .update
-        .as_ref()
-        .and_then(crate::update::applied_trust)
-    {
-        operator_keys.retain(|k| !doc.is_revoked(k.id()));
     }
     let pseudonyms = if setup.config.pseudonymize_devices {
         match setup.store.pseudonym_key().await {
@@ -303,7 +298,7 @@ pub async fn run<S: FleetStore>(
         hooks: setup.hooks,
         started: Instant::now(),
         counters: Counters::default(),
-        trust: Mutex::new(trust::Verifier::new(operator_keys, setup.gateway.as_str())),
+        trust: Mutex::new(verifier),
         rate: Mutex::new(command::RateLimit::default()),
         pseudonyms,
         runtime: Mutex::new(RuntimeState::default()),

@@ -44,6 +44,25 @@ impl Verifier {
         }
     }
 
+    /// The operator keys `[fleet]` names, less those an update trust document revoked. A key
+    /// file that cannot be read trusts nothing (documents are then refused with the reason);
+    /// the error says why.
+    pub fn load(
+        fleet: &crate::config::FleetConfig,
+        update: Option<&crate::config::update::UpdateConfig>,
+        gateway: &str,
+    ) -> (Self, Option<String>) {
+        let (mut keys, error) = match fleet.operator_public_keys() {
+            Ok(k) => (k, None),
+            Err(e) => (Vec::new(), Some(e)),
+        };
+        if let Some(u) = update {
+            let trust = crate::update::applied_trust(u);
+            keys.retain(|k| !trust.is_revoked(k.id()));
+        }
+        (Self::new(keys, gateway), error)
+    }
+
     /// Stops trusting the keys with these ids (an update trust document revoked them).
     pub fn revoke(&mut self, key_ids: &[String]) {
         self.keys
@@ -188,7 +207,7 @@ mod tests {
         assert!(
             v.command("c-2", "bind", &ok)
                 .expect_err("replay")
-                .contains("id")
+                .contains("names its own id")
         );
         // Harmless commands may come unsigned; a signature that is there is still checked.
         assert_eq!(

@@ -55,14 +55,21 @@ pub fn of(key: &[u8], address: &str) -> String {
     format!("dev-{}", hex::encode(&tag[..8]))
 }
 
-/// Replaces every `"address"` string member in `value` (telemetry devices, event details)
+/// The members that name a device in what the gateway publishes: telemetry's and events'
+/// `address`, a BLE event's `device`, a serial event's `port` (a USB serial number or a
+/// by-id path holding one).
+const DEVICE_MEMBERS: &[&str] = &["address", "device", "port"];
+
+/// Replaces every device-naming string member in `value` (telemetry devices, event details)
 /// with its pseudonym.
 pub fn apply(key: &[u8], value: &mut serde_json::Value) {
     match value {
         serde_json::Value::Object(map) => {
             for (k, v) in map.iter_mut() {
                 match v {
-                    serde_json::Value::String(s) if k == "address" => *s = of(key, s),
+                    serde_json::Value::String(s) if DEVICE_MEMBERS.contains(&k.as_str()) => {
+                        *s = of(key, s);
+                    }
                     other => apply(key, other),
                 }
             }
@@ -97,6 +104,17 @@ mod tests {
         assert!(!text.contains("E8:74") && !text.contains("A10K"), "{text}");
         assert_eq!(t["devices"][0]["address"], a);
         assert_eq!(t["devices"][0]["model"], "UA-651");
+        // The events that name a device otherwise: a BLE decoder problem, a serial port.
+        let mut e = json!([
+            {"kind": "ble-malformed-notification", "detail": {"device": "00:1C:05:FF:E8:74", "offset": 3}},
+            {"kind": "serial-link-problems", "detail": {"port": "usb:0403:6001:A10K", "frames": 2}},
+            {"kind": "fhir-rejected", "detail": {"destination": "hospital", "reading_id": 7}}
+        ]);
+        apply(&[1; 32], &mut e);
+        let text = e.to_string();
+        assert!(!text.contains("E8:74") && !text.contains("A10K"), "{text}");
+        assert_eq!(e[0]["detail"]["device"], a);
+        assert_eq!(e[2]["detail"]["destination"], "hospital");
     }
 
     #[test]

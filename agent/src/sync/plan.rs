@@ -231,9 +231,15 @@ pub async fn effective(
 ) -> DeliveryPlan {
     use crate::fleet::store::FleetStore;
     let fleet = crate::fleet::store::SqlFleetStore::new(store.clone(), keying.clone());
+    // The stored document counts only if it is still signed by a trusted operator key, as
+    // the fleet side restores it (`fleet::handler::restorable`).
+    let (trust, _) = crate::fleet::trust::Verifier::load(
+        &config.fleet,
+        Some(&config.update),
+        config.gateway.id.as_str(),
+    );
     let plan = match fleet.applied_config().await {
-        Ok(Some((version, text))) => match crate::fleet::desired::parse(text.as_bytes())
-            .map_err(|e| e.to_string())
+        Ok(Some((version, text))) => match crate::fleet::handler::restorable(&trust, &text)
             .and_then(|doc| DeliveryPlan::overlay(config, &doc))
         {
             Ok(plan) => plan,

@@ -50,6 +50,12 @@ pub fn classify(
             },
         },
         401 => Classified::Unauthorized,
+        // Redirects are not followed (readings and the token go only where the configuration
+        // says): a moved server is the destination failing, for IT to see, not bad readings.
+        300..=399 => Classified::Retry {
+            after: retry_after.and_then(|v| parse_retry_after(v, now)),
+            reason: format!("HTTP {status}: redirect not followed"),
+        },
         408 | 429 | 500..=599 => Classified::Retry {
             after: retry_after.and_then(|v| parse_retry_after(v, now)),
             reason: format!("HTTP {status}"),
@@ -266,6 +272,12 @@ mod tests {
             );
         }
         assert_eq!(classify(401, None, b"", 1, now()), Classified::Unauthorized);
+        for s in [301, 302, 307, 308] {
+            assert!(
+                matches!(classify(s, None, b"", 1, now()), Classified::Retry { ref reason, .. } if reason.contains("redirect")),
+                "{s}"
+            );
+        }
         for s in [400, 403, 404, 409, 412, 413, 415, 422] {
             assert!(
                 matches!(classify(s, None, b"{}", 1, now()), Classified::Rejected { status, .. } if status == s),

@@ -361,7 +361,12 @@ pub fn check_applicable(
             expires: manifest.expires.clone().unwrap_or_default(),
         });
     }
-    let downgrade = manifest.version.cmp_precedence(&platform.version) == std::cmp::Ordering::Less;
+    // A downgrade is anything older than what this gateway runs or ever committed.
+    let reference = match &floors.committed {
+        Some(f) if f.cmp_precedence(&platform.version) == std::cmp::Ordering::Greater => f,
+        _ => &platform.version,
+    };
+    let downgrade = manifest.version.cmp_precedence(reference) == std::cmp::Ordering::Less;
     let limit = if downgrade {
         MAX_DOWNGRADE_LIFETIME
     } else {

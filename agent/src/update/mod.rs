@@ -151,27 +151,70 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// The persisted trust document (verified against the configured root keys), if any. A file
-/// that no longer verifies (the root keys changed) is ignored with a warning.
-pub fn applied_trust(cfg: &UpdateConfig) -> Option<TrustDocument> {
+/// What the applied trust documents say now.
+#[derive(Debug, Clone, Default)]
+pub struct AppliedTrust {
+    /// The last applied document (complete for its added keys and minimum version).
+    pub document: Option<TrustDocument>,
+    /// Every key id any applied document revoked: revocations only accumulate, so a document
+    /// the broker withheld cannot bring a revoked key back.
+    pub revoked: Vec<String>,
+    /// The persisted document no longer verifies (the root keys changed): trust nothing
+    /// until a document signed by a current root key is applied.
+    pub unverifiable: bool,
+}
+
+impl AppliedTrust {
+    pub fn is_revoked(&self, key_id: &str) -> bool {
+        self.revoked.iter().any(|r| r.eq_ignore_ascii_case(key_id))
+    }
+
+    pub fn min_version(&self) -> Option<semver::Version> {
+        self.document.as_ref().and_then(|d| d.min_version.clone())
+    }
+}
+
+/// The persisted trust state: the last document (verified against the configured root keys)
+/// and every revocation so far.
+pub fn applied_trust(cfg: &UpdateConfig) -> AppliedTrust {
+    let revoked: Vec<String> = std::fs::read_to_string(cfg.download_dir.join(REVOKED_FILE))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.trim().to_ascii_lowercase())
+        .filter(|l| !l.is_empty())
+        .collect();
     let path = cfg.download_dir.join(TRUST_FILE);
-    let bytes = std::fs::read(&path).ok()?;
+    let Ok(bytes) = std::fs::read(&path) else {
+        return AppliedTrust {
+            revoked,
+            ..AppliedTrust::default()
+        };
+    };
     let roots: Vec<PublicKey> = cfg
         .root_keys
         .iter()
         .filter_map(|k| PublicKey::from_base64(k).ok())
         .collect();
     match TrustDocument::verify(&bytes, &roots) {
-        Ok((doc, _)) => Some(doc),
+        Ok((doc, _)) => AppliedTrust {
+            document: Some(doc),
+            revoked,
+            unverifiable: false,
+        },
         Err(error) => {
-            tracing::warn!(%error, path = %path.display(), "Update trust document ignored.");
-            None
+            tracing::error!(%error, path = %path.display(), "The applied update trust document no longer verifies against [update] root_keys: no update key is trusted until a current root key signs a new one.");
+            AppliedTrust {
+                document: None,
+                revoked,
+                unverifiable: true,
+            }
         }
     }
 }
 
-/// Where the applied trust document and the anti-rollback floor are kept.
+/// Where the applied trust document, the revoked key ids and the anti-rollback floor are kept.
 pub const TRUST_FILE: &str = "trust.json";
+pub const REVOKED_FILE: &str = "revoked-keys";
 pub const FLOOR_FILE: &str = "floor";
 
 /// The highest version this gateway ever committed, if known.
@@ -200,10 +243,16 @@ fn raise_floor(cfg: &UpdateConfig, version: &semver::Version) -> Result<(), Upda
 /// applied trust document's additions and revocations.
 pub fn trusted_keys(cfg: &UpdateConfig) -> Result<Vec<PublicKey>, UpdateError> {
     let keys = configured_keys(cfg)?;
-    Ok(match applied_trust(cfg) {
+    let trust = applied_trust(cfg);
+    if trust.unverifiable {
+        return Ok(Vec::new());
+    }
+    let mut keys = match &trust.document {
         Some(doc) => doc.update_keys(&keys),
         None => keys,
-    })
+    };
+    keys.retain(|k| !trust.is_revoked(k.id()));
+    Ok(keys)
 }
 
 fn configured_keys(cfg: &UpdateConfig) -> Result<Vec<PublicKey>, UpdateError> {
@@ -282,7 +331,7 @@ impl Updater {
     pub fn floors(&self) -> Floors {
         Floors {
             committed: committed_floor(&self.cfg),
-            minimum: applied_trust(&self.cfg).and_then(|d| d.min_version),
+            minimum: applied_trust(&self.cfg).min_version(),
         }
     }
 
@@ -297,7 +346,24 @@ impl Updater {
             .filter_map(|k| PublicKey::from_base64(k).ok())
             .collect();
         let (doc, key_id) = TrustDocument::verify(bytes, &roots)?;
-        doc.follows(applied_trust(&self.cfg).as_ref())?;
+        let applied = applied_trust(&self.cfg);
+        doc.follows(applied.document.as_ref())?;
+        // Revocations first: if the document write is lost, they still hold.
+        let mut revoked = applied.revoked;
+        for id in &doc.revoked {
+            let id = id.to_ascii_lowercase();
+            if !revoked.contains(&id) {
+                revoked.push(id);
+            }
+        }
+        let path = self.cfg.download_dir.join(REVOKED_FILE);
+        state::write_atomic(&path, format!("{}\n", revoked.join("\n")).as_bytes()).map_err(
+            |source| UpdateError::Io {
+                what: "cannot write",
+                path,
+                source,
+            },
+        )?;
         let path = self.cfg.download_dir.join(TRUST_FILE);
         state::write_atomic(&path, bytes).map_err(|source| UpdateError::Io {
             what: "cannot write",

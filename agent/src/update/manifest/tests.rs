@@ -348,9 +348,15 @@ fn the_committed_floor_stops_old_manifests_and_the_minimum_stops_everything_olde
     ));
     let mut v = unsigned();
     v["allow_downgrade"] = serde_json::json!(true);
-    let downgrade = expiring(v);
+    let downgrade = expiring(v.clone());
     check_applicable(&downgrade, &platform("0.1.0"), &floors, now())
         .expect("a signed, short-lived downgrade passes the committed floor");
+    // Below the floor is a downgrade even where the running version is older: 72 hours.
+    v["expires"] = serde_json::json!("2026-06-10T00:00:00Z");
+    assert!(matches!(
+        check_applicable(&expiring(v), &platform("0.1.0"), &floors, now()),
+        Err(ManifestError::ExpiresTooFar { .. })
+    ));
     let floors = Floors {
         committed: None,
         minimum: Some("0.2.1".parse().expect("v")),
