@@ -1085,6 +1085,95 @@ fn only_signed_documents_change_where_readings_go_or_whose_they_are() {
     w.assert_no_phi();
 }
 
+/// Requirement (reliability): a storm of commands, live or queued while the gateway was
+/// away, never wedges the fleet client: every command gets a final answer (run, or refused by
+/// the rate limit or the queue bound with the reason), the connection stays up and answers a
+/// probe afterwards, and what was refused is neither remembered nor retained.
+#[test]
+fn command_storms_of_500_and_10000_are_answered_in_full() {
+    let w = World::new();
+    let mut gw = w.password_gateway(GW_A, false);
+    gw.start();
+    w.it.wait_for(&w.topic("gw-a", "state"), WAIT, online);
+    let finals = |prefix: &str| -> Vec<Value> {
+        w.it.all()
+            .into_iter()
+            .filter(|m| {
+                m.topic
+                    .starts_with(&w.topic("gw-a", &format!("cmd/{prefix}")))
+                    && m.topic.ends_with("/result")
+            })
+            .map(|m| m.json())
+            .filter(|v| v["status"] == "succeeded" || v["status"] == "failed")
+            .collect()
+    };
+    for (prefix, n) in [("s5c-", 500usize), ("s10k-", 10_000)] {
+        let exp = expires_in(900);
+        let started = std::time::Instant::now();
+        for i in 0..n {
+            w.it.publish(
+                &w.topic("gw-a", &format!("cmd/{prefix}{i}")),
+                &serde_json::json!({"type": "diagnostics", "expires_at": exp}).to_string(),
+                false,
+            );
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(180);
+        loop {
+            let got = finals(prefix);
+            let mut ids: Vec<&str> = got.iter().filter_map(|v| v["id"].as_str()).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            if ids.len() == n {
+                let ran = got.iter().filter(|v| v["status"] == "succeeded").count();
+                let refused = got
+                    .iter()
+                    .filter(|v| {
+                        v["reason"]
+                            .as_str()
+                            .is_some_and(|r| r.starts_with("too many commands"))
+                    })
+                    .count();
+                assert_eq!(
+                    ran + refused,
+                    n,
+                    "every answer is a run or a stated refusal"
+                );
+                eprintln!(
+                    "storm of {n}: {ran} run, {refused} refused with the reason, all answered in {:.1} s",
+                    started.elapsed().as_secs_f64()
+                );
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "storm of {n}: {} of {n} commands answered",
+                ids.len()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        // Still connected and listening: a probe after the storm (once the rate allows one).
+        let probe = format!("{prefix}probe");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        for attempt in 0.. {
+            let r = w.command(
+                "gw-a",
+                &format!("{probe}-{attempt}"),
+                serde_json::json!({"type": "diagnostics", "expires_at": expires_in(300)}),
+            );
+            if r["status"] == "succeeded" {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no probe answered: {r}"
+            );
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        assert_eq!(gw.status_json()["fleet"]["connection"], "connected");
+    }
+    w.assert_no_phi();
+}
+
 #[test]
 fn a_gateway_cannot_reach_another_gateways_topics() {
     let w = World::new();

@@ -129,8 +129,23 @@ impl FleetConfig {
         {
             return err("username", "must be 1 to 256 characters");
         }
-        if self.telemetry_interval < Duration::from_millis(200) {
-            return err("telemetry_interval", "must be at least 200ms");
+        // Upper bounds too: each of these becomes a timer, and a timer past the end of time
+        // is a panic, not a long wait.
+        let day = Duration::from_secs(86_400);
+        if self.telemetry_interval < Duration::from_millis(200) || self.telemetry_interval > day {
+            return err("telemetry_interval", "must be between 200ms and 24h");
+        }
+        if self.reconnect_max > day {
+            return err("reconnect_max", "must be at most 24h");
+        }
+        if self.connect_timeout > Duration::from_secs(600) {
+            return err("connect_timeout", "must be at most 10m");
+        }
+        if self.device_overdue_after > 365 * day {
+            return err("device_overdue_after", "must be at most 365 days");
+        }
+        if self.destination_failing_after > 30 * day {
+            return err("destination_failing_after", "must be at most 30 days");
         }
         if self.keepalive < Duration::from_secs(1) || self.keepalive > Duration::from_secs(65535) {
             return err("keepalive", "must be between 1s and 65535s");

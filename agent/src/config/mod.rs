@@ -481,6 +481,24 @@ mod tests {
     }
 
     #[test]
+    fn fleet_durations_past_any_sensible_timer_are_refused_by_config_check() {
+        for line in [
+            "telemetry_interval = \"18446744073709551615s\"",
+            "telemetry_interval = \"25h\"",
+            "reconnect_max = \"400d\"",
+            "connect_timeout = \"1h\"",
+            "device_overdue_after = \"2y\"",
+            "destination_failing_after = \"60d\"",
+        ] {
+            let key = line.split(' ').next().unwrap_or_default();
+            let e = parse(&format!("[fleet]\n{line}\n"))
+                .expect_err(line)
+                .to_string();
+            assert!(e.contains(key), "{line}: {e}");
+        }
+    }
+
+    #[test]
     fn the_store_key_and_the_broker_password_are_never_a_destinations_secret() {
         let dest = |secret: &str| {
             format!(

@@ -46,10 +46,13 @@ pub(crate) enum Inbound {
 
 pub(crate) async fn run<S: FleetStore>(
     ctx: Arc<Context<S>>,
-    mut rx: mpsc::Receiver<Inbound>,
+    mut rx: mpsc::UnboundedReceiver<Inbound>,
     out: mpsc::Sender<Outbound>,
 ) {
     while let Some(msg) = rx.recv().await {
+        if let Inbound::Command { .. } = msg {
+            ctx.queued_commands.fetch_sub(1, Ordering::Relaxed);
+        }
         match msg {
             Inbound::Desired { payload } => desired_config(&ctx, &out, &payload).await,
             Inbound::Command {
@@ -850,6 +853,7 @@ mod tests {
                 "gw-t",
             )),
             rate: Mutex::new(crate::fleet::command::RateLimit::default()),
+            queued_commands: std::sync::atomic::AtomicUsize::new(0),
             pseudonyms: None,
             runtime: Mutex::new(RuntimeState::default()),
             telemetry_interval: watch::channel(Duration::from_secs(60)).0,

@@ -27,7 +27,7 @@ pub(crate) mod updating;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -142,6 +142,8 @@ pub(crate) struct Context<S> {
     pub trust: Mutex<trust::Verifier>,
     /// Admits commands at a bounded rate, so a flood cannot fill the store.
     pub rate: Mutex<command::RateLimit>,
+    /// Commands handed to the handler and not yet taken (see [`MAX_QUEUED_COMMANDS`]).
+    pub queued_commands: AtomicUsize,
     /// The key that turns device addresses into pseudonyms in telemetry and events; `None`
     /// when the configuration opts out (or the store has none: simulations).
     pub pseudonyms: Option<crate::secret::Secret<Vec<u8>>>,
@@ -244,8 +246,16 @@ pub(crate) enum Outbound {
     },
 }
 
-/// Results and reports held while disconnected; they are also in the store.
-const HELD_MAX: usize = 256;
+/// Results and reports waiting for the broker connection (or for room in the MQTT client's
+/// queue). Sized for a storm's every answer; beyond it the oldest goes (each is also in the
+/// store, and a replayed id is answered from there).
+const HELD_MAX: usize = 50_000;
+/// Commands received and not yet taken by the handler. Beyond this a command is answered at
+/// once, from the connection task, and not queued: memory stays bounded in a storm, and every
+/// command still gets an answer.
+pub const MAX_QUEUED_COMMANDS: usize = 1_000;
+/// How often results held for want of room in the MQTT client's queue are tried again.
+const HELD_RETRY: Duration = Duration::from_millis(20);
 const EVENT_BATCH: usize = 100;
 
 /// Runs fleet management until `cancel` fires. Returns early only if the connection cannot
@@ -300,6 +310,7 @@ pub async fn run<S: FleetStore>(
         counters: Counters::default(),
         trust: Mutex::new(verifier),
         rate: Mutex::new(command::RateLimit::default()),
+        queued_commands: AtomicUsize::new(0),
         pseudonyms,
         runtime: Mutex::new(RuntimeState::default()),
         telemetry_interval: interval_tx,
@@ -314,10 +325,15 @@ pub async fn run<S: FleetStore>(
     ctx.set_connection("connecting");
     handler::restore(&ctx).await;
 
-    let (in_tx, in_rx) = mpsc::channel(256);
+    // The connection task never waits on its consumers: what the broker delivers goes to the
+    // handler through an unbounded queue (commands bounded by MAX_QUEUED_COMMANDS), and what
+    // the handler publishes is drained on every turn of the connection loop. Were either side
+    // to wait on the other's full channel, neither would run and the MQTT event loop, its
+    // keepalive with it, would stop.
+    let (in_tx, in_rx) = mpsc::unbounded_channel();
     let (out_tx, out_rx) = mpsc::channel(256);
     let worker = tokio::spawn(handler::run(ctx.clone(), in_rx, out_tx.clone()));
-    let (events_tx, events_rx) = mpsc::channel(64);
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
     let backoff_reset = Arc::new(Notify::new());
     let poller = tokio::spawn(poll(
         eventloop,
@@ -367,20 +383,20 @@ enum Polled {
 async fn poll(
     mut eventloop: EventLoop,
     mut backoff: Backoff,
-    tx: mpsc::Sender<Polled>,
+    tx: mpsc::UnboundedSender<Polled>,
     reset: Arc<Notify>,
 ) {
     loop {
         tokio::select! {
             ev = eventloop.poll() => match ev {
                 Ok(ev) => {
-                    if tx.send(Polled::Event(Box::new(ev))).await.is_err() {
+                    if tx.send(Polled::Event(Box::new(ev))).is_err() {
                         return;
                     }
                 }
                 Err(error) => {
                     let wait = backoff.next_random_delay();
-                    if tx.send(Polled::Lost { error: error.to_string(), wait }).await.is_err() {
+                    if tx.send(Polled::Lost { error: error.to_string(), wait }).is_err() {
                         return;
                     }
                     tokio::time::sleep(wait).await;
@@ -394,7 +410,7 @@ async fn poll(
 struct Connection<S> {
     ctx: Arc<Context<S>>,
     client: AsyncClient,
-    events: mpsc::Receiver<Polled>,
+    events: mpsc::UnboundedReceiver<Polled>,
     backoff_reset: Arc<Notify>,
     /// QoS 1 publishes queued on this connection and not yet acknowledged by the broker.
     unacked: usize,
@@ -402,7 +418,7 @@ struct Connection<S> {
     ready: bool,
     subscribed_once: bool,
     held: VecDeque<(String, Vec<u8>, bool)>,
-    in_tx: mpsc::Sender<Inbound>,
+    in_tx: mpsc::UnboundedSender<Inbound>,
     out_rx: mpsc::Receiver<Outbound>,
     interval_rx: watch::Receiver<Duration>,
     observer: Option<mpsc::UnboundedSender<(Instant, ConnectionEvent)>>,
@@ -446,13 +462,16 @@ impl<S: FleetStore> Connection<S> {
                     }
                 },
                 Some(out) = self.out_rx.recv() => self.on_outbound(out).await,
+                _ = tokio::time::sleep(HELD_RETRY), if self.ready && !self.held.is_empty() => {
+                    self.flush_held();
+                }
                 _ = tick.tick(), if self.ready => {
                     self.publish_telemetry().await;
                     self.forward_events().await;
                 }
                 () = crate::update::announced(), if self.ctx.hooks.update.is_some() => {
                     for report in crate::update::take_announced() {
-                        let _ = self.in_tx.send(Inbound::UpdateReport { report, restart: false }).await;
+                        let _ = self.in_tx.send(Inbound::UpdateReport { report, restart: false });
                     }
                 }
                 Ok(()) = self.interval_rx.changed() => {
@@ -522,7 +541,24 @@ impl<S: FleetStore> Connection<S> {
                     },
                     Incoming::Other => return,
                 };
-                let _ = self.in_tx.send(msg).await;
+                if let Inbound::Command { id, .. } = &msg {
+                    if self.ctx.queued_commands.load(Ordering::Relaxed) >= MAX_QUEUED_COMMANDS {
+                        // Answered here, not queued: nothing recorded, nothing retained.
+                        let id = id.clone();
+                        tracing::warn!(command = %id, "Command refused: too many queued.");
+                        let reason = format!(
+                            "too many commands queued ({MAX_QUEUED_COMMANDS}); publish it again later"
+                        );
+                        let result =
+                            handler::result_payload(&id, "unknown", "failed", &reason, None);
+                        let topic = self.ctx.topics.command_result(&id);
+                        let payload = serde_json::to_vec(&result).unwrap_or_default();
+                        self.send_or_hold(topic, payload, false);
+                        return;
+                    }
+                    self.ctx.queued_commands.fetch_add(1, Ordering::Relaxed);
+                }
+                let _ = self.in_tx.send(msg);
             }
             Packet::PubAck(_) => self.unacked = self.unacked.saturating_sub(1),
             Packet::Disconnect(d) => {
@@ -561,15 +597,13 @@ impl<S: FleetStore> Connection<S> {
                 None,
             );
         }
-        while let Some((topic, payload, retain)) = self.held.pop_front() {
-            self.publish(topic, payload, retain, QoS::AtLeastOnce, None);
-        }
+        self.flush_held();
         self.publish_telemetry().await;
         self.forward_events().await;
         if self.ctx.hooks.update.is_some() {
             // An update's final result may have been decided while no broker was reachable
             // (or by the previous version after a rollback): tell IT from the persisted state.
-            let _ = self.in_tx.send(Inbound::UpdateReconcile).await;
+            let _ = self.in_tx.send(Inbound::UpdateReconcile);
         }
     }
 
@@ -610,21 +644,7 @@ impl<S: FleetStore> Connection<S> {
                 topic,
                 payload,
                 retain,
-            } => {
-                if self.ready {
-                    if !self.publish(
-                        topic.clone(),
-                        payload.clone(),
-                        retain,
-                        QoS::AtLeastOnce,
-                        None,
-                    ) {
-                        self.hold(topic, payload, retain);
-                    }
-                } else {
-                    self.hold(topic, payload, retain);
-                }
-            }
+            } => self.send_or_hold(topic, payload, retain),
             Outbound::TelemetryNow => {
                 if self.ready {
                     self.publish_telemetry().await;
@@ -640,10 +660,44 @@ impl<S: FleetStore> Connection<S> {
                 self.ctx.hooks.restart.cancel();
             }
             Outbound::UpdateReport { report, restart } => {
-                let _ = self
-                    .in_tx
-                    .send(Inbound::UpdateReport { report, restart })
-                    .await;
+                let _ = self.in_tx.send(Inbound::UpdateReport { report, restart });
+            }
+        }
+    }
+
+    /// Publishes now if the connection is ready and the MQTT client's queue has room, in
+    /// order behind anything already held; holds it otherwise.
+    fn send_or_hold(&mut self, topic: String, payload: Vec<u8>, retain: bool) {
+        if self.ready && self.held.is_empty() {
+            if !self.publish(
+                topic.clone(),
+                payload.clone(),
+                retain,
+                QoS::AtLeastOnce,
+                None,
+            ) {
+                self.hold(topic, payload, retain);
+            }
+        } else {
+            self.hold(topic, payload, retain);
+        }
+    }
+
+    /// Publishes what is held, oldest first, until the MQTT client's queue is full.
+    fn flush_held(&mut self) {
+        while self.ready {
+            let Some((topic, payload, retain)) = self.held.pop_front() else {
+                return;
+            };
+            if !self.publish(
+                topic.clone(),
+                payload.clone(),
+                retain,
+                QoS::AtLeastOnce,
+                None,
+            ) {
+                self.held.push_front((topic, payload, retain));
+                return;
             }
         }
     }
@@ -652,6 +706,8 @@ impl<S: FleetStore> Connection<S> {
         if self.held.len() >= HELD_MAX {
             // The oldest result is still in the store; memory stays bounded in long outages.
             self.held.pop_front();
+            self.ctx
+                .note_error("results held for the broker overflowed; the oldest was dropped");
         }
         self.held.push_back((topic, payload, retain));
     }
