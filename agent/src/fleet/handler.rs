@@ -318,7 +318,10 @@ async fn execute<S: FleetStore>(
     match kind {
         CommandKind::SyncNow => {
             let backlog = ctx.store.snapshot().await.ok().map(|s| s.readings.pending);
-            let running = ctx.hooks.delivery.as_ref().map_or(0, |d| d.sync_now());
+            let running = match ctx.hooks.delivery.as_ref() {
+                Some(d) => d.sync_now_when_started(Duration::from_secs(3)).await,
+                None => 0,
+            };
             let _ = out.send(Outbound::TelemetryNow).await;
             if running == 0 {
                 // Nothing would happen: say so rather than report a sync that is not coming.

@@ -185,6 +185,20 @@ impl DeliveryControl {
         self.sync_now.receiver_count()
     }
 
+    /// Like [`Self::sync_now`], but when the plan has destinations and none is running yet
+    /// (the engine is still starting them: a command can arrive the moment the broker
+    /// connection is up), waits up to `patience` for one to start first.
+    pub async fn sync_now_when_started(&self, patience: std::time::Duration) -> usize {
+        let until = tokio::time::Instant::now() + patience;
+        while self.sync_now.receiver_count() == 0
+            && !self.current().destinations.is_empty()
+            && tokio::time::Instant::now() < until
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        self.sync_now()
+    }
+
     /// Swaps `plan` in: the store's routing set, then the delivery tasks (which are only
     /// restarted when the plan changes what they do).
     pub async fn apply(&self, plan: DeliveryPlan) -> Result<PlanChange, StoreError> {
