@@ -176,14 +176,7 @@ async fn command<S: FleetStore>(
                 .await;
             let _ = out.send(Outbound::EventsChanged).await;
         }
-        publish_with(
-            out,
-            topic,
-            result_payload(id, kind_name, "failed", &reason, None),
-            false,
-        )
-        .await;
-        ctx.note_command(id, kind_name, "failed", &reason);
+        refuse(ctx, out, topic, id, kind_name, &reason, false).await;
         return;
     }
     let (first_status, first_reason, expires_ms) = match &parsed {
@@ -206,27 +199,14 @@ async fn command<S: FleetStore>(
             // Without the record, replays could not be refused: do not run it.
             let reason = format!("cannot record the command in the store: {e}");
             ctx.note_error(&reason);
-            publish(
-                out,
-                topic,
-                result_payload(id, kind_name, "failed", &reason, None),
-            )
-            .await;
-            ctx.note_command(id, kind_name, "failed", &reason);
+            refuse(ctx, out, topic, id, kind_name, &reason, true).await;
             return;
         }
     };
     if let Admission::Full = admission {
         let reason = command::CommandError::TooManyLive.to_string();
         tracing::warn!(command = id, "Command refused: too many live command ids.");
-        publish_with(
-            out,
-            topic,
-            result_payload(id, kind_name, "failed", &reason, None),
-            false,
-        )
-        .await;
-        ctx.note_command(id, kind_name, "failed", &reason);
+        refuse(ctx, out, topic, id, kind_name, &reason, false).await;
         return;
     }
     if let Admission::Seen { status, reason } = admission {
@@ -256,13 +236,7 @@ async fn command<S: FleetStore>(
         Err(e) => {
             let reason = e.to_string();
             tracing::info!(command = id, %reason, "Command refused.");
-            publish(
-                out,
-                topic,
-                result_payload(id, kind_name, "failed", &reason, None),
-            )
-            .await;
-            ctx.note_command(id, kind_name, "failed", &reason);
+            refuse(ctx, out, topic, id, kind_name, &reason, true).await;
             return;
         }
     };
@@ -304,6 +278,27 @@ async fn command<S: FleetStore>(
     if let Some(then) = then {
         let _ = out.send(then).await;
     }
+}
+
+/// Publishes a command's one `failed` result (retained unless it must not fill the broker)
+/// and notes it for `status`.
+async fn refuse<S>(
+    ctx: &Context<S>,
+    out: &mpsc::Sender<Outbound>,
+    topic: String,
+    id: &str,
+    kind_name: &str,
+    reason: &str,
+    retain: bool,
+) {
+    publish_with(
+        out,
+        topic,
+        result_payload(id, kind_name, "failed", reason, None),
+        retain,
+    )
+    .await;
+    ctx.note_command(id, kind_name, "failed", reason);
 }
 
 type Executed = (bool, String, Option<serde_json::Value>, Option<Outbound>);

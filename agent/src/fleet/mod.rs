@@ -668,19 +668,8 @@ impl<S: FleetStore> Connection<S> {
     /// Publishes now if the connection is ready and the MQTT client's queue has room, in
     /// order behind anything already held; holds it otherwise.
     fn send_or_hold(&mut self, topic: String, payload: Vec<u8>, retain: bool) {
-        if self.ready && self.held.is_empty() {
-            if !self.publish(
-                topic.clone(),
-                payload.clone(),
-                retain,
-                QoS::AtLeastOnce,
-                None,
-            ) {
-                self.hold(topic, payload, retain);
-            }
-        } else {
-            self.hold(topic, payload, retain);
-        }
+        self.hold(topic, payload, retain);
+        self.flush_held();
     }
 
     /// Publishes what is held, oldest first, until the MQTT client's queue is full.
