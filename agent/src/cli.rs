@@ -33,7 +33,14 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the daemon (under systemd: Type=notify, watchdog, SIGTERM to stop).
-    Run(StateDirArg),
+    Run {
+        #[command(flatten)]
+        state: StateDirArg,
+        /// Start on a store whose write-ahead log is damaged: keep every commit that can be
+        /// read, record what could not (event `store-wal-damaged`), keep the log's copy.
+        #[arg(long)]
+        recover: bool,
+    },
     /// Run the pipeline on simulated devices, with a state directory of its own.
     Demo {
         #[command(flatten)]
@@ -136,7 +143,7 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
             let config = load_config(cli.config.as_deref(), Required::IfPresent)?;
             crate::cli_fhir::decode_cmd(&crate::cli_fhir::decode_gateway(&config), cmd)
         }
-        Command::Run(s) => {
+        Command::Run { state: s, recover } => {
             let config = load_config(cli.config.as_deref(), Required::Yes)?;
             vitalgate::logging::init(&config.log);
             let keying = find_key(&config, &s.state_dir, CreateKey::No)?;
@@ -150,6 +157,7 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
                 s.state_dir,
                 keying,
                 vec![Box::new(ble)],
+                recover,
             ))
         }
         Command::Demo {

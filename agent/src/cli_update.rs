@@ -346,6 +346,7 @@ pub async fn run_daemon(
     state_dir: PathBuf,
     keying: Keying,
     sources: Vec<Box<dyn vitalgate::supervisor::ReadingSource>>,
+    recover: bool,
 ) -> Result<u8> {
     tracing::info!(version = update::running_version(), "Vitalgate starting.");
     let cancel = CancellationToken::new();
@@ -367,7 +368,9 @@ pub async fn run_daemon(
         }
     };
     let work = tokio::spawn(work);
-    let mut supervisor = Supervisor::new(config, state_dir, keying).stop_when(StopWhen::Signal);
+    let mut supervisor = Supervisor::new(config, state_dir, keying)
+        .stop_when(StopWhen::Signal)
+        .recover(recover);
     for source in sources {
         supervisor = supervisor.with_source(source);
     }

@@ -416,6 +416,12 @@ pub fn store_integrity(c: &Config, state_dir: &Path, keying: Option<&Keying>) ->
             e.to_string(),
             "the key does not open this store: restore the key it was created with",
         ),
+        Err(e @ store::StoreError::WalUnreadable { .. }) => Check::fail(
+            NAME,
+            e.to_string(),
+            "start the service: it copies the log aside and says what it keeps; if it refuses, \
+             `vitalgate run --recover` keeps every readable reading",
+        ),
         Err(e) => Check::fail(
             NAME,
             e.to_string(),

@@ -63,6 +63,8 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
                 StoreError::NotFound { .. } => NOINPUT,
                 StoreError::WrongKeyOrNotAStore { .. }
                 | StoreError::Corrupt { .. }
+                | StoreError::WalDamaged { .. }
+                | StoreError::WalUnreadable { .. }
                 | StoreError::NewerSchema { .. } => DATAERR,
                 StoreError::DiskFull { .. } => TEMPFAIL,
                 StoreError::Io { .. } => IOERR,

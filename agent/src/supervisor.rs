@@ -75,6 +75,8 @@ pub struct Supervisor {
     stop_when: StopWhen,
     /// Stops the run when cancelled, like a signal (the demo's `--for`).
     stop: CancellationToken,
+    /// Open a store whose write-ahead log is damaged (`run --recover`).
+    recover: bool,
 }
 
 impl std::fmt::Debug for Supervisor {
@@ -107,7 +109,14 @@ impl Supervisor {
             clock: Arc::new(SystemClock::new()),
             stop_when: StopWhen::Signal,
             stop: CancellationToken::new(),
+            recover: false,
         }
+    }
+
+    /// Starts on a store whose write-ahead log is damaged, keeping what can be read.
+    pub fn recover(mut self, recover: bool) -> Self {
+        self.recover = recover;
+        self
     }
 
     /// Stops the run, as SIGTERM would, when `stop` is cancelled.
@@ -137,8 +146,9 @@ impl Supervisor {
         let store_path = self.config.store_path(&self.state_dir);
         let c = &self.config;
         let writer_opts = writer_options(c, store_path.clone(), &self.keying);
+        let recover = self.recover;
         let (store, writer) =
-            tokio::task::spawn_blocking(move || store::writer::start(writer_opts))
+            tokio::task::spawn_blocking(move || store::writer::start_with(writer_opts, recover))
                 .await
                 .map_err(|_| StoreError::WriterStopped)??;
         tracing::info!(path = %store_path.display(), "Store open.");

@@ -68,7 +68,7 @@ fn kind_name(code: i64) -> Option<&'static str> {
 
 /// Every allowlisted or bound device, by transport and address.
 pub fn list(path: &Path, keying: &Keying) -> Result<Vec<BoundDevice>, StoreError> {
-    let conn = open_connection(path, keying, Create::Never, 256)?;
+    let conn = super::open_read_only(path, keying, 256)?;
     let sql = |op| move |e| StoreError::from_sqlite(path, op, e);
     let pseudonym_key = super::pseudonym::key(&conn, false).map_err(sql("pseudonym key"))?;
     let mut stmt = conn
@@ -254,7 +254,7 @@ pub struct AuditEntry {
 
 /// The latest `limit` audit entries, newest first.
 pub fn audit(path: &Path, keying: &Keying, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
-    let conn = open_connection(path, keying, Create::Never, 256)?;
+    let conn = super::open_read_only(path, keying, 256)?;
     let mut stmt = conn
         .prepare("SELECT at_ms, actor, action, detail FROM audit ORDER BY id DESC LIMIT ?1")
         .map_err(|e| StoreError::from_sqlite(path, "read audit", e))?;

@@ -16,6 +16,7 @@ pub mod outbox;
 pub mod pseudonym;
 pub mod reader;
 pub mod schema;
+pub mod wal;
 pub mod writer;
 
 #[cfg(test)]
@@ -49,6 +50,25 @@ pub enum StoreError {
         .path.display()
     )]
     WrongKeyOrNotAStore { path: PathBuf },
+    #[error(
+        "store {}: its write-ahead log holds commits SQLite cannot read: {damage}. The log was \
+         copied to {} and nothing was deleted; start once with `vitalgate run --recover` to \
+         keep every readable reading and record the loss",
+        .path.display(), .aside.display()
+    )]
+    WalDamaged {
+        path: PathBuf,
+        aside: PathBuf,
+        damage: wal::Damage,
+    },
+    #[error(
+        "store {}: its write-ahead log holds commits SQLite cannot read: {damage}; nothing was \
+         changed. `vitalgate run` copies the log aside first, then starts only if the damage is \
+         confined to the last transaction; `vitalgate run --recover` keeps every readable \
+         reading and records the loss",
+        .path.display()
+    )]
+    WalUnreadable { path: PathBuf, damage: wal::Damage },
     #[error("store {} is corrupt: {detail}; it was not modified or recreated", .path.display())]
     Corrupt { path: PathBuf, detail: String },
     #[error(
@@ -129,30 +149,103 @@ pub enum Create {
     Never,
 }
 
-/// Opens a connection, verifies the key and the file, and (for the writer) migrates.
-///
-/// Nothing is written to the file until the key has been shown to decrypt it and its schema
-/// version is known to be supported, so a wrong key or a newer store leaves it untouched.
+/// How a connection may use the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// Reads only: SQLite's read-only mode, which never checkpoints and never removes the
+    /// write-ahead log, whatever it finds in it.
+    ReadOnly,
+    /// Reads and writes; refuses a store whose log holds commits SQLite cannot read.
+    ReadWrite,
+    /// Reads and writes a store whose damaged log has been copied aside (`run --recover`).
+    Recover,
+}
+
+/// A damaged write-ahead log found (and copied aside) by a read-write open.
+#[derive(Debug, Clone)]
+pub struct WalFinding {
+    pub damage: wal::Damage,
+    pub aside: PathBuf,
+}
+
+/// Opens a read-write connection, verifies the key and the file; see [`open_with`].
 pub(crate) fn open_connection(
     path: &Path,
     keying: &Keying,
     create: Create,
     cache_size_kib: u64,
 ) -> Result<Connection, StoreError> {
+    open_with(path, keying, create, cache_size_kib, Access::ReadWrite).map(|(c, _)| c)
+}
+
+/// Opens a read-only connection to an existing store (`status`, `devices`, the outbox).
+pub(crate) fn open_read_only(
+    path: &Path,
+    keying: &Keying,
+    cache_size_kib: u64,
+) -> Result<Connection, StoreError> {
+    open_with(
+        path,
+        keying,
+        Create::Never,
+        cache_size_kib,
+        Access::ReadOnly,
+    )
+    .map(|(c, _)| c)
+}
+
+/// Opens a connection, verifies the key and the file, and (for the writer) migrates.
+///
+/// Nothing is written to the file until the key has been shown to decrypt it and its schema
+/// version is known to be supported, so a wrong key or a newer store leaves it untouched.
+/// When no connection has the store open, its write-ahead log is first accounted for
+/// ([`wal`]): a read-write open copies a damaged log aside and refuses it (or, for
+/// [`Access::Recover`] and damage confined to the last transaction, goes on and returns
+/// what was found, after a checkpoint that leaves only the readable part).
+pub(crate) fn open_with(
+    path: &Path,
+    keying: &Keying,
+    create: Create,
+    cache_size_kib: u64,
+    access: Access,
+) -> Result<(Connection, Option<WalFinding>), StoreError> {
     let exists = path.exists();
-    if !exists && create == Create::Never {
+    if !exists && (create == Create::Never || access == Access::ReadOnly) {
         return Err(StoreError::NotFound {
             path: path.to_owned(),
         });
     }
     // NOFOLLOW: a store path that is a symbolic link is refused, never followed (root may
     // open the service user's store: provisioning records bindings).
-    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-        | OpenFlags::SQLITE_OPEN_NO_MUTEX
-        | OpenFlags::SQLITE_OPEN_NOFOLLOW;
     refuse_symlinks(path)?;
+    let io = |op| {
+        move |source| StoreError::Io {
+            path: path.to_owned(),
+            op,
+            source,
+        }
+    };
+    // Whether a connection (of any process) has the store open: then its log is live, and was
+    // accounted for by whoever opened it first.
+    let in_use = exists && wal::in_use(path).map_err(io("probe the write-ahead log's lock"))?;
+    // A read-only command opens in SQLite's read-only mode when it could otherwise be the
+    // connection that closes the log: one exists and nobody else has it open. Then it can
+    // neither checkpoint the log nor remove it. Otherwise a read-write connection is as safe
+    // (it is not the last, or there is no log), and it removes the empty `-wal` and `-shm` it
+    // creates, where a read-only one would leave them behind.
+    let log_exists = std::fs::symlink_metadata(wal_path(path)).is_ok();
+    let mut flags = if access == Access::ReadOnly && log_exists && !in_use {
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+    } | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_NOFOLLOW;
+    let mut finding = None;
     if exists {
         check_file_shape(path)?;
+        if !in_use {
+            finding = account_wal(path, access)?;
+        }
     } else {
         // A new store is built under a staging name and renamed into place only once its
         // first page (keyed, marked for WAL) is on disk. Created in place, a kill or power cut
@@ -256,10 +349,33 @@ pub(crate) fn open_connection(
         }
         return Err(e);
     }
-    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, false)
-        .map_err(sql("enable checkpoint on close"))?;
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(sql("set busy timeout"))?;
+    if access == Access::ReadOnly {
+        if !flags.contains(OpenFlags::SQLITE_OPEN_READ_ONLY) {
+            conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, false)
+                .map_err(sql("enable checkpoint on close"))?;
+        }
+        conn.pragma_update(None, "cache_size", -(cache_size_kib as i64))
+            .map_err(sql("set cache size"))?;
+        conn.pragma_update(None, "temp_store", "MEMORY")
+            .map_err(sql("set temp store"))?;
+        return Ok((conn, None));
+    }
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, false)
+        .map_err(sql("enable checkpoint on close"))?;
+    if let Some(f) = &finding {
+        // The damaged log is safe in its copy: checkpoint what SQLite could read into the
+        // file and empty the log, so no later open finds (and reports) the same damage.
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .map_err(sql("checkpoint the readable part of a damaged log"))?;
+        tracing::error!(
+            path = %path.display(),
+            aside = %f.aside.display(),
+            damage = %f.damage,
+            "The store's write-ahead log was damaged; its readable part is kept and the log copied aside."
+        );
+    }
     // WAL lets `status` and the sync reader run while the writer commits.
     let mode: String = conn
         .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
@@ -283,7 +399,41 @@ pub(crate) fn open_connection(
     // Temporary tables and sort spills stay in memory rather than in plaintext temp files.
     conn.pragma_update(None, "temp_store", "MEMORY")
         .map_err(sql("set temp store"))?;
-    Ok(conn)
+    Ok((conn, finding))
+}
+
+/// Accounts for the write-ahead log before SQLite reads it (see [`wal`]).
+fn account_wal(path: &Path, access: Access) -> Result<Option<WalFinding>, StoreError> {
+    let io = |op| {
+        move |source| StoreError::Io {
+            path: path.to_owned(),
+            op,
+            source,
+        }
+    };
+    let Some(damage) =
+        wal::inspect(path, PAGE_SIZE as usize).map_err(io("read the write-ahead log"))?
+    else {
+        return Ok(None);
+    };
+    if access == Access::ReadOnly {
+        // Read-only: SQLite uses what verifies and changes nothing; say what it leaves out.
+        tracing::warn!(
+            path = %path.display(),
+            %damage,
+            "The store's write-ahead log is damaged; showing what can be read, changing nothing."
+        );
+        return Ok(None);
+    }
+    let aside = wal::keep_aside(path).map_err(io("copy the damaged write-ahead log aside"))?;
+    if !damage.tail_only && access != Access::Recover {
+        return Err(StoreError::WalDamaged {
+            path: path.to_owned(),
+            aside,
+            damage,
+        });
+    }
+    Ok(Some(WalFinding { damage, aside }))
 }
 
 /// The store and the files SQLite keeps beside it must be what they say: a symbolic link at
@@ -404,7 +554,22 @@ pub(crate) fn wal_path(path: &Path) -> PathBuf {
 /// Full verification for `status --verify` and `doctor`: checks every page's HMAC and the
 /// b-tree structure. Reads the whole file, so it is not done at every start.
 pub fn verify(path: &Path, keying: &Keying) -> Result<(), StoreError> {
-    let conn = open_connection(path, keying, Create::Never, 2048)?;
+    // Pages that verify are not enough: the log may hold commits SQLite would drop. (A log in
+    // use was accounted for by the process using it.) Probed before this function's own
+    // connection holds the log's lock.
+    let io = |op| {
+        move |source| StoreError::Io {
+            path: path.to_owned(),
+            op,
+            source,
+        }
+    };
+    let damaged = if path.exists() && !wal::in_use(path).map_err(io("probe the log's lock"))? {
+        wal::inspect(path, PAGE_SIZE as usize).map_err(io("read the write-ahead log"))?
+    } else {
+        None
+    };
+    let conn = open_read_only(path, keying, 2048)?;
     let sql = |op| move |e| StoreError::from_sqlite(path, op, e);
     if let Keying::Encrypted(_) = keying {
         let mut stmt = conn
@@ -429,6 +594,12 @@ pub fn verify(path: &Path, keying: &Keying) -> Result<(), StoreError> {
         return Err(StoreError::Corrupt {
             path: path.to_owned(),
             detail: result,
+        });
+    }
+    if let Some(damage) = damaged {
+        return Err(StoreError::WalUnreadable {
+            path: path.to_owned(),
+            damage,
         });
     }
     Ok(())

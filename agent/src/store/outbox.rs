@@ -13,7 +13,7 @@ use serde::Serialize;
 use uuid::Uuid;
 use vitalgate_drivers::{DeviceIdentity, Measurement, Reading, Receipt};
 
-use super::{Create, Keying, StoreError, open_connection};
+use super::{Keying, StoreError};
 
 /// What happened to one reading at one destination.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,7 +82,7 @@ pub struct OutboxReader {
 
 impl OutboxReader {
     pub fn open(path: &Path, keying: &Keying) -> Result<Self, StoreError> {
-        let conn = open_connection(path, keying, Create::Never, 1024)?;
+        let conn = super::open_read_only(path, keying, 1024)?;
         conn.execute_batch("PRAGMA query_only = ON")
             .map_err(|e| StoreError::from_sqlite(path, "set query_only", e))?;
         Ok(Self {

@@ -7,7 +7,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use vitalgate_drivers::{DeviceIdentity, Measurement, Transport};
 
-use super::{Create, Keying, StoreError, open_connection, schema, wal_path};
+use super::{Keying, StoreError, schema, wal_path};
 
 /// Reading counts and backlog, as `vitalgate status` shows them.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -143,7 +143,7 @@ pub struct StoreReader {
 impl StoreReader {
     /// Opens an existing store; never creates one.
     pub fn open(path: &Path, keying: &Keying) -> Result<Self, StoreError> {
-        let conn = open_connection(path, keying, Create::Never, 1024)?;
+        let conn = super::open_read_only(path, keying, 1024)?;
         let version = schema::version(&conn)
             .map_err(|e| StoreError::from_sqlite(path, "read schema version", e))?;
         if version < schema::LATEST_VERSION {

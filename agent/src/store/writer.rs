@@ -542,15 +542,54 @@ impl WriterThread {
 
 /// Opens (creating if needed) and migrates the store, then starts the writer thread.
 pub fn start(opts: WriterOptions) -> Result<(StoreHandle, WriterThread), StoreError> {
-    let mut conn = open_connection(
+    start_with(opts, false)
+}
+
+/// [`start`], or with `recover`, on a store whose write-ahead log is damaged: what SQLite
+/// can read is kept, the log's copy stays beside the store, and an alarm records the loss.
+/// Damage confined to the log's last transaction needs no `recover` (a power cut during a
+/// commit leaves it), and is recorded the same way.
+pub fn start_with(
+    opts: WriterOptions,
+    recover: bool,
+) -> Result<(StoreHandle, WriterThread), StoreError> {
+    let access = if recover {
+        super::Access::Recover
+    } else {
+        super::Access::ReadWrite
+    };
+    let (mut conn, finding) = super::open_with(
         &opts.path,
         &opts.keying,
         Create::IfMissing,
         opts.cache_size_kib,
+        access,
     )?;
     let path = opts.path.clone();
     let from =
         schema::migrate(&mut conn).map_err(|e| StoreError::from_sqlite(&path, "migrate", e))?;
+    if let Some(f) = finding {
+        let d = &f.damage;
+        conn.execute(
+            "INSERT INTO events (at_ms, severity, kind, detail) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                now_ms(),
+                Severity::Alarm.as_str(),
+                "store-wal-damaged",
+                serde_json::json!({
+                    "header": d.header,
+                    "usable_frames": d.usable_frames,
+                    "lost_commits": d.lost_commits,
+                    "lost_frames": d.lost_frames,
+                    "tail_only": d.tail_only,
+                    "recovered": recover,
+                    "copy": f.aside.file_name().map(|n| n.to_string_lossy().into_owned()),
+                })
+                .to_string()
+            ],
+        )
+        .map_err(|e| StoreError::from_sqlite(&path, "record the damaged log", e))?;
+    }
     if from < schema::LATEST_VERSION {
         tracing::info!(
             from,

@@ -1,0 +1,414 @@
+//! Accounting for the write-ahead log before SQLite sees it.
+//!
+//! After a `kill -9` or a power cut, committed readings can live only in the `-wal` file.
+//! SQLite reads a log up to its last frame that verifies and silently ignores the rest; the
+//! next writer then overwrites the ignored frames, and a last connection's close deletes the
+//! log. A damaged header, or one damaged frame before the end, would so destroy every commit
+//! after it without a word. This module reads the log the way SQLite does (the WAL file format,
+//! <https://www.sqlite.org/fileformat2.html> §4: a 32-byte header, then frames of a 24-byte
+//! header and one page, each frame carrying the header's salts and a checksum cumulative over
+//! the header and every frame before it) and says exactly what SQLite would not use.
+//!
+//! Pure: [`scan`] takes the log's bytes; [`inspect`] and [`keep_aside`] are the file I/O the
+//! store's open path wraps around it.
+
+use std::path::{Path, PathBuf};
+
+use sha2::Digest;
+
+const HEADER: usize = 32;
+const FRAME_HEADER: usize = 24;
+/// §4.1: magic 0x377f0682 means little-endian checksums, 0x377f0683 big-endian.
+const MAGIC_LE: u32 = 0x377f_0682;
+const MAGIC_BE: u32 = 0x377f_0683;
+/// §4.1: the only file format version.
+const VERSION: u32 = 3_007_000;
+
+/// What SQLite would not use of a log whose content was written by this generation of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    /// The header does not verify: SQLite ignores every frame.
+    pub header: bool,
+    /// Frames (1-based) SQLite uses: those up to and including the last commit that verifies.
+    pub usable_frames: u64,
+    /// Commits in the log after the usable frames (the damaged one included, when its commit
+    /// marker survived), which SQLite would drop.
+    pub lost_commits: u64,
+    /// Frames of this log generation after the usable ones.
+    pub lost_frames: u64,
+    /// The damage is confined to the log's last transaction: what a power cut during a commit
+    /// that was never acknowledged leaves, as well as a damaged last frame. Damage before
+    /// that is never a torn write.
+    pub tail_only: bool,
+}
+
+impl std::fmt::Display for Damage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.header {
+            write!(
+                f,
+                "its header does not verify, so none of its frames can be read; "
+            )?;
+        } else {
+            write!(f, "it stops verifying after frame {}; ", self.usable_frames)?;
+        }
+        write!(
+            f,
+            "{} committed transaction(s) in {} frame(s) cannot be read",
+            self.lost_commits, self.lost_frames
+        )?;
+        if self.tail_only {
+            write!(
+                f,
+                " (only the last transaction: a power cut during a commit that was never \
+                 acknowledged, or damage to it)"
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// A frame's header fields (§4.2).
+struct Frame {
+    commit: bool,
+    salts: (u32, u32),
+}
+
+fn be32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// §4.1's checksum: over 32-bit words (in the byte order the magic names), two at a time.
+fn checksum(data: &[u8], big_endian: bool, (mut s0, mut s1): (u32, u32)) -> (u32, u32) {
+    for pair in data.chunks_exact(8) {
+        let word = |b: &[u8]| {
+            let b = [b[0], b[1], b[2], b[3]];
+            if big_endian {
+                u32::from_be_bytes(b)
+            } else {
+                u32::from_le_bytes(b)
+            }
+        };
+        s0 = s0.wrapping_add(word(&pair[..4])).wrapping_add(s1);
+        s1 = s1.wrapping_add(word(&pair[4..])).wrapping_add(s0);
+    }
+    (s0, s1)
+}
+
+/// Reads a log's bytes as SQLite would, for a database of `page_size`-byte pages. `None`
+/// when SQLite would use everything that was committed: an empty log, a clean one, one whose
+/// last frames belong to a transaction that never committed, a torn partial frame at the end
+/// (a write that never completed), or frames left from an earlier generation of the log
+/// (different salts).
+pub fn scan(log: &[u8], page_size: usize) -> Option<Damage> {
+    let frame_len = FRAME_HEADER + page_size;
+    if log.len() < HEADER + frame_len {
+        // No complete frame: nothing committed can be in it.
+        return None;
+    }
+    let frames: Vec<&[u8]> = log[HEADER..].chunks_exact(frame_len).collect();
+    let parse = |f: &[u8]| Frame {
+        commit: be32(f, 4) != 0,
+        salts: (be32(f, 8), be32(f, 12)),
+    };
+    let magic = be32(log, 0);
+    let header_ok = (magic == MAGIC_LE || magic == MAGIC_BE)
+        && be32(log, 4) == VERSION
+        && be32(log, 8) as usize == page_size
+        && checksum(&log[..24], magic == MAGIC_BE, (0, 0)) == (be32(log, 24), be32(log, 28));
+    // The salts that mark this generation's frames: the header's, or when the header itself is
+    // damaged, the first frame's (a generation always starts writing at frame 1).
+    let salts = if header_ok {
+        (be32(log, 16), be32(log, 20))
+    } else {
+        parse(frames[0]).salts
+    };
+    let mut usable = 0u64;
+    let mut broken_at = None;
+    if header_ok {
+        let big_endian = magic == MAGIC_BE;
+        let mut sum = (be32(log, 24), be32(log, 28));
+        let mut ended = false;
+        for (i, f) in frames.iter().enumerate() {
+            let fr = parse(f);
+            if fr.salts != salts {
+                ended = true;
+                // An earlier generation's frame is the end of this log, not damage, unless
+                // frames of this generation follow it: then its salts were damaged.
+                if frames[i + 1..].iter().any(|f| parse(f).salts == salts) {
+                    broken_at = Some(i);
+                }
+                break;
+            }
+            sum = checksum(&f[..8], big_endian, sum);
+            sum = checksum(&f[FRAME_HEADER..], big_endian, sum);
+            if sum != (be32(f, 16), be32(f, 20)) {
+                broken_at = Some(i);
+                break;
+            }
+            if fr.commit {
+                usable = i as u64 + 1;
+            }
+        }
+        // A frame cut short at the end whose header survived: a commit frame of this
+        // generation there is a commit SQLite cannot use (a power cut before its sync, or a
+        // log truncated after it).
+        let rest = &log[HEADER + frames.len() * frame_len..];
+        if broken_at.is_none() && !ended && rest.len() >= FRAME_HEADER {
+            let fr = parse(rest);
+            if fr.salts == salts && fr.commit {
+                return Some(Damage {
+                    header: false,
+                    usable_frames: usable,
+                    lost_commits: 1,
+                    lost_frames: frames.len() as u64 - usable + 1,
+                    tail_only: true,
+                });
+            }
+        }
+        broken_at?;
+    } else {
+        broken_at = Some(0);
+    }
+    let from = broken_at.unwrap_or(0);
+    // What this generation wrote from the break on: up to its last frame with its salts (the
+    // broken frame counts even when the damage hit its salts).
+    let end = frames
+        .iter()
+        .rposition(|f| parse(f).salts == salts)
+        .map_or(from + 1, |e| e.max(from) + 1);
+    let lost: Vec<Frame> = frames[from..end].iter().map(|f| parse(f)).collect();
+    let lost_commits = lost.iter().filter(|f| f.commit).count() as u64;
+    if lost_commits == 0 {
+        // The break is in a transaction that never committed (a torn write): nothing lost.
+        return None;
+    }
+    // Frames between the last usable commit and the break belong to the transaction the
+    // break interrupted.
+    let lost_frames = (from as u64 - usable) + lost.len() as u64;
+    // Confined to the last transaction: the only commit after the break is the last frame of
+    // this generation.
+    let tail_only = header_ok && lost_commits == 1 && lost.last().is_some_and(|f| f.commit);
+    Some(Damage {
+        header: !header_ok,
+        usable_frames: usable,
+        lost_commits,
+        lost_frames,
+        tail_only,
+    })
+}
+
+/// Reads the log beside `db` (if any) and scans it.
+pub fn inspect(db: &Path, page_size: usize) -> std::io::Result<Option<Damage>> {
+    match std::fs::read(super::wal_path(db)) {
+        Ok(log) => Ok(scan(&log, page_size)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether any connection, in any process (this one included), has the database open.
+/// SQLite's unix VFS holds a shared lock on byte 128 of the `-shm` file (its "DMS" slot,
+/// `UNIX_SHM_DMS` in os_unix.c) for as long as a connection uses the log; an open file
+/// description lock (`F_OFD_GETLK`) conflicts with that record lock even when this process
+/// holds it. A log in use is being written: it is accounted for by whoever opened it first.
+#[allow(unsafe_code)]
+pub fn in_use(db: &Path) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    let mut shm = db.as_os_str().to_owned();
+    shm.push("-shm");
+    let file = match std::fs::File::open(PathBuf::from(shm)) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    // SAFETY: an all-zero flock is a valid value of the plain C struct.
+    let mut probe: libc::flock = unsafe { std::mem::zeroed() };
+    probe.l_type = libc::F_WRLCK as libc::c_short;
+    probe.l_whence = libc::SEEK_SET as libc::c_short;
+    probe.l_start = 128;
+    probe.l_len = 1;
+    // SAFETY: F_OFD_GETLK only reads and writes the struct passed, on a descriptor this
+    // function keeps open for the call.
+    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_GETLK, &mut probe) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(probe.l_type != libc::F_UNLCK as libc::c_short)
+}
+
+/// Copies the log (and its index) beside the store under a name made from its content, and
+/// syncs it, before anything may overwrite or remove it. Copying the same log twice (a
+/// restarted service) makes no second copy. Returns the copy's path.
+pub fn keep_aside(db: &Path) -> std::io::Result<PathBuf> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let log = std::fs::read(super::wal_path(db))?;
+    let digest = sha2::Sha256::digest(&log);
+    let tag: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+    let mut name = db.as_os_str().to_owned();
+    name.push(format!("-wal.damaged-{tag}"));
+    let aside = PathBuf::from(name);
+    if std::fs::metadata(&aside).is_ok_and(|m| m.len() == log.len() as u64) {
+        return Ok(aside);
+    }
+    let mut tmp = aside.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(&log)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &aside)?;
+    if let Some(dir) = aside.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(aside)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PS: usize = 512;
+
+    /// Builds a log the way SQLite writes one: header, then frames chained by checksum.
+    /// `commits` marks which frames end a transaction.
+    fn log(commits: &[bool], big_endian: bool) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend((if big_endian { MAGIC_BE } else { MAGIC_LE }).to_be_bytes());
+        out.extend(VERSION.to_be_bytes());
+        out.extend((PS as u32).to_be_bytes());
+        out.extend(7u32.to_be_bytes()); // checkpoint sequence
+        out.extend(0x1111_2222u32.to_be_bytes());
+        out.extend(0x3333_4444u32.to_be_bytes());
+        let mut sum = checksum(&out, big_endian, (0, 0));
+        out.extend(sum.0.to_be_bytes());
+        out.extend(sum.1.to_be_bytes());
+        for (i, &commit) in commits.iter().enumerate() {
+            let mut fh = Vec::new();
+            fh.extend((i as u32 + 2).to_be_bytes());
+            fh.extend((if commit { i as u32 + 9 } else { 0 }).to_be_bytes());
+            fh.extend(0x1111_2222u32.to_be_bytes());
+            fh.extend(0x3333_4444u32.to_be_bytes());
+            let page: Vec<u8> = (0..PS).map(|b| (b * 31 + i * 7) as u8).collect();
+            sum = checksum(&fh[..8], big_endian, sum);
+            sum = checksum(&page, big_endian, sum);
+            fh.extend(sum.0.to_be_bytes());
+            fh.extend(sum.1.to_be_bytes());
+            out.extend(fh);
+            out.extend(page);
+        }
+        out
+    }
+
+    fn frame_at(i: usize) -> usize {
+        HEADER + i * (FRAME_HEADER + PS)
+    }
+
+    #[test]
+    fn a_clean_log_an_uncommitted_tail_and_a_torn_write_lose_nothing() {
+        for be in [false, true] {
+            let clean = log(&[false, true, true, false, true], be);
+            assert_eq!(scan(&clean, PS), None);
+            // A transaction in progress at the crash: valid frames, no commit.
+            assert_eq!(scan(&log(&[true, false, false], be), PS), None);
+            // A frame cut short by the crash is not a frame; nor one whose header is gone.
+            let mut torn = clean.clone();
+            torn.extend(&clean[frame_at(0)..frame_at(0) + 100]);
+            assert_eq!(scan(&torn, PS), None, "an uncommitted frame cut short");
+            let mut torn = clean.clone();
+            torn.extend(&clean[frame_at(1)..frame_at(1) + 20]);
+            assert_eq!(scan(&torn, PS), None, "a frame header cut short");
+            // A damaged frame in a transaction that never committed.
+            let mut open = log(&[true, false, false], be);
+            open[frame_at(2) + FRAME_HEADER + 3] ^= 0x40;
+            assert_eq!(scan(&open, PS), None);
+        }
+        assert_eq!(scan(&[], PS), None);
+        assert_eq!(scan(&[0u8; 20], PS), None);
+    }
+
+    #[test]
+    fn frames_of_an_earlier_generation_are_not_damage() {
+        let mut l = log(&[true, true, true], false);
+        // SQLite restarted the log: new salts in the header and frame 1, old frames after.
+        let mut h = l[..24].to_vec();
+        h[16..20].copy_from_slice(&0x1111_2223u32.to_be_bytes());
+        let s = checksum(&h, false, (0, 0));
+        l[16..20].copy_from_slice(&h[16..20]);
+        l[24..28].copy_from_slice(&s.0.to_be_bytes());
+        l[28..32].copy_from_slice(&s.1.to_be_bytes());
+        // Frame 1 of the new generation would carry the new salts; here none was written yet.
+        assert_eq!(scan(&l, PS), None);
+    }
+
+    #[test]
+    fn a_damaged_header_loses_every_commit_in_the_log() {
+        // fileformat2 §4.1: a header whose checksum fails makes the whole log unused.
+        let mut l = log(&[false, true, true, true], false);
+        l[13] ^= 1; // the checkpoint sequence
+        let d = scan(&l, PS).expect("damage");
+        assert!(d.header && !d.tail_only);
+        assert_eq!((d.usable_frames, d.lost_commits, d.lost_frames), (0, 3, 4));
+        // A wrong magic number too.
+        let mut l = log(&[true], false);
+        l[0] = 0;
+        assert!(scan(&l, PS).expect("damage").header);
+    }
+
+    #[test]
+    fn a_damaged_first_frame_loses_every_commit_after_it() {
+        // §4.2: a frame is valid only if its checksum (cumulative) matches; SQLite stops at
+        // the first that does not.
+        let mut l = log(&[true, true, false, true], false);
+        l[frame_at(0) + FRAME_HEADER + 100] ^= 0x01;
+        let d = scan(&l, PS).expect("damage");
+        assert!(!d.header && !d.tail_only);
+        assert_eq!((d.usable_frames, d.lost_commits, d.lost_frames), (0, 3, 4));
+    }
+
+    #[test]
+    fn a_flipped_byte_in_the_last_commit_loses_exactly_that_transaction() {
+        let mut l = log(&[true, false, true, false, true], false);
+        let last = frame_at(4) + FRAME_HEADER + 9;
+        l[last] ^= 0x80;
+        let d = scan(&l, PS).expect("damage");
+        assert!(d.tail_only);
+        assert_eq!((d.usable_frames, d.lost_commits, d.lost_frames), (3, 1, 2));
+        // The same damage in the middle is not a tail.
+        let mut l = log(&[true, false, true, false, true], false);
+        l[frame_at(1) + FRAME_HEADER] ^= 0x80;
+        let d = scan(&l, PS).expect("damage");
+        assert!(!d.tail_only);
+        assert_eq!((d.usable_frames, d.lost_commits, d.lost_frames), (1, 2, 4));
+    }
+
+    #[test]
+    fn a_commit_frame_cut_short_is_the_last_transaction_lost() {
+        let full = log(&[true, false, true], false);
+        let cut = &full[..full.len() - 100];
+        let d = scan(cut, PS).expect("damage");
+        assert!(d.tail_only);
+        assert_eq!((d.usable_frames, d.lost_commits, d.lost_frames), (1, 1, 2));
+    }
+
+    #[test]
+    fn hostile_bytes_never_panic() {
+        let base = log(&[true, true], false);
+        for len in 0..base.len() {
+            let _ = scan(&base[..len], PS);
+        }
+        for i in 0..base.len() {
+            let mut l = base.clone();
+            l[i] ^= 0xff;
+            let _ = scan(&l, PS);
+        }
+        let _ = scan(&vec![0xff; 10_000], PS);
+        let _ = scan(&base, 0);
+    }
+}
