@@ -299,12 +299,17 @@ async function processTransaction(bundle) {
       } else {
         const resource = rewriteReferences({ ...step.entry.resource, id: step.id }, ids);
         delete resource.meta?.versionId;
-        results.push({ status: '201 Created', resource: await repo.createResource(resource) });
+        try {
+          results.push({ status: '201 Created', resource: await repo.createResource(resource) });
+        } catch (err) {
+          if (!entryErrors || !(err instanceof OperationOutcomeError)) throw err;
+          results.push({ status: '422 Unprocessable Entity', outcome: err.outcome });
+        }
       }
     }
     return {
-      resourceType: 'Bundle', type: 'transaction-response',
-      entry: results.map(({ status, resource }) => ({
+      resourceType: 'Bundle', type: entryErrors ? 'batch-response' : 'transaction-response',
+      entry: results.map(({ status, resource, outcome }) => (outcome ? { response: { status, outcome } } : {
         response: {
           status,
           location: `${resource.resourceType}/${resource.id}/_history/${resource.meta?.versionId}`,
@@ -448,7 +453,10 @@ async function smartAuthorize(req) {
 }
 
 // --- faults ----------------------------------------------------------------------------
-let fault = null; // { status, retryAfter, count, down }
+let fault = null; // { status, retryAfter, count, down, method, raw }
+// Batch semantics for transactions (`/__mode {"entryErrors":true}`): a refused entry gets its
+// own 4xx in a 200 response and the others are stored, as some servers in the field answer.
+let entryErrors = false;
 
 // --- HTTP ------------------------------------------------------------------------------
 function send(res, status, body, headers = {}) {
@@ -494,11 +502,12 @@ async function handle(req, res) {
     const raw = await readBody(req);
     const body = raw ? JSON.parse(raw) : {};
     if (url.pathname === '/__reset') {
-      repo.clear(); byIdentifier.clear(); rejectIdentifiers.clear(); fault = null; requestLog.length = 0;
+      repo.clear(); byIdentifier.clear(); rejectIdentifiers.clear(); fault = null; entryErrors = false; requestLog.length = 0;
       return send(res, 200, { ok: true });
     }
     if (url.pathname === '/__rotate' && smart) { smart.generation++; return send(res, 200, { ok: true }); }
     if (url.pathname === '/__fault') { fault = body.count === 0 ? null : body; return send(res, 200, { ok: true }); }
+    if (url.pathname === '/__mode') { entryErrors = !!body.entryErrors; return send(res, 200, { ok: true }); }
     if (url.pathname === '/__reject') { rejectIdentifiers.add(body.identifier); return send(res, 200, { ok: true }); }
     if (url.pathname === '/__summary') {
       // Observations by their first code, and identifiers held by more than one resource.
@@ -530,11 +539,16 @@ async function handle(req, res) {
       capabilities: ['client-confidential-asymmetric', 'permission-v2'],
     }, { 'content-type': 'application/json' });
   }
-  if (fault && (fault.count ?? 1) > 0) {
+  if (fault && (fault.count ?? 1) > 0 && (!fault.method || fault.method === req.method)) {
     if (fault.count !== undefined) fault.count--;
     stats.faults++;
     if (fault.down) { logRequest(0); req.socket.destroy(); return undefined; }
     logRequest(fault.status ?? 503);
+    if (fault.raw !== undefined) {
+      await readBody(req);
+      res.writeHead(fault.status ?? 200, { 'content-type': 'application/fhir+json' });
+      return res.end(fault.raw);
+    }
     const headers = fault.retryAfter !== undefined ? { 'retry-after': String(fault.retryAfter) } : {};
     return send(res, fault.status ?? 503, outcomeText(badRequest('x'), 'injected fault'), headers);
   }

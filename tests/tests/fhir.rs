@@ -1079,3 +1079,89 @@ fn mutual_tls_with_a_client_certificate_and_a_private_ca() {
     assert_eq!(cuff_observations(&server), 12);
     assert_eq!(delivery(&status(&site), "hie")["backlog"], 0);
 }
+
+/// A server answering a transaction with batch semantics (a 200 whose refused entry carries
+/// its own 4xx, FHIR R4 bundle.html `Bundle.entry.response`): exactly that reading is
+/// quarantined with the entry's outcome, every other one is delivered once.
+#[test]
+fn a_batch_response_quarantines_exactly_the_refused_entry() {
+    let server = FhirServer::start();
+    let (s, v) = server.post("/__mode", &json!({ "entryErrors": true }));
+    assert_eq!(s, 200, "{v}");
+    // Record 5 of the simulated cuff, as in the test above.
+    let bad = "74E8FFFEFF051C00-demo-patient-1-https://vitalgate.example/fhir/sid/demo-patient-150020-821001900";
+    server.reject_identifier(bad);
+    let site = Site::new();
+    configure(&site, &destination("hospital", &server.base_url, ""));
+    fill(&site, 40);
+    run_within(cmd(&site, "sync", &[]), Duration::from_secs(120)).expect_code(0);
+    let st = status(&site);
+    assert_eq!(delivery(&st, "hospital")["delivered"], 39, "{st}");
+    assert_eq!(delivery(&st, "hospital")["quarantined"], 1, "{st}");
+    assert_eq!(delivery(&st, "hospital")["backlog"], 0, "{st}");
+    assert_eq!(cuff_observations(&server), 39);
+    assert_eq!(server.duplicate_identifiers(), 0);
+    assert!(st.to_string().contains("fhir-rejected"), "{st}");
+    eprintln!("batch response: 40 readings, 39 delivered, 1 quarantined, 0 duplicated");
+}
+
+/// A 2xx whose body does not answer the request (not JSON here) is never taken for a
+/// delivery: the readings are sent again, nothing is quarantined or duplicated, and an alarm
+/// is raised once it persists.
+#[test]
+fn malformed_success_responses_are_retried_and_alarmed() {
+    let server = FhirServer::start();
+    server.fault(
+        json!({ "status": 200, "raw": "<html>proxy says hi</html>", "count": 4, "method": "POST" }),
+    );
+    let site = Site::new().with_key_only();
+    configure(&site, &destination("hospital", &server.base_url, ""));
+    let mut child = spawn_run(&site);
+    fill_while_running(&site, &server, &mut child, 10);
+    assert_eq!(cuff_observations(&server), 10);
+    assert_eq!(server.duplicate_identifiers(), 0);
+    let st = status(&site);
+    assert_eq!(delivery(&st, "hospital")["delivered"], 10, "{st}");
+    assert_eq!(delivery(&st, "hospital")["quarantined"], 0, "{st}");
+    assert!(st.to_string().contains("fhir-malformed-response"), "{st}");
+    eprintln!("malformed 2xx: 4 answered, 10 readings delivered once, 0 quarantined");
+}
+
+/// A base URL that is wrong (404 and no CapabilityStatement at `/metadata`), a 403, or a
+/// redirect is the destination's fault: an alarm, and every reading kept for when it is fixed.
+#[test]
+fn destination_level_refusals_alarm_and_keep_every_reading() {
+    for status_code in [404, 403, 301] {
+        let server = FhirServer::start();
+        server.fault(json!({ "status": status_code, "count": 1_000_000 }));
+        let site = Site::new();
+        configure(&site, &destination("hospital", &server.base_url, ""));
+        fill(&site, 10);
+        let _ = run_within(cmd(&site, "sync", &[]), Duration::from_secs(120));
+        let st = status(&site);
+        assert_eq!(
+            delivery(&st, "hospital")["quarantined"],
+            0,
+            "{status_code}: {st}"
+        );
+        assert_eq!(
+            delivery(&st, "hospital")["backlog"],
+            10,
+            "{status_code}: {st}"
+        );
+        assert!(
+            st.to_string().contains("fhir-destination-refused"),
+            "{status_code}: {st}"
+        );
+        server.fault(json!({ "count": 0 }));
+        run_within(cmd(&site, "sync", &[]), Duration::from_secs(120)).expect_code(0);
+        let st = status(&site);
+        assert_eq!(
+            delivery(&st, "hospital")["delivered"],
+            10,
+            "{status_code}: {st}"
+        );
+        assert_eq!(cuff_observations(&server), 10);
+        eprintln!("HTTP {status_code}: 10 readings kept, 0 quarantined, then 10 delivered");
+    }
+}

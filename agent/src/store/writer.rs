@@ -649,6 +649,9 @@ pub fn start_with(
 /// Pages (estimated) committed to the log after which the checkpointer copies them into the
 /// database file. Half of SQLite's default, so the writer's own bound is rarely reached.
 const CHECKPOINT_PAGES: u64 = 500;
+/// The longest committed pages wait in the log alone before the checkpointer copies them into
+/// the database file, however few they are.
+const CHECKPOINT_WITHIN: Duration = Duration::from_secs(30);
 /// The writer checkpoints by itself only once the log holds this many pages (16 MiB).
 const WRITER_AUTOCHECKPOINT_PAGES: u32 = 4000;
 
@@ -813,10 +816,23 @@ impl Checkpointer {
             {
                 let mut state = signal.lock();
                 while state.pages < CHECKPOINT_PAGES && !state.stop {
-                    state = signal
+                    if state.pages == 0 {
+                        state = signal
+                            .wake
+                            .wait(state)
+                            .unwrap_or_else(PoisonError::into_inner);
+                        continue;
+                    }
+                    // A trickle of readings never fills the page quota: the file still gets
+                    // them within this bound, so a damaged log can cost at most that much.
+                    let (s, waited) = signal
                         .wake
-                        .wait(state)
+                        .wait_timeout(state, CHECKPOINT_WITHIN)
                         .unwrap_or_else(PoisonError::into_inner);
+                    state = s;
+                    if waited.timed_out() {
+                        break;
+                    }
                 }
                 if state.stop {
                     return;
@@ -839,8 +855,10 @@ impl Checkpointer {
     /// Counts a commit's pages, waking the thread when a checkpoint is due.
     fn committed(&self, pages: u64) {
         let mut state = self.signal.lock();
+        let first = state.pages == 0;
         state.pages += pages;
-        if state.pages >= CHECKPOINT_PAGES {
+        // The first pages start the time bound; a full quota checkpoints at once.
+        if first || state.pages >= CHECKPOINT_PAGES {
             self.signal.wake.notify_one();
         }
     }

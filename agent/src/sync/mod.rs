@@ -8,11 +8,16 @@
 //! duplicating it. A reading is marked delivered only after the server's 2xx, in the store's
 //! writer, with the id the server gave it.
 //!
-//! Responses (fhir-endpoints.md §4): 2xx → delivered; network error, 408, 429, 5xx → the same
-//! readings again after a capped full-jitter backoff, never sooner than Retry-After; 401 → a
-//! new token once, then an alarm; any other 4xx → the batch is narrowed down (halved until
-//! the refused readings stand alone), and each refused reading is quarantined with the
-//! server's OperationOutcome and an event, while the rest are delivered.
+//! Responses (fhir-endpoints.md §4), classified by whose fault a failure is ([`response`]):
+//! 2xx with every entry stored → delivered; 2xx with refused entries (batch semantics) →
+//! exactly those readings quarantined, the stored ones delivered; a 2xx that does not answer
+//! the request, network errors, 408, 429, 5xx → the same readings again after a capped
+//! full-jitter backoff, never sooner than Retry-After (malformed ones alarmed when they
+//! persist); 401 → a new token once, then an alarm; 403, 406, 415, 3xx, or 404/405/410 from a
+//! base that serves no CapabilityStatement → the destination is at fault: an alarm, readings
+//! kept; any other 4xx → the batch is narrowed down (halved until the refused readings stand
+//! alone), and each refused reading is quarantined with a summary of the server's
+//! OperationOutcome and an event, while the rest are delivered.
 //!
 //! A `sync-now` request (fleet management) makes every destination run a forced round at
 //! once, cutting short its batching wait or its retry backoff. [`plan`] owns which
@@ -94,7 +99,16 @@ pub struct Destination {
     routing: Option<Arc<plan::DeviceRouting>>,
     sync_now: Option<tokio::sync::watch::Receiver<u64>>,
     failing_after: Duration,
+    /// Consecutive 2xx responses that did not answer what was sent.
+    malformed: u32,
+    /// The status of the destination-level refusal already alarmed, until a delivery.
+    refusal_alarmed: Option<u16>,
 }
+
+/// Malformed 2xx responses in a row after which an alarm is raised (they are retried
+/// regardless: the server may have stored the entries, and every entry is a conditional
+/// create).
+const MALFORMED_ALARM_AFTER: u32 = 3;
 
 impl std::fmt::Debug for Destination {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -140,6 +154,8 @@ impl Destination {
             routing: None,
             sync_now: None,
             failing_after: crate::config::fleet::DEFAULT_DESTINATION_FAILING_AFTER,
+            malformed: 0,
+            refusal_alarmed: None,
         })
     }
 
@@ -476,7 +492,105 @@ impl Destination {
             if let Some(sent) = &self.sent {
                 assembly.update_changed_devices(sent);
             }
-            match self.send(&assembly, report).await? {
+            let mut classified = self.send(&assembly, report).await?;
+            if let Classified::NotFound { status, outcome } = classified {
+                // A base URL that does not answer as a FHIR server is the destination's
+                // fault; one that does was refusing something in the readings.
+                let (http, base) = (self.http.clone(), self.cfg.base_url.as_url().clone());
+                classified = if base_answers(http, base).await {
+                    Classified::Rejected { status, outcome }
+                } else {
+                    Classified::DestinationRefused {
+                        status,
+                        after: None,
+                        reason: format!(
+                            "HTTP {status}, and the base URL does not answer as a FHIR server"
+                        ),
+                    }
+                };
+            }
+            if matches!(classified, Classified::Accepted(_) | Classified::Entries(_)) {
+                self.malformed = 0;
+                self.refusal_alarmed = None;
+            }
+            match classified {
+                Classified::Entries(outcomes) => {
+                    if let Some(sent) = self
+                        .record_entries(&part, chosen, &assembly, &outcomes, report)
+                        .await?
+                    {
+                        if part.len() > 1 {
+                            // A shared entry (a Device) was refused: find the readings that
+                            // need it by narrowing, as for a refused transaction.
+                            let (a, b) = part.split_at(part.len() / 2);
+                            stack.push(b.to_vec());
+                            stack.push(a.to_vec());
+                            continue;
+                        }
+                        return Ok(sent);
+                    }
+                }
+                Classified::Malformed { status, reason } => {
+                    self.malformed += 1;
+                    let reason = format!(
+                        "HTTP {status} with a body that does not answer the request: {reason}"
+                    );
+                    let delay = self.backoff.next(None, rand::random());
+                    tracing::warn!(destination = %self.id, %reason, count = self.malformed, retry_in_ms = delay.as_millis() as u64, "Malformed response; will send again.");
+                    let events = if self.malformed == MALFORMED_ALARM_AFTER {
+                        vec![NewEvent {
+                            severity: Severity::Alarm,
+                            kind: "fhir-malformed-response".into(),
+                            detail: serde_json::json!({
+                                "destination": self.id,
+                                "http_status": status,
+                                "count": self.malformed,
+                            }),
+                        }]
+                    } else {
+                        Vec::new()
+                    };
+                    self.store
+                        .deliveries(
+                            &self.id,
+                            Vec::new(),
+                            Some(DestinationOutcome::Error(reason.clone())),
+                            events,
+                        )
+                        .await?;
+                    return Ok(Sent::Retry(delay, reason));
+                }
+                Classified::DestinationRefused {
+                    status,
+                    after,
+                    reason,
+                } => {
+                    let delay = self.backoff.next(after, rand::random());
+                    tracing::warn!(destination = %self.id, %reason, retry_in_ms = delay.as_millis() as u64, "The destination refuses; readings kept.");
+                    let events = if self.refusal_alarmed != Some(status) {
+                        self.refusal_alarmed = Some(status);
+                        vec![NewEvent {
+                            severity: Severity::Alarm,
+                            kind: "fhir-destination-refused".into(),
+                            detail: serde_json::json!({
+                                "destination": self.id,
+                                "http_status": status,
+                            }),
+                        }]
+                    } else {
+                        Vec::new()
+                    };
+                    self.store
+                        .deliveries(
+                            &self.id,
+                            Vec::new(),
+                            Some(DestinationOutcome::Error(reason.clone())),
+                            events,
+                        )
+                        .await?;
+                    return Ok(Sent::Retry(delay, reason));
+                }
+                Classified::NotFound { .. } => unreachable!("resolved above"),
                 Classified::Accepted(locations) => {
                     let devices = assembly.device_digests();
                     let mut updates = part
@@ -584,6 +698,110 @@ impl Destination {
         Ok(Sent::Done)
     }
 
+    /// Records a response whose entries did not all succeed: each reading whose entries were
+    /// all stored is delivered, one with a refused entry is quarantined with that entry's
+    /// outcome, the rest stay pending. Returns `Some` when the caller must stop or narrow: a
+    /// shared entry (a Device) was refused (narrow, or for a lone reading quarantine it), or
+    /// some entries failed transiently (retry after the backoff).
+    async fn record_entries(
+        &mut self,
+        part: &[usize],
+        chosen: &[(&Reading, &PatientRef, &str, i64)],
+        assembly: &fhir::Assembly,
+        outcomes: &[response::EntryOutcome],
+        report: &mut RoundReport,
+    ) -> Result<Option<Sent>, SyncError> {
+        use response::EntryOutcome;
+        let owned: std::collections::HashSet<usize> = assembly
+            .items
+            .iter()
+            .filter_map(|i| i.as_ref().ok())
+            .flatten()
+            .copied()
+            .collect();
+        let shared_refusal = outcomes.iter().enumerate().find_map(|(k, o)| match o {
+            EntryOutcome::Refused { status, outcome } if !owned.contains(&k) => {
+                Some((*status, outcome.clone()))
+            }
+            _ => None,
+        });
+        if shared_refusal.is_some() && part.len() > 1 {
+            return Ok(Some(Sent::Done));
+        }
+        let mut updates = Vec::new();
+        let mut events = Vec::new();
+        let mut pending = 0usize;
+        for (&i, entries) in part.iter().zip(&assembly.items) {
+            let Ok(entries) = entries else { continue };
+            let id = chosen[i].3;
+            let own = entries.iter().map(|&k| &outcomes[k]);
+            let refused = own
+                .clone()
+                .find_map(|o| match o {
+                    EntryOutcome::Refused { status, outcome } => Some((*status, outcome.clone())),
+                    _ => None,
+                })
+                .or_else(|| shared_refusal.clone());
+            if let Some((status, outcome)) = refused {
+                report.quarantined += 1;
+                let codes = response::issue_codes(&outcome);
+                tracing::warn!(destination = %self.id, reading = id, status, issues = ?codes, "Entry refused by the server; reading quarantined.");
+                updates.push(DeliveryUpdate::Quarantine {
+                    reading_id: id,
+                    http_status: Some(status),
+                    outcome,
+                });
+                events.push(NewEvent {
+                    severity: Severity::Alarm,
+                    kind: "fhir-rejected".into(),
+                    detail: serde_json::json!({
+                        "destination": self.id,
+                        "reading_id": id,
+                        "http_status": status,
+                        "issues": codes,
+                    }),
+                });
+            } else if own.clone().all(|o| matches!(o, EntryOutcome::Stored(_))) {
+                report.delivered += 1;
+                let server_id = match entries.first().map(|&k| &outcomes[k]) {
+                    Some(EntryOutcome::Stored(id)) => id.clone(),
+                    _ => None,
+                };
+                updates.push(DeliveryUpdate::Delivered {
+                    reading_id: id,
+                    server_id,
+                });
+            } else {
+                pending += 1;
+            }
+        }
+        for (k, e) in assembly.entries.iter().enumerate() {
+            if e.resource_type == "Device" && matches!(outcomes[k], EntryOutcome::Stored(_)) {
+                let (resource, digest) = (e.if_none_exist.clone(), e.digest());
+                if let Some(sent) = &mut self.sent {
+                    sent.insert(resource.clone(), digest.clone());
+                }
+                updates.push(DeliveryUpdate::ResourceSent { resource, digest });
+            }
+        }
+        let outcome = if pending > 0 {
+            DestinationOutcome::Error(format!("{pending} reading(s) not stored; sending again"))
+        } else {
+            DestinationOutcome::Success
+        };
+        self.store
+            .deliveries(&self.id, updates, Some(outcome), events)
+            .await?;
+        if pending > 0 {
+            let delay = self.backoff.next(None, rand::random());
+            return Ok(Some(Sent::Retry(
+                delay,
+                format!("{pending} entries failed transiently"),
+            )));
+        }
+        Ok(None)
+    }
+
     /// POSTs one transaction (with one token refresh on 401).
     async fn send(
         &mut self,
@@ -655,6 +873,29 @@ impl Destination {
             return Ok(classified);
         }
     }
+}
+
+/// Whether the base URL answers `GET [base]/metadata` with a CapabilityStatement
+/// (FHIR R4 http.html#capabilities), which tells a wrong base from a refused entry.
+async fn base_answers(http: reqwest::Client, mut url: url::Url) -> bool {
+    let path = format!("{}/metadata", url.path().trim_end_matches('/'));
+    url.set_path(&path);
+    let Ok(resp) = http
+        .get(url)
+        .header("accept", "application/fhir+json")
+        .send()
+        .await
+    else {
+        return false;
+    };
+    if !resp.status().is_success() {
+        return false;
+    }
+    auth::read_capped(resp, 1 << 20)
+        .await
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .is_some_and(|v| v["resourceType"] == "CapabilityStatement")
 }
 
 /// Whether a destination's routing rules want a reading.

@@ -8,16 +8,37 @@ use serde_json::Value;
 /// Largest transaction-response body read; a bigger one is treated as unreadable (the
 /// request is retried), so a hostile server cannot exhaust the gateway's memory.
 pub const MAX_RESPONSE_BYTES: usize = 8 << 20;
-/// How much of a rejection's body is kept with the readings it quarantines.
-pub const MAX_OUTCOME_BYTES: usize = 16 << 10;
+/// How much of a rejection's body is kept with each reading it quarantines.
+pub const MAX_OUTCOME_BYTES: usize = 8 << 10;
 /// The longest a server's Retry-After may hold a destination back.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// What the server said about one entry of a transaction (or batch) response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryOutcome {
+    /// 2xx: stored (or already there), with its `Type/id` when the server said.
+    Stored(Option<String>),
+    /// 4xx: refused for good; the entry's OperationOutcome, bounded.
+    Refused { status: u16, outcome: String },
+    /// 5xx, or a status that is not one: not stored; send it again.
+    Transient,
+}
 
 /// What to do after a response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Classified {
-    /// 2xx: one `Type/id` (when the server said) per request entry, in order.
+    /// 2xx and every entry 2xx: one `Type/id` (when the server said) per request entry, in
+    /// order.
     Accepted(Vec<Option<String>>),
+    /// 2xx whose entries did not all succeed: the server answered with batch semantics
+    /// (FHIR R4 http.html#transaction allows only all-or-nothing for a transaction, but
+    /// servers in the field do this). One outcome per request entry, in order.
+    Entries(Vec<EntryOutcome>),
+    /// 2xx with a body that is not a response to what was sent (not JSON, not a Bundle, a
+    /// different number of entries). The server may or may not have stored the entries, so
+    /// they are sent again (every entry is a conditional create); the destination counts
+    /// these and raises an alarm when they persist.
+    Malformed { status: u16, reason: String },
     /// Network error, 408, 429, 5xx: the outcome is unknown or transient; send the same
     /// request again after at least `after` (the server's Retry-After).
     Retry {
@@ -26,8 +47,19 @@ pub enum Classified {
     },
     /// 401: the token is no good.
     Unauthorized,
+    /// The destination itself, not the readings, is refused or misconfigured: 403, 406, 415,
+    /// a redirect (never followed). Readings are kept and sent again; an alarm says why.
+    DestinationRefused {
+        status: u16,
+        after: Option<Duration>,
+        reason: String,
+    },
+    /// 404, 405 or 410: the base URL may be wrong (the destination's fault) or an entry may
+    /// point at something the server does not have (the readings' fault). The destination
+    /// asks the server's `/metadata` to tell them apart.
+    NotFound { status: u16, outcome: String },
     /// Any other 4xx: permanent for this request. `outcome` is the server's
-    /// OperationOutcome (or the body as received).
+    /// OperationOutcome (or the body as received), bounded.
     Rejected { status: u16, outcome: String },
 }
 
@@ -39,43 +71,99 @@ pub fn classify(
     entries: usize,
     now: std::time::SystemTime,
 ) -> Classified {
+    let after = || retry_after.and_then(|v| parse_retry_after(v, now));
     match status {
-        200..=299 => match parse_locations(body, entries) {
-            Ok(locations) => Classified::Accepted(locations),
-            // A 2xx whose body we cannot read: the server may or may not have stored the
-            // entries. Retrying is safe (every entry is a conditional create).
-            Err(reason) => Classified::Retry {
-                after: None,
-                reason: format!("HTTP {status} with an unreadable body: {reason}"),
-            },
+        200..=299 => match parse_entries(body, entries) {
+            Ok(outcomes)
+                if outcomes
+                    .iter()
+                    .all(|o| matches!(o, EntryOutcome::Stored(_))) =>
+            {
+                Classified::Accepted(
+                    outcomes
+                        .into_iter()
+                        .map(|o| match o {
+                            EntryOutcome::Stored(id) => id,
+                            _ => None,
+                        })
+                        .collect(),
+                )
+            }
+            Ok(outcomes) => Classified::Entries(outcomes),
+            Err(reason) => Classified::Malformed { status, reason },
         },
         401 => Classified::Unauthorized,
         // Redirects are not followed (readings and the token go only where the configuration
         // says): a moved server is the destination failing, for IT to see, not bad readings.
-        300..=399 => Classified::Retry {
-            after: retry_after.and_then(|v| parse_retry_after(v, now)),
+        300..=399 => Classified::DestinationRefused {
+            status,
+            after: after(),
             reason: format!("HTTP {status}: redirect not followed"),
         },
+        403 | 406 | 415 => Classified::DestinationRefused {
+            status,
+            after: after(),
+            reason: format!("HTTP {status}"),
+        },
+        404 | 405 | 410 => Classified::NotFound {
+            status,
+            outcome: bounded_text(body),
+        },
         408 | 429 | 500..=599 => Classified::Retry {
-            after: retry_after.and_then(|v| parse_retry_after(v, now)),
+            after: after(),
             reason: format!("HTTP {status}"),
         },
         _ => Classified::Rejected {
             status,
-            outcome: {
-                let mut text = String::from_utf8_lossy(body).into_owned();
-                if text.len() > MAX_OUTCOME_BYTES {
-                    let mut end = MAX_OUTCOME_BYTES;
-                    while !text.is_char_boundary(end) {
-                        end -= 1;
-                    }
-                    text.truncate(end);
-                    text.push_str(" [truncated]");
-                }
-                text
-            },
+            outcome: bounded_text(body),
         },
     }
+}
+
+/// What a quarantine keeps of a refusal: the OperationOutcome's issues (severity, code, the
+/// first 256 characters of their text, their first three expressions; ten issues at most), or
+/// the body's first characters when it is not one; never more than [`MAX_OUTCOME_BYTES`]. A
+/// server's answer is untrusted and may be megabytes, once per quarantined reading.
+pub fn bounded_text(body: &[u8]) -> String {
+    let summary = serde_json::from_slice::<Value>(body)
+        .ok()
+        .filter(|v| v["resourceType"] == "OperationOutcome")
+        .map(|v| {
+            let clip = |s: &str, n: usize| s.chars().take(n).collect::<String>();
+            let issues: Vec<Value> = v["issue"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .take(10)
+                .map(|i| {
+                    serde_json::json!({
+                        "severity": clip(i["severity"].as_str().unwrap_or(""), 16),
+                        "code": clip(i["code"].as_str().unwrap_or(""), 32),
+                        "details": { "text": clip(
+                            i["details"]["text"].as_str().or(i["diagnostics"].as_str()).unwrap_or(""),
+                            256,
+                        ) },
+                        "expression": i["expression"].as_array().map(|e| {
+                            e.iter().take(3).filter_map(Value::as_str).map(|x| clip(x, 128)).collect::<Vec<_>>()
+                        }).unwrap_or_default(),
+                    })
+                })
+                .collect();
+            serde_json::json!({ "resourceType": "OperationOutcome", "issue": issues }).to_string()
+        });
+    let mut text = summary.unwrap_or_else(|| {
+        String::from_utf8_lossy(&body[..body.len().min(MAX_OUTCOME_BYTES + 4)]).into_owned()
+    });
+    if text.len() > MAX_OUTCOME_BYTES {
+        let mut end = MAX_OUTCOME_BYTES;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str(" [truncated]");
+    }
+    text
 }
 
 /// `Type/id` from a `Location` like `https://x/fhir/Observation/123/_history/1`.
@@ -96,8 +184,11 @@ pub fn resource_id(location: &str) -> Option<String> {
         .then(|| format!("{ty}/{id}"))
 }
 
-fn parse_locations(body: &[u8], entries: usize) -> Result<Vec<Option<String>>, String> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+/// One outcome per request entry, from a 2xx transaction- or batch-response
+/// (FHIR R4 bundle.html: `Bundle.entry.response.status` starts with the HTTP status code;
+/// `location` names what was created; `outcome` says why an entry failed).
+fn parse_entries(body: &[u8], entries: usize) -> Result<Vec<EntryOutcome>, String> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
     if v["resourceType"] != "Bundle" {
         return Err("not a Bundle".into());
     }
@@ -108,30 +199,37 @@ fn parse_locations(body: &[u8], entries: usize) -> Result<Vec<Option<String>>, S
             list.len()
         ));
     }
-    let mut out = Vec::with_capacity(entries);
-    for e in list {
-        let status = e["response"]["status"].as_str().unwrap_or("");
-        // "201", "201 Created", "200 OK".
-        if !status.starts_with('2') {
-            return Err(format!(
-                "entry status {status:?} in a successful transaction"
-            ));
-        }
-        out.push(
-            e["response"]["location"]
+    Ok(list
+        .iter()
+        .map(|e| {
+            let response = &e["response"];
+            // "201", "201 Created", "200 OK".
+            let code = response["status"]
                 .as_str()
-                .and_then(resource_id)
-                .or_else(|| {
-                    let r = &e["resource"];
-                    Some(format!(
-                        "{}/{}",
-                        r["resourceType"].as_str()?,
-                        r["id"].as_str()?
-                    ))
-                }),
-        );
-    }
-    Ok(out)
+                .and_then(|s| s.split_whitespace().next())
+                .and_then(|c| c.parse::<u16>().ok());
+            match code {
+                Some(200..=299) => EntryOutcome::Stored(
+                    response["location"]
+                        .as_str()
+                        .and_then(resource_id)
+                        .or_else(|| {
+                            let r = &e["resource"];
+                            Some(format!(
+                                "{}/{}",
+                                r["resourceType"].as_str()?,
+                                r["id"].as_str()?
+                            ))
+                        }),
+                ),
+                Some(status @ 400..=499) => EntryOutcome::Refused {
+                    status,
+                    outcome: bounded_text(response["outcome"].to_string().as_bytes()),
+                },
+                _ => EntryOutcome::Transient,
+            }
+        })
+        .collect())
 }
 
 /// RFC 9110 Retry-After: delta-seconds or an HTTP-date.
@@ -257,14 +355,21 @@ mod tests {
                 Some("Device/d1".into())
             ])
         );
-        assert!(matches!(
-            classify(200, None, ok, 3, now()),
-            Classified::Retry { .. }
-        ));
-        assert!(matches!(
-            classify(200, None, b"not json", 1, now()),
-            Classified::Retry { .. }
-        ));
+        // A 2xx that does not answer what was sent is malformed, never "delivered".
+        for (body, n) in [
+            (&ok[..], 3),
+            (&b"not json"[..], 1),
+            (&br#"{"resourceType":"OperationOutcome"}"#[..], 1),
+        ] {
+            assert!(
+                matches!(
+                    classify(200, None, body, n, now()),
+                    Classified::Malformed { .. }
+                ),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
         for s in [408, 429, 500, 502, 503, 504] {
             assert!(
                 matches!(classify(s, None, b"", 1, now()), Classified::Retry { .. }),
@@ -272,17 +377,62 @@ mod tests {
             );
         }
         assert_eq!(classify(401, None, b"", 1, now()), Classified::Unauthorized);
+        // The destination's fault, not the readings': kept, alarmed, sent again.
         for s in [301, 302, 307, 308] {
             assert!(
-                matches!(classify(s, None, b"", 1, now()), Classified::Retry { ref reason, .. } if reason.contains("redirect")),
+                matches!(classify(s, None, b"", 1, now()), Classified::DestinationRefused { ref reason, .. } if reason.contains("redirect")),
                 "{s}"
             );
         }
-        for s in [400, 403, 404, 409, 412, 413, 415, 422] {
+        for s in [403, 406, 415] {
+            assert!(
+                matches!(classify(s, None, b"", 1, now()), Classified::DestinationRefused { status, .. } if status == s),
+                "{s}"
+            );
+        }
+        for s in [404, 405, 410] {
+            assert!(
+                matches!(classify(s, None, b"{}", 1, now()), Classified::NotFound { status, .. } if status == s),
+                "{s}"
+            );
+        }
+        for s in [400, 409, 412, 413, 422] {
             assert!(
                 matches!(classify(s, None, b"{}", 1, now()), Classified::Rejected { status, .. } if status == s),
                 "{s}"
             );
+        }
+    }
+
+    #[test]
+    fn a_quarantine_keeps_a_summary_of_a_huge_outcome() {
+        let text = "x".repeat(1 << 20);
+        let issue = serde_json::json!({"severity":"error","code":"invalid","details":{"text": text},
+            "expression":["Observation.value", "a", "b", "c", "d"]});
+        let oo = serde_json::json!({"resourceType":"OperationOutcome","issue": vec![issue; 50]});
+        let kept = bounded_text(oo.to_string().as_bytes());
+        assert!(kept.len() <= MAX_OUTCOME_BYTES + 16, "{}", kept.len());
+        assert_eq!(issue_codes(&kept).len(), 10, "{kept}");
+    }
+
+    #[test]
+    fn a_batch_response_gives_each_entry_its_own_outcome() {
+        // bundle.html: entry.response.status begins with the status code; outcome explains.
+        let mixed = br#"{"resourceType":"Bundle","type":"batch-response","entry":[
+            {"response":{"status":"201 Created","location":"Observation/a/_history/1"}},
+            {"response":{"status":"422 Unprocessable Entity","outcome":{"resourceType":"OperationOutcome","issue":[{"code":"invalid"}]}}},
+            {"response":{"status":"503"}},
+            {"response":{"status":"banana"}}]}"#;
+        match classify(200, None, mixed, 4, now()) {
+            Classified::Entries(e) => {
+                assert_eq!(e[0], EntryOutcome::Stored(Some("Observation/a".into())));
+                assert!(
+                    matches!(&e[1], EntryOutcome::Refused { status: 422, outcome } if issue_codes(outcome) == ["invalid"])
+                );
+                assert_eq!(e[2], EntryOutcome::Transient);
+                assert_eq!(e[3], EntryOutcome::Transient);
+            }
+            other => panic!("{other:?}"),
         }
     }
 
