@@ -199,3 +199,85 @@ fn writer_survives_a_full_disk_and_resumes_when_space_returns() {
         "a full disk is an alarm: {alarm:?}"
     );
 }
+
+/// A live stream cannot be read again: what a full disk costs it is counted per device and
+/// reported (`live-readings-lost`) when the episode ends, and a disk hovering at its limit
+/// raises one `disk-full` alarm, not one per commit that squeezes through.
+#[test]
+fn live_readings_lost_to_a_full_disk_are_counted_and_the_alarm_does_not_flap() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let key = new_key(tmp.path());
+    let mnt = Tmpfs::mount(&tmp.path().join("mnt"), "16m");
+    let db = mnt.0.join("store.db");
+    let stop = tmp.path().join("stop");
+    let bin = Path::new(env!("CARGO_BIN_EXE_live-readings"));
+    let mut child = Command::new(bin)
+        .arg("--db")
+        .arg(&db)
+        .arg("--key-file")
+        .arg(&key)
+        .args(["--destination", "hospital", "--patient", "https://mrn|1"])
+        .arg("--stream-until")
+        .arg(&stop)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start live-readings");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let filler = mnt.0.join("filler");
+    let filled = fill(&filler);
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(20)).as_deref(),
+        Ok("FULL"),
+        "the stream never met the full disk (filler {filled} bytes)"
+    );
+    // Let it run into the wall for a while, then give the space back.
+    std::thread::sleep(Duration::from_secs(2));
+    std::fs::remove_file(&filler).expect("free the space");
+    std::thread::sleep(Duration::from_secs(2));
+    std::fs::write(&stop, b"").expect("stop file");
+    let line = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the stream's summary");
+    assert!(child.wait().expect("wait").success());
+    let field = |name: &str| -> u64 {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+    };
+    let (committed, lost) = (field("committed"), field("lost"));
+    assert!(lost > 0 && committed > 0, "{line}");
+
+    let keying = Keying::Encrypted(vitalgate::store::key::read_key_file(&key).expect("key"));
+    let events = StoreReader::open(&db, &keying)
+        .expect("open store")
+        .events(1000)
+        .expect("events");
+    let of = |kind: &str| events.iter().filter(|e| e.kind == kind).collect::<Vec<_>>();
+    assert_eq!(
+        of("disk-full").len(),
+        1,
+        "one alarm per episode: {events:#?}"
+    );
+    assert_eq!(of("disk-full-cleared").len(), 1, "{events:#?}");
+    let losses = of("live-readings-lost");
+    assert_eq!(losses.len(), 1, "{events:#?}");
+    let detail: serde_json::Value = serde_json::from_str(&losses[0].detail).expect("JSON");
+    assert_eq!(detail["count"], lost, "{detail}");
+    assert_eq!(detail["address"], "00:1C:05:FF:E8:22");
+    assert_eq!(losses[0].severity, "alarm");
+    eprintln!(
+        "live stream on a full disk: {committed} readings stored, {lost} lost and reported, 1 alarm"
+    );
+}

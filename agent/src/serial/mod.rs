@@ -218,7 +218,10 @@ impl SerialSource {
                 }
                 LinkEnd::Store(StoreError::WriterStopped) => return Ok(()),
                 LinkEnd::Store(e) => {
-                    tracing::warn!(port = %self.port_label(), error = %e, "Could not commit serial readings; the device will be read again.");
+                    // Stored records are downloaded again from the cursor; live values that
+                    // could not be committed are gone, and the store counts them
+                    // (`live-readings-lost`).
+                    tracing::warn!(port = %self.port_label(), error = %e, "Could not commit serial readings; stored records will be read again, live ones are counted as lost.");
                     if sleep_or_cancel(FATAL_BACKOFF, &cancel).await {
                         return Ok(());
                     }

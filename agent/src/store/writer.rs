@@ -312,7 +312,19 @@ pub struct StoreHandle {
     health: watch::Receiver<StoreHealth>,
     progress: Arc<AtomicU64>,
     path: PathBuf,
+    lost: LostLive,
 }
+
+/// Live readings a full disk cost, per device: a live value is not in any device's memory, so
+/// one that cannot be committed is gone. Counted by the handle, reported by the writer once
+/// the episode ends (`live-readings-lost`).
+type LostLive = Arc<std::sync::Mutex<HashMap<(Transport, String), u64>>>;
+
+/// Commits must keep succeeding this long before a full-disk episode counts as over, so a
+/// disk hovering at its limit raises one alarm, not one per commit.
+const DISK_FULL_CLEAR_AFTER_MS: i64 = 30_000;
+/// How often commits check the store's size against `store.disk_budget`.
+const BUDGET_CHECK_EVERY: Duration = Duration::from_secs(10);
 
 impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -348,11 +360,34 @@ impl StoreHandle {
 
     /// Commits readings (and a cursor) durably. Only after this returns `Ok` may the device be
     /// acknowledged. On `Err` nothing of the batch was committed; keep the readings and retry.
+    ///
+    /// A batch without a cursor that fails on a full disk has its live readings (origin
+    /// `Live`: nothing a device can send again) counted as lost for the `live-readings-lost`
+    /// event; a caller that retries such a batch should not use this for the retry.
     pub async fn commit(&self, batch: Batch) -> Result<CommitReceipt, StoreError> {
+        let live: Vec<(Transport, String)> = if batch.cursor.is_none() {
+            batch
+                .readings
+                .iter()
+                .filter(|r| {
+                    r.measurement.qualifiers.origin == vitalgate_drivers::model::Origin::Live
+                })
+                .map(|r| (r.device.transport, r.device.address.clone()))
+                .collect()
+        } else {
+            Vec::new()
+        };
         // Encoding happens here, on the caller's task, not on the writer thread: the writer
         // is the one serial stage of ingest, and this work runs in parallel on other cores.
         let batch = EncodedBatch::encode(batch)?;
-        self.request(|reply| Command::Commit { batch, reply }).await
+        let result = self.request(|reply| Command::Commit { batch, reply }).await;
+        if matches!(&result, Err(e) if e.is_disk_full()) && !live.is_empty() {
+            let mut lost = self.lost.lock().unwrap_or_else(PoisonError::into_inner);
+            for key in live {
+                *lost.entry(key).or_default() += 1;
+            }
+        }
+        result
     }
 
     /// Marks readings as delivered to `destination`.
@@ -601,6 +636,7 @@ pub fn start_with(
     let (tx, rx) = mpsc::channel(opts.channel_capacity.max(1));
     let (health_tx, health) = watch::channel(StoreHealth::default());
     let progress = Arc::new(AtomicU64::new(0));
+    let lost = LostLive::default();
     // Checkpoints normally run on the checkpointer's thread. This bound is for when that thread
     // lags or a reader keeps the log from being reset: then the writer checkpoints after its
     // commits, as SQLite does by default at 1,000 pages, and the log cannot grow without end.
@@ -624,7 +660,11 @@ pub fn start_with(
         progress: progress.clone(),
         started: Instant::now(),
         disk_full_since: None,
+        disk_full_recorded: false,
+        space_back_since: None,
         round_hit_disk_full: false,
+        lost: lost.clone(),
+        last_budget_check: Instant::now(),
     };
     writer.refresh_size();
     let thread = std::thread::Builder::new()
@@ -641,6 +681,7 @@ pub fn start_with(
             health,
             progress,
             path,
+            lost,
         },
         WriterThread(thread),
     ))
@@ -890,9 +931,16 @@ struct Writer {
     health: watch::Sender<StoreHealth>,
     progress: Arc<AtomicU64>,
     started: Instant,
+    /// When the current full-disk episode began.
     disk_full_since: Option<i64>,
+    /// Whether its `disk-full` alarm is recorded (only possible once a commit gets through).
+    disk_full_recorded: bool,
+    /// Since when commits have been getting through again in the episode.
+    space_back_since: Option<i64>,
     /// Set when the current transaction hit a full disk.
     round_hit_disk_full: bool,
+    lost: LostLive,
+    last_budget_check: Instant,
 }
 
 /// Replies held until the transaction that produced them is durable.
@@ -1077,6 +1125,21 @@ impl Writer {
         }
         // Commands queued after a shutdown request are refused when `rx` drops.
         drop(rx);
+        if self.disk_full_since.is_some() && self.settle_disk_full(now_ms(), true) {
+            self.disk_full_since = None;
+        }
+        let unreported: u64 = self
+            .lost
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .sum();
+        if unreported > 0 {
+            tracing::warn!(
+                live_readings_lost = unreported,
+                "Stopping with the disk still full; the live readings it cost could not be recorded."
+            );
+        }
         // Every reply still waiting for its fsync is sent before the writer reports stopped.
         drop(self.syncer.take());
         // The checkpointer stops first, so the final checkpoint below does not wait for it.
@@ -1129,46 +1192,41 @@ impl Writer {
             }
             return;
         }
-        if self.disk_full_since.is_some() && !self.round_hit_disk_full {
-            // The first transaction that gets through after a full disk records both ends of
-            // the episode; while the disk was full, the alarm could only go to the log.
-            let since = self.disk_full_since.unwrap_or(now);
-            let _ = self.savepoint(|w| {
-                w.insert_event(
-                    &NewEvent {
-                        severity: Severity::Alarm,
-                        kind: "disk-full".into(),
-                        detail: serde_json::json!({ "since_ms": since }),
-                    },
-                    since,
-                )?;
-                w.insert_event(
-                    &NewEvent {
-                        severity: Severity::Info,
-                        kind: "disk-full-cleared".into(),
-                        detail: serde_json::json!({ "since_ms": since }),
-                    },
-                    now,
-                )
-            });
-        }
+        let settled = if self.disk_full_since.is_some() && !self.round_hit_disk_full {
+            self.settle_disk_full(now, false)
+        } else {
+            false
+        };
         match self.conn.execute_batch("COMMIT") {
             Ok(()) if self.round_hit_disk_full => self.reply_when_durable(pending),
             Ok(()) => {
                 if let Some(c) = &self.checkpointer {
                     c.committed(pages_estimate);
                 }
-                if let Some(since) = self.disk_full_since.take() {
+                if self.disk_full_since.is_some() {
+                    self.disk_full_recorded = true;
+                    if self.space_back_since.is_none() {
+                        self.space_back_since = Some(now);
+                        tracing::info!("Disk space is back; the store is committing again.");
+                    }
+                }
+                if settled && let Some(since) = self.disk_full_since.take() {
+                    self.disk_full_recorded = false;
+                    self.space_back_since = None;
                     tracing::info!(
-                        full_for_ms = now_ms() - since,
-                        "Disk space is back; the store is committing again."
+                        full_for_ms = now - since,
+                        "The full-disk episode is over: commits have kept succeeding."
                     );
                 }
+                let full = self.disk_full_since.is_some();
                 self.health.send_modify(|h| {
-                    h.disk_full = false;
+                    h.disk_full = full;
                     h.last_commit_ms = Some(now);
                 });
                 self.reply_when_durable(pending);
+                if self.last_budget_check.elapsed() >= BUDGET_CHECK_EVERY {
+                    self.check_budget();
+                }
             }
             Err(e) => {
                 let e = StoreError::from_sqlite(&path, "commit", e);
@@ -1333,9 +1391,83 @@ impl Writer {
         }
     }
 
+    /// Records the current full-disk episode, inside the transaction being committed: its
+    /// `disk-full` alarm with the first commit that gets through (while the disk was full it
+    /// could only go to the log), and once commits have kept succeeding for
+    /// [`DISK_FULL_CLEAR_AFTER_MS`], `disk-full-cleared` and, per device, the live readings
+    /// it cost. Returns whether the episode is over once this transaction commits.
+    /// At shutdown (`end`), an episode in which commits got through again is closed at once.
+    fn settle_disk_full(&mut self, now: i64, end: bool) -> bool {
+        let since = self.disk_full_since.unwrap_or(now);
+        let over = self
+            .space_back_since
+            .is_some_and(|back| end || now - back >= DISK_FULL_CLEAR_AFTER_MS);
+        let lost: Vec<((Transport, String), u64)> = if over {
+            self.lost
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .drain()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let recorded = self.disk_full_recorded;
+        let done = self.savepoint(|w| {
+            if !recorded {
+                w.insert_event(
+                    &NewEvent {
+                        severity: Severity::Alarm,
+                        kind: "disk-full".into(),
+                        detail: serde_json::json!({ "since_ms": since }),
+                    },
+                    since,
+                )?;
+            }
+            if over {
+                for ((transport, address), count) in &lost {
+                    w.insert_event(
+                        &NewEvent {
+                            severity: Severity::Alarm,
+                            kind: "live-readings-lost".into(),
+                            detail: serde_json::json!({
+                                "transport": transport.as_str(),
+                                "address": address,
+                                "count": count,
+                                "reason": "disk-full",
+                            }),
+                        },
+                        now,
+                    )?;
+                }
+                w.insert_event(
+                    &NewEvent {
+                        severity: Severity::Info,
+                        kind: "disk-full-cleared".into(),
+                        detail: serde_json::json!({
+                            "since_ms": since,
+                            "live_readings_lost": lost.iter().map(|(_, n)| n).sum::<u64>(),
+                        }),
+                    },
+                    now,
+                )?;
+            }
+            Ok(())
+        });
+        if done.is_err() && over {
+            // Not recorded: counted again at the next attempt.
+            let mut map = self.lost.lock().unwrap_or_else(PoisonError::into_inner);
+            for (key, n) in lost {
+                *map.entry(key).or_default() += n;
+            }
+            return false;
+        }
+        done.is_ok() && over
+    }
+
     fn on_failure(&mut self, e: &StoreError) {
         self.devices.clear();
         if e.is_disk_full() {
+            self.space_back_since = None;
             self.round_hit_disk_full = true;
             if self.disk_full_since.is_none() {
                 self.disk_full_since = Some(now_ms());
@@ -1649,31 +1781,40 @@ impl Writer {
         } else {
             report.retention_skipped = true;
         }
-        report.store_bytes = self.refresh_size();
+        (report.store_bytes, report.over_budget) = self.check_budget();
+        Ok(report)
+    }
+
+    /// Measures the store and raises `disk-budget-reached` when it passes `store.disk_budget`
+    /// (cleared below 90% of it). Run by housekeeping and, at most every
+    /// [`BUDGET_CHECK_EVERY`], after commits, so an overrun is reported as it happens.
+    fn check_budget(&mut self) -> (u64, bool) {
+        self.last_budget_check = Instant::now();
+        let store_bytes = self.refresh_size();
         let budget = self.opts.disk_budget_bytes;
         let was_over = self.health.borrow().over_budget;
-        report.over_budget = report.store_bytes > budget;
-        if report.over_budget && !was_over {
+        let over_budget = store_bytes > budget;
+        if over_budget && !was_over {
             tracing::warn!(
-                store_bytes = report.store_bytes,
+                store_bytes,
                 budget,
                 "ALARM: the store has reached its disk budget. Readings are still accepted."
             );
             self.record_standalone_event(NewEvent {
                 severity: Severity::Alarm,
                 kind: "disk-budget-reached".into(),
-                detail: serde_json::json!({ "store_bytes": report.store_bytes, "budget_bytes": budget }),
+                detail: serde_json::json!({ "store_bytes": store_bytes, "budget_bytes": budget }),
             });
-        } else if was_over && report.store_bytes < budget / 10 * 9 {
+        } else if was_over && store_bytes < budget / 10 * 9 {
             self.record_standalone_event(NewEvent {
                 severity: Severity::Info,
                 kind: "disk-budget-cleared".into(),
-                detail: serde_json::json!({ "store_bytes": report.store_bytes, "budget_bytes": budget }),
+                detail: serde_json::json!({ "store_bytes": store_bytes, "budget_bytes": budget }),
             });
         }
-        let over = report.over_budget || (was_over && report.store_bytes >= budget / 10 * 9);
+        let over = over_budget || (was_over && store_bytes >= budget / 10 * 9);
         self.health.send_modify(|h| h.over_budget = over);
-        Ok(report)
+        (store_bytes, over_budget)
     }
 
     fn record_standalone_event(&mut self, e: NewEvent) {

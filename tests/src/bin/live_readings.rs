@@ -34,6 +34,11 @@ struct Args {
     device: String,
     #[arg(long, default_value_t = 3)]
     count: u32,
+    /// Instead: commit one reading every 10 ms, as a live stream arrives, until this file
+    /// exists; a commit refused for a full disk is a reading lost (nothing can send it again).
+    /// Prints `FULL` at the first such refusal and `STREAM committed=N lost=M` at the end.
+    #[arg(long)]
+    stream_until: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -60,6 +65,47 @@ fn main() -> anyhow::Result<()> {
         handle
             .bind(device.clone(), -1, args.patient.clone())
             .await?;
+        if let Some(stop) = &args.stream_until {
+            let (mut committed, mut lost) = (0u64, 0u64);
+            let mut i = 0i64;
+            while !stop.exists() {
+                i += 1;
+                let mut m = Measurement::numeric(
+                    mdc::PULS_OXIM_SAT_O2,
+                    Value::number(95 + i % 4, 0),
+                    Unit::percent(),
+                );
+                m.qualifiers.origin = Origin::Live;
+                let reading = Reading {
+                    device: device.clone(),
+                    measurement: m,
+                    receipt: clock.receipt(),
+                    device_clock_offset_ms: None,
+                    instance: Uuid::new_v4(),
+                    raw: Vec::new(),
+                };
+                match handle
+                    .commit(Batch {
+                        readings: vec![reading],
+                        cursor: None,
+                    })
+                    .await
+                {
+                    Ok(_) => committed += 1,
+                    Err(e) if e.is_disk_full() => {
+                        if lost == 0 {
+                            println!("FULL");
+                        }
+                        lost += 1;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            println!("STREAM committed={committed} lost={lost}");
+            handle.shutdown().await;
+            return anyhow::Ok(());
+        }
         let readings = (0..args.count)
             .map(|i| {
                 let mut m = Measurement::numeric(
