@@ -44,7 +44,7 @@ enum Command {
     /// Run the pipeline on simulated devices, with a state directory of its own.
     Demo {
         #[command(flatten)]
-        state: StateDirArg,
+        state: DemoStateDirArg,
         /// How many stored records the simulated cuff holds.
         #[arg(long, default_value_t = 48)]
         records: u32,
@@ -133,6 +133,14 @@ struct DemoFleetArgs {
 struct StateDirArg {
     /// State directory (the store and, for the demo, its key).
     #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct DemoStateDirArg {
+    /// State directory of the demo's own store and key. Never the gateway's: the demo
+    /// refuses the directory `run` uses by default.
+    #[arg(long, value_name = "DIR", default_value = "vitalgate-demo-state")]
     state_dir: PathBuf,
 }
 

@@ -756,11 +756,38 @@ enum BleMode {
     InMemory,
 }
 
+/// The demo's state directory must not be the gateway's (`run`'s default).
+fn refuse_gateway_state_dir(state_dir: &Path) -> Result<()> {
+    let gateway = Path::new(vitalgate::config::DEFAULT_STATE_DIR);
+    let same = match (state_dir.canonicalize(), gateway.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => state_dir == gateway,
+    };
+    if same {
+        return Err(crate::cli_pair::BadArgument(format!(
+            "{} is the gateway's state directory; the demo keeps its own (--state-dir DIR)",
+            state_dir.display()
+        ))
+        .into());
+    }
+    Ok(())
+}
+
 pub fn demo(explicit: Option<&Path>, state_dir: &Path, args: DemoArgs) -> Result<u8> {
     use crate::cli::{CreateKey, Required, find_key, load_config, print_status};
     // First of all, while this process has one thread (see `start_bus`).
     let bus = (!args.offline).then(crate::cli_demo::start_bus);
     let mut config = load_config(explicit, Required::IfPresent)?;
+    // The demo never touches what a gateway's configuration points at: not the gateway's
+    // state directory (its store and its patients' bindings), no serial port, no GPIO line,
+    // and no broker unless `--mqtt` names one, then without the gateway's credentials. Only
+    // the store's tunables, the destinations (which the offline demo routes its readings to,
+    // delivering nothing), the FHIR identifier namespace and the log settings are used.
+    refuse_gateway_state_dir(state_dir)?;
+    config.serial.clear();
+    config.gpio = Default::default();
+    config.fleet = Default::default();
+    config.update = Default::default();
     let watch_broker = args.mqtt.is_some();
     if let Some(url) = args.mqtt {
         config.fleet.broker = Some(url);

@@ -56,6 +56,7 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
         // of the chain.
         let store = match cause.downcast_ref::<SupervisorError>() {
             Some(SupervisorError::Store(s)) => Some(s),
+            Some(SupervisorError::StateDir { .. }) => return CANTCREAT,
             _ => cause.downcast_ref::<StoreError>(),
         };
         if let Some(s) = store {
@@ -67,6 +68,7 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
                 | StoreError::WalUnreadable { .. }
                 | StoreError::NewerSchema { .. } => DATAERR,
                 StoreError::DiskFull { .. } => TEMPFAIL,
+                StoreError::NotAFile { .. } => CANTCREAT,
                 StoreError::Io { .. } => IOERR,
                 _ => SOFTWARE,
             };

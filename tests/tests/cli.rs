@@ -427,3 +427,97 @@ fn status_says_whether_the_daemon_sees_its_clock_synchronised_and_why() {
     sigterm(&child);
     assert!(wait_deadline(&mut child, Duration::from_secs(10)).is_some());
 }
+
+/// Exit codes name their cause (README "Command line", sysexits.h): a store path that is a
+/// directory and a state directory on a read-only file system are 73 (EX_CANTCREAT) with the
+/// reason, never 70 (an internal error).
+#[test]
+fn a_store_that_is_a_directory_or_a_read_only_state_directory_exits_73_saying_why() {
+    let site = Site::new().with_key_only();
+    std::fs::create_dir(site.db()).expect("a directory where the store goes");
+    for sub in ["run", "status"] {
+        let out = if sub == "run" {
+            site.run_expecting_refusal(73, &["is not a file"])
+        } else {
+            site.vitalgate(sub, &[])
+        };
+        out.expect_code(73);
+        assert!(out.stderr.contains("store.path"), "{sub}: {}", out.stderr);
+    }
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ro = tmp.path().join("ro");
+    std::fs::create_dir(&ro).expect("mount point");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "ro,size=1m", "tmpfs"])
+        .arg(&ro)
+        .status()
+        .expect("run mount(8)");
+    assert!(
+        mounted.success(),
+        "cannot mount a read-only tmpfs: this test needs root (CAP_SYS_ADMIN)"
+    );
+    // The key stays readable elsewhere; only the state directory cannot be made.
+    let config = write_config(tmp.path(), &site.key_file(), "");
+    let mut c = vitalgate_e2e::vitalgate_cmd();
+    c.arg("run")
+        .arg("--config")
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(ro.join("state"));
+    let out = vitalgate_e2e::run_within(c, Duration::from_secs(15));
+    let _ = std::process::Command::new("umount").arg(&ro).status();
+    out.expect_code(73);
+    assert!(
+        out.stderr.contains("Read-only file system"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// `demo` on a gateway's configuration touches none of what it points at: its serial ports,
+/// its GPIO lines, its broker (whose session the demo would take over), its state directory.
+#[test]
+fn the_demo_never_touches_a_gateways_devices_broker_or_state() {
+    let site = Site::new();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let port = listener.local_addr().expect("addr").port();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let serial = tmp.path().join("ttyGATEWAY0");
+    std::fs::write(&serial, b"").expect("serial stand-in");
+    write_config(
+        &site.root,
+        &site.root.join("no-such-key-file"),
+        &format!(
+            "\n[fleet]\nbroker = \"mqtt://127.0.0.1:{port}\"\nusername = \"gw\"\n\
+             \n[gpio]\nenabled = true\nchip = \"/dev/gpiochip7\"\nled_line = 3\n\
+             \n[[serial]]\npath = \"{}\"\nprotocol = \"taidoc\"\n",
+            serial.display()
+        ),
+    );
+    let out = site.vitalgate("demo", &["--offline", "--records", "5"]);
+    out.expect_code(0);
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(
+        listener.accept().is_err(),
+        "the demo connected to the gateway's broker"
+    );
+    for word in ["ttyGATEWAY0", "gpiochip7", "127.0.0.1"] {
+        assert!(
+            !out.stderr.contains(word) && !out.stdout.contains(word),
+            "the demo went near {word}: {}",
+            out.stderr
+        );
+    }
+    // The gateway's state directory is refused outright.
+    let mut c = vitalgate_cmd();
+    c.args(["demo", "--offline", "--state-dir", "/var/lib/vitalgate"]);
+    let out = vitalgate_e2e::run(c);
+    out.expect_code(64);
+    assert!(
+        out.stderr.contains("gateway's state directory"),
+        "{}",
+        out.stderr
+    );
+}

@@ -318,6 +318,148 @@ impl Config {
         Ok(config)
     }
 
+    /// Every duration, size and count the configuration holds, against the range it must lie
+    /// in. Each becomes a timer, an allocation or arithmetic in milliseconds, where a value
+    /// past its range is a panic or an overflow in `run`, not a long wait; `config check`
+    /// refuses it first. (Lower bounds with their own reason are checked above.)
+    fn check_ranges(&self) -> Result<(), (String, String)> {
+        const MS: Duration = Duration::from_millis(1);
+        const S: Duration = Duration::from_secs(1);
+        const MIN: Duration = Duration::from_secs(60);
+        const H: Duration = Duration::from_secs(3600);
+        const DAY: Duration = Duration::from_secs(86_400);
+        let s = &self.store;
+        let mut durations: Vec<(String, Duration, Duration, Duration)> = vec![
+            (
+                "store.batch_linger".into(),
+                s.batch_linger,
+                Duration::ZERO,
+                S,
+            ),
+            ("store.retention".into(), s.retention, H, DAY * 36_500),
+            (
+                "store.retention_interval".into(),
+                s.retention_interval,
+                S,
+                DAY * 7,
+            ),
+            (
+                "store.raw_stream_retention".into(),
+                s.raw_stream_retention,
+                H,
+                DAY * 3650,
+            ),
+            (
+                "supervisor.shutdown_grace".into(),
+                self.supervisor.shutdown_grace,
+                Duration::ZERO,
+                MIN * 10,
+            ),
+            (
+                "update.health_window".into(),
+                self.update.health_window,
+                S,
+                DAY,
+            ),
+            (
+                "update.health_interval".into(),
+                self.update.health_interval,
+                MS * 10,
+                DAY,
+            ),
+            (
+                "update.download_timeout".into(),
+                self.update.download_timeout,
+                S,
+                H,
+            ),
+            (
+                "gpio.button_debounce".into(),
+                self.gpio.button_debounce,
+                Duration::ZERO,
+                S,
+            ),
+            ("gpio.pairing_window".into(), self.gpio.pairing_window, S, H),
+            (
+                "fleet.session_expiry".into(),
+                self.fleet.session_expiry,
+                Duration::ZERO,
+                DAY * 365,
+            ),
+        ];
+        if let StreamConfig::Spot { every: d } | StreamConfig::Median { window: d } =
+            self.ble.stream
+        {
+            durations.push(("ble.stream".into(), d, S, DAY));
+        }
+        for (i, d) in self.destinations.iter().enumerate() {
+            let key = |k: &str| format!("destination[{i}].{k}");
+            durations.extend([
+                (key("batch_linger"), d.batch_linger, Duration::ZERO, H),
+                (key("request_timeout"), d.request_timeout, S, MIN * 10),
+                (key("retry_base"), d.retry_base, MS, H),
+                (key("retry_max"), d.retry_max, MS, DAY),
+            ]);
+        }
+        for (i, d) in self.serial.iter().enumerate() {
+            durations.push((
+                format!("serial[{i}].poll_interval"),
+                d.poll_interval,
+                S,
+                DAY,
+            ));
+        }
+        for (key, value, min, max) in durations {
+            if value < min || value > max {
+                return Err((
+                    key,
+                    format!(
+                        "must be between {} and {}",
+                        humantime::format_duration(min),
+                        humantime::format_duration(max)
+                    ),
+                ));
+            }
+        }
+        let sizes = [
+            (
+                "store.disk_budget",
+                s.disk_budget,
+                ByteSize::mib(1),
+                ByteSize::tib(64),
+            ),
+            (
+                "store.cache_size",
+                s.cache_size,
+                ByteSize::kib(256),
+                ByteSize::gib(1),
+            ),
+            (
+                "update.space_margin",
+                self.update.space_margin,
+                ByteSize::b(0),
+                ByteSize::gib(64),
+            ),
+        ];
+        for (key, value, min, max) in sizes {
+            if value < min || value > max {
+                return Err((key.into(), format!("must be between {min} and {max}")));
+            }
+        }
+        let counts = [(
+            "supervisor.channel_capacity",
+            self.supervisor.channel_capacity,
+            1,
+            1_000_000,
+        )];
+        for (key, value, min, max) in counts {
+            if !(min..=max).contains(&value) {
+                return Err((key.into(), format!("must be between {min} and {max}")));
+            }
+        }
+        Ok(())
+    }
+
     /// Cross-field checks that serde cannot express.
     fn validate(&self) -> Result<(), (String, String)> {
         let s = &self.store;
@@ -383,6 +525,7 @@ impl Config {
         self.fleet.validate()?;
         self.update.validate()?;
         self.gpio.validate()?;
+        self.check_ranges()?;
         for (i, d) in self.destinations.iter().enumerate() {
             d.check(i)?;
         }
@@ -495,6 +638,38 @@ mod tests {
                 .expect_err(line)
                 .to_string();
             assert!(e.contains(key), "{line}: {e}");
+        }
+    }
+
+    #[test]
+    fn every_duration_and_size_past_its_range_is_refused_by_config_check() {
+        let huge = "\"18446744073709551615s\"";
+        let dest = "[[destination]]\nid = \"h\"\nbase_url = \"http://127.0.0.1:1/fhir\"\n";
+        let serial = "[[serial]]\npath = \"/dev/ttyUSB0\"\nprotocol = \"taidoc\"\n";
+        let gpio = "[gpio]\nenabled = true\nchip = \"/dev/gpiochip0\"\nled_line = 3\n";
+        for (section, key, value) in [
+            ("[store]\n", "batch_linger", huge),
+            ("[store]\n", "retention", huge),
+            ("[store]\n", "retention_interval", huge),
+            ("[store]\n", "raw_stream_retention", huge),
+            ("[store]\n", "disk_budget", "\"100 PiB\""),
+            ("[store]\n", "cache_size", "\"100 GiB\""),
+            ("[supervisor]\n", "shutdown_grace", huge),
+            ("[supervisor]\n", "channel_capacity", "18446744073709551615"),
+            ("[update]\n", "health_window", huge),
+            ("[update]\n", "download_timeout", huge),
+            ("[update]\n", "space_margin", "\"100 PiB\""),
+            (gpio, "pairing_window", huge),
+            (gpio, "button_debounce", huge),
+            ("[fleet]\n", "session_expiry", huge),
+            (dest, "batch_linger", huge),
+            (dest, "request_timeout", huge),
+            (dest, "retry_max", huge),
+            (serial, "poll_interval", huge),
+        ] {
+            let text = format!("{section}{key} = {value}\n");
+            let e = parse(&text).expect_err(&text).to_string();
+            assert!(e.contains(key), "{text}: {e}");
         }
     }
 

@@ -81,6 +81,12 @@ pub enum StoreError {
         found: u32,
         supported: u32,
     },
+    #[error(
+        "store {} is not a file (a directory or a device): set `store.path` to a file, or move \
+         what is there aside",
+        .path.display()
+    )]
+    NotAFile { path: PathBuf },
     #[error("disk full while writing {}; committed readings are kept, retrying when space returns", .path.display())]
     DiskFull { path: PathBuf },
     #[error("store {} during {op}: {source}", .path.display())]
@@ -484,13 +490,17 @@ pub(crate) fn apply_key(conn: &Connection, key: &DbKey) -> rusqlite::Result<()> 
 /// Cheap structural checks before SQLite touches the file: an empty or torn file is reported
 /// rather than treated as a new database.
 fn check_file_shape(path: &Path) -> Result<(), StoreError> {
-    let len = std::fs::metadata(path)
-        .map_err(|source| StoreError::Io {
+    let meta = std::fs::metadata(path).map_err(|source| StoreError::Io {
+        path: path.to_owned(),
+        op: "stat",
+        source,
+    })?;
+    if !meta.is_file() {
+        return Err(StoreError::NotAFile {
             path: path.to_owned(),
-            op: "stat",
-            source,
-        })?
-        .len();
+        });
+    }
+    let len = meta.len();
     // A store's first page reaches the file before anything goes to the write-ahead log, so
     // an empty file is damage even with a log beside it; SQLite would delete such a log,
     // committed readings and all, as belonging to a new database.
