@@ -291,6 +291,19 @@ impl Broker {
         }
     }
 
+    /// Freezes (`true`, SIGSTOP) or thaws (SIGCONT) the broker: its connections stay open but
+    /// nothing is read or answered, as with a hung broker or a black-holed network.
+    pub fn freeze(&self, frozen: bool) {
+        let pid = self.child.as_ref().expect("broker running").id();
+        let sig = if frozen { "-STOP" } else { "-CONT" };
+        let ok = Command::new("kill")
+            .arg(sig)
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill");
+        assert!(ok.success(), "kill {sig} {pid}");
+    }
+
     /// Stops and starts the broker on the same ports.
     pub fn restart(&mut self) {
         self.stop();

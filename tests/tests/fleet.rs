@@ -1107,8 +1107,35 @@ fn command_storms_of_500_and_10000_are_answered_in_full() {
             .filter(|v| v["status"] == "succeeded" || v["status"] == "failed")
             .collect()
     };
-    for (prefix, n) in [("s5c-", 500usize), ("s10k-", 10_000)] {
+    let rss_kib = |pid: u32| -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            })
+            .unwrap_or(0)
+    };
+    let state = gw.state.clone();
+    let store_bytes = || -> u64 {
+        ["vitalgate.db", "vitalgate.db-wal"]
+            .iter()
+            .map(|f| std::fs::metadata(state.join(f)).map_or(0, |m| m.len()))
+            .sum()
+    };
+    let pid = gw.child.as_ref().expect("running").id();
+    let (rss_before, store_before) = (rss_kib(pid), store_bytes());
+    for (prefix, n, queued) in [
+        ("s5c-", 500usize, false),
+        ("s10k-", 10_000, false),
+        ("q5c-", 500, true),
+    ] {
         let exp = expires_in(900);
+        if queued {
+            // Queued by the broker in the gateway's persistent session while it is away.
+            gw.kill9();
+        }
         let started = std::time::Instant::now();
         for i in 0..n {
             w.it.publish(
@@ -1116,6 +1143,9 @@ fn command_storms_of_500_and_10000_are_answered_in_full() {
                 &serde_json::json!({"type": "diagnostics", "expires_at": exp}).to_string(),
                 false,
             );
+        }
+        if queued {
+            gw.start();
         }
         let deadline = std::time::Instant::now() + Duration::from_secs(180);
         loop {
@@ -1138,9 +1168,23 @@ fn command_storms_of_500_and_10000_are_answered_in_full() {
                     n,
                     "every answer is a run or a stated refusal"
                 );
+                let pid = gw.child.as_ref().expect("running").id();
+                let (rss, store) = (rss_kib(pid), store_bytes());
                 eprintln!(
-                    "storm of {n}: {ran} run, {refused} refused with the reason, all answered in {:.1} s",
-                    started.elapsed().as_secs_f64()
+                    "storm of {n}{}: {ran} run, {refused} refused with the reason, all answered in {:.1} s; \
+                     RSS {} MiB (from {} MiB), store {} KiB (from {} KiB)",
+                    if queued { " queued while away" } else { "" },
+                    started.elapsed().as_secs_f64(),
+                    rss / 1024,
+                    rss_before / 1024,
+                    store / 1024,
+                    store_before / 1024,
+                );
+                // Bounded: what a storm leaves is its answers, not its backlog.
+                assert!(rss < rss_before + 64 * 1024, "RSS grew to {rss} KiB");
+                assert!(
+                    store < store_before + 32 * 1024 * 1024,
+                    "the store grew to {store} bytes"
                 );
                 break;
             }
@@ -1172,6 +1216,51 @@ fn command_storms_of_500_and_10000_are_answered_in_full() {
         assert_eq!(gw.status_json()["fleet"]["connection"], "connected");
     }
     w.assert_no_phi();
+}
+
+/// Requirement (reliability): a broker that stops answering (frozen: the connection stays
+/// open, nothing is read) is detected by the keepalive and the connection rebuilt once it
+/// answers again; meanwhile `status` says `disconnected`, not `connected`.
+#[test]
+fn a_frozen_broker_is_detected_and_the_connection_rebuilt() {
+    let w = World::new();
+    let mut gw = w.password_gateway(GW_A, false);
+    gw.start();
+    w.it.wait_for(&w.topic("gw-a", "state"), WAIT, online);
+    assert_eq!(gw.status_json()["fleet"]["connection"], "connected");
+    w.broker.freeze(true);
+    let frozen = std::time::Instant::now();
+    // keepalive 5 s: a PINGREQ unanswered by the next one is a lost connection.
+    let deadline = frozen + Duration::from_secs(40);
+    while gw.status_json()["fleet"]["connection"] == "connected" {
+        if std::time::Instant::now() > deadline {
+            w.broker.freeze(false);
+            panic!("status still says connected 40 s into a frozen broker");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let detected = frozen.elapsed();
+    w.broker.freeze(false);
+    let thawed = std::time::Instant::now();
+    let deadline = thawed + Duration::from_secs(40);
+    while gw.status_json()["fleet"]["connection"] != "connected" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reconnection 40 s after the broker came back"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let r = w.command(
+        "gw-a",
+        "after-freeze-1",
+        serde_json::json!({"type": "diagnostics", "expires_at": expires_in(300)}),
+    );
+    assert_eq!(r["status"], "succeeded", "{r}");
+    eprintln!(
+        "frozen broker: detected after {:.1} s, reconnected {:.1} s after it answered again, probe answered",
+        detected.as_secs_f64(),
+        thawed.elapsed().as_secs_f64()
+    );
 }
 
 #[test]

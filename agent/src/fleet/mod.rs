@@ -335,11 +335,16 @@ pub async fn run<S: FleetStore>(
     let worker = tokio::spawn(handler::run(ctx.clone(), in_rx, out_tx.clone()));
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let backoff_reset = Arc::new(Notify::new());
+    // A turn of the event loop lasts at most a keepalive (it sends a PINGREQ then) or, while
+    // connecting, the connect timeout. One that lasts far longer is a connection making no
+    // progress (a write the broker never reads): it is dropped and rebuilt.
+    let stall_after = setup.config.keepalive * 2 + setup.config.connect_timeout;
     let poller = tokio::spawn(poll(
         eventloop,
         Backoff::new(setup.config.reconnect_min, setup.config.reconnect_max),
         events_tx,
         backoff_reset.clone(),
+        stall_after,
     ));
     let mut conn = Connection {
         ctx: ctx.clone(),
@@ -385,18 +390,33 @@ async fn poll(
     mut backoff: Backoff,
     tx: mpsc::UnboundedSender<Polled>,
     reset: Arc<Notify>,
+    stall_after: Duration,
 ) {
     loop {
         tokio::select! {
-            ev = eventloop.poll() => match ev {
-                Ok(ev) => {
+            ev = tokio::time::timeout(stall_after, eventloop.poll()) => match ev {
+                Ok(Ok(ev)) => {
                     if tx.send(Polled::Event(Box::new(ev))).is_err() {
                         return;
                     }
                 }
-                Err(error) => {
+                Ok(Err(error)) => {
                     let wait = backoff.next_random_delay();
                     if tx.send(Polled::Lost { error: error.to_string(), wait }).is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(wait).await;
+                }
+                Err(_) => {
+                    // Drops the stuck connection; unacknowledged publishes are kept and sent
+                    // again on the next one.
+                    eventloop.clean();
+                    let wait = backoff.next_random_delay();
+                    let error = format!(
+                        "no progress for {} s; the connection was dropped",
+                        stall_after.as_secs()
+                    );
+                    if tx.send(Polled::Lost { error, wait }).is_err() {
                         return;
                     }
                     tokio::time::sleep(wait).await;
