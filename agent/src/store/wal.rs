@@ -209,32 +209,54 @@ pub fn inspect(db: &Path, page_size: usize) -> std::io::Result<Option<Damage>> {
 
 /// Whether any connection, in any process (this one included), has the database open.
 /// SQLite's unix VFS holds a shared lock on byte 128 of the `-shm` file (its "DMS" slot,
-/// `UNIX_SHM_DMS` in os_unix.c) for as long as a connection uses the log; an open file
-/// description lock (`F_OFD_GETLK`) conflicts with that record lock even when this process
-/// holds it. A log in use is being written: it is accounted for by whoever opened it first.
-#[allow(unsafe_code)]
+/// `UNIX_SHM_DMS` in os_unix.c) for as long as a connection uses the log. The kernel lists
+/// every such lock in `/proc/locks`; reading that list touches no descriptor of the file,
+/// which matters: closing any descriptor of a file drops every POSIX lock the process holds
+/// on it, SQLite's included. A log in use is being written: it is accounted for by whoever
+/// opened it first.
 pub fn in_use(db: &Path) -> std::io::Result<bool> {
-    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
     let mut shm = db.as_os_str().to_owned();
     shm.push("-shm");
-    let file = match std::fs::File::open(PathBuf::from(shm)) {
-        Ok(f) => f,
+    let meta = match std::fs::metadata(PathBuf::from(shm)) {
+        Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(e),
     };
-    // SAFETY: an all-zero flock is a valid value of the plain C struct.
-    let mut probe: libc::flock = unsafe { std::mem::zeroed() };
-    probe.l_type = libc::F_WRLCK as libc::c_short;
-    probe.l_whence = libc::SEEK_SET as libc::c_short;
-    probe.l_start = 128;
-    probe.l_len = 1;
-    // SAFETY: F_OFD_GETLK only reads and writes the struct passed, on a descriptor this
-    // function keeps open for the call.
-    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_GETLK, &mut probe) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(probe.l_type != libc::F_UNLCK as libc::c_short)
+    let locks = std::fs::read_to_string("/proc/locks")?;
+    let dev = meta.dev();
+    Ok(locks_byte(
+        &locks,
+        (u64::from(libc::major(dev)), u64::from(libc::minor(dev))),
+        meta.ino(),
+        128,
+    ))
+}
+
+/// Whether `/proc/locks` (proc(5): `id: class mode type pid major:minor:inode start end`,
+/// device numbers in hex, `end` a number or `EOF`; a waiter's line has `->` after the id)
+/// lists a lock covering byte `at` of the file `(device, inode)`.
+fn locks_byte(locks: &str, device: (u64, u64), inode: u64, at: u64) -> bool {
+    locks.lines().any(|line| {
+        let f: Vec<&str> = line.split_whitespace().filter(|w| *w != "->").collect();
+        let [_, _, _, _, _, file, start, end, ..] = f.as_slice() else {
+            return false;
+        };
+        let mut parts = file.split(':');
+        let (Some(maj), Some(min), Some(ino)) = (parts.next(), parts.next(), parts.next()) else {
+            return false;
+        };
+        let same_file = u64::from_str_radix(maj, 16).ok() == Some(device.0)
+            && u64::from_str_radix(min, 16).ok() == Some(device.1)
+            && ino.parse::<u64>().ok() == Some(inode);
+        let from = start.parse::<u64>().unwrap_or(u64::MAX);
+        let to = if *end == "EOF" {
+            u64::MAX
+        } else {
+            end.parse::<u64>().unwrap_or(0)
+        };
+        same_file && from <= at && at <= to
+    })
 }
 
 /// Copies the log (and its index) beside the store under a name made from its content, and
@@ -395,6 +417,27 @@ mod tests {
         let d = scan(cut, PS).expect("damage");
         assert!(d.tail_only);
         assert_eq!((d.usable_frames, d.lost_commits, d.lost_frames), (1, 1, 2));
+    }
+
+    #[test]
+    fn a_lock_on_the_dms_byte_in_proc_locks_means_in_use() {
+        let locks = "1: POSIX  ADVISORY  READ 4242 08:01:77 128 128\n\
+                     2: OFDLCK ADVISORY  WRITE -1 00:2d:9 0 EOF\n\
+                     3: POSIX  ADVISORY  WRITE 7 fd:0a:5 120 127\n\
+                     3: -> POSIX  ADVISORY  WRITE 8 fd:0a:6 128 128\n";
+        assert!(locks_byte(locks, (8, 1), 77, 128));
+        assert!(!locks_byte(locks, (8, 1), 78, 128), "another file");
+        assert!(!locks_byte(locks, (8, 2), 77, 128), "another device");
+        assert!(
+            locks_byte(locks, (0, 0x2d), 9, 128),
+            "a lock to EOF covers it"
+        );
+        assert!(
+            !locks_byte(locks, (0xfd, 0x0a), 5, 128),
+            "bytes 120..=127 only"
+        );
+        assert!(locks_byte(locks, (0xfd, 0x0a), 6, 128), "a waiter's line");
+        assert!(!locks_byte("garbage\n1: x\n", (8, 1), 77, 128));
     }
 
     #[test]
