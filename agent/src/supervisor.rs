@@ -147,6 +147,9 @@ impl Supervisor {
         let c = &self.config;
         let writer_opts = writer_options(c, store_path.clone(), &self.keying);
         let recover = self.recover;
+        if recover {
+            salvage_if_damaged(&store_path, &self.keying, &writer_opts.destinations).await?;
+        }
         let (store, writer) =
             tokio::task::spawn_blocking(move || store::writer::start_with(writer_opts, recover))
                 .await
@@ -326,6 +329,42 @@ fn create_state_dir(path: &PathBuf) -> Result<(), SupervisorError> {
             path: path.clone(),
             source,
         })
+}
+
+/// `run --recover`: a store whose pages fail verification is salvaged (see
+/// [`store::salvage`]) before the writer opens it. A damaged write-ahead log is the writer's
+/// to account for; a store that verifies, or none yet, is left as it is.
+async fn salvage_if_damaged(
+    path: &std::path::Path,
+    keying: &Keying,
+    destinations: &[String],
+) -> Result<(), SupervisorError> {
+    let (path, keying, destinations) = (path.to_owned(), keying.clone(), destinations.to_vec());
+    tokio::task::spawn_blocking(move || match store::verify(&path, &keying) {
+        Err(StoreError::Corrupt { detail, .. }) => {
+            tracing::error!(path = %path.display(), %detail, "The store's pages fail verification; salvaging every readable row.");
+            let report = store::salvage::salvage(&path, &keying, &destinations)?;
+            for t in &report.tables {
+                tracing::warn!(
+                    table = %t.table,
+                    kept = t.kept,
+                    unreadable_rowids = t.unreadable_rowids,
+                    partial = t.partial,
+                    "Salvaged."
+                );
+            }
+            tracing::error!(
+                aside = %report.aside.display(),
+                rerouted = report.rerouted,
+                "The store was salvaged into a new file; the damaged one is kept beside it."
+            );
+            Ok(())
+        }
+        Ok(()) | Err(StoreError::NotFound { .. } | StoreError::WalUnreadable { .. }) => Ok(()),
+        Err(e) => Err(SupervisorError::Store(e)),
+    })
+    .await
+    .map_err(|_| SupervisorError::Store(StoreError::WriterStopped))?
 }
 
 async fn housekeeping(

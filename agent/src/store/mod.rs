@@ -15,6 +15,7 @@ pub mod key;
 pub mod outbox;
 pub mod pseudonym;
 pub mod reader;
+pub mod salvage;
 pub mod schema;
 pub mod wal;
 pub mod writer;
