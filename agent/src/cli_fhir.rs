@@ -781,9 +781,12 @@ pub fn demo(explicit: Option<&Path>, state_dir: &Path, args: DemoArgs) -> Result
     // The demo never touches what a gateway's configuration points at: not the gateway's
     // state directory (its store and its patients' bindings), no serial port, no GPIO line,
     // and no broker unless `--mqtt` names one, then without the gateway's credentials. Only
-    // the store's tunables, the destinations (which the offline demo routes its readings to,
-    // delivering nothing), the FHIR identifier namespace and the log settings are used.
+    // the store's tunables and key, the destinations (which the offline demo routes its
+    // readings to, delivering nothing), the FHIR identifier namespace and the log settings
+    // are used.
     refuse_gateway_state_dir(state_dir)?;
+    // The store is the demo's own, in its state directory, whatever the file says.
+    config.store.path = std::path::PathBuf::from(vitalgate::config::DEFAULT_STORE_FILE);
     config.serial.clear();
     config.gpio = Default::default();
     config.fleet = Default::default();
@@ -830,6 +833,7 @@ pub fn demo(explicit: Option<&Path>, state_dir: &Path, args: DemoArgs) -> Result
             Supervisor::new(config.clone(), state_dir.to_owned(), keying.clone())
                 .with_clock(Arc::new(clock))
                 .with_source(Box::new(source))
+                .deliver(false)
                 .stop_when(StopWhen::SourcesDone)
                 .run()
                 .await

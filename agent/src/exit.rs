@@ -67,7 +67,7 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
                 | StoreError::WalDamaged { .. }
                 | StoreError::WalUnreadable { .. }
                 | StoreError::NewerSchema { .. } => DATAERR,
-                StoreError::DiskFull { .. } => TEMPFAIL,
+                StoreError::DiskFull { .. } | StoreError::InUse { .. } => TEMPFAIL,
                 StoreError::NotAFile { .. } => CANTCREAT,
                 StoreError::Io { .. } => IOERR,
                 _ => SOFTWARE,

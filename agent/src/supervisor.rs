@@ -77,6 +77,8 @@ pub struct Supervisor {
     stop: CancellationToken,
     /// Open a store whose write-ahead log is damaged (`run --recover`).
     recover: bool,
+    /// Run delivery (the offline demo stores and routes, and delivers nothing).
+    deliver: bool,
 }
 
 impl std::fmt::Debug for Supervisor {
@@ -110,7 +112,14 @@ impl Supervisor {
             stop_when: StopWhen::Signal,
             stop: CancellationToken::new(),
             recover: false,
+            deliver: true,
         }
+    }
+
+    /// Whether to deliver to the destinations (routing happens either way).
+    pub fn deliver(mut self, deliver: bool) -> Self {
+        self.deliver = deliver;
+        self
     }
 
     /// Starts on a store whose write-ahead log is damaged, keeping what can be read.
@@ -176,17 +185,19 @@ impl Supervisor {
             c.store.retention_interval,
             cancel.child_token(),
         ));
-        crate::sync::spawn_all(
-            &tracker,
-            c,
-            &self.state_dir,
-            &store_path,
-            &self.keying,
-            &store,
-            self.clock.clone(),
-            &cancel,
-            delivery.clone(),
-        );
+        if self.deliver {
+            crate::sync::spawn_all(
+                &tracker,
+                c,
+                &self.state_dir,
+                &store_path,
+                &self.keying,
+                &store,
+                self.clock.clone(),
+                &cancel,
+                delivery.clone(),
+            );
+        }
         tracker.spawn(clock_watch(store.clone(), cancel.child_token()));
         if let Some(period) = sd_notify::watchdog_enabled() {
             tracker.spawn(watchdog(store.clone(), period, cancel.child_token()));

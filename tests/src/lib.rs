@@ -4,6 +4,7 @@
 
 pub mod ble_rig;
 pub mod broker;
+pub mod chaos;
 pub mod update;
 
 pub use update::next_version;

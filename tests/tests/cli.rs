@@ -483,6 +483,9 @@ fn the_demo_never_touches_a_gateways_devices_broker_or_state() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
     listener.set_nonblocking(true).expect("nonblocking");
     let port = listener.local_addr().expect("addr").port();
+    let fhir = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+    fhir.set_nonblocking(true).expect("nonblocking");
+    let fhir_port = fhir.local_addr().expect("addr").port();
     let tmp = tempfile::tempdir().expect("tempdir");
     let serial = tmp.path().join("ttyGATEWAY0");
     std::fs::write(&serial, b"").expect("serial stand-in");
@@ -492,7 +495,9 @@ fn the_demo_never_touches_a_gateways_devices_broker_or_state() {
         &format!(
             "\n[fleet]\nbroker = \"mqtt://127.0.0.1:{port}\"\nusername = \"gw\"\n\
              \n[gpio]\nenabled = true\nchip = \"/dev/gpiochip7\"\nled_line = 3\n\
-             \n[[serial]]\npath = \"{}\"\nprotocol = \"taidoc\"\n",
+             \n[[serial]]\npath = \"{}\"\nprotocol = \"taidoc\"\n\
+             \n[[destination]]\nid = \"hospital\"\nbase_url = \"http://127.0.0.1:{fhir_port}/fhir\"\n\
+             batch_linger = \"0s\"\n",
             serial.display()
         ),
     );
@@ -502,6 +507,10 @@ fn the_demo_never_touches_a_gateways_devices_broker_or_state() {
     assert!(
         listener.accept().is_err(),
         "the demo connected to the gateway's broker"
+    );
+    assert!(
+        fhir.accept().is_err(),
+        "the offline demo delivered to the gateway's FHIR server"
     );
     for word in ["ttyGATEWAY0", "gpiochip7", "127.0.0.1"] {
         assert!(

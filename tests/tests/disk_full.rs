@@ -241,9 +241,16 @@ fn live_readings_lost_to_a_full_disk_are_counted_and_the_alarm_does_not_flap() {
         Ok("FULL"),
         "the stream never met the full disk (filler {filled} bytes)"
     );
-    // Let it run into the wall for a while, then give the space back.
+    // Let it run into the wall for a while, give the space back, take it again before the
+    // episode may end (30 s of successful commits), and give it back once more: a disk
+    // hovering at its limit is one episode, with one alarm.
     std::thread::sleep(Duration::from_secs(2));
     std::fs::remove_file(&filler).expect("free the space");
+    std::thread::sleep(Duration::from_secs(1));
+    let refilled = fill(&filler);
+    assert!(refilled > 0, "the second fill wrote nothing");
+    std::thread::sleep(Duration::from_secs(1));
+    std::fs::remove_file(&filler).expect("free the space again");
     std::thread::sleep(Duration::from_secs(2));
     std::fs::write(&stop, b"").expect("stop file");
     let line = rx

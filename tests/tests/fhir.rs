@@ -1164,4 +1164,67 @@ fn destination_level_refusals_alarm_and_keep_every_reading() {
         assert_eq!(cuff_observations(&server), 10);
         eprintln!("HTTP {status_code}: 10 readings kept, 0 quarantined, then 10 delivered");
     }
+    // The contrast: a 404 from a server whose base answers `/metadata` is about the readings
+    // (an entry pointing at something the server lacks): each is quarantined, no alarm about
+    // the destination.
+    let server = FhirServer::start();
+    server.fault(json!({ "status": 404, "count": 1_000_000, "method": "POST" }));
+    let site = Site::new();
+    configure(&site, &destination("hospital", &server.base_url, ""));
+    fill(&site, 10);
+    run_within(cmd(&site, "sync", &[]), Duration::from_secs(120)).expect_code(0);
+    let st = status(&site);
+    assert_eq!(delivery(&st, "hospital")["quarantined"], 10, "{st}");
+    assert!(!st.to_string().contains("fhir-destination-refused"), "{st}");
+}
+
+/// Chaos between the gateway and the server (tests/src/chaos.rs): connections reset before
+/// the request, responses cut off after the server acted, responses held past the gateway's
+/// request timeout, slow ones. While it lasts and after, every reading reaches the server
+/// exactly once (each entry a conditional create) and none is quarantined.
+#[test]
+fn chaos_between_gateway_and_server_loses_and_duplicates_nothing() {
+    let server = FhirServer::start();
+    let rest = server
+        .base_url
+        .strip_prefix("http://")
+        .expect("a plain-http test server");
+    let (hostport, path) = rest.split_once('/').expect("a base path");
+    let proxy = vitalgate_e2e::chaos::ChaosProxy::start(
+        hostport,
+        vitalgate_e2e::seed(),
+        Duration::from_secs(3),
+    );
+    let site = Site::new();
+    configure(
+        &site,
+        &destination(
+            "hospital",
+            &format!("http://127.0.0.1:{}/{path}", proxy.port),
+            "batch_max = 5\nrequest_timeout = \"2s\"",
+        ),
+    );
+    let records = 600;
+    fill(&site, records);
+    let started = Instant::now();
+    let mut child = spawn_run(&site);
+    std::thread::sleep(Duration::from_secs(20));
+    let during = cuff_observations(&server);
+    proxy.set_chaos(false);
+    server.wait_for(Duration::from_secs(180), "delivery after the chaos", |s| {
+        cuff_observations(s) >= u64::from(records)
+    });
+    vitalgate_e2e::sigterm(&child);
+    let _ = vitalgate_e2e::wait_deadline(&mut child, Duration::from_secs(20));
+    assert_eq!(cuff_observations(&server), u64::from(records));
+    assert_eq!(server.duplicate_identifiers(), 0);
+    let st = status(&site);
+    assert_eq!(delivery(&st, "hospital")["delivered"], records, "{st}");
+    assert_eq!(delivery(&st, "hospital")["quarantined"], 0, "{st}");
+    eprintln!(
+        "chaos for 20 s ({}): {during} of {records} delivered during it, all {records} in {:.0} s; \
+         0 lost, 0 duplicated, 0 quarantined",
+        proxy.counts,
+        started.elapsed().as_secs_f64()
+    );
 }

@@ -88,6 +88,11 @@ pub enum StoreError {
         .path.display()
     )]
     NotAFile { path: PathBuf },
+    #[error(
+        "store {} is open in another process (is the service running?): stop it first",
+        .path.display()
+    )]
+    InUse { path: PathBuf },
     #[error("disk full while writing {}; committed readings are kept, retrying when space returns", .path.display())]
     DiskFull { path: PathBuf },
     #[error("store {} during {op}: {source}", .path.display())]

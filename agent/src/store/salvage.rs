@@ -2,13 +2,16 @@
 //!
 //! A damaged page (a flipped bit on the flash, a torn write the log could not repair) makes
 //! SQLCipher refuse every read that touches it, and with it every query that scans past it.
-//! Salvage keeps every row that can still be read: the damaged file (with its log and index)
-//! is renamed aside, never deleted; a new store is created with the same key and the current
-//! schema; each table is copied row by row from the old file, by rowid ranges that are halved
+//! Salvage keeps every row that can still be read: a new store is built (under a staging
+//! name) with the same key and the current schema; each table is copied row by row from the
+//! old file, by rowid ranges that are halved
 //! around an unreadable page until only the rowids it holds are left out (so the loss is
 //! stated exactly, in rowids), or for a table without rowids, forwards and backwards from its
-//! ends up to the damage. Readings whose delivery state was lost are routed again (pending):
-//! every entry is a conditional create, so the server keeps each once.
+//! ends up to the damage. Rows that point at lost rows are dropped; readings whose delivery
+//! state was lost are routed again (pending): every entry is a conditional create, so the
+//! server keeps each once; when readings were lost, device cursors are reset so devices send
+//! again what they still hold. Only then is the damaged file (with its log and index) renamed
+//! aside, never deleted, and the new store renamed into place.
 
 use std::path::{Path, PathBuf};
 
@@ -60,8 +63,13 @@ const SKIP: &[&str] = &["schema_compat", "sqlite_sequence"];
 /// Rows copied per range before it is halved.
 const RANGE: i64 = 4096;
 
-/// Moves the damaged store aside, builds a new one from every readable row, and returns what
-/// was kept and lost. `destinations` are those new readings are routed to.
+/// Builds a new store from every readable row of the damaged one, then puts the damaged
+/// files aside and the new store in their place, and returns what was kept and lost.
+/// `destinations` are those readings are routed to.
+///
+/// Nothing happens to the damaged files until the new store is complete and on disk: the
+/// new store is built under a staging name and renamed into place last. A store another
+/// process has open is refused.
 pub fn salvage(
     path: &Path,
     keying: &Keying,
@@ -74,32 +82,38 @@ pub fn salvage(
             source,
         }
     };
-    // The damaged file must open (its first page decrypts) before anything is moved.
+    if super::wal::in_use(path).map_err(io("probe the store's lock"))? {
+        return Err(StoreError::InUse {
+            path: path.to_owned(),
+        });
+    }
+    // The damaged file must open (its first page decrypts) before anything is built.
     drop(super::open_read_only(path, keying, 256)?);
-    let stamp = super::now_ms();
-    let mut aside = path.as_os_str().to_owned();
-    aside.push(format!(".damaged-{stamp}"));
-    let aside = PathBuf::from(aside);
-    for suffix in ["-wal", "-shm", ""] {
-        let mut from = path.as_os_str().to_owned();
-        from.push(suffix);
-        let mut to = aside.as_os_str().to_owned();
-        to.push(suffix);
-        match std::fs::rename(PathBuf::from(from), PathBuf::from(to)) {
+    // What of the log SQLite will not use is lost with it; said in the event.
+    let wal_damage = super::wal::inspect(path, super::PAGE_SIZE as usize)
+        .map_err(io("read the write-ahead log"))?;
+    let with_suffix = |base: &Path, suffix: &str| {
+        let mut p = base.as_os_str().to_owned();
+        p.push(suffix);
+        PathBuf::from(p)
+    };
+    let staging = with_suffix(path, ".salvage");
+    for suffix in ["", "-wal", "-shm", ".new", ".new-journal"] {
+        match std::fs::remove_file(with_suffix(&staging, suffix)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(io("move the damaged store aside")(e));
+                return Err(io("remove an interrupted salvage")(e));
             }
             _ => {}
         }
     }
     let mut old = Old {
-        path: &aside,
+        path,
         keying,
-        conn: super::open_read_only(&aside, keying, 2048)?,
+        conn: super::open_read_only(path, keying, 2048)?,
     };
-    let mut new = super::open_connection(path, keying, Create::IfMissing, 2048)?;
-    super::schema::migrate(&mut new).map_err(|e| StoreError::from_sqlite(path, "migrate", e))?;
+    let mut new = super::open_connection(&staging, keying, Create::IfMissing, 2048)?;
     let sql = |op| move |e| StoreError::from_sqlite(path, op, e);
+    super::schema::migrate(&mut new).map_err(sql("migrate"))?;
     let tables: Vec<(String, bool)> = {
         let mut stmt = new
             .prepare(
@@ -130,6 +144,26 @@ pub fn salvage(
         .map_err(sql("copy a table"))?;
         report.push(t);
     }
+    drop(old);
+    // Rows that point at what was lost go: a delivery or quarantine state of a reading that
+    // is not there would be taken over by the next reading given its id.
+    new.execute_batch(
+        "DELETE FROM deliveries WHERE reading_id NOT IN (SELECT id FROM readings);
+         DELETE FROM quarantine WHERE reading_id NOT IN (SELECT id FROM readings);
+         DELETE FROM bindings WHERE device_id NOT IN (SELECT id FROM devices);
+         DELETE FROM device_status WHERE device_id NOT IN (SELECT id FROM devices);
+         DELETE FROM cursors WHERE device_id NOT IN (SELECT id FROM devices);",
+    )
+    .map_err(sql("remove rows of lost readings"))?;
+    // Readings lost: the devices' cursors go too, so each device sends again what it still
+    // holds (deduplication absorbs what was kept).
+    let readings_lost = report
+        .iter()
+        .any(|t| t.table == "readings" && (t.unreadable_rowids > 0 || t.partial));
+    if readings_lost {
+        new.execute_batch("DELETE FROM cursors")
+            .map_err(sql("reset the cursors"))?;
+    }
     // Readings that lost their delivery rows are routed again, to be sent (once) again.
     let mut rerouted = 0;
     for d in destinations {
@@ -142,7 +176,8 @@ pub fn salvage(
             )
             .map_err(sql("route readings again"))? as u64;
     }
-    drop(old);
+    let stamp = super::now_ms();
+    let aside = with_suffix(path, &format!(".damaged-{stamp}"));
     let salvage = SalvageReport {
         aside: aside.clone(),
         tables: report,
@@ -151,17 +186,43 @@ pub fn salvage(
     new.execute(
         "INSERT INTO events (at_ms, severity, kind, detail) VALUES (?1, 'alarm', 'store-salvaged', ?2)",
         rusqlite::params![
-            super::now_ms(),
+            stamp,
             serde_json::json!({
-                "copy": salvage.aside.file_name().map(|n| n.to_string_lossy().into_owned()),
+                "copy": aside.file_name().map(|n| n.to_string_lossy().into_owned()),
                 "tables": salvage.tables,
                 "rerouted": salvage.rerouted,
+                "cursors_reset": readings_lost,
+                "wal_lost_commits": wal_damage.as_ref().map_or(0, |d| d.lost_commits),
             })
             .to_string()
         ],
     )
     .map_err(sql("record the salvage"))?;
     new.execute_batch("COMMIT").map_err(sql("commit"))?;
+    // Closing the only connection checkpoints the new store into its file.
+    new.close()
+        .map_err(|(_, e)| sql("close the new store")(e))?;
+    std::fs::File::open(&staging)
+        .and_then(|f| f.sync_all())
+        .map_err(io("sync the new store"))?;
+    // The damaged files aside (main file last, so a store never stands without its log),
+    // then the new store in their place.
+    for suffix in ["-wal", "-shm", ""] {
+        match std::fs::rename(with_suffix(path, suffix), with_suffix(&aside, suffix)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io("move the damaged store aside")(e));
+            }
+            _ => {}
+        }
+    }
+    std::fs::rename(&staging, path).map_err(io("put the new store in place"))?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("sync the state directory"))?;
     Ok(salvage)
 }
 

@@ -99,8 +99,9 @@ fn checksum(data: &[u8], big_endian: bool, (mut s0, mut s1): (u32, u32)) -> (u32
 /// when SQLite would use everything that was committed: an empty log, a clean one, one whose
 /// last frames belong to a transaction that never committed, a torn partial frame at the end
 /// (a write that never completed), or frames left from an earlier generation of the log
-/// (different salts).
-pub fn scan(log: &[u8], page_size: usize) -> Option<Damage> {
+/// (different salts). Frames up to `backfilled` (the wal-index's `nBackfill`, see
+/// [`backfilled`]) are already in the database file: a commit among them is not lost.
+pub fn scan(log: &[u8], page_size: usize, backfilled: u64) -> Option<Damage> {
     let frame_len = FRAME_HEADER + page_size;
     if log.len() < HEADER + frame_len {
         // No complete frame: nothing committed can be in it.
@@ -131,17 +132,25 @@ pub fn scan(log: &[u8], page_size: usize) -> Option<Damage> {
         let mut ended = false;
         for (i, f) in frames.iter().enumerate() {
             let fr = parse(f);
+            let next = checksum(
+                &f[FRAME_HEADER..],
+                big_endian,
+                checksum(&f[..8], big_endian, sum),
+            );
             if fr.salts != salts {
                 ended = true;
                 // An earlier generation's frame is the end of this log, not damage, unless
-                // frames of this generation follow it: then its salts were damaged.
-                if frames[i + 1..].iter().any(|f| parse(f).salts == salts) {
+                // its checksum continues this generation's chain (the checksum does not cover
+                // the salts) or frames of this generation follow it: then its salts were
+                // damaged.
+                if next == (be32(f, 16), be32(f, 20))
+                    || frames[i + 1..].iter().any(|f| parse(f).salts == salts)
+                {
                     broken_at = Some(i);
                 }
                 break;
             }
-            sum = checksum(&f[..8], big_endian, sum);
-            sum = checksum(&f[FRAME_HEADER..], big_endian, sum);
+            sum = next;
             if sum != (be32(f, 16), be32(f, 20)) {
                 broken_at = Some(i);
                 break;
@@ -156,7 +165,7 @@ pub fn scan(log: &[u8], page_size: usize) -> Option<Damage> {
         let rest = &log[HEADER + frames.len() * frame_len..];
         if broken_at.is_none() && !ended && rest.len() >= FRAME_HEADER {
             let fr = parse(rest);
-            if fr.salts == salts && fr.commit {
+            if fr.salts == salts && fr.commit && frames.len() as u64 >= backfilled {
                 return Some(Damage {
                     header: false,
                     usable_frames: usable,
@@ -178,7 +187,12 @@ pub fn scan(log: &[u8], page_size: usize) -> Option<Damage> {
         .rposition(|f| parse(f).salts == salts)
         .map_or(from + 1, |e| e.max(from) + 1);
     let lost: Vec<Frame> = frames[from..end].iter().map(|f| parse(f)).collect();
-    let lost_commits = lost.iter().filter(|f| f.commit).count() as u64;
+    // Frame numbers are 1-based: frame index k is frame k + 1.
+    let lost_commits = lost
+        .iter()
+        .enumerate()
+        .filter(|(k, f)| f.commit && (from + k + 1) as u64 > backfilled)
+        .count() as u64;
     if lost_commits == 0 {
         // The break is in a transaction that never committed (a torn write): nothing lost.
         return None;
@@ -200,11 +214,35 @@ pub fn scan(log: &[u8], page_size: usize) -> Option<Damage> {
 
 /// Reads the log beside `db` (if any) and scans it.
 pub fn inspect(db: &Path, page_size: usize) -> std::io::Result<Option<Damage>> {
-    match std::fs::read(super::wal_path(db)) {
-        Ok(log) => Ok(scan(&log, page_size)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
+    let log = match std::fs::read(super::wal_path(db)) {
+        Ok(log) => log,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut shm = db.as_os_str().to_owned();
+    shm.push("-shm");
+    let index = std::fs::read(PathBuf::from(shm)).unwrap_or_default();
+    Ok(scan(&log, page_size, backfilled(&index, &log)))
+}
+
+/// How many frames of the log the last checkpoint copied into the database file: the
+/// wal-index's `nBackfill` (wal.c: two copies of the 48-byte `WalIndexHdr`, then
+/// `WalCkptInfo` whose first field is `nBackfill`, in the host's byte order). Trusted only
+/// when both header copies agree, say they are initialised, and carry this log's salts (the
+/// index is scratch space and may be stale or damaged); otherwise 0, which counts every
+/// frame.
+pub fn backfilled(index: &[u8], log: &[u8]) -> u64 {
+    if index.len() < 100 || log.len() < HEADER {
+        return 0;
     }
+    let (a, b) = (&index[..48], &index[48..96]);
+    let version = u32::from_ne_bytes([a[0], a[1], a[2], a[3]]);
+    if a != b || version != VERSION || a[12] != 1 || a[32..40] != log[16..24] {
+        return 0;
+    }
+    let mx_frame = u32::from_ne_bytes([a[16], a[17], a[18], a[19]]);
+    let n = u32::from_ne_bytes([index[96], index[97], index[98], index[99]]);
+    u64::from(n.min(mx_frame))
 }
 
 /// Whether any connection, in any process (this one included), has the database open.
@@ -224,31 +262,25 @@ pub fn in_use(db: &Path) -> std::io::Result<bool> {
         Err(e) => return Err(e),
     };
     let locks = std::fs::read_to_string("/proc/locks")?;
-    let dev = meta.dev();
-    Ok(locks_byte(
-        &locks,
-        (u64::from(libc::major(dev)), u64::from(libc::minor(dev))),
-        meta.ino(),
-        128,
-    ))
+    Ok(locks_byte(&locks, meta.ino(), 128))
 }
 
 /// Whether `/proc/locks` (proc(5): `id: class mode type pid major:minor:inode start end`,
 /// device numbers in hex, `end` a number or `EOF`; a waiter's line has `->` after the id)
-/// lists a lock covering byte `at` of the file `(device, inode)`.
-fn locks_byte(locks: &str, device: (u64, u64), inode: u64, at: u64) -> bool {
+/// lists a lock covering byte `at` of a file with this inode number. The device is not
+/// compared: on btrfs and overlayfs the device `stat` reports differs from the one the lock
+/// list shows, and a match on another device's file only skips an inspection.
+fn locks_byte(locks: &str, inode: u64, at: u64) -> bool {
     locks.lines().any(|line| {
         let f: Vec<&str> = line.split_whitespace().filter(|w| *w != "->").collect();
         let [_, _, _, _, _, file, start, end, ..] = f.as_slice() else {
             return false;
         };
-        let mut parts = file.split(':');
-        let (Some(maj), Some(min), Some(ino)) = (parts.next(), parts.next(), parts.next()) else {
-            return false;
-        };
-        let same_file = u64::from_str_radix(maj, 16).ok() == Some(device.0)
-            && u64::from_str_radix(min, 16).ok() == Some(device.1)
-            && ino.parse::<u64>().ok() == Some(inode);
+        let same_file = file
+            .rsplit(':')
+            .next()
+            .and_then(|ino| ino.parse::<u64>().ok())
+            == Some(inode);
         let from = start.parse::<u64>().unwrap_or(u64::MAX);
         let to = if *end == "EOF" {
             u64::MAX
@@ -277,10 +309,15 @@ pub fn keep_aside(db: &Path) -> std::io::Result<PathBuf> {
     let mut tmp = aside.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
+    // A leftover (or planted) name is removed, never followed: root may run this.
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
         .mode(0o600)
         .open(&tmp)?;
     f.write_all(&log)?;
@@ -336,23 +373,23 @@ mod tests {
     fn a_clean_log_an_uncommitted_tail_and_a_torn_write_lose_nothing() {
         for be in [false, true] {
             let clean = log(&[false, true, true, false, true], be);
-            assert_eq!(scan(&clean, PS), None);
+            assert_eq!(scan(&clean, PS, 0), None);
             // A transaction in progress at the crash: valid frames, no commit.
-            assert_eq!(scan(&log(&[true, false, false], be), PS), None);
+            assert_eq!(scan(&log(&[true, false, false], be), PS, 0), None);
             // A frame cut short by the crash is not a frame; nor one whose header is gone.
             let mut torn = clean.clone();
             torn.extend(&clean[frame_at(0)..frame_at(0) + 100]);
-            assert_eq!(scan(&torn, PS), None, "an uncommitted frame cut short");
+            assert_eq!(scan(&torn, PS, 0), None, "an uncommitted frame cut short");
             let mut torn = clean.clone();
             torn.extend(&clean[frame_at(1)..frame_at(1) + 20]);
-            assert_eq!(scan(&torn, PS), None, "a frame header cut short");
+            assert_eq!(scan(&torn, PS, 0), None, "a frame header cut short");
             // A damaged frame in a transaction that never committed.
             let mut open = log(&[true, false, false], be);
             open[frame_at(2) + FRAME_HEADER + 3] ^= 0x40;
-            assert_eq!(scan(&open, PS), None);
+            assert_eq!(scan(&open, PS, 0), None);
         }
-        assert_eq!(scan(&[], PS), None);
-        assert_eq!(scan(&[0u8; 20], PS), None);
+        assert_eq!(scan(&[], PS, 0), None);
+        assert_eq!(scan(&[0u8; 20], PS, 0), None);
     }
 
     #[test]
@@ -366,7 +403,7 @@ mod tests {
         l[24..28].copy_from_slice(&s.0.to_be_bytes());
         l[28..32].copy_from_slice(&s.1.to_be_bytes());
         // Frame 1 of the new generation would carry the new salts; here none was written yet.
-        assert_eq!(scan(&l, PS), None);
+        assert_eq!(scan(&l, PS, 0), None);
     }
 
     #[test]
@@ -374,13 +411,13 @@ mod tests {
         // fileformat2 §4.1: a header whose checksum fails makes the whole log unused.
         let mut l = log(&[false, true, true, true], false);
         l[13] ^= 1; // the checkpoint sequence
-        let d = scan(&l, PS).expect("damage");
+        let d = scan(&l, PS, 0).expect("damage");
         assert!(d.header && !d.tail_only);
         assert_eq!((d.usable_frames, d.lost_commits, d.lost_frames), (0, 3, 4));
         // A wrong magic number too.
         let mut l = log(&[true], false);
         l[0] = 0;
-        assert!(scan(&l, PS).expect("damage").header);
+        assert!(scan(&l, PS, 0).expect("damage").header);
     }
 
     #[test]
@@ -389,7 +426,7 @@ mod tests {
         // the first that does not.
         let mut l = log(&[true, true, false, true], false);
         l[frame_at(0) + FRAME_HEADER + 100] ^= 0x01;
-        let d = scan(&l, PS).expect("damage");
+        let d = scan(&l, PS, 0).expect("damage");
         assert!(!d.header && !d.tail_only);
         assert_eq!((d.usable_frames, d.lost_commits, d.lost_frames), (0, 3, 4));
     }
@@ -399,22 +436,58 @@ mod tests {
         let mut l = log(&[true, false, true, false, true], false);
         let last = frame_at(4) + FRAME_HEADER + 9;
         l[last] ^= 0x80;
-        let d = scan(&l, PS).expect("damage");
+        let d = scan(&l, PS, 0).expect("damage");
         assert!(d.tail_only);
         assert_eq!((d.usable_frames, d.lost_commits, d.lost_frames), (3, 1, 2));
         // The same damage in the middle is not a tail.
         let mut l = log(&[true, false, true, false, true], false);
         l[frame_at(1) + FRAME_HEADER] ^= 0x80;
-        let d = scan(&l, PS).expect("damage");
+        let d = scan(&l, PS, 0).expect("damage");
         assert!(!d.tail_only);
         assert_eq!((d.usable_frames, d.lost_commits, d.lost_frames), (1, 2, 4));
+    }
+
+    #[test]
+    fn damaged_salts_on_the_last_commit_are_damage_not_an_end() {
+        let mut l = log(&[true, false, true], false);
+        l[frame_at(2) + 9] ^= 0x10; // salt-1 of the last frame
+        let d = scan(&l, PS, 0).expect("damage");
+        assert!(d.tail_only);
+        assert_eq!((d.usable_frames, d.lost_commits), (1, 1));
+    }
+
+    #[test]
+    fn commits_a_checkpoint_already_copied_are_not_lost() {
+        // wal.c: frames up to nBackfill are in the database file.
+        let mut l = log(&[true, true, true, false], false);
+        l[13] ^= 1; // the header no longer verifies
+        assert_eq!(scan(&l, PS, 0).expect("damage").lost_commits, 3);
+        assert_eq!(scan(&l, PS, 2).expect("damage").lost_commits, 1);
+        assert_eq!(scan(&l, PS, 3), None);
+        // The index is trusted only when its two header copies agree and carry the salts.
+        let mut index = vec![0u8; 136];
+        let mut hdr = [0u8; 48];
+        hdr[..4].copy_from_slice(&VERSION.to_ne_bytes());
+        hdr[12] = 1;
+        hdr[16..20].copy_from_slice(&4u32.to_ne_bytes());
+        hdr[32..40].copy_from_slice(&l[16..24]);
+        index[..48].copy_from_slice(&hdr);
+        index[48..96].copy_from_slice(&hdr);
+        index[96..100].copy_from_slice(&3u32.to_ne_bytes());
+        assert_eq!(backfilled(&index, &l), 3);
+        let mut stale = index.clone();
+        stale[33] ^= 1;
+        assert_eq!(backfilled(&stale, &l), 0, "copies differ");
+        stale[81] ^= 1;
+        assert_eq!(backfilled(&stale, &l), 0, "another log's salts");
+        assert_eq!(backfilled(&[0xa5; 136], &l), 0, "garbage");
     }
 
     #[test]
     fn a_commit_frame_cut_short_is_the_last_transaction_lost() {
         let full = log(&[true, false, true], false);
         let cut = &full[..full.len() - 100];
-        let d = scan(cut, PS).expect("damage");
+        let d = scan(cut, PS, 0).expect("damage");
         assert!(d.tail_only);
         assert_eq!((d.usable_frames, d.lost_commits, d.lost_frames), (1, 1, 2));
     }
@@ -425,33 +498,27 @@ mod tests {
                      2: OFDLCK ADVISORY  WRITE -1 00:2d:9 0 EOF\n\
                      3: POSIX  ADVISORY  WRITE 7 fd:0a:5 120 127\n\
                      3: -> POSIX  ADVISORY  WRITE 8 fd:0a:6 128 128\n";
-        assert!(locks_byte(locks, (8, 1), 77, 128));
-        assert!(!locks_byte(locks, (8, 1), 78, 128), "another file");
-        assert!(!locks_byte(locks, (8, 2), 77, 128), "another device");
-        assert!(
-            locks_byte(locks, (0, 0x2d), 9, 128),
-            "a lock to EOF covers it"
-        );
-        assert!(
-            !locks_byte(locks, (0xfd, 0x0a), 5, 128),
-            "bytes 120..=127 only"
-        );
-        assert!(locks_byte(locks, (0xfd, 0x0a), 6, 128), "a waiter's line");
-        assert!(!locks_byte("garbage\n1: x\n", (8, 1), 77, 128));
+        assert!(locks_byte(locks, 77, 128));
+        assert!(!locks_byte(locks, 78, 128), "another file");
+        assert!(locks_byte(locks, 9, 128), "a lock to EOF covers it");
+        assert!(!locks_byte(locks, 5, 128), "bytes 120..=127 only");
+        assert!(locks_byte(locks, 6, 128), "a waiter's line");
+        assert!(!locks_byte("garbage\n1: x\n", 77, 128));
     }
 
     #[test]
     fn hostile_bytes_never_panic() {
         let base = log(&[true, true], false);
         for len in 0..base.len() {
-            let _ = scan(&base[..len], PS);
+            let _ = scan(&base[..len], PS, 0);
+            let _ = scan(&base[..len], PS, 1);
         }
         for i in 0..base.len() {
             let mut l = base.clone();
             l[i] ^= 0xff;
-            let _ = scan(&l, PS);
+            let _ = scan(&l, PS, 0);
         }
-        let _ = scan(&vec![0xff; 10_000], PS);
-        let _ = scan(&base, 0);
+        let _ = scan(&vec![0xff; 10_000], PS, 0);
+        let _ = scan(&base, 0, 0);
     }
 }

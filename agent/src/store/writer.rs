@@ -361,22 +361,18 @@ impl StoreHandle {
     /// Commits readings (and a cursor) durably. Only after this returns `Ok` may the device be
     /// acknowledged. On `Err` nothing of the batch was committed; keep the readings and retry.
     ///
-    /// A batch without a cursor that fails on a full disk has its live readings (origin
-    /// `Live`: nothing a device can send again) counted as lost for the `live-readings-lost`
-    /// event; a caller that retries such a batch should not use this for the retry.
+    /// A batch that fails on a full disk has its live readings (origin `Live`: nothing a
+    /// device can send again) counted as lost for the `live-readings-lost` event; a caller
+    /// that keeps and retries live readings would see them counted twice.
     pub async fn commit(&self, batch: Batch) -> Result<CommitReceipt, StoreError> {
-        let live: Vec<(Transport, String)> = if batch.cursor.is_none() {
-            batch
-                .readings
-                .iter()
-                .filter(|r| {
-                    r.measurement.qualifiers.origin == vitalgate_drivers::model::Origin::Live
-                })
-                .map(|r| (r.device.transport, r.device.address.clone()))
-                .collect()
-        } else {
-            Vec::new()
-        };
+        // With or without a cursor: a stored download comes again from its cursor, a live
+        // value in the same batch does not.
+        let live: Vec<(Transport, String)> = batch
+            .readings
+            .iter()
+            .filter(|r| r.measurement.qualifiers.origin == vitalgate_drivers::model::Origin::Live)
+            .map(|r| (r.device.transport, r.device.address.clone()))
+            .collect();
         // Encoding happens here, on the caller's task, not on the writer thread: the writer
         // is the one serial stage of ingest, and this work runs in parallel on other cores.
         let batch = EncodedBatch::encode(batch)?;
@@ -943,6 +939,15 @@ struct Writer {
     last_budget_check: Instant,
 }
 
+/// What [`Writer::settle_disk_full`] put into the transaction.
+struct Settled {
+    /// The episode's `disk-full` alarm.
+    alarm: bool,
+    /// The end of the episode, with the losses recorded.
+    over: bool,
+    lost: Vec<((Transport, String), u64)>,
+}
+
 /// Replies held until the transaction that produced them is durable.
 enum Pending {
     Commit(
@@ -1125,7 +1130,11 @@ impl Writer {
         }
         // Commands queued after a shutdown request are refused when `rx` drops.
         drop(rx);
-        if self.disk_full_since.is_some() && self.settle_disk_full(now_ms(), true) {
+        if self.disk_full_since.is_some()
+            && let Some(s) = self.settle_disk_full(now_ms(), true)
+            && s.over
+        {
+            self.forget_lost(&s.lost);
             self.disk_full_since = None;
         }
         let unreported: u64 = self
@@ -1195,7 +1204,7 @@ impl Writer {
         let settled = if self.disk_full_since.is_some() && !self.round_hit_disk_full {
             self.settle_disk_full(now, false)
         } else {
-            false
+            None
         };
         match self.conn.execute_batch("COMMIT") {
             Ok(()) if self.round_hit_disk_full => self.reply_when_durable(pending),
@@ -1204,13 +1213,18 @@ impl Writer {
                     c.committed(pages_estimate);
                 }
                 if self.disk_full_since.is_some() {
-                    self.disk_full_recorded = true;
+                    if settled.as_ref().is_some_and(|s| s.alarm) {
+                        self.disk_full_recorded = true;
+                    }
                     if self.space_back_since.is_none() {
                         self.space_back_since = Some(now);
                         tracing::info!("Disk space is back; the store is committing again.");
                     }
                 }
-                if settled && let Some(since) = self.disk_full_since.take() {
+                if let Some(s) = settled.filter(|s| s.over)
+                    && let Some(since) = self.disk_full_since.take()
+                {
+                    self.forget_lost(&s.lost);
                     self.disk_full_recorded = false;
                     self.space_back_since = None;
                     tracing::info!(
@@ -1397,7 +1411,9 @@ impl Writer {
     /// [`DISK_FULL_CLEAR_AFTER_MS`], `disk-full-cleared` and, per device, the live readings
     /// it cost. Returns whether the episode is over once this transaction commits.
     /// At shutdown (`end`), an episode in which commits got through again is closed at once.
-    fn settle_disk_full(&mut self, now: i64, end: bool) -> bool {
+    /// `None` when nothing could be recorded; the counts leave the map only once the
+    /// transaction that records them has committed ([`Self::forget_lost`]).
+    fn settle_disk_full(&mut self, now: i64, end: bool) -> Option<Settled> {
         let since = self.disk_full_since.unwrap_or(now);
         let over = self
             .space_back_since
@@ -1406,7 +1422,8 @@ impl Writer {
             self.lost
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .drain()
+                .iter()
+                .map(|(k, n)| (k.clone(), *n))
                 .collect()
         } else {
             Vec::new()
@@ -1453,15 +1470,24 @@ impl Writer {
             }
             Ok(())
         });
-        if done.is_err() && over {
-            // Not recorded: counted again at the next attempt.
-            let mut map = self.lost.lock().unwrap_or_else(PoisonError::into_inner);
-            for (key, n) in lost {
-                *map.entry(key).or_default() += n;
+        done.ok().map(|()| Settled {
+            alarm: !recorded,
+            over,
+            lost,
+        })
+    }
+
+    /// Takes recorded losses out of the count (more may have been counted meanwhile).
+    fn forget_lost(&self, recorded: &[((Transport, String), u64)]) {
+        let mut map = self.lost.lock().unwrap_or_else(PoisonError::into_inner);
+        for (key, n) in recorded {
+            if let Some(v) = map.get_mut(key) {
+                *v = v.saturating_sub(*n);
+                if *v == 0 {
+                    map.remove(key);
+                }
             }
-            return false;
         }
-        done.is_ok() && over
     }
 
     fn on_failure(&mut self, e: &StoreError) {

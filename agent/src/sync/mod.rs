@@ -118,6 +118,13 @@ impl std::fmt::Debug for Destination {
     }
 }
 
+/// What a response with per-entry outcomes leaves the caller to do.
+enum EntriesEnd {
+    Recorded,
+    Narrow,
+    Retry(Sent),
+}
+
 /// The outcome of sending one set of readings.
 enum Sent {
     Done,
@@ -510,24 +517,27 @@ impl Destination {
                 };
             }
             if matches!(classified, Classified::Accepted(_) | Classified::Entries(_)) {
-                self.malformed = 0;
                 self.refusal_alarmed = None;
+            }
+            // "In a row": any other answer ends a run of malformed ones.
+            if !matches!(classified, Classified::Malformed { .. }) {
+                self.malformed = 0;
             }
             match classified {
                 Classified::Entries(outcomes) => {
-                    if let Some(sent) = self
+                    match self
                         .record_entries(&part, chosen, &assembly, &outcomes, report)
                         .await?
                     {
-                        if part.len() > 1 {
+                        EntriesEnd::Recorded => {}
+                        EntriesEnd::Narrow => {
                             // A shared entry (a Device) was refused: find the readings that
                             // need it by narrowing, as for a refused transaction.
                             let (a, b) = part.split_at(part.len() / 2);
                             stack.push(b.to_vec());
                             stack.push(a.to_vec());
-                            continue;
                         }
-                        return Ok(sent);
+                        EntriesEnd::Retry(sent) => return Ok(sent),
                     }
                 }
                 Classified::Malformed { status, reason } => {
@@ -700,9 +710,9 @@ impl Destination {
 
     /// Records a response whose entries did not all succeed: each reading whose entries were
     /// all stored is delivered, one with a refused entry is quarantined with that entry's
-    /// outcome, the rest stay pending. Returns `Some` when the caller must stop or narrow: a
-    /// shared entry (a Device) was refused (narrow, or for a lone reading quarantine it), or
-    /// some entries failed transiently (retry after the backoff).
+    /// outcome, the rest stay pending. A shared entry (a Device) refused makes the caller
+    /// narrow the batch (a lone reading is quarantined with it); entries that failed
+    /// transiently make it stop and retry after the backoff.
     async fn record_entries(
         &mut self,
         part: &[usize],
@@ -710,7 +720,7 @@ impl Destination {
         assembly: &fhir::Assembly,
         outcomes: &[response::EntryOutcome],
         report: &mut RoundReport,
-    ) -> Result<Option<Sent>, SyncError> {
+    ) -> Result<EntriesEnd, SyncError> {
         use response::EntryOutcome;
         let owned: std::collections::HashSet<usize> = assembly
             .items
@@ -726,7 +736,7 @@ impl Destination {
             _ => None,
         });
         if shared_refusal.is_some() && part.len() > 1 {
-            return Ok(Some(Sent::Done));
+            return Ok(EntriesEnd::Narrow);
         }
         let mut updates = Vec::new();
         let mut events = Vec::new();
@@ -794,12 +804,12 @@ impl Destination {
             .await?;
         if pending > 0 {
             let delay = self.backoff.next(None, rand::random());
-            return Ok(Some(Sent::Retry(
+            return Ok(EntriesEnd::Retry(Sent::Retry(
                 delay,
                 format!("{pending} entries failed transiently"),
             )));
         }
-        Ok(None)
+        Ok(EntriesEnd::Recorded)
     }
 
     /// POSTs one transaction (with one token refresh on 401).

@@ -222,6 +222,9 @@ fn parse_entries(body: &[u8], entries: usize) -> Result<Vec<EntryOutcome>, Strin
                             ))
                         }),
                 ),
+                // As for a whole response: 408 and 429 are transient, 401 and 403 the
+                // destination's (its token or its rights), not the reading's.
+                Some(408 | 429 | 401 | 403) => EntryOutcome::Transient,
                 Some(status @ 400..=499) => EntryOutcome::Refused {
                     status,
                     outcome: bounded_text(response["outcome"].to_string().as_bytes()),
@@ -422,8 +425,10 @@ mod tests {
             {"response":{"status":"201 Created","location":"Observation/a/_history/1"}},
             {"response":{"status":"422 Unprocessable Entity","outcome":{"resourceType":"OperationOutcome","issue":[{"code":"invalid"}]}}},
             {"response":{"status":"503"}},
-            {"response":{"status":"banana"}}]}"#;
-        match classify(200, None, mixed, 4, now()) {
+            {"response":{"status":"banana"}},
+            {"response":{"status":"429 Too Many Requests"}},
+            {"response":{"status":"403"}}]}"#;
+        match classify(200, None, mixed, 6, now()) {
             Classified::Entries(e) => {
                 assert_eq!(e[0], EntryOutcome::Stored(Some("Observation/a".into())));
                 assert!(
@@ -431,6 +436,12 @@ mod tests {
                 );
                 assert_eq!(e[2], EntryOutcome::Transient);
                 assert_eq!(e[3], EntryOutcome::Transient);
+                assert_eq!(e[4], EntryOutcome::Transient, "429 is transient");
+                assert_eq!(
+                    e[5],
+                    EntryOutcome::Transient,
+                    "403 is not the reading's fault"
+                );
             }
             other => panic!("{other:?}"),
         }
