@@ -425,7 +425,7 @@ impl Config {
             (
                 "store.disk_budget",
                 s.disk_budget,
-                ByteSize::mib(1),
+                ByteSize::kib(64),
                 ByteSize::tib(64),
             ),
             (
