@@ -4,7 +4,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vitalgate::sync::response::{Classified, classify, issue_codes, parse_retry_after, resource_id};
+use vitalgate::sync::response::{
+    Classified, EntryOutcome, MAX_OUTCOME_BYTES, classify, issue_codes, parse_retry_after,
+    resource_id,
+};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&head, rest)) = data.split_first() else {
@@ -16,9 +19,25 @@ fuzz_target!(|data: &[u8]| {
     let header = String::from_utf8_lossy(header);
     let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
     let entries = usize::from(head % 8);
-    if let Classified::Accepted(locations) = classify(status, Some(&header), body, entries, now) {
-        assert_eq!(locations.len(), entries);
-        assert!((200..300).contains(&status));
+    match classify(status, Some(&header), body, entries, now) {
+        Classified::Accepted(locations) => {
+            assert_eq!(locations.len(), entries);
+            assert!((200..300).contains(&status));
+        }
+        // Per-entry outcomes only for a 2xx, one per request entry, each summary bounded.
+        Classified::Entries(outcomes) => {
+            assert_eq!(outcomes.len(), entries);
+            assert!((200..300).contains(&status));
+            for o in outcomes {
+                if let EntryOutcome::Refused { outcome, .. } = o {
+                    assert!(outcome.len() <= MAX_OUTCOME_BYTES + 16);
+                }
+            }
+        }
+        Classified::Rejected { outcome, .. } | Classified::NotFound { outcome, .. } => {
+            assert!(outcome.len() <= MAX_OUTCOME_BYTES + 16);
+        }
+        _ => {}
     }
     let _ = parse_retry_after(&header, now);
     let text = String::from_utf8_lossy(body);
