@@ -245,15 +245,54 @@ pub fn backfilled(index: &[u8], log: &[u8]) -> u64 {
     u64::from(n.min(mx_frame))
 }
 
-/// Whether any connection, in any process (this one included), has the database open.
+/// Stores this process's writer has open: their logs are live and were accounted for when
+/// the writer opened them. (The list of locks below may be hidden from the daemon: its unit
+/// mounts `/proc` with `ProcSubset=pid`.)
+static WRITING: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Marks `db` as open by this process's writer until the guard is dropped.
+pub fn writing(db: &Path) -> WritingGuard {
+    let path = db.to_owned();
+    WRITING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(path.clone());
+    WritingGuard(path)
+}
+
+/// See [`writing`].
+#[derive(Debug)]
+pub struct WritingGuard(PathBuf);
+
+impl Drop for WritingGuard {
+    fn drop(&mut self) {
+        let mut list = WRITING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(i) = list.iter().position(|p| *p == self.0) {
+            list.swap_remove(i);
+        }
+    }
+}
+
+/// Whether any connection, in any process (this one included), has the database open:
+/// this process's writer has it ([`writing`]), or the kernel's list of locks shows one.
 /// SQLite's unix VFS holds a shared lock on byte 128 of the `-shm` file (its "DMS" slot,
-/// `UNIX_SHM_DMS` in os_unix.c) for as long as a connection uses the log. The kernel lists
-/// every such lock in `/proc/locks`; reading that list touches no descriptor of the file,
-/// which matters: closing any descriptor of a file drops every POSIX lock the process holds
-/// on it, SQLite's included. A log in use is being written: it is accounted for by whoever
-/// opened it first.
+/// `UNIX_SHM_DMS` in os_unix.c) for as long as a connection uses the log, and
+/// `/proc/locks` lists it; reading that list touches no descriptor of the file, which
+/// matters: closing any descriptor of a file drops every POSIX lock the process holds on it,
+/// SQLite's included. Where the list cannot be read, only this process's writer counts. A
+/// log in use is being written: it is accounted for by whoever opened it first.
 pub fn in_use(db: &Path) -> std::io::Result<bool> {
     use std::os::unix::fs::MetadataExt;
+    if WRITING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+        .any(|p| p == db)
+    {
+        return Ok(true);
+    }
     let mut shm = db.as_os_str().to_owned();
     shm.push("-shm");
     let meta = match std::fs::metadata(PathBuf::from(shm)) {
@@ -261,8 +300,10 @@ pub fn in_use(db: &Path) -> std::io::Result<bool> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(e),
     };
-    let locks = std::fs::read_to_string("/proc/locks")?;
-    Ok(locks_byte(&locks, meta.ino(), 128))
+    match std::fs::read_to_string("/proc/locks") {
+        Ok(locks) => Ok(locks_byte(&locks, meta.ino(), 128)),
+        Err(_) => Ok(false),
+    }
 }
 
 /// Whether `/proc/locks` (proc(5): `id: class mode type pid major:minor:inode start end`,

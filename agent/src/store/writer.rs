@@ -596,6 +596,8 @@ pub fn start_with(
         opts.cache_size_kib,
         access,
     )?;
+    // From here on, this process's other connections find the log live.
+    let writing = super::wal::writing(&opts.path);
     let path = opts.path.clone();
     let from =
         schema::migrate(&mut conn).map_err(|e| StoreError::from_sqlite(&path, "migrate", e))?;
@@ -665,7 +667,10 @@ pub fn start_with(
     writer.refresh_size();
     let thread = std::thread::Builder::new()
         .name("store-writer".into())
-        .spawn(move || writer.run(rx))
+        .spawn(move || {
+            writer.run(rx);
+            drop(writing);
+        })
         .map_err(|source| StoreError::Io {
             path: path.clone(),
             op: "start writer thread",
