@@ -10,8 +10,11 @@
 //! ends up to the damage. Rows that point at lost rows are dropped; readings whose delivery
 //! state was lost are routed again (pending): every entry is a conditional create, so the
 //! server keeps each once; when readings were lost, device cursors are reset so devices send
-//! again what they still hold. Only then is the damaged file (with its log and index) renamed
-//! aside, never deleted, and the new store renamed into place.
+//! again what they still hold; readings whose device record was lost are quarantined (their
+//! patient cannot be established) and the device id held by a placeholder. Only then, once
+//! the new store is wholly in its file, is the damaged file kept under a second name (a hard
+//! link; its log and index moved beside it), never deleted, and the new store renamed over
+//! the store's path in one step.
 
 use std::path::{Path, PathBuf};
 
@@ -51,7 +54,13 @@ struct Old<'a> {
 }
 
 impl Old<'_> {
+    /// Closes the connection before opening the next, so the new one finds nobody using the
+    /// store and opens in SQLite's read-only mode, which never writes the damaged files.
     fn reset(&mut self) {
+        let Ok(placeholder) = Connection::open_in_memory() else {
+            return;
+        };
+        drop(std::mem::replace(&mut self.conn, placeholder));
         if let Ok(c) = super::open_read_only(self.path, self.keying, 2048) {
             self.conn = c;
         }
@@ -155,6 +164,49 @@ pub fn salvage(
          DELETE FROM cursors WHERE device_id NOT IN (SELECT id FROM devices);",
     )
     .map_err(sql("remove rows of lost readings"))?;
+    // A reading whose device row was lost cannot be given a patient: it is kept out of
+    // delivery (quarantined, with the reason) and its device id is held by a placeholder
+    // that is never allowed, so no new device takes the id and, with it, these readings.
+    let orphaned: Vec<i64> = {
+        let mut stmt = new
+            .prepare(
+                "SELECT DISTINCT device_id FROM readings \
+                 WHERE device_id NOT IN (SELECT id FROM devices)",
+            )
+            .map_err(sql("find readings without a device"))?;
+        stmt.query_map([], |r| r.get(0))
+            .map_err(sql("find readings without a device"))?
+            .collect::<Result<_, _>>()
+            .map_err(sql("find readings without a device"))?
+    };
+    for id in &orphaned {
+        let address = format!("lost-device-{id}");
+        let identity = super::codec::encode_identity(&vitalgate_drivers::DeviceIdentity::new(
+            vitalgate_drivers::Transport::Serial,
+            &address,
+        ))?;
+        new.execute(
+            "INSERT INTO devices (id, transport, address, identity, first_seen_ms, last_seen_ms, allowed) \
+             VALUES (?1, 'serial', ?2, ?3, 0, 0, 0)",
+            rusqlite::params![id, address, identity],
+        )
+        .map_err(sql("hold a lost device's id"))?;
+        for d in destinations {
+            new.execute(
+                "INSERT OR REPLACE INTO deliveries (reading_id, destination, state) \
+                 SELECT id, ?2, 2 FROM readings WHERE device_id = ?1",
+                rusqlite::params![id, d],
+            )
+            .map_err(sql("quarantine readings without a device"))?;
+            new.execute(
+                "INSERT INTO quarantine (reading_id, destination, http_status, outcome, created_ms) \
+                 SELECT id, ?2, NULL, 'salvage: the device record of this reading was lost; \
+                 its patient cannot be established', ?3 FROM readings WHERE device_id = ?1",
+                rusqlite::params![id, d, super::now_ms()],
+            )
+            .map_err(sql("quarantine readings without a device"))?;
+        }
+    }
     // Readings lost: the devices' cursors go too, so each device sends again what it still
     // holds (deduplication absorbs what was kept).
     let readings_lost = report
@@ -164,17 +216,22 @@ pub fn salvage(
         new.execute_batch("DELETE FROM cursors")
             .map_err(sql("reset the cursors"))?;
     }
-    // Readings that lost their delivery rows are routed again, to be sent (once) again.
-    let mut rerouted = 0;
+    // Readings that lost their delivery rows are routed again, to be sent (once) again: the
+    // list is taken once, before any destination's rows are added.
+    new.execute_batch(
+        "CREATE TEMP TABLE unrouted AS SELECT r.id FROM readings r WHERE r.kept_as IS NULL \
+         AND NOT EXISTS (SELECT 1 FROM deliveries x WHERE x.reading_id = r.id)",
+    )
+    .map_err(sql("find readings to route again"))?;
+    let rerouted = new
+        .query_row("SELECT count(*) FROM unrouted", [], |r| r.get::<_, i64>(0))
+        .map_err(sql("find readings to route again"))? as u64;
     for d in destinations {
-        rerouted += new
-            .execute(
-                "INSERT OR IGNORE INTO deliveries (reading_id, destination) \
-                 SELECT r.id, ?1 FROM readings r WHERE r.kept_as IS NULL \
-                 AND NOT EXISTS (SELECT 1 FROM deliveries x WHERE x.reading_id = r.id)",
-                [d],
-            )
-            .map_err(sql("route readings again"))? as u64;
+        new.execute(
+            "INSERT OR IGNORE INTO deliveries (reading_id, destination) SELECT id, ?1 FROM unrouted",
+            [d],
+        )
+        .map_err(sql("route readings again"))?;
     }
     let stamp = super::now_ms();
     let aside = with_suffix(path, &format!(".damaged-{stamp}"));
@@ -198,19 +255,40 @@ pub fn salvage(
         ],
     )
     .map_err(sql("record the salvage"))?;
-    new.execute_batch("COMMIT").map_err(sql("commit"))?;
-    // Closing the only connection checkpoints the new store into its file.
+    new.execute_batch("COMMIT; DROP TABLE temp.unrouted;")
+        .map_err(sql("commit"))?;
+    // Everything into the staging file itself, checked: a checkpoint that could not finish
+    // (a full disk) would leave the rows in a log the renames below leave behind.
+    let (busy, log, done): (i64, i64, i64) = new
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .map_err(sql("checkpoint the new store"))?;
+    if busy != 0 || log != done {
+        return Err(StoreError::TransactionFailed {
+            path: staging.clone(),
+            detail: "the salvaged store could not be checkpointed into its file".into(),
+        });
+    }
     new.close()
         .map_err(|(_, e)| sql("close the new store")(e))?;
+    if std::fs::metadata(with_suffix(&staging, "-wal")).is_ok_and(|m| m.len() > 0) {
+        return Err(StoreError::TransactionFailed {
+            path: staging.clone(),
+            detail: "the salvaged store's log is not empty after its checkpoint".into(),
+        });
+    }
     std::fs::File::open(&staging)
         .and_then(|f| f.sync_all())
         .map_err(io("sync the new store"))?;
-    // The damaged files aside (main file last, so a store never stands without its log),
-    // then the new store in their place.
-    for suffix in ["-wal", "-shm", ""] {
+    // The damaged file stays reachable under its new name (a second link), its log and index
+    // move beside it, and the new store replaces it in one rename: the store's path never
+    // stands empty.
+    std::fs::hard_link(path, &aside).map_err(io("keep the damaged store"))?;
+    for suffix in ["-wal", "-shm"] {
         match std::fs::rename(with_suffix(path, suffix), with_suffix(&aside, suffix)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(io("move the damaged store aside")(e));
+                return Err(io("move the damaged store's log aside")(e));
             }
             _ => {}
         }
@@ -332,16 +410,32 @@ fn copy_by_rowid(
         }
     }
     out.partial = max.is_none();
+    // The smallest rowid likewise (retention deletes the oldest readings, so live rowids
+    // rarely start at 1).
+    let mut min = max_from(old, format!("SELECT min(rowid) FROM \"{table}\""));
+    if min.is_none() {
+        for i in &indexes {
+            let m = max_from(
+                old,
+                format!("SELECT min(rowid) FROM \"{table}\" INDEXED BY \"{i}\""),
+            );
+            min = match (min, m) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+    }
     let mut ranges: Vec<(i64, i64, bool)> = Vec::new();
-    let (mut next, mut empty) = (1i64, 0u32);
+    let (mut next, mut empty) = (min.unwrap_or(1).max(1), 0u32);
     loop {
         let (from, to, top) = match ranges.pop() {
             Some(r) => r,
             None => {
-                let done = match max {
-                    Some(m) => next > m,
-                    None => empty >= 64,
-                };
+                let done = next == i64::MAX
+                    || match max {
+                        Some(m) => next > m,
+                        None => empty >= 64,
+                    };
                 if done {
                     break;
                 }
