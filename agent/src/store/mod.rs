@@ -580,6 +580,7 @@ pub fn verify(path: &Path, keying: &Keying) -> Result<(), StoreError> {
             source,
         }
     };
+    refuse_symlinks(path)?;
     let damaged = if path.exists() && !wal::in_use(path).map_err(io("probe the log's lock"))? {
         wal::inspect(path, PAGE_SIZE as usize).map_err(io("read the write-ahead log"))?
     } else {

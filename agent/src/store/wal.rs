@@ -214,15 +214,50 @@ pub fn scan(log: &[u8], page_size: usize, backfilled: u64) -> Option<Damage> {
 
 /// Reads the log beside `db` (if any) and scans it.
 pub fn inspect(db: &Path, page_size: usize) -> std::io::Result<Option<Damage>> {
-    let log = match std::fs::read(super::wal_path(db)) {
-        Ok(log) => log,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
+    let Some(log) = read_file(&super::wal_path(db), MAX_LOG_BYTES)? else {
+        return Ok(None);
     };
     let mut shm = db.as_os_str().to_owned();
     shm.push("-shm");
-    let index = std::fs::read(PathBuf::from(shm)).unwrap_or_default();
+    let index = read_file(&PathBuf::from(shm), 4096)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
     Ok(scan(&log, page_size, backfilled(&index, &log)))
+}
+
+/// The largest log read whole: far past what the writer lets it grow to (it checkpoints at
+/// 16 MiB), and a bound on what a planted file can make this process allocate.
+const MAX_LOG_BYTES: u64 = 1 << 30;
+
+/// At most `limit` bytes of a file, never following a symbolic link (root may run this on
+/// the service user's directory); `None` when it does not exist. A longer file is an error.
+fn read_file(path: &Path, limit: u64) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut bytes = Vec::new();
+    file.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        if limit < MAX_LOG_BYTES {
+            // The index is read only for its header.
+            bytes.truncate(limit as usize);
+            return Ok(Some(bytes));
+        }
+        return Err(std::io::Error::other(format!(
+            "{} is larger than {limit} bytes",
+            path.display()
+        )));
+    }
+    Ok(Some(bytes))
 }
 
 /// How many frames of the log the last checkpoint copied into the database file: the
@@ -338,7 +373,9 @@ fn locks_byte(locks: &str, inode: u64, at: u64) -> bool {
 pub fn keep_aside(db: &Path) -> std::io::Result<PathBuf> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let log = std::fs::read(super::wal_path(db))?;
+    let log = read_file(&super::wal_path(db), MAX_LOG_BYTES)?.ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::NotFound, "the write-ahead log is gone")
+    })?;
     let digest = sha2::Sha256::digest(&log);
     let tag: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
     let mut name = db.as_os_str().to_owned();
