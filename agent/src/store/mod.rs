@@ -300,13 +300,7 @@ pub(crate) fn open_with(
         }
         std::fs::rename(&staging, path).map_err(io("create"))?;
         // The rename must be durable before readings are committed into the new file.
-        let dir = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io("sync the state directory"))?;
+        sync_parent(path).map_err(io("sync the state directory"))?;
     }
     if create == Create::IfMissing {
         flags |= OpenFlags::SQLITE_OPEN_CREATE;
@@ -559,6 +553,15 @@ fn check_page_count(path: &Path, conn: &Connection) -> Result<(), StoreError> {
         });
     }
     Ok(())
+}
+
+/// Makes a rename or a new file in the directory holding `path` durable.
+pub(crate) fn sync_parent(path: &Path) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::File::open(dir)?.sync_all()
 }
 
 pub(crate) fn wal_path(path: &Path) -> PathBuf {

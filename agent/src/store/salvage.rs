@@ -34,6 +34,17 @@ pub struct TableSalvage {
     pub partial: bool,
 }
 
+impl TableSalvage {
+    fn new(table: &str) -> Self {
+        Self {
+            table: table.to_owned(),
+            kept: 0,
+            unreadable_rowids: 0,
+            partial: false,
+        }
+    }
+}
+
 /// What a salvage did.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SalvageReport {
@@ -294,13 +305,7 @@ pub fn salvage(
         }
     }
     std::fs::rename(&staging, path).map_err(io("put the new store in place"))?;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io("sync the state directory"))?;
+    super::sync_parent(path).map_err(io("sync the state directory"))?;
     Ok(salvage)
 }
 
@@ -362,12 +367,7 @@ fn copy_by_rowid(
     table: &str,
     cols: &[String],
 ) -> rusqlite::Result<TableSalvage> {
-    let mut out = TableSalvage {
-        table: table.to_owned(),
-        kept: 0,
-        unreadable_rowids: 0,
-        partial: false,
-    };
+    let mut out = TableSalvage::new(table);
     // An INTEGER PRIMARY KEY is the rowid under its own name: then it is copied as itself.
     let alias: bool = new
         .query_row(
@@ -489,12 +489,7 @@ fn copy_by_scan(
     table: &str,
     cols: &[String],
 ) -> rusqlite::Result<TableSalvage> {
-    let mut out = TableSalvage {
-        table: table.to_owned(),
-        kept: 0,
-        unreadable_rowids: 0,
-        partial: false,
-    };
+    let mut out = TableSalvage::new(table);
     let names: Vec<String> = cols.iter().map(|c| format!("\"{c}\"")).collect();
     let insert = insert_sql(table, cols, false);
     // The primary key's columns, for the backward scan.

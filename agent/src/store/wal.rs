@@ -401,9 +401,7 @@ pub fn keep_aside(db: &Path) -> std::io::Result<PathBuf> {
     f.write_all(&log)?;
     f.sync_all()?;
     std::fs::rename(&tmp, &aside)?;
-    if let Some(dir) = aside.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
+    super::sync_parent(&aside)?;
     Ok(aside)
 }
 

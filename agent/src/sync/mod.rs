@@ -545,60 +545,34 @@ impl Destination {
                     let reason = format!(
                         "HTTP {status} with a body that does not answer the request: {reason}"
                     );
-                    let delay = self.backoff.next(None, rand::random());
-                    tracing::warn!(destination = %self.id, %reason, count = self.malformed, retry_in_ms = delay.as_millis() as u64, "Malformed response; will send again.");
-                    let events = if self.malformed == MALFORMED_ALARM_AFTER {
-                        vec![NewEvent {
-                            severity: Severity::Alarm,
-                            kind: "fhir-malformed-response".into(),
-                            detail: serde_json::json!({
+                    let alarm = (self.malformed == MALFORMED_ALARM_AFTER).then(|| {
+                        (
+                            "fhir-malformed-response",
+                            serde_json::json!({
                                 "destination": self.id,
                                 "http_status": status,
                                 "count": self.malformed,
                             }),
-                        }]
-                    } else {
-                        Vec::new()
-                    };
-                    self.store
-                        .deliveries(
-                            &self.id,
-                            Vec::new(),
-                            Some(DestinationOutcome::Error(reason.clone())),
-                            events,
                         )
-                        .await?;
-                    return Ok(Sent::Retry(delay, reason));
+                    });
+                    return self.held_back(None, reason, alarm).await;
                 }
                 Classified::DestinationRefused {
                     status,
                     after,
                     reason,
                 } => {
-                    let delay = self.backoff.next(after, rand::random());
-                    tracing::warn!(destination = %self.id, %reason, retry_in_ms = delay.as_millis() as u64, "The destination refuses; readings kept.");
-                    let events = if self.refusal_alarmed != Some(status) {
+                    let alarm = (self.refusal_alarmed != Some(status)).then(|| {
                         self.refusal_alarmed = Some(status);
-                        vec![NewEvent {
-                            severity: Severity::Alarm,
-                            kind: "fhir-destination-refused".into(),
-                            detail: serde_json::json!({
+                        (
+                            "fhir-destination-refused",
+                            serde_json::json!({
                                 "destination": self.id,
                                 "http_status": status,
                             }),
-                        }]
-                    } else {
-                        Vec::new()
-                    };
-                    self.store
-                        .deliveries(
-                            &self.id,
-                            Vec::new(),
-                            Some(DestinationOutcome::Error(reason.clone())),
-                            events,
                         )
-                        .await?;
-                    return Ok(Sent::Retry(delay, reason));
+                    });
+                    return self.held_back(after, reason, alarm).await;
                 }
                 Classified::NotFound { .. } => unreachable!("resolved above"),
                 Classified::Accepted(locations) => {
@@ -691,21 +665,40 @@ impl Destination {
                     return Ok(Sent::Retry(delay, "HTTP 401".into()));
                 }
                 Classified::Retry { after, reason } => {
-                    let delay = self.backoff.next(after, rand::random());
-                    tracing::warn!(destination = %self.id, %reason, retry_in_ms = delay.as_millis() as u64, "Delivery failed; will retry.");
-                    self.store
-                        .deliveries(
-                            &self.id,
-                            Vec::new(),
-                            Some(DestinationOutcome::Error(reason.clone())),
-                            Vec::new(),
-                        )
-                        .await?;
-                    return Ok(Sent::Retry(delay, reason));
+                    return self.held_back(after, reason, None).await;
                 }
             }
         }
         Ok(Sent::Done)
+    }
+
+    /// Ends a round whose readings are all kept for a retry after the backoff (never sooner
+    /// than `after`): the destination's error recorded, with an alarm when one is due.
+    async fn held_back(
+        &mut self,
+        after: Option<Duration>,
+        reason: String,
+        alarm: Option<(&'static str, serde_json::Value)>,
+    ) -> Result<Sent, SyncError> {
+        let delay = self.backoff.next(after, rand::random());
+        tracing::warn!(destination = %self.id, %reason, retry_in_ms = delay.as_millis() as u64, "Delivery failed; readings kept, will send again.");
+        let events = alarm
+            .map(|(kind, detail)| NewEvent {
+                severity: Severity::Alarm,
+                kind: kind.into(),
+                detail,
+            })
+            .into_iter()
+            .collect();
+        self.store
+            .deliveries(
+                &self.id,
+                Vec::new(),
+                Some(DestinationOutcome::Error(reason.clone())),
+                events,
+            )
+            .await?;
+        Ok(Sent::Retry(delay, reason))
     }
 
     /// Records a response whose entries did not all succeed: each reading whose entries were

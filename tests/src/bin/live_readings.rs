@@ -41,6 +41,24 @@ struct Args {
     stream_until: Option<PathBuf>,
 }
 
+/// The `i`-th live SpO2 value, received now: its only time is its reception.
+fn live_spo2(device: &DeviceIdentity, clock: &SystemClock, i: i64) -> Reading {
+    let mut m = Measurement::numeric(
+        mdc::PULS_OXIM_SAT_O2,
+        Value::number(95 + i % 4, 0),
+        Unit::percent(),
+    );
+    m.qualifiers.origin = Origin::Live;
+    Reading {
+        device: device.clone(),
+        measurement: m,
+        receipt: clock.receipt(),
+        device_clock_offset_ms: None,
+        instance: Uuid::new_v4(),
+        raw: Vec::new(),
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let keying = Keying::Encrypted(store::key::read_key_file(&args.key_file)?);
@@ -70,20 +88,7 @@ fn main() -> anyhow::Result<()> {
             let mut i = 0i64;
             while !stop.exists() {
                 i += 1;
-                let mut m = Measurement::numeric(
-                    mdc::PULS_OXIM_SAT_O2,
-                    Value::number(95 + i % 4, 0),
-                    Unit::percent(),
-                );
-                m.qualifiers.origin = Origin::Live;
-                let reading = Reading {
-                    device: device.clone(),
-                    measurement: m,
-                    receipt: clock.receipt(),
-                    device_clock_offset_ms: None,
-                    instance: Uuid::new_v4(),
-                    raw: Vec::new(),
-                };
+                let reading = live_spo2(&device, &clock, i);
                 match handle
                     .commit(Batch {
                         readings: vec![reading],
@@ -107,22 +112,7 @@ fn main() -> anyhow::Result<()> {
             return anyhow::Ok(());
         }
         let readings = (0..args.count)
-            .map(|i| {
-                let mut m = Measurement::numeric(
-                    mdc::PULS_OXIM_SAT_O2,
-                    Value::number(95 + i64::from(i % 4), 0),
-                    Unit::percent(),
-                );
-                m.qualifiers.origin = Origin::Live;
-                Reading {
-                    device: device.clone(),
-                    measurement: m,
-                    receipt: clock.receipt(),
-                    device_clock_offset_ms: None,
-                    instance: Uuid::new_v4(),
-                    raw: Vec::new(),
-                }
-            })
+            .map(|i| live_spo2(&device, &clock, i64::from(i)))
             .collect();
         let receipt = handle
             .commit(Batch {
