@@ -474,7 +474,7 @@ fn status(explicit: Option<&Path>, state_dir: &Path, json: bool, verify: bool) -
             vitalgate::update::running_version()
         );
         print_status(&status);
-        crate::cli_fhir::print_delivery(&delivery, store::now_ms());
+        crate::cli_fhir::print_delivery(&delivery, vitalgate_core::time::now_ms());
         print_fleet(fleet.as_ref());
         if verify {
             println!("Integrity: every page verified.");

@@ -396,27 +396,18 @@ pub fn print_delivery(summaries: &[DestinationSummary], now_ms: i64) {
 }
 
 /// An exclusive advisory lock on the state directory's delivery lock file, held while the
-/// file stays open.
+/// value lives.
 #[derive(Debug)]
-pub struct DeliveryLock(#[allow(dead_code)] std::fs::File);
+pub struct DeliveryLock(#[allow(dead_code)] vitalgate_core::fs::FileLock);
 
 impl DeliveryLock {
     pub fn try_acquire(state_dir: &Path) -> Result<Option<Self>> {
-        use std::os::fd::AsRawFd;
         std::fs::create_dir_all(state_dir)
             .with_context(|| format!("cannot create {}", state_dir.display()))?;
         let path = sync::lock_path(state_dir);
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
+        let lock = vitalgate_core::fs::FileLock::try_acquire(&path)
             .with_context(|| format!("cannot open {}", path.display()))?;
-        if vitalgate::sync::try_lock(file.as_raw_fd()) {
-            Ok(Some(Self(file)))
-        } else {
-            Ok(None)
-        }
+        Ok(lock.map(Self))
     }
 }
 
@@ -649,7 +640,9 @@ async fn search_all(
 /// What the FHIR server holds: by resource type (with any duplicated identifier), the
 /// Observations by MDC code, and the Observations per Device.
 pub async fn server_summary(base_url: &str) -> Result<serde_json::Value> {
-    let http = reqwest::Client::builder().use_rustls_tls().build()?;
+    let mut o = vitalgate_core::http::ClientOptions::new("vitalgate-demo", Duration::from_secs(10));
+    o.https_only = false;
+    let http = vitalgate_core::http::client(o)?;
     let mut out = serde_json::Map::new();
     let mut devices: std::collections::BTreeMap<String, String> = Default::default();
     for ty in ["Patient", "Device", "Observation"] {
@@ -1002,7 +995,7 @@ pub fn demo(explicit: Option<&Path>, state_dir: &Path, args: DemoArgs) -> Result
     print_status(&status);
     print_delivery(
         &destination_summaries(&config, &summary.store_path, &keying)?,
-        vitalgate::store::now_ms(),
+        vitalgate_core::time::now_ms(),
     );
     let held = rt.block_on(server_summary(&url))?;
     // The runtime (and the emulator's D-Bus connection in it) goes before the bus does.

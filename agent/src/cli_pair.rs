@@ -13,10 +13,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use vitalgate::ble::pairing::{Pin, WindowReader, WindowRequest, record_window, remove_bond};
+use vitalgate::ble::pairing::{WindowReader, record_window, remove_bond};
 use vitalgate::config::BtAddr;
-use vitalgate::fleet::command::{MAX_PAIRING_WINDOW_S, PatientRef};
+use vitalgate::fleet::command::MAX_PAIRING_WINDOW_S;
 use vitalgate::store::{self, devices};
+use vitalgate_core::PatientRef;
+use vitalgate_core::{Pin, WindowRequest};
 use vitalgate_drivers::Transport;
 
 use crate::cli::{CreateKey, Required, find_key, load_config, when};
@@ -109,7 +111,7 @@ fn bt_address(s: &str) -> Result<String> {
 pub(crate) fn pair(config: Option<&Path>, a: PairArgs) -> Result<u8> {
     let patient =
         PatientRef::parse(&a.patient).map_err(|e| BadArgument(format!("--patient: {e}")))?;
-    let user_index = vitalgate::fleet::command::user_index(a.user_index)
+    let user_index = vitalgate_core::ids::user_index(a.user_index)
         .map_err(|e| BadArgument(format!("--user-index: {e}")))?;
     if a.seconds == 0 || a.seconds > MAX_PAIRING_WINDOW_S {
         bail!(BadArgument(format!(
@@ -136,7 +138,7 @@ pub(crate) fn pair(config: Option<&Path>, a: PairArgs) -> Result<u8> {
         );
         return Ok(exit::NOPERM);
     }
-    let until_ms = store::now_ms() + i64::from(a.seconds) * 1000;
+    let until_ms = vitalgate_core::time::now_ms() + i64::from(a.seconds) * 1000;
     let id = record_window(
         &path,
         &keying,
@@ -175,7 +177,7 @@ pub(crate) fn pair(config: Option<&Path>, a: PairArgs) -> Result<u8> {
             );
             return Ok(exit::TEMPFAIL);
         }
-        if store::now_ms() > w.until_ms + 30_000 {
+        if vitalgate_core::time::now_ms() > w.until_ms + 30_000 {
             eprintln!("vitalgate: the window ended but the daemon did not report on it");
             return Ok(exit::TEMPFAIL);
         }

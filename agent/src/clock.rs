@@ -49,7 +49,7 @@ impl SystemClock {
 impl Clock for SystemClock {
     fn receipt(&self) -> Receipt {
         Receipt {
-            wall_ms: crate::store::now_ms(),
+            wall_ms: vitalgate_core::time::now_ms(),
             monotonic_ns: boottime_ns(),
             boot_id: self.boot_id,
             clock_synchronized: self.assume_synced || sync_state().synchronized,
@@ -319,26 +319,7 @@ pub async fn refresh_timedated() {
     }
 }
 
-/// The local time zone's offset from UTC at `utc_s` (seconds since the epoch), in seconds,
-/// from the C library's view of the zone (TZ, /etc/localtime); 0 when it cannot be told.
-/// Gateways usually run in UTC.
-#[allow(unsafe_code)]
-pub fn local_utc_offset_s(utc_s: i64) -> i64 {
-    // `time_t` is 32 bits on 32-bit ARM: a time past 2038 wraps there, and the C library
-    // answers for some other time, which only shifts an offset no gateway relies on then.
-    #[allow(clippy::unnecessary_cast, clippy::cast_possible_truncation)]
-    let t = utc_s as libc::time_t;
-    // SAFETY: localtime_r writes only into the tm we own; a zeroed tm is a valid start.
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    // SAFETY: both pointers are valid for the duration of the call.
-    let r = unsafe { libc::localtime_r(&t, &mut tm) };
-    if r.is_null() {
-        return 0;
-    }
-    // `tm_gmtoff` is a C long: 32 bits on 32-bit ARM, 64 on the others.
-    #[allow(clippy::useless_conversion)]
-    i64::from(tm.tm_gmtoff)
-}
+pub use vitalgate_core::time::local_utc_offset_s;
 
 /// A clock with fixed answers, for tests.
 #[derive(Debug, Clone)]

@@ -318,9 +318,7 @@ impl SqlGpioStore {
     /// A button has no keyboard: a device paired by it is bound to the gateway's patient when
     /// the gateway serves exactly one (the home case). Otherwise it is only allowlisted, and
     /// its readings are held until IT binds it (`bind` command or `vitalgate pair --device`).
-    fn sole_patient(
-        &self,
-    ) -> Result<Option<crate::fleet::command::PatientRef>, crate::store::StoreError> {
+    fn sole_patient(&self) -> Result<Option<vitalgate_core::PatientRef>, crate::store::StoreError> {
         let conn = self
             .reader
             .lock()
@@ -334,7 +332,7 @@ impl SqlGpioStore {
             .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
             .map_err(|e| crate::store::StoreError::from_sqlite(&path, "gpio patients", e))?;
         Ok(match patients.as_slice() {
-            [one] => crate::fleet::command::PatientRef::parse(one).ok(),
+            [one] => vitalgate_core::PatientRef::parse(one).ok(),
             _ => None,
         })
     }
@@ -348,7 +346,7 @@ impl GpioStore for SqlGpioStore {
     ) -> Result<(), crate::store::StoreError> {
         use crate::fleet::store::FleetStore as _;
         let patient = self.sole_patient()?;
-        let request = crate::ble::pairing::WindowRequest {
+        let request = vitalgate_core::WindowRequest {
             until_ms,
             patient,
             user_index: -1,
@@ -407,7 +405,7 @@ pub async fn run<S: GpioStore>(
             _ = tick.tick() => {}
         }
         let t = started.elapsed().as_millis() as u64;
-        let wall = crate::store::now_ms();
+        let wall = vitalgate_core::time::now_ms();
         if let Some(pressed) = lines.button()?
             && debounce.update(pressed, t)
         {
@@ -633,7 +631,7 @@ mod tests {
         };
         let (handle, writer) = crate::store::writer::start(opts).expect("store");
         let store = SqlGpioStore::new(handle.clone(), keying.clone(), &path).expect("gpio store");
-        let now = crate::store::now_ms();
+        let now = vitalgate_core::time::now_ms();
         assert_eq!(
             store.state(now).await.expect("state"),
             GatewayState::default()

@@ -15,7 +15,6 @@
 //! written to the encrypted store only, never to the configuration, and never printed.
 
 use std::collections::BTreeSet;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -25,7 +24,8 @@ use crate::config::destination::{AuthConfig, RouteConfig, SecretSource, SigningA
 use crate::config::{
     BrokerUrl, BtAddr, Config, DEFAULT_GATEWAY_ID, DestinationConfig, EndpointUrl, GatewayId, Name,
 };
-use crate::fleet::command::{PatientRef, user_index};
+use vitalgate_core::PatientRef;
+use vitalgate_core::ids::user_index;
 
 /// The account the service runs as; secret files are handed to it when provisioning as root.
 pub const SERVICE_USER: &str = "vitalgate";
@@ -695,47 +695,22 @@ pub fn service_owner() -> Option<(u32, u32)> {
     }
 }
 
-/// Writes `contents` to `path` atomically with `mode`: a temporary file beside it, fsync,
-/// owner, rename, fsync of the folder.
+/// Writes `contents` to `path` atomically with exactly `mode`, owned by `owner`.
 pub fn write_atomic(
     path: &Path,
     contents: &[u8],
     mode: u32,
     owner: Option<(u32, u32)>,
 ) -> Result<(), ProvisionError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let err = |source| ProvisionError::Write {
+    vitalgate_core::fs::write_atomic_with(
+        path,
+        contents,
+        vitalgate_core::fs::Ownership { mode, owner },
+    )
+    .map_err(|source| ProvisionError::Write {
         path: path.to_owned(),
         source,
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        // The umask may have narrowed the mode; set it exactly.
-        use std::os::unix::fs::PermissionsExt;
-        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
-        f.write_all(contents)?;
-        f.sync_all()?;
-        if let Some((uid, gid)) = owner {
-            std::os::unix::fs::chown(&tmp, Some(uid), Some(gid))?;
-        }
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(err)
+    })
 }
 
 /// Gives `path` to `uid:gid` without following a symbolic link: opened with `O_NOFOLLOW` and

@@ -81,11 +81,13 @@ impl FhirServer {
             base_url: format!("{root}/fhir/R4"),
             root,
             client: client.unwrap_or_else(|| {
-                reqwest::Client::builder()
-                    .use_rustls_tls()
-                    .pool_max_idle_per_host(0)
-                    .build()
-                    .expect("client")
+                let mut o = vitalgate_core::http::ClientOptions::new(
+                    "vitalgate-e2e",
+                    std::time::Duration::from_secs(10),
+                );
+                o.https_only = false;
+                o.pool = Some((0, std::time::Duration::from_secs(1)));
+                vitalgate_core::http::client(o).expect("client")
             }),
             rt: tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -12,7 +12,6 @@
 //! through [`StoreHandle::commit`], and a record download's cursor is advanced in the same
 //! commit, so a lost link loses and duplicates nothing.
 
-pub mod backoff;
 pub mod download;
 pub mod pairing;
 pub mod profiles;
@@ -38,8 +37,8 @@ use crate::clock::Clock;
 use crate::config::BleConfig;
 use crate::store::{Keying, StoreError, StoreHandle, StoreReader};
 use crate::supervisor::{ReadingSource, SourceError};
-use backoff::Backoff;
 use session::End;
+use vitalgate_core::Backoff;
 
 /// How often the allowlist is re-read from the store and known devices are looked at again.
 const REFRESH: Duration = Duration::from_secs(5);
@@ -109,7 +108,7 @@ impl ReadingSource for BleSource {
                 }
                 tokio::select! {
                     _ = cancel.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(retry.next_delay()) => {}
+                    _ = tokio::time::sleep(retry.next_random_delay()) => {}
                 }
             }
         })
@@ -449,7 +448,7 @@ async fn device_loop(
         }
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(backoff.next_delay()) => {}
+            _ = tokio::time::sleep(backoff.next_random_delay()) => {}
         }
     }
 }

@@ -29,8 +29,9 @@ use zbus::zvariant::{ObjectPath, OwnedObjectPath, OwnedValue, Value};
 
 use super::profiles;
 use crate::config::BtAddr;
-use crate::fleet::command::PatientRef;
-use crate::store::{Create, Keying, NewEvent, Severity, StoreError, StoreHandle, now_ms};
+use crate::store::{Create, Keying, NewEvent, Severity, StoreError, StoreHandle};
+pub use vitalgate_core::ids::{PatientRef, Pin, WindowRequest};
+use vitalgate_core::time::now_ms;
 
 /// How often the daemon looks for new windows in the store.
 const POLL: Duration = Duration::from_secs(1);
@@ -38,63 +39,6 @@ const POLL: Duration = Duration::from_secs(1);
 const SCAN_POLL: Duration = Duration::from_millis(300);
 /// Where the pairing agent object lives on the daemon's connection.
 const AGENT_PATH: &str = "/io/vitalgate/PairingAgent";
-
-/// A PIN or passkey for a device. Never logged or displayed: `Debug` redacts it, and it is
-/// zeroed when dropped.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Pin(String);
-
-impl Pin {
-    /// 1 to 16 ASCII letters and digits (a 6-digit passkey, or a legacy PIN code).
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        if (1..=16).contains(&s.len()) && s.chars().all(|c| c.is_ascii_alphanumeric()) {
-            Ok(Self(s.to_owned()))
-        } else {
-            Err("the PIN must be 1 to 16 letters or digits".into())
-        }
-    }
-
-    /// The PIN as a BLE passkey (0 to 999999), if it is one.
-    pub fn passkey(&self) -> Option<u32> {
-        if self.0.len() > 6 || !self.0.chars().all(|c| c.is_ascii_digit()) {
-            return None;
-        }
-        self.0.parse().ok()
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl Drop for Pin {
-    fn drop(&mut self) {
-        zeroize::Zeroize::zeroize(&mut self.0);
-    }
-}
-
-impl std::fmt::Debug for Pin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Pin(<redacted>)")
-    }
-}
-
-/// What a new window asks for.
-#[derive(Debug, Clone)]
-pub struct WindowRequest {
-    pub until_ms: i64,
-    /// Bind what pairs to this patient; without one the device is only allowlisted.
-    pub patient: Option<PatientRef>,
-    /// The user of a multi-user device (scale, BP cuff), or -1 for every user.
-    pub user_index: i64,
-    /// Only this device (upper-case address) may pair; it may already be bonded, which adds
-    /// a binding for another user index.
-    pub device: Option<String>,
-    pub pin: Option<Pin>,
-    /// Who opened it, for the audit log: `cli:pair`, `fleet:<command id>`, `button`.
-    pub actor: String,
-}
 
 /// Records a window; returns its id. Runs inside a store transaction (writer `exec`).
 pub fn open_window(conn: &Connection, now: i64, req: &WindowRequest) -> rusqlite::Result<i64> {

@@ -455,7 +455,7 @@ impl Receiver<'_> {
             self.pending.extend(readings);
             self.shared
                 .last_record
-                .store(crate::store::now_ms(), Ordering::Relaxed);
+                .store(vitalgate_core::time::now_ms(), Ordering::Relaxed);
             if self.pending.len() >= RECORD_BATCH && self.awaiting_context.is_none() {
                 self.flush().await?;
             }
@@ -578,7 +578,7 @@ impl Receiver<'_> {
             RECORD_IDLE_FLUSH
         };
         !self.pending.is_empty()
-            && crate::store::now_ms() - self.shared.last_record.load(Ordering::Relaxed)
+            && vitalgate_core::time::now_ms() - self.shared.last_record.load(Ordering::Relaxed)
                 >= idle.as_millis() as i64
     }
 
@@ -718,7 +718,7 @@ fn device_offset_ms(device: &LocalDateTime, now_ms: i64) -> Option<i64> {
 
 /// The gateway's local wall time now, for setting a device clock.
 fn local_now() -> Option<LocalDateTime> {
-    let now = crate::store::now_ms();
+    let now = vitalgate_core::time::now_ms();
     let local_s = now.div_euclid(1000) + crate::clock::local_utc_offset_s(now.div_euclid(1000));
     let (y, m, d) = civil_from_days(local_s.div_euclid(86_400));
     let sod = local_s.rem_euclid(86_400);

@@ -297,6 +297,5 @@ pub fn format_date_time(utc_ms: i64, offset_s: i32) -> String {
 /// The gateway's current UTC offset from the C library's view of the local zone (TZ,
 /// /etc/localtime). Gateways usually run in UTC, giving 0.
 pub fn local_utc_offset_s() -> i32 {
-    let now_s = crate::store::now_ms().div_euclid(1000);
-    i32::try_from(crate::clock::local_utc_offset_s(now_s)).unwrap_or(0)
+    vitalgate_core::time::local_utc_offset_now_s()
 }

@@ -19,7 +19,7 @@ pub const MAX_PAYLOAD: usize = 16 * 1024;
 /// Furthest in the future a command may expire. Seen ids are kept until they expire, so this
 /// bounds how long the gateway remembers them.
 pub const MAX_EXPIRY_HORIZON: Duration = Duration::from_secs(7 * 24 * 3600);
-pub use crate::ble::pairing::Pin;
+pub use vitalgate_core::ids::{PatientRef, Pin, user_index};
 
 /// Longest pairing window a command may open.
 pub const MAX_PAIRING_WINDOW_S: u32 = 3600;
@@ -78,43 +78,6 @@ impl DeviceRef {
             }
         };
         Ok((transport, address))
-    }
-}
-
-/// An opaque patient reference: only the FHIR side can resolve it. It is written to the
-/// encrypted store and never published, logged at info, or echoed in a reason.
-#[derive(Clone, PartialEq, Eq)]
-pub struct PatientRef(String);
-
-impl PatientRef {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let ok = !s.is_empty()
-            && s.len() <= 128
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '/'));
-        if ok {
-            Ok(Self(s.to_owned()))
-        } else {
-            Err("patient_ref must be 1 to 128 of A-Z, a-z, 0-9, '.', '_', '-', ':', '/'".into())
-        }
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for PatientRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("PatientRef(<redacted>)")
-    }
-}
-
-/// A user of a multi-user device: 0 to 254, or every user when absent.
-pub fn user_index(v: Option<i64>) -> Result<i64, String> {
-    match v {
-        None => Ok(-1),
-        Some(i) if (0..=254).contains(&i) => Ok(i),
-        Some(_) => Err("user_index must be between 0 and 254".into()),
     }
 }
 

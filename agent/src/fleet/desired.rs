@@ -16,8 +16,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use vitalgate_drivers::Transport;
 
-use super::command::{DeviceRef, PatientRef, redact_serde_message, user_index};
+use super::command::{DeviceRef, redact_serde_message};
 use crate::config::{BtAddr, EndpointUrl, LogFilter, Name};
+use vitalgate_core::PatientRef;
+use vitalgate_core::ids::user_index;
 
 /// Largest document accepted.
 pub const MAX_DOCUMENT: usize = 256 * 1024;

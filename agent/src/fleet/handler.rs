@@ -92,7 +92,7 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn now_rfc3339() -> String {
-    format_rfc3339(SystemTime::now())
+    format_rfc3339(vitalgate_core::time::now())
 }
 
 pub(crate) fn result_payload(
@@ -133,7 +133,7 @@ async fn command<S: FleetStore>(
     // Bounded before anything is stored: a flood of unique ids is refused, not remembered.
     let within_rate = lock(&ctx.rate).take(std::time::Instant::now());
     let parsed = if within_rate {
-        command::parse(id, payload, SystemTime::now()).and_then(|c| {
+        command::parse(id, payload, vitalgate_core::time::now()).and_then(|c| {
             let doc: serde_json::Value = serde_json::from_slice(payload)
                 .map_err(|e| command::CommandError::Malformed(e.to_string()))?;
             match lock(&ctx.trust).command(id, c.kind.type_name(), &doc) {
@@ -377,11 +377,11 @@ async fn execute<S: FleetStore>(
                     );
                 }
             }
-            let until = SystemTime::now() + Duration::from_secs(u64::from(*seconds));
+            let until = vitalgate_core::time::now() + Duration::from_secs(u64::from(*seconds));
             let until_ms = until
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as i64);
-            let request = crate::ble::pairing::WindowRequest {
+            let request = vitalgate_core::WindowRequest {
                 until_ms,
                 patient: patient.clone(),
                 user_index: *user_index,
@@ -720,13 +720,13 @@ mod tests {
     use super::*;
     use crate::clock::SystemClock;
     use crate::config::LogFilter;
-    use crate::fleet::command::PatientRef;
     use crate::fleet::desired::Binding;
     use crate::fleet::status::FleetStatus;
     use crate::fleet::store::OutEvent;
     use crate::fleet::topics::Topics;
     use crate::fleet::{Counters, Hooks, RuntimeState};
     use crate::store::{StoreError, StoreStatus};
+    use vitalgate_core::PatientRef;
 
     /// The store as a few maps; enough to check the handler's decisions.
     #[derive(Default)]
@@ -796,7 +796,7 @@ mod tests {
         }
         async fn open_pairing_window(
             &self,
-            _: &crate::ble::pairing::WindowRequest,
+            _: &vitalgate_core::WindowRequest,
         ) -> Result<(), StoreError> {
             Ok(())
         }
@@ -922,7 +922,7 @@ mod tests {
     }
 
     fn later() -> String {
-        format_rfc3339(SystemTime::now() + Duration::from_secs(600))
+        format_rfc3339(vitalgate_core::time::now() + Duration::from_secs(600))
     }
 
     #[tokio::test]

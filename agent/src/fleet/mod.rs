@@ -13,7 +13,6 @@
 //! reference.
 
 pub mod alerts;
-pub mod backoff;
 pub mod command;
 pub mod connect;
 pub mod desired;
@@ -40,12 +39,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::config::{FleetConfig, GatewayId, LogFilter};
-use backoff::Backoff;
 use desired::{DesiredConfig, PairingPolicy};
 use handler::Inbound;
 use status::{FleetStatus, LastCommand};
 use store::FleetStore;
 use topics::{Incoming, Topics};
+use vitalgate_core::Backoff;
 
 pub use connect::ConnectError;
 
@@ -222,7 +221,7 @@ impl<S> Context<S> {
     fn set_connection(&self, connection: &str) {
         self.update_status(|s| {
             s.connection = connection.to_owned();
-            s.since = command::format_rfc3339(std::time::SystemTime::now());
+            s.since = command::format_rfc3339(vitalgate_core::time::now());
             s.reconnects = self.counters.reconnects.load(Ordering::Relaxed);
         });
     }

@@ -12,10 +12,10 @@ use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use vitalgate_drivers::{DeviceIdentity, Transport};
 
-use super::command::PatientRef;
 use super::desired::Binding;
-use crate::ble::pairing::WindowRequest;
 use crate::store::{Keying, NewEvent, StoreError, StoreHandle, StoreReader, StoreStatus};
+use vitalgate_core::PatientRef;
+use vitalgate_core::WindowRequest;
 
 /// How long an id is remembered beyond its expiry, so a replay of an expired command is
 /// still reported as a replay for a day.

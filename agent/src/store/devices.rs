@@ -232,7 +232,7 @@ pub fn forget(
     });
     tx.execute(
         "INSERT INTO audit (at_ms, actor, action, detail) VALUES (?1, ?2, 'unpair', ?3)",
-        params![super::now_ms(), actor, detail.to_string()],
+        params![vitalgate_core::time::now_ms(), actor, detail.to_string()],
     )
     .map_err(sql("audit unpair"))?;
     tx.commit().map_err(sql("commit unpair"))?;

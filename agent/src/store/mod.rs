@@ -289,6 +289,7 @@ pub(crate) fn open_with(
         {
             let staging: &Path = &staging;
             let sql = |op| move |e| StoreError::from_sqlite(staging, op, e);
+            #[allow(clippy::disallowed_methods)] // The store's own connection.
             let conn = Connection::open_with_flags(staging, flags).map_err(sql("create"))?;
             if let Keying::Encrypted(key) = keying {
                 apply_key(&conn, key).map_err(sql("set key"))?;
@@ -307,6 +308,7 @@ pub(crate) fn open_with(
     }
     let sql = |op| move |e| StoreError::from_sqlite(path, op, e);
     let had_wal = std::fs::metadata(wal_path(path)).is_ok_and(|m| m.len() > 0);
+    #[allow(clippy::disallowed_methods)] // The store's own connection.
     let conn = Connection::open_with_flags(path, flags).map_err(sql("open"))?;
     // Until the key and the file have been checked, closing must not checkpoint: a connection
     // that cannot decrypt (or that refuses the store) would otherwise copy the write-ahead log
@@ -623,12 +625,4 @@ pub fn verify(path: &Path, keying: &Keying) -> Result<(), StoreError> {
         });
     }
     Ok(())
-}
-
-/// The gateway wall clock in milliseconds since the Unix epoch (0 if before it).
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

@@ -119,6 +119,7 @@ mod tests {
 
     #[test]
     fn the_key_is_made_once_and_kept() {
+        #[allow(clippy::disallowed_methods)] // The store's own test connection.
         let mut c = Connection::open_in_memory().expect("open");
         assert!(key(&c, false).expect("no table").is_none());
         crate::store::schema::migrate(&mut c).expect("migrate");

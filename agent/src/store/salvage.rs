@@ -68,6 +68,7 @@ impl Old<'_> {
     /// Closes the connection before opening the next, so the new one finds nobody using the
     /// store and opens in SQLite's read-only mode, which never writes the damaged files.
     fn reset(&mut self) {
+        #[allow(clippy::disallowed_methods)] // The store's own connection.
         let Ok(placeholder) = Connection::open_in_memory() else {
             return;
         };
@@ -213,7 +214,7 @@ pub fn salvage(
                 "INSERT INTO quarantine (reading_id, destination, http_status, outcome, created_ms) \
                  SELECT id, ?2, NULL, 'salvage: the device record of this reading was lost; \
                  its patient cannot be established', ?3 FROM readings WHERE device_id = ?1",
-                rusqlite::params![id, d, super::now_ms()],
+                rusqlite::params![id, d, vitalgate_core::time::now_ms()],
             )
             .map_err(sql("quarantine readings without a device"))?;
         }
@@ -244,7 +245,7 @@ pub fn salvage(
         )
         .map_err(sql("route readings again"))?;
     }
-    let stamp = super::now_ms();
+    let stamp = vitalgate_core::time::now_ms();
     let aside = with_suffix(path, &format!(".damaged-{stamp}"));
     let salvage = SalvageReport {
         aside: aside.clone(),

@@ -50,6 +50,7 @@ fn records(memory: &BpCuffMemory, range: std::ops::Range<u32>) -> Vec<Reading> {
 
 /// A second, raw connection for inspecting and arranging what the public API cannot.
 fn raw(path: &Path, key: &DbKey) -> rusqlite::Connection {
+    #[allow(clippy::disallowed_methods)] // The store's own test connection.
     let c = rusqlite::Connection::open(path).expect("open raw");
     apply_key(&c, key).expect("key");
     c

@@ -28,7 +28,8 @@ use vitalgate_drivers::model::{Qualifiers, Sample};
 use vitalgate_drivers::{DeviceIdentity, Reading, Transport};
 
 use super::outbox::{DeliveryUpdate, DestinationOutcome};
-use super::{Create, Keying, StoreError, now_ms, open_connection, schema, wal_path};
+use super::{Create, Keying, StoreError, open_connection, schema, wal_path};
+use vitalgate_core::time::now_ms;
 
 /// What the writer needs to know beyond the connection.
 #[derive(Debug, Clone)]

@@ -108,40 +108,32 @@ pub async fn read_capped(mut resp: reqwest::Response, limit: usize) -> Result<Ve
 
 /// The HTTP client for one destination.
 pub fn client(cfg: &DestinationConfig) -> Result<reqwest::Client, AuthError> {
+    use vitalgate_core::http::{self, ClientOptions, Trust};
     let id = cfg.id.to_string();
     let fail = |detail: String| AuthError::Client {
         destination: id.clone(),
         detail,
     };
-    let mut b = reqwest::Client::builder()
-        .use_rustls_tls()
-        .timeout(cfg.request_timeout)
-        .connect_timeout(cfg.request_timeout.min(Duration::from_secs(10)))
-        .pool_max_idle_per_host(2)
-        // Servers close idle keep-alive connections (Node after 5 s, others later); reusing
-        // one just as it is closed fails the request. Dropping ours first avoids the race.
-        .pool_idle_timeout(Duration::from_secs(4))
-        .user_agent(concat!("vitalgate/", env!("CARGO_PKG_VERSION")))
-        // A redirect would take readings and the Authorization header to wherever the server
-        // says; the configuration names the server, so none is followed (a 3xx is an answer).
-        .redirect(reqwest::redirect::Policy::none())
-        // An https destination never falls back to plain http, on any request it makes.
-        .https_only(cfg.base_url.as_url().scheme() == "https")
-        // Environment proxies are ignored: the configuration says what happens.
-        .no_proxy();
+    let mut o = ClientOptions::new(
+        "vitalgate",
+        cfg.request_timeout.min(Duration::from_secs(10)),
+    );
+    o.timeout = Some(cfg.request_timeout);
+    // Servers close idle keep-alive connections (Node after 5 s, others later); reusing one
+    // just as it is closed fails the request. Dropping ours first avoids the race.
+    o.pool = Some((2, Duration::from_secs(4)));
+    // A redirect would take readings and the Authorization header to wherever the server
+    // says; the configuration names the server, so none is followed (a 3xx is an answer).
+    o.follow_redirects = false;
+    // An https destination never falls back to plain http, on any request it makes.
+    o.https_only = cfg.base_url.as_url().scheme() == "https";
     if let Some(ca) = &cfg.ca_file {
+        // `ca_file` adds to the built-in roots (a hospital's private CA beside public ones).
         let pem = read_file(&id, "CA bundle", ca)?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| fail(format!("CA bundle {}: {e}", ca.display())))?;
-        if certs.is_empty() {
-            return Err(fail(format!(
-                "CA bundle {} holds no certificate",
-                ca.display()
-            )));
-        }
-        for c in certs {
-            b = b.add_root_certificate(c);
-        }
+        let what = format!("CA bundle {}", ca.display());
+        o.trust = Trust::BuiltInAnd(
+            http::pem_certificates(&pem, &what).map_err(|e| fail(e.to_string()))?,
+        );
     }
     if let (Some(cert), Some(key)) = (&cfg.client_cert_file, &cfg.client_key_file) {
         let mut pem = read_file(&id, "client certificate", cert)?;
@@ -154,14 +146,15 @@ pub fn client(cfg: &DestinationConfig) -> Result<reqwest::Client, AuthError> {
                 file: Some(key.clone()),
             },
         )?);
-        let identity = reqwest::Identity::from_pem(&pem)
-            .map_err(|e| fail(format!("client certificate/key: {e}")))?;
-        b = b.identity(identity);
+        o.identity = Some(
+            reqwest::Identity::from_pem(&pem)
+                .map_err(|e| fail(format!("client certificate/key: {e}")))?,
+        );
     }
     if let Some(p) = &cfg.proxy {
-        b = b.proxy(reqwest::Proxy::all(p.as_str()).map_err(|e| fail(format!("proxy: {e}")))?);
+        o.proxy = Some(reqwest::Proxy::all(p.as_str()).map_err(|e| fail(format!("proxy: {e}")))?);
     }
-    b.build().map_err(|e| fail(e.to_string()))
+    http::client(o).map_err(|e| fail(e.to_string()))
 }
 
 #[derive(Debug, Deserialize)]
@@ -388,7 +381,7 @@ impl Credentials {
 }
 
 fn now_s() -> u64 {
-    std::time::SystemTime::now()
+    vitalgate_core::time::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)

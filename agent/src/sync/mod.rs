@@ -24,10 +24,9 @@
 //! destinations run and what each one takes (the file configuration overlaid by the fleet's
 //! desired configuration); a new plan restarts the delivery tasks.
 //!
-//! [`backoff`] and [`response`] are pure; [`auth`] owns the HTTP client and credentials.
+//! [`response`] is pure (the retry schedule is [`vitalgate_core::Backoff`]); [`auth`] owns the HTTP client and credentials.
 
 pub mod auth;
-pub mod backoff;
 pub mod health;
 pub mod plan;
 pub mod response;
@@ -47,8 +46,8 @@ use crate::fhir::{self, GatewayInfo, GatewayTime, MapError, MapItem, PatientRef}
 use crate::store::outbox::{DeliveryUpdate, DestinationOutcome, OutboxReader, PendingReading};
 use crate::store::{Keying, NewEvent, Severity, StoreError, StoreHandle};
 use auth::{AuthError, Credentials};
-use backoff::Backoff;
 use response::Classified;
+use vitalgate_core::Backoff;
 
 /// How often an idle destination looks for new readings.
 const POLL: Duration = Duration::from_millis(100);
@@ -661,7 +660,7 @@ impl Destination {
                             }],
                         )
                         .await?;
-                    let delay = self.backoff.next(None, rand::random());
+                    let delay = self.backoff.next_random_delay();
                     return Ok(Sent::Retry(delay, "HTTP 401".into()));
                 }
                 Classified::Retry { after, reason } => {
@@ -680,7 +679,7 @@ impl Destination {
         reason: String,
         alarm: Option<(&'static str, serde_json::Value)>,
     ) -> Result<Sent, SyncError> {
-        let delay = self.backoff.next(after, rand::random());
+        let delay = self.backoff.next_delay_after(after, rand::random());
         tracing::warn!(destination = %self.id, %reason, retry_in_ms = delay.as_millis() as u64, "Delivery failed; readings kept, will send again.");
         let events = alarm
             .map(|(kind, detail)| NewEvent {
@@ -796,7 +795,7 @@ impl Destination {
             .deliveries(&self.id, updates, Some(outcome), events)
             .await?;
         if pending > 0 {
-            let delay = self.backoff.next(None, rand::random());
+            let delay = self.backoff.next_random_delay();
             return Ok(EntriesEnd::Retry(Sent::Retry(
                 delay,
                 format!("{pending} entries failed transiently"),
@@ -858,7 +857,7 @@ impl Destination {
                             retry_after.as_deref(),
                             &bytes,
                             assembly.entries.len(),
-                            std::time::SystemTime::now(),
+                            vitalgate_core::time::now(),
                         ),
                         Err(reason) => Classified::Retry {
                             after: None,
@@ -956,7 +955,6 @@ pub fn spawn_all(
     let namespace = config.fhir.identifier_namespace.clone();
     let failing_after = config.fleet.destination_failing_after;
     tracker.spawn(async move {
-        use std::os::fd::AsRawFd;
         let mut plans = control.subscribe();
         while plans.borrow_and_update().destinations.is_empty() {
             tokio::select! {
@@ -964,7 +962,7 @@ pub fn spawn_all(
                 r = plans.changed() => if r.is_err() { return },
             }
         }
-        let file = match std::fs::OpenOptions::new()
+        let mut file = match std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
@@ -976,13 +974,21 @@ pub fn spawn_all(
                 return;
             }
         };
-        while !try_lock(file.as_raw_fd()) {
+        let held = loop {
+            match vitalgate_core::fs::FileLock::try_on(file) {
+                Ok(Ok(held)) => break held,
+                Ok(Err(back)) => file = back,
+                Err(error) => {
+                    tracing::error!(path = %lock.display(), %error, "Cannot take the delivery lock; not delivering.");
+                    return;
+                }
+            }
             tracing::info!("Another process is delivering; waiting for the delivery lock.");
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
-        }
+        };
         loop {
             let plan = plans.borrow_and_update().clone();
             let generation = cancel.child_token();
@@ -1032,7 +1038,7 @@ pub fn spawn_all(
                 }
             }
         }
-        drop(file);
+        drop(held);
     });
 }
 
@@ -1045,13 +1051,6 @@ async fn sync_requested(rx: &mut Option<tokio::sync::watch::Receiver<u64>>) {
     }
     *rx = None;
     std::future::pending::<()>().await;
-}
-
-/// Takes a non-blocking exclusive `flock` on an open file; false if another process holds it.
-#[allow(unsafe_code)]
-pub fn try_lock(fd: std::os::fd::RawFd) -> bool {
-    // SAFETY: flock only acts on the descriptor, which the caller keeps open.
-    unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }
 
 /// Where `vitalgate sync` and the daemon coordinate, so only one of them delivers.

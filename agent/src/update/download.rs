@@ -5,6 +5,7 @@
 use std::io::{Seek as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use vitalgate_core::Backoff;
 
 use tokio_util::sync::CancellationToken;
 
@@ -69,39 +70,28 @@ pub fn check_space(path: &Path, need: u64, margin: u64) -> Result<(), DownloadEr
     Ok(())
 }
 
-/// The HTTPS client for downloads: rustls only, the configured CA bundle instead of the
-/// system roots when one is given, and the configured proxy.
+/// The HTTPS client for downloads: the configured CA bundle *instead of* the built-in roots
+/// when one is given, the configured proxy and no other. Redirects are followed (mirrors and
+/// CDNs use them): what is downloaded is checked against the signed manifest's size and hash.
 pub fn client(cfg: &UpdateConfig) -> Result<reqwest::Client, DownloadError> {
-    let mut b = reqwest::Client::builder()
-        .https_only(true)
-        .connect_timeout(cfg.download_timeout)
-        .read_timeout(cfg.download_timeout)
-        .user_agent(concat!("vitalgate-update/", env!("CARGO_PKG_VERSION")));
+    use vitalgate_core::http::{self, ClientOptions, Trust};
+    let mut o = ClientOptions::new("vitalgate-update", cfg.download_timeout);
+    o.read_timeout = Some(cfg.download_timeout);
+    o.follow_redirects = true;
     if let Some(bundle) = &cfg.ca_bundle {
         let pem = std::fs::read(bundle).map_err(io("cannot read CA bundle", bundle))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| DownloadError::Client(format!("{}: {e}", bundle.display())))?;
-        if certs.is_empty() {
-            return Err(DownloadError::Client(format!(
-                "{}: no certificates in the bundle",
-                bundle.display()
-            )));
-        }
-        b = b.tls_built_in_root_certs(false);
-        for c in certs {
-            b = b.add_root_certificate(c);
-        }
+        o.trust = Trust::Only(
+            http::pem_certificates(&pem, &bundle.display().to_string())
+                .map_err(|e| DownloadError::Client(e.to_string()))?,
+        );
     }
-    match &cfg.proxy {
-        Some(p) => {
-            let proxy = reqwest::Proxy::https(p.as_str())
-                .map_err(|e| DownloadError::Client(format!("proxy: {e}")))?;
-            b = b.proxy(proxy);
-        }
-        // Only the configured proxy is used: the service environment decides nothing.
-        None => b = b.no_proxy(),
+    if let Some(p) = &cfg.proxy {
+        o.proxy = Some(
+            reqwest::Proxy::https(p.as_str())
+                .map_err(|e| DownloadError::Client(format!("proxy: {e}")))?,
+        );
     }
-    b.build().map_err(|e| DownloadError::Client(e.to_string()))
+    http::client(o).map_err(|e| DownloadError::Client(e.to_string()))
 }
 
 /// Where the artifact of `version` is downloaded to.
@@ -120,6 +110,8 @@ pub async fn fetch(
     cancel: &CancellationToken,
 ) -> Result<(), DownloadError> {
     let mut attempt = 0;
+    // Full jitter over an exponential cap: 0.5 s, 1 s, 2 s ... up to 60 s.
+    let mut retry = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
     loop {
         attempt += 1;
         let mut last = String::new();
@@ -139,18 +131,12 @@ pub async fn fetch(
                 last,
             });
         }
-        let delay = backoff(attempt);
+        let delay = retry.next_random_delay();
         tokio::select! {
             _ = cancel.cancelled() => return Err(DownloadError::Cancelled),
             _ = tokio::time::sleep(delay) => {}
         }
     }
-}
-
-/// Full jitter over an exponential cap: 0.5 s, 1 s, 2 s ... up to 60 s.
-fn backoff(attempt: u32) -> Duration {
-    let cap_ms = 500u64.saturating_mul(1 << attempt.min(7)).min(60_000);
-    Duration::from_millis(rand::random_range(cap_ms / 2..=cap_ms))
 }
 
 enum Attempt {
@@ -370,14 +356,5 @@ mod tests {
         check_space(dir.path(), 1, 0).expect("one byte fits");
         let e = check_space(dir.path(), u64::MAX / 2, 0).expect_err("cannot fit");
         assert!(matches!(e, DownloadError::NoSpace { .. }), "{e}");
-    }
-
-    #[test]
-    fn backoff_is_jittered_and_capped() {
-        for attempt in 1..40 {
-            let d = backoff(attempt);
-            assert!(d <= Duration::from_secs(60), "{attempt}: {d:?}");
-            assert!(d >= Duration::from_millis(500), "{attempt}: {d:?}");
-        }
     }
 }

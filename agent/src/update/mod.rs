@@ -27,7 +27,6 @@ pub mod trust;
 use std::os::fd::AsFd as _;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -144,12 +143,7 @@ pub struct Updater {
     _lock: std::fs::File,
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+use vitalgate_core::time::now_ms;
 
 /// What the applied trust documents say now.
 #[derive(Debug, Clone, Default)]
@@ -552,7 +546,7 @@ impl Updater {
                 &v.manifest,
                 &self.platform,
                 &self.floors(),
-                SystemTime::now(),
+                vitalgate_core::time::now(),
             )
             .map(|()| v)
         }) {

@@ -9,7 +9,6 @@
 //!
 //! The transition functions are pure; only [`OperationFile`] touches the disk.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -302,28 +301,7 @@ impl OperationFile {
     }
 }
 
-/// Write-temp, fsync, rename, fsync-directory: after this returns the file holds `bytes`
-/// across a power cut; if it does not return, the file holds its old contents.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp"));
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    sync_dir(dir)
-}
-
-/// Makes a directory's entries (a rename, a new file, a symlink) durable.
-pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
-}
+pub use vitalgate_core::fs::{sync_dir, write_atomic};
 
 #[cfg(test)]
 mod tests;

@@ -76,24 +76,9 @@ struct Args {
 }
 
 /// This machine's local wall time.
-#[allow(unsafe_code)]
 fn local_now() -> Option<LocalDateTime> {
-    let utc = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .ok()?
-        .as_secs() as i64;
-    let t: libc::time_t = utc as libc::time_t;
-    // SAFETY: localtime_r writes only into the tm we own; both pointers are valid.
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    let r = unsafe { libc::localtime_r(&t, &mut tm) };
-    // `tm_gmtoff` is a C long: 32 bits on 32-bit ARM.
-    #[allow(clippy::useless_conversion)]
-    let offset = if r.is_null() {
-        0
-    } else {
-        i64::from(tm.tm_gmtoff)
-    };
+    let utc = vitalgate_core::time::now_ms().div_euclid(1000);
+    let offset = vitalgate_core::time::local_utc_offset_s(utc);
     LocalDateTime::from_epoch_seconds(utc + offset).ok()
 }
 

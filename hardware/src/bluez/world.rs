@@ -212,12 +212,7 @@ impl DeviceState {
     }
 }
 
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub(crate) use vitalgate_core::time::now_ms;
 
 /// An `org.bluez.Agent1` a client registered through AgentManager1.
 #[derive(Debug, Clone)]

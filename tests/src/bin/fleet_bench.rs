@@ -80,7 +80,7 @@ impl FleetStore for StubStore {
         _: DeviceTransport,
         _: &str,
         _: i64,
-        _: &vitalgate::fleet::command::PatientRef,
+        _: &vitalgate_core::PatientRef,
         _: &str,
     ) -> Result<(), StoreError> {
         Ok(())
@@ -96,7 +96,7 @@ impl FleetStore for StubStore {
     }
     async fn open_pairing_window(
         &self,
-        _: &vitalgate::ble::pairing::WindowRequest,
+        _: &vitalgate_core::WindowRequest,
     ) -> Result<(), StoreError> {
         Ok(())
     }

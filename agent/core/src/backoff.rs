@@ -1,12 +1,13 @@
-//! Reconnect backoff: capped exponential with full jitter (the wait is uniform between zero
-//! and the ceiling). Thousands of gateways that lose the broker at the same instant then come
-//! back spread over the first ceiling instead of in lockstep.
+//! Retry delays: capped exponential with full jitter. The wait after the n-th failure is drawn
+//! uniformly from `[0, min(max, min·2ⁿ)]`, so thousands of gateways (or one gateway's devices)
+//! that fail together come back spread over the window instead of in lockstep. A server's
+//! Retry-After is a floor the draw never goes under.
 //!
-//! Pure: the random draw is passed in, so the bounds are unit-tested.
+//! Pure: the random draw can be passed in, so the bounds are unit-tested.
 
 use std::time::Duration;
 
-/// Backoff state of one connection.
+/// The backoff state of one retried thing (a connection, a destination, a download).
 #[derive(Debug, Clone)]
 pub struct Backoff {
     min: Duration,
@@ -24,14 +25,14 @@ impl Backoff {
         }
     }
 
-    /// The ceiling of the next wait: `min * 2^failures`, never above `max`.
+    /// The ceiling of the next wait: `min · 2^failures`, never above `max`.
     pub fn ceiling(&self) -> Duration {
         // 2^31 times any useful minimum is beyond any cap; saturate instead of overflowing.
         let factor = 1u32.checked_shl(self.failures.min(31)).unwrap_or(u32::MAX);
         self.min.saturating_mul(factor).min(self.max)
     }
 
-    /// The next wait, for a uniform draw `unit` in `[0, 1)` (clamped into it).
+    /// The next wait, for a uniform draw `unit` in `[0, 1]` (clamped into it; NaN counts as 0).
     pub fn next_delay(&mut self, unit: f64) -> Duration {
         let unit = if unit.is_finite() {
             unit.clamp(0.0, 1.0)
@@ -43,16 +44,24 @@ impl Backoff {
         wait.min(self.max)
     }
 
+    /// The next wait, never shorter than what the peer asked for (`Retry-After`), even when
+    /// that is above the cap: the server knows its own load.
+    pub fn next_delay_after(&mut self, server: Option<Duration>, unit: f64) -> Duration {
+        let wait = self.next_delay(unit);
+        server.map_or(wait, |s| wait.max(s))
+    }
+
     /// The next wait, drawn from the thread's random generator.
     pub fn next_random_delay(&mut self) -> Duration {
         self.next_delay(rand::random::<f64>())
     }
 
-    /// After a connection that worked: the next failure starts from `min` again.
+    /// After a success: the next failure starts from `min` again.
     pub fn reset(&mut self) {
         self.failures = 0;
     }
 
+    /// Failures since the last reset.
     pub fn failures(&self) -> u32 {
         self.failures
     }
@@ -91,6 +100,21 @@ mod tests {
     }
 
     #[test]
+    fn retry_after_is_a_floor_even_above_the_cap() {
+        let mut b = Backoff::new(Duration::from_millis(500), Duration::from_secs(8));
+        assert_eq!(
+            b.next_delay_after(Some(Duration::from_secs(20)), 0.1),
+            Duration::from_secs(20)
+        );
+        // A shorter Retry-After does not shorten a longer draw.
+        assert_eq!(
+            b.next_delay_after(Some(Duration::from_millis(10)), 1.0),
+            Duration::from_secs(1)
+        );
+        assert_eq!(b.next_delay_after(None, 1.0), Duration::from_secs(2));
+    }
+
+    #[test]
     fn reset_starts_over() {
         let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         for _ in 0..10 {
@@ -112,13 +136,13 @@ mod tests {
 
     #[test]
     fn random_waits_cover_the_window() {
-        // Not a timing assertion: a property of the draws. 2,000 first waits land in [0, 1s)
+        // A property of the draws, not a timing assertion: 2,000 first waits land in [0, 1s]
         // and fill both halves of it.
         let (mut low, mut high) = (0, 0);
         for _ in 0..2000 {
             let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
             let d = b.next_random_delay();
-            assert!(d < Duration::from_secs(1));
+            assert!(d <= Duration::from_secs(1));
             if d < Duration::from_millis(500) {
                 low += 1
             } else {
