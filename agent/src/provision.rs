@@ -825,7 +825,7 @@ pub async fn record_bindings(
     bindings: &[PlannedBinding],
 ) -> Result<(), crate::store::StoreError> {
     use crate::fleet::store::{FleetStore as _, SqlFleetStore};
-    let opts = crate::supervisor::writer_options(config, store_path.to_owned(), &keying);
+    let opts = crate::daemon::writer_options(config, store_path.to_owned(), &keying);
     let (handle, thread) = tokio::task::spawn_blocking(move || crate::store::writer::start(opts))
         .await
         .map_err(|_| crate::store::StoreError::WriterStopped)??;

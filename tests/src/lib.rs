@@ -27,13 +27,22 @@ pub const COMMAND_DEADLINE: Duration = Duration::from_secs(60);
 /// The `vitalgate` binary built in the same target directory as the running test.
 /// `cargo build --workspace --bins` (which the test script runs first) builds it.
 pub fn vitalgate_bin() -> PathBuf {
+    built_bin("vitalgate")
+}
+
+/// The built `vitalgate-demo` (the agent's `demo` feature, which this crate turns on).
+pub fn demo_bin() -> PathBuf {
+    built_bin("vitalgate-demo")
+}
+
+fn built_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test>-<hash> -> target/<profile>/vitalgate
+    // target/<profile>/deps/<test>-<hash> -> target/<profile>/<name>
     let profile_dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("test executable lives in target/<profile>/deps");
-    let bin = profile_dir.join("vitalgate");
+    let bin = profile_dir.join(name);
     assert!(
         bin.exists(),
         "{} not found: run `cargo build --workspace --bins` first",
@@ -76,7 +85,27 @@ pub fn clock_marker(dir: &Path) -> PathBuf {
 /// A `vitalgate` command whose behaviour does not depend on the machine it runs on: no
 /// systemd credentials, no `RUST_LOG` override, no colour codes in the log.
 pub fn vitalgate_cmd() -> Command {
-    let mut c = Command::new(vitalgate_bin());
+    clean_cmd(vitalgate_bin())
+}
+
+/// `vitalgate-demo`, as clean as [`vitalgate_cmd`].
+pub fn demo_cmd() -> Command {
+    clean_cmd(demo_bin())
+}
+
+/// `vitalgate <sub>`, or `vitalgate-demo` for `demo` (the demo is a binary of its own).
+pub fn subcommand(sub: &str) -> Command {
+    if sub == "demo" {
+        demo_cmd()
+    } else {
+        let mut c = vitalgate_cmd();
+        c.arg(sub);
+        c
+    }
+}
+
+fn clean_cmd(bin: PathBuf) -> Command {
+    let mut c = Command::new(bin);
     c.env_remove("CREDENTIALS_DIRECTORY")
         .env_remove("RUST_LOG")
         .env_remove("NOTIFY_SOCKET")
@@ -237,9 +266,8 @@ impl Site {
 
     /// `vitalgate <subcommand> --config C --state-dir S <extra...>`.
     pub fn vitalgate(&self, subcommand: &str, extra: &[&str]) -> Finished {
-        let mut c = vitalgate_cmd();
-        c.arg(subcommand)
-            .arg("--config")
+        let mut c = crate::subcommand(subcommand);
+        c.arg("--config")
             .arg(&self.config)
             .arg("--state-dir")
             .arg(&self.state)

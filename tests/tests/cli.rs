@@ -87,10 +87,22 @@ fn unknown_subcommand_or_flag_is_a_usage_error() {
     for args in [
         &["frobnicate"][..],
         &["status", "--no-such-flag"],
+        // The gateway's binary has no demo: it is `vitalgate-demo`.
+        &["demo", "--offline"],
         &["demo", "--records", "many"],
         &[],
     ] {
-        let out = vitalgate(args);
+        let mut c = if args.first() == Some(&"demo") && args.get(1) == Some(&"--records") {
+            let mut c = vitalgate_e2e::demo_cmd();
+            c.args(&args[1..]);
+            c
+        } else {
+            let mut c = vitalgate_e2e::vitalgate_cmd();
+            c.args(args);
+            c
+        };
+        c.env("NO_COLOR", "1");
+        let out = vitalgate_e2e::run(c);
         out.expect_code(64);
         assert!(
             out.stderr.contains("Usage") || out.stderr.contains("--help"),
@@ -520,8 +532,8 @@ fn the_demo_never_touches_a_gateways_devices_broker_or_state() {
         );
     }
     // The gateway's state directory is refused outright.
-    let mut c = vitalgate_cmd();
-    c.args(["demo", "--offline", "--state-dir", "/var/lib/vitalgate"]);
+    let mut c = vitalgate_e2e::demo_cmd();
+    c.args(["--offline", "--state-dir", "/var/lib/vitalgate"]);
     let out = vitalgate_e2e::run(c);
     out.expect_code(64);
     assert!(

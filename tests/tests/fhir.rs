@@ -23,9 +23,8 @@ const PHD_SYSTEM: &str = "http://hl7.org/fhir/uv/phd/StructureDefinition/PhdBase
 /// A `vitalgate` command for a site (whose clock marker says the wall clock is
 /// synchronised: see `write_config`).
 fn cmd(site: &Site, sub: &str, extra: &[&str]) -> Command {
-    let mut c = vitalgate_cmd();
+    let mut c = vitalgate_e2e::subcommand(sub);
     c.env("TZ", "UTC")
-        .arg(sub)
         .arg("--config")
         .arg(&site.config)
         .arg("--state-dir")

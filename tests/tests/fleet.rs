@@ -470,9 +470,8 @@ fn telemetry_reports_backlog_devices_and_the_process() {
     let text = std::fs::read_to_string(&gw.config).expect("config");
     let no_fleet = text.split("[fleet]").next().expect("head").to_owned();
     std::fs::write(&demo_cfg, no_fleet).expect("demo config");
-    let mut c = vitalgate_cmd();
-    c.arg("demo")
-        .arg("--offline")
+    let mut c = vitalgate_e2e::demo_cmd();
+    c.arg("--offline")
         .arg("--records")
         .arg("20")
         .arg("--config")
@@ -1361,9 +1360,8 @@ fn fill(gw: &Gateway, records: u32) {
     let text = std::fs::read_to_string(&gw.config).expect("config");
     let no_fleet = text.split("[fleet]").next().expect("head").to_owned();
     std::fs::write(&demo_cfg, no_fleet).expect("demo config");
-    let mut c = vitalgate_cmd();
-    c.arg("demo")
-        .arg("--offline")
+    let mut c = vitalgate_e2e::demo_cmd();
+    c.arg("--offline")
         .arg("--records")
         .arg(records.to_string())
         .arg("--config")

@@ -35,8 +35,8 @@ use vitalgate_drivers::Transport;
 
 use crate::clock::Clock;
 use crate::config::BleConfig;
+use crate::daemon::{ReadingSource, SourceError};
 use crate::store::{Keying, StoreError, StoreHandle, StoreReader};
-use crate::supervisor::{ReadingSource, SourceError};
 use session::End;
 use vitalgate_core::Backoff;
 

@@ -34,10 +34,10 @@ use vitalgate_drivers::{DeviceIdentity, Measurement, Reading, Transport};
 
 use crate::clock::Clock;
 use crate::config::{Config, LinePolicy, SerialConfig, UsbId};
+use crate::daemon::{ReadingSource, SourceError};
 use crate::store::{
     Batch, CursorUpdate, Keying, NewEvent, Severity, StoreError, StoreHandle, StoreReader,
 };
-use crate::supervisor::{ReadingSource, SourceError};
 
 /// The reading sources for every configured serial device.
 pub fn sources(config: &Config, keying: &Keying, store_path: &Path) -> Vec<Box<dyn ReadingSource>> {

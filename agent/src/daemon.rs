@@ -1,13 +1,14 @@
-//! The supervisor: the daemon's task tree and its lifecycle.
+//! The daemon, assembled in this one place: [`run`] is what `vitalgate run` does (the
+//! reading sources of the configuration, the update work, the supervisor), and the
+//! [`Supervisor`] is its task tree and lifecycle (the demo runs the same supervisor on
+//! simulated sources).
 //!
 //! It opens the store and starts its writer, runs the reading sources (device drivers, or
 //! simulators in the demo) and the periodic tasks under one cancellation token, tells systemd
 //! when it is ready, feeds the watchdog only while the store writer is really taking work, and
 //! on SIGTERM/SIGINT stops the sources, lets the writer commit everything it holds, and exits.
 
-use std::future::Future;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,28 +18,18 @@ use tokio_util::task::TaskTracker;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::store::{self, Keying, StoreError, StoreHandle, WriterOptions};
+use crate::update::{self, Outcome, Report, Updater};
 
-/// A task that produces readings: a device driver, or a simulator.
-pub trait ReadingSource: Send + 'static {
-    /// A short name for logs (never patient data).
-    fn name(&self) -> String;
-    /// Runs until done or until `cancel` fires. Readings go through `store.commit`, which
-    /// applies backpressure; a source acknowledges its device only after the commit returns.
-    fn run(
-        self: Box<Self>,
-        store: StoreHandle,
-        clock: Arc<dyn Clock>,
-        cancel: CancellationToken,
-    ) -> Pin<Box<dyn Future<Output = Result<(), SourceError>> + Send>>;
-}
+pub use crate::source::{ReadingSource, SourceError};
 
-/// Why a reading source stopped early.
-#[derive(Debug, thiserror::Error)]
-pub enum SourceError {
-    #[error("source {source_name}: {detail}")]
-    Failed { source_name: String, detail: String },
-    #[error(transparent)]
-    Store(#[from] StoreError),
+/// How [`run`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Stopped as asked (SIGTERM, SIGINT).
+    Stopped,
+    /// Stopped so that another version (or a fresh start) runs: an update switched versions,
+    /// or the fleet asked for a restart.
+    Restart,
 }
 
 /// Why the supervisor could not run.
@@ -521,4 +512,96 @@ fn spawn_gpio(
             tracing::error!(%error, "GPIO stopped; no pairing button or status LED.");
         }
     });
+}
+
+fn log_report(r: &Report) {
+    tracing::info!(
+        operation = %r.operation_id,
+        command = %r.command_id,
+        version = %r.version,
+        step = r.step.as_str(),
+        status = ?r.status,
+        reason = r.reason.as_deref().unwrap_or(""),
+        "Update progress."
+    );
+    // Fleet management publishes it on the command's result topic once connected.
+    update::announce(r);
+}
+
+/// `vitalgate run`: the configured reading sources under the supervisor, with the update
+/// work alongside it (resuming an operation a restart or power cut interrupted, and the new
+/// version's health gate). When the update needs another version to run, the daemon stops
+/// gracefully and says so ([`Exit::Restart`]): the binary then exits with `TEMPFAIL`, so
+/// systemd's `Restart=on-failure` runs the launcher again.
+pub async fn run(
+    config: Config,
+    state_dir: PathBuf,
+    keying: Keying,
+    recover: bool,
+) -> Result<Exit, SupervisorError> {
+    // Bluetooth LE is the one source assembled here; the serial ports are the supervisor's
+    // (one task per configured port).
+    let ble = crate::ble::BleSource::new(
+        config.ble.clone(),
+        config.store_path(&state_dir),
+        keying.clone(),
+    );
+    let sources: Vec<Box<dyn ReadingSource>> = vec![Box::new(ble)];
+    tracing::info!(version = update::running_version(), "Vitalgate starting.");
+    let cancel = CancellationToken::new();
+    let work = {
+        let cancel = cancel.clone();
+        let update_config = config.update.clone();
+        let checks = update::default_checks(&config, &state_dir, keying.clone());
+        async move {
+            let outcome = update_work(&update_config, &checks, &cancel).await;
+            match outcome {
+                Ok(Outcome::RestartRequired) => {
+                    tracing::info!("Restarting into the switched version.");
+                    // Stops the way systemd would: the supervisor shuts down gracefully.
+                    update::request_restart();
+                }
+                Ok(_) => {}
+                Err(error) => tracing::error!(%error, "Software update could not run."),
+            }
+        }
+    };
+    let work = tokio::spawn(work);
+    let mut supervisor = Supervisor::new(config, state_dir, keying)
+        .stop_when(StopWhen::Signal)
+        .recover(recover);
+    for source in sources {
+        supervisor = supervisor.with_source(source);
+    }
+    let result = supervisor.run().await;
+    cancel.cancel();
+    let _ = work.await;
+    let summary = result?;
+    Ok(
+        if update::restart_requested() || summary.restart_requested {
+            Exit::Restart
+        } else {
+            Exit::Stopped
+        },
+    )
+}
+
+async fn update_work(
+    cfg: &crate::config::update::UpdateConfig,
+    checks: &[Box<dyn update::health::HealthCheck>],
+    cancel: &CancellationToken,
+) -> Result<Outcome, update::UpdateError> {
+    // Nothing was ever started: touch nothing (no directories, no lock).
+    if !update::state::OperationFile::new(&cfg.download_dir)
+        .path()
+        .exists()
+    {
+        return Ok(Outcome::Idle);
+    }
+    // The updater (and its lock) is held only while an operation runs in this process.
+    let updater = Updater::open(cfg)?;
+    match updater.resume(&mut log_report, cancel).await? {
+        Outcome::HealthGatePending => updater.health_gate(checks, &mut log_report, cancel).await,
+        other => Ok(other),
+    }
 }

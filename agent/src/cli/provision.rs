@@ -1,19 +1,14 @@
-//! The installer's commands: `provision` (an enrollment file to a configured gateway) and
-//! `doctor` (checks with remedies). The work is in `vitalgate::provision` and
-//! `vitalgate::doctor`; this is argument handling and what is printed.
+//! `vitalgate provision`: an enrollment file to a configured gateway. The work is in
+//! [`crate::provision`]; this is argument handling and what is printed.
 
 use std::path::{Path, PathBuf};
 
+use crate::config::{Config, DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR};
+use crate::provision::{self, DEFAULT_CREDENTIALS_DIR, Targets};
 use anyhow::{Context, Result};
 use clap::Args;
-use vitalgate::config::{Config, DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR};
-use vitalgate::doctor::{self, Verdict};
-use vitalgate::provision::{self, DEFAULT_CREDENTIALS_DIR, Targets};
 
-use crate::exit;
-
-/// `doctor` exits with this when a check failed (sysexits has no code for "unhealthy").
-pub const CHECK_FAILED: u8 = 1;
+use crate::cli::exit;
 
 #[derive(Debug, Args)]
 pub struct ProvisionArgs {
@@ -29,16 +24,6 @@ pub struct ProvisionArgs {
     /// Replace a configuration that is already provisioned (a backup is kept as .bak).
     #[arg(long)]
     force: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct DoctorArgs {
-    /// State directory (the store).
-    #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
-    state_dir: PathBuf,
-    /// Print the report as JSON (its shape is documented in the README).
-    #[arg(long)]
-    json: bool,
 }
 
 pub fn provision_cmd(explicit_config: Option<&Path>, args: ProvisionArgs) -> Result<u8> {
@@ -71,7 +56,7 @@ pub fn provision_cmd(explicit_config: Option<&Path>, args: ProvisionArgs) -> Res
     let key_file = plan.config.store.key_file.clone();
     let store_path = plan.config.store_path(&targets.state_dir);
     let existing_key = if key_file.exists() {
-        Some(vitalgate::store::key::read_key_file(&key_file)?)
+        Some(crate::store::key::read_key_file(&key_file)?)
     } else {
         None
     };
@@ -83,9 +68,9 @@ pub fn provision_cmd(explicit_config: Option<&Path>, args: ProvisionArgs) -> Res
             }
             .into());
         };
-        vitalgate::store::StoreReader::open(
+        crate::store::StoreReader::open(
             &store_path,
-            &vitalgate::store::Keying::Encrypted(key.clone()),
+            &crate::store::Keying::Encrypted(key.clone()),
         )?;
     }
 
@@ -122,7 +107,7 @@ pub fn provision_cmd(explicit_config: Option<&Path>, args: ProvisionArgs) -> Res
         println!("  database key: kept the existing {}", key_file.display());
         k
     } else {
-        let k = vitalgate::store::key::create_key_file(&key_file)?;
+        let k = crate::store::key::create_key_file(&key_file)?;
         println!(
             "  database key: created {} (0600). Keep it: the store cannot be read without it.",
             key_file.display()
@@ -134,7 +119,7 @@ pub fn provision_cmd(explicit_config: Option<&Path>, args: ProvisionArgs) -> Res
         crate::cli::runtime()?.block_on(provision::record_bindings(
             &plan.config,
             &store_path,
-            vitalgate::store::Keying::Encrypted(key),
+            crate::store::Keying::Encrypted(key),
             &plan.bindings,
         ))?;
         if let Some((uid, gid)) = provision::service_owner() {
@@ -174,39 +159,4 @@ pub fn provision_cmd(explicit_config: Option<&Path>, args: ProvisionArgs) -> Res
         "Next: `vitalgate doctor` checks the adapter, ports, clock, disk, key, broker and endpoints."
     );
     Ok(exit::OK)
-}
-
-pub fn doctor_cmd(explicit_config: Option<&Path>, args: DoctorArgs) -> Result<u8> {
-    let config = crate::cli::load_config(explicit_config, crate::cli::Required::Yes)?;
-    let inputs = doctor::Inputs {
-        config,
-        state_dir: args.state_dir,
-        credentials_dir: std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
-    };
-    let report = crate::cli::runtime()?.block_on(doctor::run(&inputs));
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        println!(
-            "Gateway {} (vitalgate {})",
-            report.gateway_id, report.version
-        );
-        for c in &report.checks {
-            println!("{}  {:<20} {}", c.verdict.label(), c.name, c.detail);
-            if c.verdict != Verdict::Pass {
-                println!("      remedy: {}", c.remedy);
-            }
-        }
-        let failed = report
-            .checks
-            .iter()
-            .filter(|c| c.verdict == Verdict::Fail)
-            .count();
-        if failed == 0 {
-            println!("All checks passed.");
-        } else {
-            println!("{failed} check(s) failed.");
-        }
-    }
-    Ok(if report.ok { exit::OK } else { CHECK_FAILED })
 }

@@ -1,22 +1,19 @@
-//! `vitalgate update ...` (keygen, sign, apply, status) and the update work the daemon does
-//! around the supervisor: resuming an interrupted operation at start and running the new
-//! version's health gate while the agent runs.
+//! `vitalgate update ...`: keygen, sign, apply, status. (The update work the daemon does
+//! around the supervisor is in [`crate::daemon`].)
 
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
+use crate::config::Config;
+use crate::update::manifest::{self, PrivateKey};
+use crate::update::{self, Outcome, Report, Status, Updater};
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use rand::TryRngCore as _;
 use tokio_util::sync::CancellationToken;
-use vitalgate::config::Config;
-use vitalgate::store::Keying;
-use vitalgate::supervisor::{StopWhen, Supervisor};
-use vitalgate::update::manifest::{self, PrivateKey};
-use vitalgate::update::{self, Outcome, Report, Status, Updater};
 
-use crate::exit;
+use crate::cli::exit;
 
 #[derive(Debug, Subcommand)]
 pub enum UpdateCommand {
@@ -162,7 +159,7 @@ fn sign(manifest_path: &Path, key_path: &Path, output: Option<&Path>) -> Result<
     let signed = if is_trust {
         // A trust document is signed by a root key, like any signed document.
         let mut doc: serde_json::Value = serde_json::from_slice(&bytes).context("not JSON")?;
-        vitalgate::signed::add_signature(&mut doc, &key)
+        crate::signed::add_signature(&mut doc, &key)
             .with_context(|| manifest_path.display().to_string())?;
         let mut out = serde_json::to_vec_pretty(&doc).context("cannot serialize")?;
         out.push(b'\n');
@@ -196,26 +193,26 @@ fn sign_fleet(
         anyhow::bail!("{} is not a JSON object", path.display());
     };
     gateway
-        .parse::<vitalgate::config::GatewayId>()
+        .parse::<crate::config::GatewayId>()
         .map_err(|e| anyhow::anyhow!("--gateway: {e}"))?;
     map.insert(
-        vitalgate::fleet::trust::GATEWAY.into(),
+        crate::fleet::trust::GATEWAY.into(),
         serde_json::Value::String(gateway.into()),
     );
     match command_id {
         Some(id) => {
-            vitalgate::fleet::command::CommandId::parse(id)
+            crate::fleet::command::CommandId::parse(id)
                 .map_err(|e| anyhow::anyhow!("--command-id: {e}"))?;
             map.insert(
-                vitalgate::fleet::trust::ID.into(),
+                crate::fleet::trust::ID.into(),
                 serde_json::Value::String(id.into()),
             );
         }
         None => {
-            map.remove(vitalgate::fleet::trust::ID);
+            map.remove(crate::fleet::trust::ID);
         }
     }
-    vitalgate::signed::add_signature(&mut doc, &key).with_context(|| path.display().to_string())?;
+    crate::signed::add_signature(&mut doc, &key).with_context(|| path.display().to_string())?;
     let mut out = serde_json::to_vec_pretty(&doc).context("cannot serialize")?;
     out.push(b'\n');
     let target = output.unwrap_or(path);
@@ -321,89 +318,4 @@ fn status(config: &Config, json: bool) -> Result<u8> {
         }
     }
     Ok(exit::OK)
-}
-
-fn log_report(r: &Report) {
-    tracing::info!(
-        operation = %r.operation_id,
-        command = %r.command_id,
-        version = %r.version,
-        step = r.step.as_str(),
-        status = ?r.status,
-        reason = r.reason.as_deref().unwrap_or(""),
-        "Update progress."
-    );
-    // Fleet management publishes it on the command's result topic once connected.
-    update::announce(r);
-}
-
-/// The daemon: the supervisor, with the update work alongside it — resuming an operation a
-/// restart or power cut interrupted, and the new version's health gate. When the update
-/// needs another version to run, the agent stops gracefully and exits with `TEMPFAIL`, so
-/// systemd's `Restart=on-failure` runs the launcher again.
-pub async fn run_daemon(
-    config: Config,
-    state_dir: PathBuf,
-    keying: Keying,
-    sources: Vec<Box<dyn vitalgate::supervisor::ReadingSource>>,
-    recover: bool,
-) -> Result<u8> {
-    tracing::info!(version = update::running_version(), "Vitalgate starting.");
-    let cancel = CancellationToken::new();
-    let work = {
-        let cancel = cancel.clone();
-        let update_config = config.update.clone();
-        let checks = update::default_checks(&config, &state_dir, keying.clone());
-        async move {
-            let outcome = update_work(&update_config, &checks, &cancel).await;
-            match outcome {
-                Ok(Outcome::RestartRequired) => {
-                    tracing::info!("Restarting into the switched version.");
-                    // Stops the way systemd would: the supervisor shuts down gracefully.
-                    update::request_restart();
-                }
-                Ok(_) => {}
-                Err(error) => tracing::error!(%error, "Software update could not run."),
-            }
-        }
-    };
-    let work = tokio::spawn(work);
-    let mut supervisor = Supervisor::new(config, state_dir, keying)
-        .stop_when(StopWhen::Signal)
-        .recover(recover);
-    for source in sources {
-        supervisor = supervisor.with_source(source);
-    }
-    let result = supervisor.run().await;
-    cancel.cancel();
-    let _ = work.await;
-    let summary = result?;
-    // Non-zero on purpose: the unit restarts the agent on failure only.
-    Ok(
-        if update::restart_requested() || summary.restart_requested {
-            exit::TEMPFAIL
-        } else {
-            exit::OK
-        },
-    )
-}
-
-async fn update_work(
-    cfg: &vitalgate::config::update::UpdateConfig,
-    checks: &[Box<dyn update::health::HealthCheck>],
-    cancel: &CancellationToken,
-) -> Result<Outcome, update::UpdateError> {
-    // Nothing was ever started: touch nothing (no directories, no lock).
-    if !update::state::OperationFile::new(&cfg.download_dir)
-        .path()
-        .exists()
-    {
-        return Ok(Outcome::Idle);
-    }
-    // The updater (and its lock) is held only while an operation runs in this process.
-    let updater = Updater::open(cfg)?;
-    match updater.resume(&mut log_report, cancel).await? {
-        Outcome::HealthGatePending => updater.health_gate(checks, &mut log_report, cancel).await,
-        other => Ok(other),
-    }
 }

@@ -1,8 +1,8 @@
 //! Process exit codes, following sysexits.h so scripts and systemd can tell failures apart.
 
-use vitalgate::config::ConfigError;
-use vitalgate::store::{KeyError, StoreError};
-use vitalgate::supervisor::SupervisorError;
+use crate::config::ConfigError;
+use crate::daemon::SupervisorError;
+use crate::store::{KeyError, StoreError};
 
 pub const OK: u8 = 0;
 /// Bad command line or bad configuration file.
@@ -24,11 +24,14 @@ pub const CONFIG: u8 = 78;
 /// The exit code for an error chain, from the first error in it we recognise.
 pub fn code_for(error: &anyhow::Error) -> u8 {
     for cause in error.chain() {
-        if cause.downcast_ref::<crate::cli::DecodeFailure>().is_some() {
+        if cause
+            .downcast_ref::<crate::cli::decode::DecodeFailure>()
+            .is_some()
+        {
             return DATAERR;
         }
-        if let Some(p) = cause.downcast_ref::<vitalgate::provision::ProvisionError>() {
-            use vitalgate::provision::ProvisionError as P;
+        if let Some(p) = cause.downcast_ref::<crate::provision::ProvisionError>() {
+            use crate::provision::ProvisionError as P;
             return match p {
                 P::Read { .. } => NOINPUT,
                 P::Invalid { .. } => USAGE,
@@ -38,7 +41,7 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
         }
         if cause.downcast_ref::<ConfigError>().is_some()
             || cause
-                .downcast_ref::<crate::cli_pair::BadArgument>()
+                .downcast_ref::<crate::cli::pair::BadArgument>()
                 .is_some()
         {
             return USAGE;

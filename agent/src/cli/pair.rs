@@ -11,18 +11,18 @@ use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::ble::pairing::{WindowReader, record_window, remove_bond};
+use crate::config::BtAddr;
+use crate::fleet::command::MAX_PAIRING_WINDOW_S;
+use crate::store::{self, devices};
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use vitalgate::ble::pairing::{WindowReader, record_window, remove_bond};
-use vitalgate::config::BtAddr;
-use vitalgate::fleet::command::MAX_PAIRING_WINDOW_S;
-use vitalgate::store::{self, devices};
 use vitalgate_core::PatientRef;
 use vitalgate_core::{Pin, WindowRequest};
 use vitalgate_drivers::Transport;
 
+use crate::cli::exit;
 use crate::cli::{CreateKey, Required, find_key, load_config, when};
-use crate::exit;
 
 /// How long `pair` waits for the daemon to take the window up before saying it is not running.
 const PICKUP: Duration = Duration::from_secs(10);
@@ -30,7 +30,7 @@ const PICKUP: Duration = Duration::from_secs(10);
 #[derive(Debug, Args)]
 pub(crate) struct PairArgs {
     /// State directory (where the store is).
-    #[arg(long, value_name = "DIR", default_value = vitalgate::config::DEFAULT_STATE_DIR)]
+    #[arg(long, value_name = "DIR", default_value = crate::config::DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
     /// Opaque patient reference the device is bound to (never a name).
     #[arg(long, value_name = "REF")]
@@ -55,7 +55,7 @@ pub(crate) struct PairArgs {
 #[derive(Debug, Args)]
 pub(crate) struct UnpairArgs {
     /// State directory (where the store is).
-    #[arg(long, value_name = "DIR", default_value = vitalgate::config::DEFAULT_STATE_DIR)]
+    #[arg(long, value_name = "DIR", default_value = crate::config::DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
     /// The device's Bluetooth address.
     address: String,
@@ -64,7 +64,7 @@ pub(crate) struct UnpairArgs {
 #[derive(Debug, Args)]
 pub(crate) struct DevicesArgs {
     /// State directory (where the store is).
-    #[arg(long, value_name = "DIR", default_value = vitalgate::config::DEFAULT_STATE_DIR)]
+    #[arg(long, value_name = "DIR", default_value = crate::config::DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
     /// Print JSON instead of text.
     #[arg(long)]
@@ -131,7 +131,7 @@ pub(crate) fn pair(config: Option<&Path>, a: PairArgs) -> Result<u8> {
     }
     let reader = WindowReader::open(&path, &keying)?;
     if let Some(p) = reader.policy()?
-        && p.mode == vitalgate::fleet::desired::PairingMode::AllowlistOnly
+        && p.mode == crate::fleet::desired::PairingMode::AllowlistOnly
     {
         eprintln!(
             "vitalgate: pairing is off on this gateway: its fleet pairing policy is allowlist-only (ask IT to add the device)"

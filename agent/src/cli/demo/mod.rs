@@ -1,6 +1,63 @@
-//! The FHIR-side subcommands: `decode` (device bytes to the resources delivery would send)
-//! and `sync` (one delivery round now). Kept apart from `cli.rs` so the argument definitions
-//! there stay one line per command.
+//! `vitalgate-demo`: the real pipeline on simulated devices, with a state directory of its
+//! own. Built only with the `demo` feature, into its own binary: the gateway's `vitalgate`
+//! carries no simulator.
+
+pub mod devices;
+
+/// Vitalgate's demo: the gateway's pipeline on simulated Bluetooth LE and serial devices,
+/// delivering to a local FHIR server, with a state directory of its own.
+#[derive(Debug, clap::Parser)]
+#[command(name = "vitalgate-demo", version, about)]
+pub struct DemoCli {
+    /// Configuration file (default: none; the demo's own settings).
+    #[arg(long, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
+    /// State directory of the demo's own store and key. Never the gateway's: the demo
+    /// refuses the directory `run` uses by default.
+    #[arg(long, value_name = "DIR", default_value = "vitalgate-demo-state")]
+    state_dir: std::path::PathBuf,
+    /// How many stored records the simulated cuff holds.
+    #[arg(long, default_value_t = 48)]
+    records: u32,
+    /// Broker to connect the demo gateway to, e.g. mqtt://127.0.0.1:1883 (watch it with
+    /// `mosquitto_sub -t 'vitalgate/#' -v`). The demo then runs until interrupted.
+    #[arg(long, value_name = "URL")]
+    mqtt: Option<crate::config::BrokerUrl>,
+    /// Gateway id for the demo's topics (default: the configured one).
+    #[arg(long, value_name = "ID", requires = "mqtt")]
+    gateway_id: Option<crate::config::GatewayId>,
+    /// Deliver to this FHIR R4 base URL instead of starting a local server.
+    #[arg(long, value_name = "BASE_URL")]
+    fhir: Option<String>,
+    /// Stop after this many seconds of live readings (default: run until Ctrl-C).
+    #[arg(long = "for", value_name = "SECONDS")]
+    run_for: Option<u64>,
+    /// Only store the cuff's records: no FHIR server, no delivery, no live readings.
+    #[arg(long, conflicts_with_all = ["fhir", "run_for"])]
+    offline: bool,
+    /// Where the local FHIR server lives (default: tests/fhir-server found upwards).
+    #[arg(long, value_name = "DIR")]
+    fhir_server_dir: Option<std::path::PathBuf>,
+}
+
+/// The process entry point of `vitalgate-demo`.
+pub fn main() -> std::process::ExitCode {
+    crate::cli::run_main("vitalgate-demo", |cli: DemoCli| {
+        demo(
+            cli.config.as_deref(),
+            &cli.state_dir,
+            DemoArgs {
+                records: cli.records,
+                fhir: cli.fhir,
+                run_for: cli.run_for.map(Duration::from_secs),
+                offline: cli.offline,
+                fhir_server_dir: cli.fhir_server_dir,
+                mqtt: cli.mqtt,
+                gateway_id: cli.gateway_id,
+            },
+        )
+    })
+}
 
 use std::future::Future;
 use std::path::Path;
@@ -8,412 +65,20 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::daemon::{ReadingSource, SourceError, StopWhen, Supervisor};
+use crate::fhir::decode::{self};
+use crate::store::{Batch, CursorUpdate, StoreHandle, WriterOptions};
 use anyhow::{Context, Result};
-use clap::Subcommand;
 use tokio_util::sync::CancellationToken;
-use vitalgate::clock::{Clock, SystemClock};
-use vitalgate::config::Config;
-use vitalgate::fhir::decode::{self, DecodeCommandError};
-use vitalgate::fhir::{GatewayInfo, GatewayTime};
-use vitalgate::store::outbox::{DestinationSummary, OutboxReader};
-use vitalgate::store::{Batch, CursorUpdate, Keying, StoreHandle, WriterOptions};
-use vitalgate::supervisor::{ReadingSource, SourceError, StopWhen, Supervisor};
-use vitalgate::sync::{self, Destination, RoundReport};
-use vitalgate_drivers::ble;
 use vitalgate_drivers::ieee11073::{Value, encode_sfloat};
 use vitalgate_drivers::{DeviceIdentity, Transport};
 use vitalgate_hardware::sim::BpCuffMemory;
 
-use crate::exit;
+use crate::cli::exit;
 
-#[derive(Debug, Subcommand)]
-pub enum DecodeCommand {
-    /// Decode one Bluetooth GATT characteristic value and print the FHIR Bundle (type
-    /// `collection`) of the Observations and Devices it maps to, with a placeholder subject.
-    Ble {
-        /// The characteristic: 16-bit UUID (2A35, 0x2A35) or the full base UUID.
-        characteristic: String,
-        /// The value as hex bytes (spaces, colons or dashes allowed between bytes).
-        hex: String,
-        /// The device's Bluetooth address, for the Device identifier.
-        #[arg(long, default_value = "00:00:00:00:00:00")]
-        address: String,
-        /// `collection` (default) or `transaction`: the Bundle delivery would POST, every
-        /// entry a conditional create.
-        #[arg(long, default_value = "collection", value_parser = ["collection", "transaction"])]
-        bundle: String,
-        /// When the gateway received the bytes (RFC 3339, e.g. 2026-03-01T08:00:00Z): the
-        /// time of a reading that carries none. Default: now, by this machine's clock, taken
-        /// as right even when it reports itself unsynchronised (said on stderr).
-        #[arg(long, value_name = "TIME")]
-        received_at: Option<String>,
-        /// The value answered a record download (RACP): it comes from the device's memory.
-        /// Without it, the value is taken as notified on its own.
-        #[arg(long)]
-        stored: bool,
-        /// The device's System ID (0x2A23) as read, 8 hex bytes: the Device is then
-        /// identified by it (SYSID), as it would be after a connection.
-        #[arg(long, value_name = "HEX")]
-        system_id: Option<String>,
-        /// A Glucose Measurement Context (0x2A34) that followed the 0x2A18 value: joined to
-        /// it, as the transport joins them.
-        #[arg(long, value_name = "HEX")]
-        context: Option<String>,
-    },
-    /// Decode a captured device-to-host byte stream of a serial protocol and print the FHIR
-    /// Bundle its readings map to (streams are not reduced).
-    Serial {
-        /// taidoc, nonin-df2, nonin-df7, nonin-ascii, contec or astm.
-        protocol: vitalgate_drivers::serial::Protocol,
-        /// The bytes, as hex (one or more arguments, joined; spaces, colons and 0x ignored).
-        #[arg(required = true, num_args = 1..)]
-        hex: Vec<String>,
-        /// Print the readings as the store keeps them (MDC codes, exact decimals, device
-        /// time, dedup key) and the problems met, instead of the Bundle.
-        #[arg(long)]
-        readings: bool,
-        /// `collection` (default) or `transaction`.
-        #[arg(long, default_value = "collection", value_parser = ["collection", "transaction"])]
-        bundle: String,
-        /// When the gateway received the bytes (RFC 3339): the time of readings that carry
-        /// none (live streams). Default: now, by this machine's clock.
-        #[arg(long, value_name = "TIME")]
-        received_at: Option<String>,
-    },
-}
-
-/// What `decode` takes from the configuration: the gateway id and the identifier namespace.
-#[derive(Debug, Clone)]
-pub struct DecodeGateway {
-    pub id: String,
-    pub namespace: vitalgate::fhir::IdentifierNamespace,
-}
-
-/// The gateway facts the mapping needs, from the configuration and the reception time
-/// `decode` assumes: `--received-at`, else this machine's clock. Either is taken as
-/// synchronised (decoding bytes on a workstation is not delivering them), and what was
-/// assumed is said on stderr, so a reading placed at that time is never mistaken for one
-/// that carried its own.
-pub fn gateway_now(
-    gateway: &DecodeGateway,
-    received_at: Option<&str>,
-) -> Result<(GatewayInfo, GatewayTime)> {
-    let mut now = SystemClock::new().receipt();
-    match received_at {
-        Some(t) => {
-            let at = humantime::parse_rfc3339_weak(t)
-                .or_else(|_| humantime::parse_rfc3339(t))
-                .map_err(|e| anyhow::anyhow!("--received-at {t:?} is not an RFC 3339 time: {e}"))?;
-            let ms = at
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_err(|_| anyhow::anyhow!("--received-at {t:?} is before 1970"))?
-                .as_millis() as i64;
-            now.wall_ms = ms;
-            eprintln!(
-                "vitalgate: note: readings without a device time are placed at the --received-at time {t}"
-            );
-        }
-        None if !now.clock_synchronized => eprintln!(
-            "vitalgate: note: this machine's clock reports itself unsynchronised; readings \
-             without a device time are placed at its current time (give --received-at to \
-             choose another)"
-        ),
-        None => {}
-    }
-    now.clock_synchronized = true;
-    Ok((
-        GatewayInfo {
-            id: gateway.id.clone(),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            namespace: gateway.namespace.clone(),
-            system_id: vitalgate::fhir::device::gateway_system_id(),
-        },
-        GatewayTime {
-            now,
-            utc_offset_s: vitalgate::fhir::time::local_utc_offset_s(),
-        },
-    ))
-}
-
-/// Prints a decoded Bundle, and on stderr every reading left out of it with the reason.
-pub fn print_decoded(d: &decode::Decoded) -> Result<()> {
-    use std::io::Write;
-    for l in &d.left_out {
-        eprintln!("vitalgate: {l}");
-    }
-    let text = serde_json::to_string_pretty(&d.bundle)?;
-    // A closed pipe (`| head`) is the reader's choice, not an error.
-    let _ = writeln!(std::io::stdout().lock(), "{text}");
-    Ok(())
-}
-
-pub fn decode_cmd(gateway: &DecodeGateway, cmd: DecodeCommand) -> Result<u8> {
-    match cmd {
-        DecodeCommand::Serial {
-            protocol,
-            hex,
-            readings,
-            bundle,
-            received_at,
-        } => crate::cli::decode_serial(
-            protocol,
-            &hex,
-            gateway,
-            readings,
-            bundle == "transaction",
-            received_at.as_deref(),
-        ),
-        DecodeCommand::Ble {
-            characteristic,
-            hex,
-            address,
-            bundle,
-            received_at,
-            stored,
-            system_id,
-            context,
-        } => {
-            let (gw, time) = match gateway_now(gateway, received_at.as_deref()) {
-                Ok(g) => g,
-                Err(e) => {
-                    eprintln!("vitalgate: error: {e}");
-                    return Ok(exit::USAGE);
-                }
-            };
-            let parsed = (|| {
-                let uuid = decode::parse_characteristic(&characteristic)?;
-                let bytes = decode::parse_hex(&hex)?;
-                let mut device = decode::placeholder_ble_device(&address);
-                if let Some(hex) = &system_id {
-                    let id = ble::dis::decode_system_id(&decode::parse_hex(hex)?)?;
-                    ble::dis::apply_system_id(&mut device, &id);
-                }
-                let mut readings = decode::ble_readings(uuid, &bytes, &device, time.now, stored)?;
-                if let Some(hex) = &context {
-                    decode::join_glucose_context(&mut readings, &decode::parse_hex(hex)?)?;
-                }
-                decode::bundle_for_readings(&readings, &gw, &time, bundle == "transaction")
-            })();
-            match parsed {
-                Ok(d) => {
-                    print_decoded(&d)?;
-                    Ok(exit::OK)
-                }
-                Err(e @ (DecodeCommandError::Characteristic(_) | DecodeCommandError::Hex(_))) => {
-                    eprintln!("vitalgate: error: {e}");
-                    Ok(exit::USAGE)
-                }
-                Err(e) => {
-                    eprintln!("vitalgate: error: {e}");
-                    Ok(exit::DATAERR)
-                }
-            }
-        }
-    }
-}
-
-/// What decode needs from the configuration; nothing else is read.
-pub fn decode_gateway(config: &vitalgate::config::Config) -> DecodeGateway {
-    DecodeGateway {
-        id: config.gateway.id.to_string(),
-        namespace: config.fhir.identifier_namespace.clone(),
-    }
-}
-
-// --- sync and status ------------------------------------------------------------------
-
-/// How often `vitalgate sync` retries a destination after a transient failure.
-const SYNC_RETRIES: u32 = 3;
-
-/// `vitalgate sync`: one forced delivery round per destination, results printed. Only one
-/// process delivers at a time: while the daemon runs, it holds the delivery lock.
-pub fn sync_cmd(config: &Config, state_dir: &Path, keying: Keying, json: bool) -> Result<u8> {
-    if config.destinations.is_empty() {
-        println!("No destinations configured; nothing to deliver.");
-        return Ok(exit::OK);
-    }
-    let Some(_lock) = DeliveryLock::try_acquire(state_dir)? else {
-        eprintln!(
-            "vitalgate: the daemon is delivering (it holds {}); `vitalgate status` shows its progress",
-            sync::lock_path(state_dir).display()
-        );
-        return Ok(exit::TEMPFAIL);
-    };
-    let store_path = config.store_path(state_dir);
-    if !store_path.exists() {
-        return Err(vitalgate::store::StoreError::NotFound { path: store_path }.into());
-    }
-    let c = config;
-    let opts = writer_options(config, state_dir, &keying);
-    let reports = crate::cli::runtime()?.block_on(async {
-        let (store, writer) =
-            tokio::task::spawn_blocking(move || vitalgate::store::writer::start(opts))
-                .await
-                .context("store writer")??;
-        let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
-        let cancel = CancellationToken::new();
-        let mut reports = Vec::new();
-        // The daemon's plan: the file overlaid by the fleet's desired configuration.
-        let plan = sync::plan::effective(c, &store, &keying).await;
-        for d in &plan.destinations {
-            let report = match Destination::new(
-                d.clone(),
-                &store_path,
-                &keying,
-                store.clone(),
-                clock.clone(),
-                c.gateway.id.to_string(),
-                c.fhir.identifier_namespace.clone(),
-            )
-            .map(|dest| dest.with_routing(plan.routing.clone()))
-            {
-                Ok(mut dest) => {
-                    // A transient failure (network, 429, 5xx) is retried a few times, after
-                    // the backoff delay (and Retry-After), before the round gives up.
-                    let mut total = RoundReport {
-                        destination: d.id.to_string(),
-                        ..RoundReport::default()
-                    };
-                    for attempt in 0..=SYNC_RETRIES {
-                        match dest.round(true, &cancel).await {
-                            Ok(r) => {
-                                total.delivered += r.delivered;
-                                total.quarantined += r.quarantined;
-                                total.held += r.held;
-                                total.unrouted += r.unrouted;
-                                total.requests += r.requests;
-                                total.error = r.error;
-                                match r.retry_in {
-                                    Some(wait) if attempt < SYNC_RETRIES => {
-                                        tokio::time::sleep(wait.min(Duration::from_secs(10))).await;
-                                    }
-                                    _ => break,
-                                }
-                            }
-                            Err(e) => {
-                                total.error = Some(e.to_string());
-                                break;
-                            }
-                        }
-                    }
-                    total
-                }
-                Err(e) => RoundReport {
-                    destination: d.id.to_string(),
-                    error: Some(e.to_string()),
-                    ..RoundReport::default()
-                },
-            };
-            reports.push(report);
-        }
-        store.shutdown().await;
-        drop(store);
-        tokio::task::spawn_blocking(move || writer.join())
-            .await
-            .context("store writer")??;
-        anyhow::Ok(reports)
-    })?;
-    let reader = OutboxReader::open(&config.store_path(state_dir), &keying)?;
-    let mut failed = false;
-    let mut out = Vec::new();
-    for r in &reports {
-        let s = reader.summary(&r.destination)?;
-        failed |= r.error.is_some();
-        if json {
-            out.push(serde_json::json!({ "round": r, "after": s }));
-        } else {
-            println!(
-                "{:<16} delivered {:>6}  quarantined {:>4}  held {:>4}  requests {:>4}  backlog {:>6}  {}",
-                r.destination,
-                r.delivered,
-                r.quarantined,
-                r.held,
-                r.requests,
-                s.backlog,
-                r.error
-                    .as_deref()
-                    .map_or("ok".to_owned(), |e| format!("error: {e}"))
-            );
-        }
-    }
-    if json {
-        println!("{}", serde_json::to_string_pretty(&out)?);
-    }
-    Ok(if failed { exit::TEMPFAIL } else { exit::OK })
-}
-
-/// Delivery state per configured destination, for `vitalgate status`.
-pub fn destination_summaries(
-    config: &Config,
-    store_path: &Path,
-    keying: &Keying,
-) -> Result<Vec<DestinationSummary>> {
-    let reader = OutboxReader::open(store_path, keying)?;
-    let mut ids: Vec<String> = config
-        .destinations
-        .iter()
-        .map(|d| d.id.to_string())
-        .collect();
-    // Destinations no longer (or never) in this configuration but with state in the store,
-    // such as the demo's.
-    for d in reader.destinations()? {
-        if !ids.contains(&d) {
-            ids.push(d);
-        }
-    }
-    ids.iter().map(|d| Ok(reader.summary(d)?)).collect()
-}
-
-pub fn print_delivery(summaries: &[DestinationSummary], now_ms: i64) {
-    if summaries.is_empty() {
-        return;
-    }
-    println!("Delivery:");
-    for s in summaries {
-        let age = s
-            .oldest_pending_ms
-            .map(|ms| {
-                humantime::format_duration(Duration::from_secs(
-                    ((now_ms - ms).max(0) / 1000) as u64,
-                ))
-                .to_string()
-            })
-            .unwrap_or_else(|| "-".into());
-        println!(
-            "  {:<16} backlog {:>8}  oldest undelivered {:<12} last success {}  last error {}",
-            s.id,
-            s.backlog,
-            age,
-            s.last_success_ms
-                .map(crate::cli::when)
-                .unwrap_or_else(|| "never".into()),
-            match (&s.last_error, s.last_error_ms) {
-                (Some(e), Some(ms)) => format!("{} ({e})", crate::cli::when(ms)),
-                _ => "none".into(),
-            }
-        );
-    }
-}
-
-/// An exclusive advisory lock on the state directory's delivery lock file, held while the
-/// value lives.
-#[derive(Debug)]
-pub struct DeliveryLock(#[allow(dead_code)] vitalgate_core::fs::FileLock);
-
-impl DeliveryLock {
-    pub fn try_acquire(state_dir: &Path) -> Result<Option<Self>> {
-        std::fs::create_dir_all(state_dir)
-            .with_context(|| format!("cannot create {}", state_dir.display()))?;
-        let path = sync::lock_path(state_dir);
-        let lock = vitalgate_core::fs::FileLock::try_acquire(&path)
-            .with_context(|| format!("cannot open {}", path.display()))?;
-        Ok(lock.map(Self))
-    }
-}
-
-// --- demo -------------------------------------------------------------------------------
-
-use crate::cli_demo::PATIENT_SYSTEM as DEMO_PATIENT_SYSTEM;
+use crate::cli::demo::devices::PATIENT_SYSTEM as DEMO_PATIENT_SYSTEM;
 /// The in-memory simulated cuff and oximeter (offline demo, and the fallback without
 /// `dbus-daemon`).
 const CUFF_ADDRESS: &str = "00:1C:05:FF:E8:74";
@@ -428,8 +93,8 @@ pub struct DemoArgs {
     pub offline: bool,
     pub fhir_server_dir: Option<std::path::PathBuf>,
     /// Connect the demo gateway to this broker (`demo --mqtt`).
-    pub mqtt: Option<vitalgate::config::BrokerUrl>,
-    pub gateway_id: Option<vitalgate::config::GatewayId>,
+    pub mqtt: Option<crate::config::BrokerUrl>,
+    pub gateway_id: Option<crate::config::GatewayId>,
 }
 
 /// A local FHIR server (tests/fhir-server) started for the demo, stopped when dropped.
@@ -679,9 +344,8 @@ pub async fn server_summary(base_url: &str) -> Result<serde_json::Value> {
                     *by_code.entry(code).or_default() += 1;
                     // What a clinician must not read as a plain value, as it arrived.
                     let asn1 = r["component"].as_array().is_some_and(|cs| {
-                        cs.iter().any(|c| {
-                            c["code"]["coding"][0]["system"] == vitalgate::fhir::ASN1_SYSTEM
-                        })
+                        cs.iter()
+                            .any(|c| c["code"]["coding"][0]["system"] == crate::fhir::ASN1_SYSTEM)
                     });
                     for (flag, set) in [
                         ("comparator", r["valueQuantity"]["comparator"].is_string()),
@@ -715,18 +379,15 @@ pub async fn server_summary(base_url: &str) -> Result<serde_json::Value> {
     Ok(serde_json::Value::Object(out))
 }
 
-/// The store writer's options for a state directory.
-fn writer_options(config: &Config, state_dir: &Path, keying: &Keying) -> WriterOptions {
-    vitalgate::supervisor::writer_options(config, config.store_path(state_dir), keying)
-}
-
 /// Binds the demo devices to their patients before any source runs, so no reading waits for
 /// its binding.
-async fn bind_devices(opts: WriterOptions, devices: &[crate::cli_demo::DemoDevice]) -> Result<()> {
-    let (store, writer) =
-        tokio::task::spawn_blocking(move || vitalgate::store::writer::start(opts))
-            .await
-            .context("store writer")??;
+async fn bind_devices(
+    opts: WriterOptions,
+    devices: &[crate::cli::demo::devices::DemoDevice],
+) -> Result<()> {
+    let (store, writer) = tokio::task::spawn_blocking(move || crate::store::writer::start(opts))
+        .await
+        .context("store writer")??;
     for d in devices {
         store.bind(d.identity(), -1, d.patient.clone()).await?;
     }
@@ -751,13 +412,13 @@ enum BleMode {
 
 /// The demo's state directory must not be the gateway's (`run`'s default).
 fn refuse_gateway_state_dir(state_dir: &Path) -> Result<()> {
-    let gateway = Path::new(vitalgate::config::DEFAULT_STATE_DIR);
+    let gateway = Path::new(crate::config::DEFAULT_STATE_DIR);
     let same = match (state_dir.canonicalize(), gateway.canonicalize()) {
         (Ok(a), Ok(b)) => a == b,
         _ => state_dir == gateway,
     };
     if same {
-        return Err(crate::cli_pair::BadArgument(format!(
+        return Err(crate::cli::pair::BadArgument(format!(
             "{} is the gateway's state directory; the demo keeps its own (--state-dir DIR)",
             state_dir.display()
         ))
@@ -767,9 +428,11 @@ fn refuse_gateway_state_dir(state_dir: &Path) -> Result<()> {
 }
 
 pub fn demo(explicit: Option<&Path>, state_dir: &Path, args: DemoArgs) -> Result<u8> {
-    use crate::cli::{CreateKey, Required, find_key, load_config, print_status};
+    use crate::cli::status::print_status;
+    use crate::cli::sync::{destination_summaries, print_delivery, writer_options};
+    use crate::cli::{CreateKey, Required, find_key, load_config};
     // First of all, while this process has one thread (see `start_bus`).
-    let bus = (!args.offline).then(crate::cli_demo::start_bus);
+    let bus = (!args.offline).then(crate::cli::demo::devices::start_bus);
     let mut config = load_config(explicit, Required::IfPresent)?;
     // The demo never touches what a gateway's configuration points at: not the gateway's
     // state directory (its store and its patients' bindings), no serial port, no GPIO line,
@@ -779,7 +442,7 @@ pub fn demo(explicit: Option<&Path>, state_dir: &Path, args: DemoArgs) -> Result
     // are used.
     refuse_gateway_state_dir(state_dir)?;
     // The store is the demo's own, in its state directory, whatever the file says.
-    config.store.path = std::path::PathBuf::from(vitalgate::config::DEFAULT_STORE_FILE);
+    config.store.path = std::path::PathBuf::from(crate::config::DEFAULT_STORE_FILE);
     config.serial.clear();
     config.gpio = Default::default();
     config.fleet = Default::default();
@@ -794,7 +457,7 @@ pub fn demo(explicit: Option<&Path>, state_dir: &Path, args: DemoArgs) -> Result
     if let Some(id) = args.gateway_id {
         config.gateway.id = id;
     }
-    vitalgate::logging::init(&config.log);
+    crate::logging::init(&config.log);
     let keying = find_key(&config, state_dir, CreateKey::Yes)?;
     println!("Vitalgate demo: state in {}", state_dir.display());
     if watch_broker {
@@ -834,7 +497,7 @@ pub fn demo(explicit: Option<&Path>, state_dir: &Path, args: DemoArgs) -> Result
         if summary.sources_failed > 0 {
             anyhow::bail!("{} simulated device(s) failed", summary.sources_failed);
         }
-        let status = vitalgate::store::StoreReader::open(&summary.store_path, &keying)?.status()?;
+        let status = crate::store::StoreReader::open(&summary.store_path, &keying)?.status()?;
         println!();
         print_status(&status);
         println!();
@@ -868,12 +531,12 @@ pub fn demo(explicit: Option<&Path>, state_dir: &Path, args: DemoArgs) -> Result
     let mut toml = format!(
         "[[destination]]\nid = \"demo\"\nbase_url = \"{url}\"\nbatch_linger = \"200ms\"\n\n"
     );
-    let serial = match crate::cli_demo::serial_devices(&dir) {
+    let serial = match crate::cli::demo::devices::serial_devices(&dir) {
         Ok((sims, devs, t)) => {
             println!(
                 "Serial: a FORA TD-3128 BP meter ({} stored records, a noisy line) and a Nonin \
                  oximeter (streaming), on pseudo-terminals in {}",
-                crate::cli_demo::TAIDOC_RECORDS,
+                crate::cli::demo::devices::TAIDOC_RECORDS,
                 dir.display()
             );
             devices.extend(devs);
@@ -887,7 +550,7 @@ pub fn demo(explicit: Option<&Path>, state_dir: &Path, args: DemoArgs) -> Result
     };
     let ble = match bus {
         Some(Ok(bus)) => {
-            let (specs, devs) = crate::cli_demo::ble_peripherals(args.records);
+            let (specs, devs) = crate::cli::demo::devices::ble_peripherals(args.records);
             let allow: Vec<String> = devs.iter().map(|d| format!("{:?}", d.address)).collect();
             // The live oximeter stream is reduced as the serial one is: a spot value every
             // 5 s, so a short demo delivers some at once.
@@ -913,7 +576,7 @@ pub fn demo(explicit: Option<&Path>, state_dir: &Path, args: DemoArgs) -> Result
                 ("in-memory cuff", CUFF_ADDRESS, 1),
                 ("in-memory oximeter", OXIMETER_ADDRESS, 2),
             ] {
-                devices.push(crate::cli_demo::DemoDevice::in_memory(
+                devices.push(crate::cli::demo::devices::DemoDevice::in_memory(
                     label, address, patient,
                 ));
             }
@@ -954,8 +617,8 @@ pub fn demo(explicit: Option<&Path>, state_dir: &Path, args: DemoArgs) -> Result
                 let emu = vitalgate_hardware::bluez::Emulator::start(bus.address(), specs.clone())
                     .await
                     .context("cannot start the emulated BlueZ")?;
-                crate::cli_demo::add_flagged_readings(&emu).await;
-                supervisor = supervisor.with_source(Box::new(vitalgate::ble::BleSource::new(
+                crate::cli::demo::devices::add_flagged_readings(&emu).await;
+                supervisor = supervisor.with_source(Box::new(crate::ble::BleSource::new(
                     config.ble.clone(),
                     store_path.clone(),
                     keying.clone(),
@@ -972,7 +635,7 @@ pub fn demo(explicit: Option<&Path>, state_dir: &Path, args: DemoArgs) -> Result
                 None
             }
         };
-        let conductor = crate::cli_demo::Conductor {
+        let conductor = crate::cli::demo::devices::Conductor {
             run_for: args.run_for,
             devices: devices.clone(),
             emulator: emulator.clone(),
@@ -990,7 +653,7 @@ pub fn demo(explicit: Option<&Path>, state_dir: &Path, args: DemoArgs) -> Result
     if summary.sources_failed > 0 {
         anyhow::bail!("{} simulated device(s) failed", summary.sources_failed);
     }
-    let status = vitalgate::store::StoreReader::open(&summary.store_path, &keying)?.status()?;
+    let status = crate::store::StoreReader::open(&summary.store_path, &keying)?.status()?;
     println!();
     print_status(&status);
     print_delivery(

@@ -1,6 +1,6 @@
 //! `vitalgate demo`'s simulated devices on the real transports. The Bluetooth devices are
 //! peripherals of the emulated BlueZ (`vitalgate_hardware::bluez`, in this process) on a
-//! private `dbus-daemon`, read by the real btleplug [`vitalgate::ble::BleSource`]; the serial
+//! private `dbus-daemon`, read by the real btleplug [`crate::ble::BleSource`]; the serial
 //! devices are PTY simulators (`vitalgate_hardware::serial`, on threads of this process) read
 //! by the real tokio-serial sources. Every device is bound to a demo patient, so every reading
 //! can reach the FHIR server. The [`Conductor`] ends a `--for` demo: it waits until the stored
@@ -16,12 +16,12 @@ use std::sync::Arc;
 use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
+use crate::clock::Clock;
+use crate::daemon::{ReadingSource, SourceError};
+use crate::store::outbox::OutboxReader;
+use crate::store::{Keying, StoreHandle, StoreReader};
 use anyhow::{Context, Result};
 use tokio_util::sync::CancellationToken;
-use vitalgate::clock::Clock;
-use vitalgate::store::outbox::OutboxReader;
-use vitalgate::store::{Keying, StoreHandle, StoreReader};
-use vitalgate::supervisor::{ReadingSource, SourceError};
 use vitalgate_drivers::serial::Protocol;
 use vitalgate_drivers::time::{DeviceTimestamp, LocalDateTime};
 use vitalgate_drivers::{DeviceIdentity, Transport};
@@ -366,6 +366,7 @@ pub fn serial_devices(dir: &Path) -> Result<(Vec<SerialSim>, Vec<DemoDevice>, St
 }
 
 /// Ends a `--for` demo (see the module doc); without `--for` it only waits for Ctrl-C.
+#[allow(missing_debug_implementations)] // Holds the emulator and simulator handles.
 pub struct Conductor {
     pub run_for: Option<Duration>,
     pub devices: Vec<DemoDevice>,
