@@ -156,7 +156,7 @@ impl Supervisor {
                 .map_err(|_| StoreError::WriterStopped)??;
         tracing::info!(path = %store_path.display(), "Store open.");
         // Before any source runs, so readings are routed by the plan from the first commit.
-        let plan = crate::sync::plan::effective(c, &store, &self.keying).await;
+        let plan = crate::fleet::restore::delivery_plan(c, &store, &self.keying).await;
         let delivery = Arc::new(crate::sync::plan::DeliveryControl::new(
             c.clone(),
             store.clone(),

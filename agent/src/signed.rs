@@ -33,6 +33,8 @@ use sha2::{Digest, Sha256};
 
 /// The member that carries the signatures and is left out of the signed bytes.
 pub const SIGNATURES: &str = "signatures";
+/// The member naming the gateway a signed document is for.
+pub const GATEWAY: &str = "gateway";
 /// Largest integer JCS (and so the canonical form) represents exactly.
 pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 /// More signatures than this on one document are refused before any is checked.

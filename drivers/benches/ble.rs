@@ -7,7 +7,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 use vitalgate_drivers::ble::{DecodeContext, decode, uuid};
 
-/// The reference vectors of ble-health-profiles.md §4 (and a PLX spot-check and DIS value).
+/// The reference vectors of drivers/docs/test-vectors.md (and a PLX spot-check and DIS value).
 const CASES: &[(&str, u16, &[u8])] = &[
     (
         "2A35_bp_full",

@@ -478,6 +478,13 @@ impl Reading {
     }
 }
 
+/// A stored record decoded from the device: its measurement and the exact bytes it came in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub measurement: Measurement,
+    pub raw: Vec<u8>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,8 +21,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::ieee11073::{Decimal, Value};
 use crate::mdc::{self, Unit};
+use crate::model::Record;
 use crate::model::{Condition, Measurement, Origin, StatusBits};
-use crate::serial::Record;
 use crate::time::LocalDateTime;
 
 /// Which kind of continuous stream a sample belongs to: which codes its values have and what
@@ -97,7 +97,7 @@ impl Sample {
     /// without was sent as it was taken.
     pub fn measurements(&self) -> Vec<Measurement> {
         let mut out: Vec<Measurement> = Vec::with_capacity(2);
-        let time = self.device_time.map(crate::ble::local);
+        let time = self.device_time.map(crate::time::zoneless);
         if let Some(s) = self.spo2 {
             out.push(Measurement::numeric(
                 mdc::PULS_OXIM_SAT_O2,

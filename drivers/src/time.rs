@@ -267,6 +267,16 @@ pub enum DeviceTimestamp {
     },
 }
 
+/// A device wall-clock time without zone or DST information (Bluetooth Date Time, and the
+/// serial protocols' clocks, carry neither).
+pub fn zoneless(time: LocalDateTime) -> DeviceTimestamp {
+    DeviceTimestamp::Local {
+        time,
+        zone: None,
+        dst: None,
+    }
+}
+
 /// What the device reports about its clock for a given reading.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ClockFlags {

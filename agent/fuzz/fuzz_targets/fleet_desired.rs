@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vitalgate::fleet::desired;
+use vitalgate::config::desired;
 
 fuzz_target!(|data: &[u8]| {
     match desired::parse(data) {

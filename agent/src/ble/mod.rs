@@ -4,9 +4,10 @@
 //! (`[ble] allow` plus the devices the store marks allowed, which [`pairing`] adds to; a
 //! device that leaves it is disconnected), one supervised task per device that connects, reconnects with
 //! capped jittered backoff and runs [`session`]s, and the containment of the known
-//! bluez-async panic (test-harness.md §1.6 pitfall 1): the central event stream is opened
-//! once and kept for the whole run, and every session runs in a task of its own, so a panic
-//! inside the library ends at most that session, which is then reconnected.
+//! bluez-async panic (hardware/docs/bluez-pitfalls.md, "Panic when an event stream is
+//! dropped"): the central event stream is opened once and kept for the whole run, and every
+//! session runs in a task of its own, so a panic inside the library ends at most that
+//! session, which is then reconnected.
 //!
 //! Decoding is the drivers crate's (`vitalgate_drivers::ble`); readings go to the store
 //! through [`StoreHandle::commit`], and a record download's cursor is advanced in the same
@@ -35,7 +36,7 @@ use vitalgate_drivers::Transport;
 
 use crate::clock::Clock;
 use crate::config::BleConfig;
-use crate::daemon::{ReadingSource, SourceError};
+use crate::source::{ReadingSource, SourceError};
 use crate::store::{Keying, StoreError, StoreHandle, StoreReader};
 use session::End;
 use vitalgate_core::Backoff;
@@ -220,8 +221,8 @@ impl BleSource {
     ) -> Result<(), btleplug::Error> {
         let manager = Manager::new().await?;
         let adapter = pick_adapter(&manager, &self.config.adapter).await?;
-        // One event stream for the whole run (pitfall 1: dropping one can panic inside
-        // bluez-async).
+        // One event stream for the whole run: dropping one can panic inside bluez-async
+        // (hardware/docs/bluez-pitfalls.md, "Panic when an event stream is dropped").
         let mut events = adapter.events().await?;
         let services = profiles::HEALTH_SERVICES.map(profiles::uuid).to_vec();
         adapter.start_scan(ScanFilter { services }).await?;
@@ -323,8 +324,9 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     /// Starts a device task for a peripheral that is allowed and speaks a supported
     /// profile, unless one runs already. The scan filter does not hide devices BlueZ already
-    /// knows (pitfall 3), so the advertised services are checked here. Returns false when
-    /// the peripheral was turned away (not allowed, or no supported profile).
+    /// knows (hardware/docs/bluez-pitfalls.md, "The scan filter does not hide known
+    /// devices"), so the advertised services are checked here. Returns false when the
+    /// peripheral was turned away (not allowed, or no supported profile).
     async fn consider(
         &self,
         id: &PeripheralId,

@@ -1,7 +1,7 @@
 //! Pairing home devices: the pairing windows recorded in the store (by `vitalgate pair`, the
 //! `open-pairing-window` fleet command, or a pairing button), and the daemon task that acts
-//! on them through BlueZ over D-Bus (zbus), since btleplug does not bond
-//! (ble-health-profiles.md §6).
+//! on them through BlueZ over D-Bus (zbus), since btleplug does not bond (its maintainer's
+//! answer in deviceplug/btleplug issue #232: bond through the OS first).
 //!
 //! While a window is open, the task discovers devices advertising a supported health
 //! service, registers an `org.bluez.Agent1` that answers BlueZ's passkey, PIN and
@@ -199,7 +199,7 @@ impl WindowReader {
     }
 
     /// The pairing policy of the applied desired configuration, if it has one.
-    pub fn policy(&self) -> Result<Option<crate::fleet::desired::PairingPolicy>, StoreError> {
+    pub fn policy(&self) -> Result<Option<crate::config::desired::PairingPolicy>, StoreError> {
         let doc: Option<String> = self
             .conn()
             .query_row("SELECT document FROM fleet_config WHERE id = 1", [], |r| {
@@ -208,7 +208,7 @@ impl WindowReader {
             .optional()
             .map_err(|e| StoreError::from_sqlite(&self.path, "read pairing policy", e))?;
         Ok(doc
-            .and_then(|d| crate::fleet::desired::parse(d.as_bytes()).ok())
+            .and_then(|d| crate::config::desired::parse(d.as_bytes()).ok())
             .and_then(|d| d.pairing))
     }
 
@@ -580,7 +580,7 @@ async fn serve_window(
 ) -> Result<(), PairingError> {
     let policy = reader.policy()?;
     if let Some(p) = &policy
-        && p.mode == crate::fleet::desired::PairingMode::AllowlistOnly
+        && p.mode == crate::config::desired::PairingMode::AllowlistOnly
     {
         tracing::info!(
             window = w.id,

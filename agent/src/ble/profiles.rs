@@ -4,7 +4,7 @@
 
 use uuid::Uuid;
 
-/// The health services scanned for (ble-health-profiles.md §2).
+/// The health services scanned for (16-bit UUIDs as in the Bluetooth SIG Assigned Numbers).
 pub const HEALTH_SERVICES: [u16; 8] = [
     0x1810, // Blood Pressure
     0x1809, // Health Thermometer
@@ -34,7 +34,8 @@ pub const FEATURES: [u16; 4] = [0x2A49, 0x2A51, 0x2A60, 0x2AA8];
 pub const CURRENT_TIME: u16 = 0x2A2B;
 /// Battery Level (Battery Service 0x180F): one byte, percent.
 pub const BATTERY_LEVEL: u16 = 0x2A19;
-/// A&D sets its clock with a Date Time write inside the BP or weight service (§3).
+/// A&D sets its clock with a Date Time write inside the BP or weight service (A&D's own
+/// sample code, andengineering/AndroidSampleCode `ble/BleReceivedService.java`).
 pub const DATE_TIME: u16 = 0x2A08;
 pub const GLUCOSE_MEASUREMENT: u16 = 0x2A18;
 pub const CGM_MEASUREMENT: u16 = 0x2AA7;

@@ -375,8 +375,8 @@ impl Receiver<'_> {
         let Some(u) = short(&uuid) else {
             return Ok(());
         };
-        // Read results arrive on the same stream (test-harness.md pitfall 2): only what was
-        // subscribed to is a notification.
+        // Read results arrive on the same stream (hardware/docs/bluez-pitfalls.md, "Reads
+        // arrive as notifications"): only what was subscribed to is a notification.
         if !self.subscribed.contains(&u) {
             return Ok(());
         }

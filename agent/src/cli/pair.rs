@@ -131,7 +131,7 @@ pub(crate) fn pair(config: Option<&Path>, a: PairArgs) -> Result<u8> {
     }
     let reader = WindowReader::open(&path, &keying)?;
     if let Some(p) = reader.policy()?
-        && p.mode == crate::fleet::desired::PairingMode::AllowlistOnly
+        && p.mode == crate::config::desired::PairingMode::AllowlistOnly
     {
         eprintln!(
             "vitalgate: pairing is off on this gateway: its fleet pairing policy is allowlist-only (ask IT to add the device)"

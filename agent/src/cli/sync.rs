@@ -46,7 +46,7 @@ pub fn sync_cmd(config: &Config, state_dir: &Path, keying: Keying, json: bool) -
         let cancel = CancellationToken::new();
         let mut reports = Vec::new();
         // The daemon's plan: the file overlaid by the fleet's desired configuration.
-        let plan = sync::plan::effective(c, &store, &keying).await;
+        let plan = crate::fleet::restore::delivery_plan(c, &store, &keying).await;
         for d in &plan.destinations {
             let report = match Destination::new(
                 d.clone(),

@@ -4,9 +4,11 @@
 //! keys are rejected, and every error names the file, the line and the key. Secrets are never
 //! configured inline: the file only says where to find them.
 
+pub mod desired;
 pub mod destination;
 pub mod fhir;
 pub mod fleet;
+pub mod gpio;
 pub mod serial;
 pub mod types;
 pub mod update;
@@ -61,7 +63,7 @@ pub struct Config {
     pub serial: Vec<SerialConfig>,
     pub update: update::UpdateConfig,
     /// Optional pairing button and status LED (`[gpio]`, off by default).
-    pub gpio: crate::gpio::GpioConfig,
+    pub gpio: gpio::GpioConfig,
 }
 
 /// `[gateway]`

@@ -82,7 +82,7 @@ impl UpdateConfig {
     /// Checks that serde cannot express; `(key, message)` like the rest of the config.
     pub fn validate(&self) -> Result<(), (String, String)> {
         for (i, k) in self.trusted_keys.iter().enumerate() {
-            if let Err(e) = crate::update::manifest::PublicKey::from_base64(k) {
+            if let Err(e) = crate::signed::PublicKey::from_base64(k) {
                 return Err((format!("update.trusted_keys[{i}]"), e.to_string()));
             }
         }

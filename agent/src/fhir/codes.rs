@@ -1,6 +1,6 @@
 //! What the mapping knows about each MDC measurement code: its reference id, the LOINC code
 //! and FHIR R4 vital-signs profile when it is a vital sign, and the PHD device specialization
-//! it implies. Codes and their evidence are listed in ble-health-profiles.md §5.3.
+//! it implies. Codes and their evidence are listed in drivers/docs/mdc-codes.md.
 
 use vitalgate_drivers::mdc::{self, MdcCode};
 use vitalgate_drivers::model::BodySite;

@@ -933,7 +933,8 @@ fn thermometer_temperature_type_is_the_body_site() {
 
 /// Weight and body composition: GSS "Weight Measurement" / "Body Composition Measurement",
 /// 0xFFFF "measurement unsuccessful" → no value, "not-performed"; the BMI is derived from
-/// the weight and height of the same measurement (PHD ProfileConsumers: derivedFrom).
+/// the weight and height of the same measurement (PHD, ProfileConsumers page, "Related
+/// Observations": derivedFrom).
 #[test]
 fn weight_and_body_composition() {
     run(&[

@@ -1,5 +1,5 @@
-//! PHD and PHG Device resources (ble-health-profiles.md §5.4), and the device part of the
-//! conditional-create identifier.
+//! PHD and PHG Device resources (HL7 PHD IG 2.0.0, PhdDevice and PhgDevice profiles and their
+//! notes), and the device part of the conditional-create identifier.
 //!
 //! SYSID byte order (a choice the IG leaves open): the IG's own example Device
 //! `phd-74E8FFFEFF051C00.001C05FFE874` prints the System ID characteristic in over-the-air

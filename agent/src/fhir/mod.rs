@@ -875,8 +875,8 @@ fn measurement_observation(
     let mut components = Vec::new();
     match t.absent {
         // The measurement status takes precedence over the value, and over a special FLOAT
-        // (PhdNumericObservation FSH); a compound in error has no components either
-        // (ProfileConsumers, compound measurements).
+        // (PhdNumericObservation FSH); a compound in error has no components either (PHD IG,
+        // ProfileConsumers page, "Measurement Values that are Compounds").
         Some(code) => obs["dataAbsentReason"] = dar(code),
         None => {
             if let (Some(v), Some(u)) = (&m.value, &m.unit) {

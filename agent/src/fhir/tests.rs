@@ -1,5 +1,5 @@
 //! Mapping tests against the PHD IG's examples and the BLE vectors of
-//! ble-health-profiles.md §4: codes, units, precision, identifiers and timestamps.
+//! drivers/docs/test-vectors.md: codes, units, precision, identifiers and timestamps.
 
 use serde_json::Value;
 use uuid::Uuid;
@@ -118,7 +118,8 @@ fn text(v: &Value) -> String {
 
 #[test]
 fn sfloat_precision_survives_into_the_json() {
-    // IG FLOATS.md: 0x0002 → 2, 0xF014 → 2.0, 0xE0C8 → 2.00, 0x1002 → 20, 0x0B2E → -1234.
+    // PHD IG, FLOATS page ("SFLOAT Encoding"): 0x0002 → 2, 0xF014 → 2.0, 0xE0C8 → 2.00,
+    // 0x1002 → 20, 0x0B2E → -1234.
     for (raw, want) in [
         (0x0002u16, "2"),
         (0xF014, "2.0"),
@@ -294,7 +295,8 @@ fn ig_device_example_phd_identifiers_type_specialization_versions() {
 #[test]
 fn ig_compound_blood_pressure_with_status_bits() {
     // The IG's compound example values 116/71/86 mmHg, with a time stamp 2024-03-05 08:30:00
-    // and measurement status 0x0027 (§4.2 vector 11's status bits).
+    // and measurement status 0x0027 (the status bits of test-vectors.md, "Blood pressure"
+    // vector 11).
     let rs = readings(
         0x2A35,
         "12 74 00 47 00 56 00 E8 07 03 05 08 1E 00 27 00",
@@ -444,7 +446,7 @@ fn special_values_map_to_their_data_absent_reasons() {
 
 #[test]
 fn thermometer_vector_keeps_precision_and_site_code() {
-    // §4.3 vector 17: 37.60 °C, 2012-12-05 11:50:27, finger.
+    // test-vectors.md, "Thermometer" vector 17: 37.60 °C, 2012-12-05 11:50:27, finger.
     let rs = readings(0x2A1C, "06 B0 0E 00 FE DC 07 0C 05 0B 32 1B 04", Some(0));
     let a = map(&rs, &"Patient/p1".parse().expect("patient"), 0);
     let t = resource(&a, 0, 0);
@@ -467,7 +469,7 @@ fn thermometer_vector_keeps_precision_and_site_code() {
 
 #[test]
 fn weight_and_glucose_codes_units_and_status() {
-    // §4.6 vector 29: 77.5 kg at the SIG's 0.005 kg wire resolution.
+    // test-vectors.md, "Weight" vector 29: 77.5 kg at the SIG's 0.005 kg wire resolution.
     let rs = readings(0x2A9D, "00 8C 3C", None);
     let a = map(&rs, &"Patient/p1".parse().expect("patient"), 0);
     let w = resource(&a, 0, 0);
@@ -483,8 +485,8 @@ fn weight_and_glucose_codes_units_and_status() {
     assert!((v - 77.5).abs() < 1e-9, "{v}");
     assert!(profiles(w).contains(&"http://hl7.org/fhir/StructureDefinition/bodyweight"));
 
-    // §4.5 vector 24 (no context byte needed by the mapping): capillary plasma, status
-    // 0x0105, user-facing time 2019-02-27 11:05:30.
+    // test-vectors.md, "Glucose" vector 24 (no context byte needed by the mapping): capillary
+    // plasma, status 0x0105, user-facing time 2019-02-27 11:05:30.
     let rs = readings(
         0x2A18,
         "1B 01 00 E3 07 02 1B 0B 0A 1E FB FF 1E B0 12 05 01",
@@ -524,8 +526,9 @@ fn weight_and_glucose_codes_units_and_status() {
 
 #[test]
 fn unusable_device_times_are_held_out_unless_the_value_is_live() {
-    // §4.2 vector 11: a time stamp with an unknown year cannot be placed. The PHD IG throws
-    // such an observation away; it is never given the download time.
+    // test-vectors.md, "Blood pressure" vector 11: a time stamp with an unknown year cannot be
+    // placed. The PHD IG throws such an observation away; it is never given the download
+    // time.
     let rs = readings(
         0x2A35,
         "1E 8A 00 58 00 78 00 00 00 04 11 14 29 3B 3C 00 01 27 00",

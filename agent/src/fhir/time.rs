@@ -1,5 +1,6 @@
-//! The PHD IG's time rules (ble-health-profiles.md §5.5, §5.6), as pure functions: which
-//! instant an Observation's `effective[x]` gets, and the timestamp part of the
+//! The PHD IG's time rules (HL7 PHD IG 2.0.0: PhdBaseObservation notes, "Identifier" and
+//! "Timestamp: effective[x]"; PhdCoincidentTimeStampObservation notes), as pure functions:
+//! which instant an Observation's `effective[x]` gets, and the timestamp part of the
 //! conditional-create identifier, which is built from the device's own report only.
 //!
 //! The rules, for Bluetooth SIG devices (Date Time has no zone), following the PHD IG's

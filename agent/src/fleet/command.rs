@@ -12,7 +12,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use vitalgate_drivers::Transport;
 
-use crate::config::{BtAddr, LogFilter};
+use crate::config::LogFilter;
+pub use crate::config::desired::DeviceRef;
+use crate::config::desired::{redact_serde_message, truncate};
 
 /// Largest command payload accepted; anything bigger is refused before parsing.
 pub const MAX_PAYLOAD: usize = 16 * 1024;
@@ -42,42 +44,6 @@ impl CommandId {
     }
     pub fn as_str(&self) -> &str {
         &self.0
-    }
-}
-
-/// A device as commands name it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DeviceRef {
-    /// "ble" or "serial".
-    pub transport: String,
-    /// BLE: "AA:BB:CC:DD:EE:FF". Serial: the stable port name or VID:PID plus serial.
-    pub address: String,
-}
-
-impl DeviceRef {
-    /// Checks the transport and normalises a BLE address to upper case.
-    pub fn validate(&self) -> Result<(Transport, String), String> {
-        let transport = Transport::parse(&self.transport).ok_or_else(|| {
-            format!(
-                "device.transport {:?} is not \"ble\" or \"serial\"",
-                truncate(&self.transport)
-            )
-        })?;
-        let address = match transport {
-            Transport::Ble => self
-                .address
-                .parse::<BtAddr>()
-                .map_err(|_| "device.address is not a Bluetooth address".to_owned())?
-                .to_string(),
-            Transport::Serial => {
-                if self.address.is_empty() || self.address.len() > 256 {
-                    return Err("device.address must be 1 to 256 characters".into());
-                }
-                self.address.clone()
-            }
-        };
-        Ok((transport, address))
     }
 }
 
@@ -459,41 +425,6 @@ fn fields_of<T: serde::de::DeserializeOwned>(rest: serde_json::Value) -> Result<
             format!("{path}: {what}")
         }
     })
-}
-
-/// serde messages such as `invalid type: string "x", expected u32` quote the value; values
-/// may be anything a sender typed (a patient's name in the wrong field), so quoted values are
-/// cut out. Field names of `unknown field` / `missing field` messages are kept: they name
-/// the problem, and the list of expected fields is ours.
-pub(crate) fn redact_serde_message(m: &str) -> String {
-    let keep_ticks = m.starts_with("unknown field") || m.starts_with("missing field");
-    let mut out = String::with_capacity(m.len());
-    let mut quote: Option<char> = None;
-    for c in m.chars() {
-        match quote {
-            None if c == '"' || (c == '`' && !keep_ticks) => {
-                out.push(c);
-                out.push('…');
-                quote = Some(c);
-            }
-            Some(q) if c == q => {
-                out.push(c);
-                quote = None;
-            }
-            Some(_) => {}
-            None => out.push(c),
-        }
-    }
-    out
-}
-
-/// Caps echoed text (a type name, a field name) so a reason stays short.
-fn truncate(s: &str) -> String {
-    let mut t: String = s.chars().take(40).collect();
-    if t.len() < s.len() {
-        t.push('…');
-    }
-    t
 }
 
 /// Parses an RFC 3339 time: `Z` or a numeric offset, optional fraction.

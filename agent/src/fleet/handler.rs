@@ -14,10 +14,10 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::command::{self, CommandKind, format_rfc3339};
-use super::desired::{self, PairingMode};
 use super::status::LastCommand;
 use super::store::{Admission, FleetStore};
 use super::{Context, Outbound};
+use crate::config::desired::{self, PairingMode};
 use crate::store::{NewEvent, Severity};
 
 /// A message for the handler.
@@ -720,7 +720,7 @@ mod tests {
     use super::*;
     use crate::clock::SystemClock;
     use crate::config::LogFilter;
-    use crate::fleet::desired::Binding;
+    use crate::config::desired::Binding;
     use crate::fleet::status::FleetStatus;
     use crate::fleet::store::OutEvent;
     use crate::fleet::topics::Topics;

@@ -15,8 +15,8 @@
 pub mod alerts;
 pub mod command;
 pub mod connect;
-pub mod desired;
 pub(crate) mod handler;
+pub mod restore;
 pub mod status;
 pub mod store;
 pub mod telemetry;
@@ -38,8 +38,8 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
+use crate::config::desired::{DesiredConfig, PairingPolicy};
 use crate::config::{FleetConfig, GatewayId, LogFilter};
-use desired::{DesiredConfig, PairingPolicy};
 use handler::Inbound;
 use status::{FleetStatus, LastCommand};
 use store::FleetStore;

@@ -12,7 +12,7 @@ use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use vitalgate_drivers::{DeviceIdentity, Transport};
 
-use super::desired::Binding;
+use crate::config::desired::Binding;
 use crate::store::{Keying, NewEvent, StoreError, StoreHandle, StoreReader, StoreStatus};
 use vitalgate_core::PatientRef;
 use vitalgate_core::WindowRequest;

@@ -24,8 +24,7 @@ use crate::signed::{self, PublicKey};
 
 /// Command types that must be signed.
 pub const SIGNED_COMMANDS: &[&str] = &["bind", "unbind", "open-pairing-window"];
-/// The member naming the gateway a signed document is for.
-pub const GATEWAY: &str = "gateway";
+pub use crate::signed::GATEWAY;
 /// The member of a signed command naming its id.
 pub const ID: &str = "id";
 

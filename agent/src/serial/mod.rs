@@ -34,7 +34,7 @@ use vitalgate_drivers::{DeviceIdentity, Measurement, Reading, Transport};
 
 use crate::clock::Clock;
 use crate::config::{Config, LinePolicy, SerialConfig, UsbId};
-use crate::daemon::{ReadingSource, SourceError};
+use crate::source::{ReadingSource, SourceError};
 use crate::store::{
     Batch, CursorUpdate, Keying, NewEvent, Severity, StoreError, StoreHandle, StoreReader,
 };

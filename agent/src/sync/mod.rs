@@ -8,7 +8,8 @@
 //! duplicating it. A reading is marked delivered only after the server's 2xx, in the store's
 //! writer, with the id the server gave it.
 //!
-//! Responses (fhir-endpoints.md §4), classified by whose fault a failure is ([`response`]):
+//! Responses (FHIR R4 http.html#transaction and #ccreate; 429 per RFC 6585, Retry-After per
+//! RFC 9110), classified by whose fault a failure is ([`response`]):
 //! 2xx with every entry stored → delivered; 2xx with refused entries (batch semantics) →
 //! exactly those readings quarantined, the stored ones delivered; a 2xx that does not answer
 //! the request, network errors, 408, 429, 5xx → the same readings again after a capped

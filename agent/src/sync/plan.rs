@@ -22,8 +22,8 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use vitalgate_drivers::{DeviceIdentity, Transport};
 
+use crate::config::desired::DesiredConfig;
 use crate::config::{Config, DestinationConfig};
-use crate::fleet::desired::DesiredConfig;
 use crate::store::{StoreError, StoreHandle};
 
 /// The fleet's device routing: destination ids per device, and for every other device.
@@ -234,53 +234,6 @@ impl DeliveryControl {
     }
 }
 
-/// The plan a process delivers by: the file configuration overlaid by the desired
-/// configuration fleet management last applied (kept in the store); the store writer is
-/// switched to its destinations. A stored document this configuration refuses (a destination
-/// the file's settings make invalid) is logged, and the file alone is used.
-pub async fn effective(
-    config: &Config,
-    store: &StoreHandle,
-    keying: &crate::store::Keying,
-) -> DeliveryPlan {
-    use crate::fleet::store::FleetStore;
-    let fleet = crate::fleet::store::SqlFleetStore::new(store.clone(), keying.clone());
-    // The stored document counts only if it is still signed by a trusted operator key, as
-    // the fleet side restores it (`fleet::handler::restorable`).
-    let (trust, _) = crate::fleet::trust::Verifier::load(
-        &config.fleet,
-        Some(&config.update),
-        config.gateway.id.as_str(),
-    );
-    let plan = match fleet.applied_config().await {
-        Ok(Some((version, text))) => match crate::fleet::handler::restorable(&trust, &text)
-            .and_then(|doc| DeliveryPlan::overlay(config, &doc))
-        {
-            Ok(plan) => plan,
-            Err(reason) => {
-                tracing::warn!(version, %reason, "Stored desired configuration does not apply to this configuration; delivering as the file says.");
-                DeliveryPlan::from_file(config)
-            }
-        },
-        Ok(None) => DeliveryPlan::from_file(config),
-        Err(error) => {
-            tracing::warn!(%error, "Cannot read the stored desired configuration; delivering as the file says.");
-            DeliveryPlan::from_file(config)
-        }
-    };
-    if plan.version.is_some() {
-        tracing::info!(
-            version = plan.version,
-            destinations = plan.destinations.len(),
-            "Delivery follows the applied desired configuration."
-        );
-        if let Err(error) = store.set_destinations(plan.ids()).await {
-            tracing::warn!(%error, "Cannot route readings to the desired destinations.");
-        }
-    }
-    plan
-}
-
 /// Readings still waiting for `destination`.
 async fn pending_count(store: &StoreHandle, destination: &str) -> Result<u64, StoreError> {
     let destination = destination.to_owned();
@@ -302,7 +255,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::fleet::desired;
+    use crate::config::desired;
 
     fn doc(text: &str) -> DesiredConfig {
         desired::parse(text.as_bytes()).expect("valid document")

@@ -1,5 +1,5 @@
-//! How a FHIR server's answer to a transaction is read (fhir-endpoints.md §4): pure
-//! functions over status, headers and body, so every branch is tested without a server.
+//! How a FHIR server's answer to a transaction is read (FHIR R4 http.html#transaction-response):
+//! pure functions over status, headers and body, so every branch is tested without a server.
 
 use std::time::Duration;
 

@@ -1,6 +1,7 @@
-//! Continuous Glucose Monitoring Service 0x181F (ble-health-profiles.md §2.8): CGM
-//! Measurement 0x2AA7 (several size-prefixed records per notification, each optionally
-//! protected by an E2E-CRC), CGM Feature 0x2AA8 and CGM Session Start Time 0x2AAA.
+//! Continuous Glucose Monitoring Service 0x181F (Bluetooth SIG CGMS 1.0.1; layouts as in the
+//! GATT Specification Supplement, GSS): CGM Measurement 0x2AA7 (several size-prefixed
+//! records per notification, each optionally protected by an E2E-CRC), CGM Feature 0x2AA8
+//! and CGM Session Start Time 0x2AAA.
 
 use super::{
     DecodeContext, Reader, Writer, bit_struct, glucose::SampleLocation, glucose::SampleType,
@@ -303,7 +304,8 @@ pub struct CgmSessionStartTime {
 }
 
 /// Decodes CGM Session Start Time (0x2AAA): 9 bytes, or 11 with an E2E-CRC. The time zone is
-/// in 15-minute steps (Nordic's parser wrongly reads it as minutes, §2.9).
+/// in 15-minute steps (GSS, Time Zone; Nordic's `CGMSessionStartTimeDataCallback` wrongly
+/// reads it as minutes).
 pub fn decode_session_start_time(
     bytes: &[u8],
     ctx: &DecodeContext,

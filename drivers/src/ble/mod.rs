@@ -12,7 +12,7 @@
 use crate::DecodeError;
 use crate::ieee11073::{self, EncodeError, Value};
 use crate::model::{Measurement, StatusSupport};
-use crate::time::{DeviceTimestamp, LocalDateTime, decode_date_time, encode_date_time};
+use crate::time::{LocalDateTime, decode_date_time, encode_date_time};
 
 pub mod bp;
 pub mod cgm;
@@ -483,13 +483,7 @@ impl Writer {
 }
 
 /// A device wall-clock time as the model's timestamp (Bluetooth Date Time has no zone).
-pub(crate) fn local(time: LocalDateTime) -> DeviceTimestamp {
-    DeviceTimestamp::Local {
-        time,
-        zone: None,
-        dst: None,
-    }
-}
+pub(crate) use crate::time::zoneless as local;
 
 /// Multiplies an exact value by `10^shift` (unit conversions such as kg/L → mg/dL). Special
 /// values pass through; an exponent that no longer fits becomes NRes rather than wrapping.

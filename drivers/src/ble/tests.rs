@@ -1,4 +1,4 @@
-//! Every test vector of ble-health-profiles.md §4 (and the RACP frames of §2.5.1), the
+//! Every profile test vector of drivers/docs/test-vectors.md (and its RACP frames), the
 //! measurement-model conversion of each, malformed input per decoder, and properties: no
 //! decoder panics, and the encoders round-trip through the decoders.
 
@@ -15,6 +15,7 @@ use super::*;
 use crate::ieee11073::{Decimal, Special, decode_sfloat};
 use crate::mdc::{MdcCode, Unit};
 use crate::model::StatusBits;
+use crate::time::DeviceTimestamp;
 use crate::time::{DstOffset, TimeZone};
 
 fn h(s: &str) -> Vec<u8> {

@@ -22,8 +22,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::model::{DeviceIdentity, Measurement, Reading, Receipt, Transport};
-use crate::time::{DeviceTimestamp, LocalDateTime};
+use crate::model::{DeviceIdentity, Reading, Receipt, Transport};
+use crate::time::LocalDateTime;
 
 pub mod astm;
 pub mod contec;
@@ -250,12 +250,7 @@ impl SerialError {
     }
 }
 
-/// A stored record decoded from the device: its measurement and the exact bytes it came in.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
-    pub measurement: Measurement,
-    pub raw: Vec<u8>,
-}
+pub use crate::model::Record;
 
 /// The device specializations (MDC_DEV_SPEC_PROFILE_*) a serial device of `protocol` is:
 /// oximeters for Nonin and Contec, glucose meters for ASTM, and for TaiDoc what its model
@@ -435,13 +430,7 @@ pub fn decode_capture(protocol: Protocol, bytes: &[u8]) -> Result<CaptureReport,
 }
 
 /// A device wall-clock time as the model's timestamp (serial devices report no zone).
-pub(crate) fn local(time: LocalDateTime) -> DeviceTimestamp {
-    DeviceTimestamp::Local {
-        time,
-        zone: None,
-        dst: None,
-    }
-}
+pub(crate) use crate::time::zoneless as local;
 
 /// `LocalDateTime` from parts, checking ranges and the day of the month.
 pub(crate) fn datetime(

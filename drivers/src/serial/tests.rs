@@ -4,6 +4,7 @@
 use super::*;
 use crate::ieee11073::Value;
 use crate::mdc;
+use crate::model::Measurement;
 use crate::time::DeviceTimestamp;
 
 fn hex(s: &str) -> Vec<u8> {

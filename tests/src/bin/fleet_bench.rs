@@ -107,7 +107,7 @@ impl FleetStore for StubStore {
         &self,
         _: u64,
         _: String,
-        _: Option<Vec<vitalgate::fleet::desired::Binding>>,
+        _: Option<Vec<vitalgate::config::desired::Binding>>,
     ) -> Result<(), StoreError> {
         Ok(())
     }

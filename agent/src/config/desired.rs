@@ -16,7 +16,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use vitalgate_drivers::Transport;
 
-use super::command::{DeviceRef, redact_serde_message};
 use crate::config::{BtAddr, EndpointUrl, LogFilter, Name};
 use vitalgate_core::PatientRef;
 use vitalgate_core::ids::user_index;
@@ -176,7 +175,7 @@ pub fn parse(payload: &[u8]) -> Result<DesiredConfig, DesiredError> {
     })?;
     if let Some(map) = value.as_object_mut() {
         map.remove(crate::signed::SIGNATURES);
-        map.remove(super::trust::GATEWAY);
+        map.remove(crate::signed::GATEWAY);
     }
     let wire: Wire = serde_path_to_error::deserialize(value).map_err(|err| {
         let path = err.path().to_string();
@@ -305,6 +304,77 @@ pub fn parse(payload: &[u8]) -> Result<DesiredConfig, DesiredError> {
         bindings,
         pairing,
     })
+}
+
+/// A device as commands name it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceRef {
+    /// "ble" or "serial".
+    pub transport: String,
+    /// BLE: "AA:BB:CC:DD:EE:FF". Serial: the stable port name or VID:PID plus serial.
+    pub address: String,
+}
+
+impl DeviceRef {
+    /// Checks the transport and normalises a BLE address to upper case.
+    pub fn validate(&self) -> Result<(Transport, String), String> {
+        let transport = Transport::parse(&self.transport).ok_or_else(|| {
+            format!(
+                "device.transport {:?} is not \"ble\" or \"serial\"",
+                truncate(&self.transport)
+            )
+        })?;
+        let address = match transport {
+            Transport::Ble => self
+                .address
+                .parse::<BtAddr>()
+                .map_err(|_| "device.address is not a Bluetooth address".to_owned())?
+                .to_string(),
+            Transport::Serial => {
+                if self.address.is_empty() || self.address.len() > 256 {
+                    return Err("device.address must be 1 to 256 characters".into());
+                }
+                self.address.clone()
+            }
+        };
+        Ok((transport, address))
+    }
+}
+
+/// serde messages such as `invalid type: string "x", expected u32` quote the value; values
+/// may be anything a sender typed (a patient's name in the wrong field), so quoted values are
+/// cut out. Field names of `unknown field` / `missing field` messages are kept: they name
+/// the problem, and the list of expected fields is ours.
+pub(crate) fn redact_serde_message(m: &str) -> String {
+    let keep_ticks = m.starts_with("unknown field") || m.starts_with("missing field");
+    let mut out = String::with_capacity(m.len());
+    let mut quote: Option<char> = None;
+    for c in m.chars() {
+        match quote {
+            None if c == '"' || (c == '`' && !keep_ticks) => {
+                out.push(c);
+                out.push('…');
+                quote = Some(c);
+            }
+            Some(q) if c == q => {
+                out.push(c);
+                quote = None;
+            }
+            Some(_) => {}
+            None => out.push(c),
+        }
+    }
+    out
+}
+
+/// Caps echoed text (a type name, a field name) so a reason stays short.
+pub(crate) fn truncate(s: &str) -> String {
+    let mut t: String = s.chars().take(40).collect();
+    if t.len() < s.len() {
+        t.push('…');
+    }
+    t
 }
 
 #[cfg(test)]
