@@ -8,19 +8,23 @@
 use std::io::IsTerminal;
 use std::sync::OnceLock;
 
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Registry, reload};
+use tracing_subscriber::{Registry, reload};
 
 use crate::config::{LogConfig, LogFilter, LogFormat};
 
-static FILTER: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
+static FILTER: OnceLock<reload::Handle<Targets, Registry>> = OnceLock::new();
 
-/// Installs the global subscriber. `RUST_LOG`, when set, overrides the configured filter.
-/// Calling it twice is harmless (the second call keeps the first subscriber).
+/// Installs the global subscriber. `RUST_LOG`, when set to a valid filter, overrides the
+/// configured one. Calling it twice is harmless (the second call keeps the first subscriber).
 pub fn init(config: &LogConfig) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(config.level.as_str()));
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.parse::<LogFilter>().ok())
+        .unwrap_or_else(|| config.level.clone());
+    let filter = targets(&filter);
     let (filter, handle) = reload::Layer::new(filter);
     // Under systemd, stderr goes to journald, which timestamps every line itself.
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
@@ -46,10 +50,16 @@ pub fn set_filter(level: &LogFilter) -> Result<(), String> {
     let handle = FILTER
         .get()
         .ok_or_else(|| "logging is not initialised in this process".to_owned())?;
-    let filter = EnvFilter::builder()
-        .parse(level.as_str())
-        .map_err(|e| format!("invalid log filter: {e}"))?;
     handle
-        .reload(filter)
+        .reload(targets(level))
         .map_err(|e| format!("cannot change the log filter: {e}"))
+}
+
+/// The filter a checked [`LogFilter`] stands for.
+fn targets(level: &LogFilter) -> Targets {
+    // A LogFilter parsed as Targets when it was made; the fallback only guards that promise.
+    level
+        .as_str()
+        .parse()
+        .unwrap_or_else(|_| Targets::new().with_default(tracing::Level::INFO))
 }

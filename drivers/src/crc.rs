@@ -13,7 +13,7 @@ pub fn e2e_crc(bytes: &[u8]) -> u16 {
 mod tests {
     use super::*;
 
-    // ble-health-profiles.md §1.4 and §4.1 vector 10.
+    // drivers/docs/test-vectors.md, "Encodings" vector 10.
     #[test]
     fn crc_vectors() {
         assert_eq!(e2e_crc(b"123456789"), 0x6F91);

@@ -257,7 +257,7 @@ mod tests {
         }
     }
 
-    // ble-health-profiles.md §1.1: the PHD IG FLOATS.md reference table.
+    // The PHD IG's FLOATS page, "SFLOAT Encoding" table.
     #[test]
     fn sfloat_phd_ig_precision_table() {
         let cases = [
@@ -275,7 +275,7 @@ mod tests {
         }
     }
 
-    // §1.1 special values.
+    // Special values (PHD IG, FLOATS page, "Special FLOAT and SFLOAT Values").
     #[test]
     fn sfloat_special_values() {
         assert_eq!(decode_sfloat(0x07FF), Value::Special(Special::NaN));
@@ -302,7 +302,7 @@ mod tests {
         );
     }
 
-    // §1.2 the FLOAT reference table and special values.
+    // The FLOAT reference table and special values (PHD IG, FLOATS page).
     #[test]
     fn float_phd_ig_precision_table() {
         let cases = [
@@ -330,7 +330,7 @@ mod tests {
         assert_eq!(decode_float(0x0080_0001), Value::Special(Special::Reserved));
     }
 
-    // §4.1 vectors 1-6.
+    // drivers/docs/test-vectors.md, "Encodings" vectors 1-6.
     #[test]
     fn encoding_vectors_from_section_4_1() {
         assert_eq!(num(decode_sfloat_le([0x65, 0xF0])), "10.1");

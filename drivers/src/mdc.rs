@@ -1,6 +1,6 @@
 //! IEEE 11073-10101 nomenclature (MDC) codes used by the drivers, with their UCUM
 //! equivalents. Codes are the decimal "context-free" form the PHD IG uses
-//! (partition << 16 | term), as listed in ble-health-profiles.md §5.3.
+//! (partition << 16 | term), as listed with their evidence in drivers/docs/mdc-codes.md.
 
 use serde::{Deserialize, Serialize};
 
@@ -19,7 +19,7 @@ pub const PRESS_BLD_NONINV: MdcCode = MdcCode(150020);
 pub const PRESS_BLD_NONINV_SYS: MdcCode = MdcCode(150021);
 pub const PRESS_BLD_NONINV_DIA: MdcCode = MdcCode(150022);
 pub const PRESS_BLD_NONINV_MEAN: MdcCode = MdcCode(150023);
-/// MDC_PULS_RATE_NON_INV, the pulse rate a BP cuff reports (PHD IG ProfileConsumers.md
+/// MDC_PULS_RATE_NON_INV, the pulse rate a BP cuff reports (PHD IG, ProfileConsumers page:
 /// "(149546)"). This was 149514 before, which is term 18442 (MDC_PULS_RATE), not this one.
 pub const PULS_RATE_NON_INV: MdcCode = MdcCode(149546);
 /// MDC_ECG_HEART_RATE: heart rate from a chest strap or ECG (Heart Rate Service 0x2A37).
@@ -57,7 +57,7 @@ pub const CONC_GLU_TREND: MdcCode = MdcCode(8_418_008);
 /// Glucose with no known sample type.
 pub const CONC_GLU_GEN: MdcCode = MdcCode(160020);
 /// MDC_CONC_GLU_UNDETERMINED_WHOLEBLOOD. UNVERIFIED: derived from the code pattern only
-/// (ble-health-profiles.md §5.3); cross-check against RTMMS before production.
+/// (drivers/docs/mdc-codes.md); cross-check against RTMMS before production.
 pub const CONC_GLU_UNDETERMINED_WHOLEBLOOD: MdcCode = MdcCode(160364);
 pub const CONC_GLU_UNDETERMINED_PLASMA: MdcCode = MdcCode(160368);
 /// MDC_SAT_O2_QUAL: the pulse oximeter's pulse amplitude index / perfusion.
@@ -67,7 +67,8 @@ pub const MODALITY_FAST: MdcCode = MdcCode(150580);
 pub const MODALITY_SLOW: MdcCode = MdcCode(150584);
 pub const MODALITY_SPOT: MdcCode = MdcCode(150588);
 /// Site-specific body temperatures, by Bluetooth Temperature Type (0x2A1D). 150392, 188420,
-/// 188424, 188428 and 188452 appear in an HL7 value set; the others are derived (§5.3).
+/// 188424, 188428 and 188452 appear in an HL7 value set; the others are derived
+/// (drivers/docs/mdc-codes.md).
 pub const TEMP_TYMP: MdcCode = MdcCode(150392);
 pub const TEMP_RECT: MdcCode = MdcCode(188420);
 pub const TEMP_ORAL: MdcCode = MdcCode(188424);

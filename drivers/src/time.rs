@@ -383,7 +383,7 @@ pub fn decode_dst_offset(
 mod tests {
     use super::*;
 
-    // ble-health-profiles.md §4.1 vector 7.
+    // drivers/docs/test-vectors.md, "Encodings" vector 7.
     #[test]
     fn date_time_today() {
         let t = decode_date_time("2A08", 0, &[0xE2, 0x07, 0x04, 0x11, 0x0F, 0x33, 0x00])
@@ -392,7 +392,7 @@ mod tests {
         assert!(t.is_complete());
     }
 
-    // §4.1 vector 8.
+    // test-vectors.md, "Encodings" vector 8.
     #[test]
     fn date_time_date_not_known() {
         let t = decode_date_time("2A08", 0, &[0, 0, 0, 0, 0x12, 0x1A, 0x20]).expect("valid");
@@ -431,7 +431,7 @@ mod tests {
     #[test]
     fn add_minutes_rolls_over_days_months_years_and_leap_days() {
         let add = |t: LocalDateTime, m| t.add_minutes(m).map(|t| t.to_string());
-        // §4.5 vector 24: base 2019-02-27 11:10:30, offset -5 min.
+        // test-vectors.md, "Glucose" vector 24: base 2019-02-27 11:10:30, offset -5 min.
         assert_eq!(
             add(dt(2019, 2, 27, 11, 10), -5),
             Ok("2019-02-27T11:05:30".into())
@@ -518,7 +518,7 @@ mod tests {
         }
     }
 
-    // §4.1 vector 9: DST 00/02/04/08/FF/11 and TZ 01, 80, 3C.
+    // test-vectors.md, "Encodings" vector 9: DST 00/02/04/08/FF/11 and TZ 01, 80, 3C.
     #[test]
     fn dst_and_time_zone_vectors() {
         let dst = |b| decode_dst_offset("2A0D", 0, b);

@@ -1,6 +1,7 @@
 //! The emulated BlueZ's D-Bus contract, checked from a plain D-Bus client (zbus proxies, no
 //! btleplug): object paths, property types and the `org.bluez.Error.*` answers of
-//! test-harness.md §1.4-1.5, and the `io.vitalgate.Control1` control interface.
+//! hardware/docs/bluez-pitfalls.md ("What clients require of the objects", "BlueZ's error
+//! answers"), and the `io.vitalgate.Control1` control interface.
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -56,7 +56,8 @@ fn every_profile_lands_in_the_store_with_the_right_values() {
     let mut rig = rig(devices, &[BP, THERMO, SCALE, GLUCOSE, PLX, HR, CGM]);
     rig.start_agent();
 
-    // Blood pressure: reference vector 11 (138/88 mmHg, MAP 120, pulse 60) and record 1.
+    // Blood pressure: reference vector 11 of drivers/docs/test-vectors.md (138/88 mmHg,
+    // MAP 120, pulse 60) and record 1.
     rig.wait_for("blood pressure", |r| {
         let b = r.readings(BP);
         has_value(&b, &["138", "88", "120"]) && has_value(&b, &["121", "81", "94"])
@@ -394,7 +395,8 @@ fn a_link_dropped_mid_transfer_completes_after_reconnecting() {
     let from = u16::from_le_bytes([resumed[3], resumed[4]]);
     assert!((2..=27).contains(&from), "resumed from {from}");
     // bluez-async may panic in a task of its own when a dropped stream races a signal
-    // (test-harness.md pitfall 1); the daemon must carry on regardless, and stop cleanly.
+    // (hardware/docs/bluez-pitfalls.md, "Panic when an event stream is dropped"); the daemon
+    // must carry on regardless, and stop cleanly.
     rig.stop_agent();
 }
 

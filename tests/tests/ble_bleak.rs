@@ -1,6 +1,7 @@
 //! Fidelity of the emulated BlueZ, checked with bleak (Python), a BlueZ client written
 //! independently of btleplug that reads BlueZ's object tree through ObjectManager signals
-//! rather than introspection (test-harness.md §1.3). `scripts/bleak-venv` installs it.
+//! rather than introspection (hardware/docs/bluez-pitfalls.md, "How btleplug and bleak read
+//! the tree"). `scripts/bleak-venv` installs it.
 
 use std::path::PathBuf;
 use std::process::Command;

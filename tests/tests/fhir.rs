@@ -251,7 +251,7 @@ fn decode_refuses_bad_input_with_clear_errors() {
     );
 }
 
-/// `vitalgate demo` runs the simulated devices through the real transports: an emulated
+/// `vitalgate-demo` runs the simulated devices through the real transports: an emulated
 /// BlueZ read by btleplug, PTY serial simulators read by tokio-serial.
 #[test]
 fn demo_pipeline_twice_on_one_state_dir_adds_no_duplicate() {

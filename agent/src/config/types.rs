@@ -242,7 +242,10 @@ impl fmt::Display for Name {
 }
 string_newtype_serde!(Name);
 
-/// A tracing filter directive such as `info` or `info,vitalgate::store=debug`.
+/// A log filter: a default level and per-module levels, such as `info` or
+/// `info,vitalgate::store=debug` (`tracing_subscriber`'s `Targets` syntax). Span and field
+/// filters are not accepted: the filter may come from the fleet, and a plain list of targets
+/// and levels cannot make the daemon compile an expensive pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogFilter(String);
 
@@ -255,8 +258,32 @@ impl LogFilter {
 impl FromStr for LogFilter {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        tracing_subscriber::EnvFilter::builder()
-            .parse(s)
+        if s.len() > 1024 {
+            return Err("the log filter is longer than 1024 characters".into());
+        }
+        // `Targets` would take a bare word (a mistyped level) as a target to trace: every
+        // directive must be a level, or a module path, `=` and a level.
+        let level = |l: &str| {
+            ["off", "error", "warn", "info", "debug", "trace"]
+                .iter()
+                .any(|k| k.eq_ignore_ascii_case(l))
+        };
+        let module = |m: &str| {
+            !m.is_empty() && m.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+        };
+        for d in s.split(',').map(str::trim) {
+            let ok = match d.split_once('=') {
+                Some((m, l)) => module(m) && level(l),
+                None => level(d),
+            };
+            if !ok {
+                return Err(format!(
+                    "{s:?} is not a valid log filter: each part must be a level (off, error, \
+                     warn, info, debug, trace) or module=level"
+                ));
+            }
+        }
+        s.parse::<tracing_subscriber::filter::Targets>()
             .map_err(|e| format!("{s:?} is not a valid log filter: {e}"))?;
         Ok(Self(s.to_owned()))
     }
@@ -272,6 +299,18 @@ string_newtype_serde!(LogFilter);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_filters_are_levels_or_module_levels_only() {
+        for ok in ["info", "WARN", "info,vitalgate::store=debug", "off, vitalgate=trace"] {
+            assert!(ok.parse::<LogFilter>().is_ok(), "{ok}");
+        }
+        // A mistyped level would otherwise become a target traced at every level.
+        for bad in ["", "debg", "[[[", "vitalgate=loud", "info,", "x{y}=debug", "a b=info"] {
+            assert!(bad.parse::<LogFilter>().is_err(), "{bad}");
+        }
+        assert!("info,".repeat(300).parse::<LogFilter>().is_err());
+    }
 
     #[test]
     fn bluetooth_addresses() {

@@ -43,7 +43,7 @@ pub const PAGE_SIZE: u64 = 4096;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    #[error("no store at {}: run `vitalgate run` (or `vitalgate demo`) to create one", .path.display())]
+    #[error("no store at {}: run `vitalgate run` (or `vitalgate-demo`) to create one", .path.display())]
     NotFound { path: PathBuf },
     #[error(
         "cannot decrypt {}: wrong key, or the file is not a Vitalgate store or its first page is \

@@ -1,5 +1,6 @@
-//! Blood Pressure Service 0x1810 (ble-health-profiles.md §2.1): Blood Pressure Measurement
-//! 0x2A35, Intermediate Cuff Pressure 0x2A36 (same layout) and Blood Pressure Feature 0x2A49.
+//! Blood Pressure Service 0x1810 (Bluetooth SIG Blood Pressure Service 1.1; layouts as in the
+//! GATT Specification Supplement, GSS): Blood Pressure Measurement 0x2A35, Intermediate Cuff
+//! Pressure 0x2A36 (same layout) and Blood Pressure Feature 0x2A49.
 
 use super::{Reader, Writer, bit_struct, local};
 use crate::DecodeError;
@@ -208,7 +209,8 @@ impl BloodPressureMeasurement {
 
 bit_struct! {
     /// Blood Pressure Feature (0x2A49). Bits 6-8 come from newer BPS versions; their
-    /// positions are UNVERIFIED against the BPS 1.1 text (§2.1).
+    /// positions are UNVERIFIED against the BPS 1.1 text (their names as in SpeziBluetooth's
+    /// `BloodPressureTests.swift`).
     BloodPressureFeature: u16 {
         body_movement_detection = 0,
         cuff_fit_detection = 1,

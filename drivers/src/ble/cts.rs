@@ -1,6 +1,6 @@
-//! Current Time Service 0x1805 (ble-health-profiles.md §2.9): Current Time 0x2A2B, read and
-//! notified by the device and written by the gateway to set the device clock, and Local Time
-//! Information 0x2A0F.
+//! Current Time Service 0x1805 (Bluetooth SIG Current Time Service; layouts as in the GATT
+//! Specification Supplement): Current Time 0x2A2B, read and notified by the device and
+//! written by the gateway to set the device clock, and Local Time Information 0x2A0F.
 
 use super::{Reader, Writer, bit_struct};
 use crate::DecodeError;
@@ -34,7 +34,8 @@ pub struct CurrentTime {
 
 impl CurrentTime {
     /// The value the gateway writes to set a device clock: `time` with its computed day of
-    /// week, no fractions and no adjust reason (the payload openScale writes, §2.9).
+    /// week, no fractions and no adjust reason (the payload openScale's
+    /// `buildCurrentTimePayload` writes).
     pub fn for_write(time: LocalDateTime) -> Result<Self, TimeError> {
         Ok(Self {
             day_of_week: Some(time.day_of_week()?),

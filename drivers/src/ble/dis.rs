@@ -1,5 +1,6 @@
-//! Device Information Service 0x180A (ble-health-profiles.md §2.10): the identity strings,
-//! System ID 0x2A23 and PnP ID 0x2A50, and folding them into a [`DeviceIdentity`].
+//! Device Information Service 0x180A (Bluetooth SIG Device Information Service; layouts as in
+//! the GATT Specification Supplement): the identity strings, System ID 0x2A23 and PnP ID
+//! 0x2A50, and folding them into a [`DeviceIdentity`].
 
 use super::{Reader, code_enum, uuid};
 use crate::DecodeError;
@@ -84,8 +85,8 @@ impl SystemId {
 
     /// The canonical EUI-64, most significant byte first: OUI ‖ manufacturer identifier
     /// (e.g. OUI 0x123456, identifier 0xFFFE9ABCDE → 12-34-56-FF-FE-9A-BC-DE). The PHD IG
-    /// example prints the over-the-air order instead (§5.4); which one feeds the device
-    /// identifier is the FHIR mapping's decision.
+    /// example Device `phd-74E8FFFEFF051C00.001C05FFE874` prints the over-the-air order
+    /// instead; which one feeds the device identifier is the FHIR mapping's decision.
     pub fn eui64(&self) -> [u8; 8] {
         let mut out = self.raw;
         out.reverse();

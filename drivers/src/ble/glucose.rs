@@ -1,6 +1,7 @@
-//! Glucose Service 0x1808 (ble-health-profiles.md §2.5): Glucose Measurement 0x2A18,
-//! Glucose Measurement Context 0x2A34 and Glucose Feature 0x2A51. The Record Access Control
-//! Point 0x2A52 that downloads stored records lives in [`super::racp`].
+//! Glucose Service 0x1808 (Bluetooth SIG Glucose Service; layouts as in the GATT
+//! Specification Supplement): Glucose Measurement 0x2A18, Glucose Measurement Context 0x2A34
+//! and Glucose Feature 0x2A51. The Record Access Control Point 0x2A52 that downloads stored
+//! records lives in [`super::racp`].
 
 use super::{Reader, Writer, bit_struct, code_enum, local, shift_exponent};
 use crate::DecodeError;
@@ -39,8 +40,8 @@ code_enum! {
 }
 
 impl SampleType {
-    /// The MDC code of a glucose concentration from this sample type (§5.3); generic glucose
-    /// 160020 for reserved types.
+    /// The MDC code of a glucose concentration from this sample type (drivers/docs/mdc-codes.md);
+    /// generic glucose 160020 for reserved types.
     pub fn mdc(self) -> MdcCode {
         match self {
             SampleType::CapillaryWholeBlood => mdc::CONC_GLU_CAPILLARY_WHOLEBLOOD,
@@ -338,7 +339,7 @@ code_enum! {
 }
 
 /// Flag bit 5 of 0x2A34: the medication unit. The XML says kilograms / litres; Nordic reads
-/// milligrams / millilitres (UNVERIFIED which devices use, §2.5), so the value is kept as sent.
+/// milligrams / millilitres (UNVERIFIED which devices use), so the value is kept as sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MedicationUnit {
     Kilograms,
@@ -361,7 +362,7 @@ pub struct GlucoseContext {
     pub sequence_number: u16,
     /// Flag bit 7.
     pub extended_flags: Option<u8>,
-    /// Flag bit 0; the value as sent (XML unit kilograms, see §2.5).
+    /// Flag bit 0; the value as sent (unit kilograms in the SIG's GATT XML).
     pub carbohydrate: Option<(CarbohydrateId, Value)>,
     /// Flag bit 1.
     pub meal: Option<Meal>,

@@ -1,5 +1,5 @@
-//! Heart Rate Service 0x180D (ble-health-profiles.md §2.7): Heart Rate Measurement 0x2A37
-//! and Body Sensor Location 0x2A38.
+//! Heart Rate Service 0x180D (Bluetooth SIG Heart Rate Service; layouts as in the GATT
+//! Specification Supplement): Heart Rate Measurement 0x2A37 and Body Sensor Location 0x2A38.
 
 use super::{Reader, code_enum};
 use crate::DecodeError;

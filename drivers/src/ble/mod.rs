@@ -1,4 +1,4 @@
-//! Bluetooth SIG GATT decoders for the health profiles (ble-health-profiles.md §2): pure
+//! Bluetooth SIG GATT decoders for the health profiles (GATT Specification Supplement): pure
 //! functions from characteristic bytes to typed profile structs, and from those to the
 //! measurement model. No I/O lives here; the BLE transport hands each notification,
 //! indication or read value to [`decode`] with the characteristic's 16-bit UUID.
@@ -111,8 +111,9 @@ pub struct DecodeContext {
     /// local time (start + time offset) instead of a bare minute counter.
     pub cgm_session_start: Option<cgm::CgmSessionStartTime>,
     /// Whether CGM Feature (0x2AA8) bit 12 announces an E2E-CRC. `None` (feature not read):
-    /// detect it per record from Size = field length + 2, as §2.8 allows. `Some(_)`: a record
-    /// that disagrees with the feature is rejected.
+    /// detect it per record from Size = field length + 2, as the record's Size field allows
+    /// (GSS, CGM Measurement). `Some(_)`: a record that disagrees with the feature is
+    /// rejected.
     pub cgm_e2e_crc: Option<bool>,
     /// The feature characteristics read at connection: which status bits the device
     /// supports, so that only those are reported (the PHD IG reports supported bits only).

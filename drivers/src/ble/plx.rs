@@ -1,5 +1,6 @@
-//! Pulse Oximeter Service 0x1822 (ble-health-profiles.md §2.6): PLX Spot-check Measurement
-//! 0x2A5E, PLX Continuous Measurement 0x2A5F and PLX Features 0x2A60.
+//! Pulse Oximeter Service 0x1822 (Bluetooth SIG Pulse Oximeter Service; layouts as in the GATT
+//! Specification Supplement): PLX Spot-check Measurement 0x2A5E, PLX Continuous Measurement
+//! 0x2A5F and PLX Features 0x2A60.
 
 use super::{Reader, bit_struct, local};
 use crate::DecodeError;

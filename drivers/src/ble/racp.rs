@@ -1,6 +1,6 @@
-//! Record Access Control Point 0x2A52 (ble-health-profiles.md §2.5.1), shared by glucose,
-//! CGM and PLX: building the requests the gateway writes, and parsing the indications that
-//! answer them.
+//! Record Access Control Point 0x2A52 (GATT Specification Supplement, Record Access Control
+//! Point), shared by glucose, CGM and PLX: building the requests the gateway writes, and
+//! parsing the indications that answer them.
 
 use super::{Reader, Writer};
 use crate::DecodeError;
@@ -195,7 +195,7 @@ pub enum RacpResponseCode {
     InvalidOperator = 3,
     OperatorNotSupported = 4,
     InvalidOperand = 5,
-    /// Not a failure for incremental sync: there was simply nothing new (§6).
+    /// Not a failure for incremental sync: there was simply nothing new.
     NoRecordsFound = 6,
     AbortUnsuccessful = 7,
     ProcedureNotCompleted = 8,

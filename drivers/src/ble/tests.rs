@@ -99,7 +99,7 @@ fn assert_invalid(e: DecodeError, ch: &str, at: usize, says: &str) {
     }
 }
 
-// ---- §4.2 blood pressure ----------------------------------------------------------------
+// ---- test-vectors.md, "Blood pressure" --------------------------------------------------
 
 // Vector 11.
 #[test]
@@ -270,7 +270,7 @@ fn bp_malformed() {
     assert_trailing(err(0x2A49, "FF 01 00"), "2A49", 2, 1);
 }
 
-// ---- §4.3 thermometer -------------------------------------------------------------------
+// ---- test-vectors.md, "Thermometer" -----------------------------------------------------
 
 // Vector 17.
 #[test]
@@ -353,7 +353,7 @@ fn thermometer_malformed() {
     assert_truncated(err(0x2A21, "2C"), "2A21", 0);
 }
 
-// ---- §4.4 heart rate --------------------------------------------------------------------
+// ---- test-vectors.md, "Heart rate" ------------------------------------------------------
 
 // Vector 20.
 #[test]
@@ -412,7 +412,7 @@ fn heart_rate_malformed() {
     );
 }
 
-// ---- §4.5 glucose -----------------------------------------------------------------------
+// ---- test-vectors.md, "Glucose" ---------------------------------------------------------
 
 // Vector 24.
 #[test]
@@ -595,7 +595,7 @@ fn glucose_malformed() {
     assert_trailing(err(0x2A51, "F0 03 00"), "2A51", 2, 1);
 }
 
-// ---- §2.5.1 / §4.5 vector 28: RACP ------------------------------------------------------
+// ---- test-vectors.md, "Glucose": RACP frames and vector 28 ------------------------------
 
 #[test]
 fn racp_request_frames() {
@@ -727,7 +727,7 @@ fn racp_malformed() {
     );
 }
 
-// ---- §4.6 weight and body composition ---------------------------------------------------
+// ---- test-vectors.md, "Weight"; body composition ----------------------------------------
 
 // Vector 29.
 #[test]
@@ -879,7 +879,7 @@ fn weight_malformed() {
     assert_trailing(err(0x2A9D, "00 8C 3C 00"), "2A9D", 3, 1);
 }
 
-// ---- §4.7 pulse oximeter ----------------------------------------------------------------
+// ---- test-vectors.md, "Pulse oximeter" --------------------------------------------------
 
 // Vector 35.
 #[test]
@@ -1051,7 +1051,7 @@ fn plx_malformed() {
     assert_trailing(err(0x2A60, "00 00 40"), "2A60", 2, 1);
 }
 
-// ---- §4.8 CGM ---------------------------------------------------------------------------
+// ---- test-vectors.md, "CGM" -------------------------------------------------------------
 
 const CGM_40: &str = "0F E3 D2 E4 05 00 02 14 FF 02 F0 E5 F3 8E 3F";
 
@@ -1330,7 +1330,7 @@ fn hex_of(bytes: &[u8]) -> String {
         .join(" ")
 }
 
-// ---- §2.10 DIS, §2.9 CTS ----------------------------------------------------------------
+// ---- test-vectors.md, "Device information and current time" -----------------------------
 
 #[test]
 fn device_information() {
@@ -1372,7 +1372,7 @@ fn device_information() {
     );
     assert_invalid(err(0x2A25, "41 42 FF 43"), "2A25", 2, "UTF-8");
 
-    // §2.10: OUI 0x123456 and company-assigned 0x9ABCDE give EUI-64 0x123456FFFE9ABCDE.
+    // GSS System ID: OUI 0x123456 and company-assigned 0x9ABCDE give EUI-64 0x123456FFFE9ABCDE.
     let Decoded::SystemId(id) = ok(0x2A23, "DE BC 9A FE FF 56 34 12") else {
         panic!()
     };
@@ -1401,7 +1401,7 @@ fn device_information() {
 
 #[test]
 fn current_time_decode_encode() {
-    // The write payload of §2.9: 2018-04-17 15:51:00, a Tuesday, no fractions, no reason.
+    // The write payload (openScale's): 2018-04-17 15:51:00, a Tuesday, no fractions, no reason.
     let t = crate::time::decode_date_time("x", 0, &h("E2 07 04 11 0F 33 00")).expect("t");
     let ct = cts::CurrentTime::for_write(t).expect("known date");
     assert_eq!(ct.encode().to_vec(), h("E2 07 04 11 0F 33 00 02 00 00"));

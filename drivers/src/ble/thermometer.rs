@@ -1,6 +1,6 @@
-//! Health Thermometer Service 0x1809 (ble-health-profiles.md §2.2): Temperature Measurement
-//! 0x2A1C, Intermediate Temperature 0x2A1E (same layout), Temperature Type 0x2A1D and
-//! Measurement Interval 0x2A21.
+//! Health Thermometer Service 0x1809 (Bluetooth SIG Health Thermometer Service; layouts as in
+//! the GATT Specification Supplement): Temperature Measurement 0x2A1C, Intermediate
+//! Temperature 0x2A1E (same layout), Temperature Type 0x2A1D and Measurement Interval 0x2A21.
 
 use super::{Reader, Writer, code_enum, local};
 use crate::DecodeError;
@@ -49,8 +49,8 @@ code_enum! {
 }
 
 impl TemperatureType {
-    /// The site-specific MDC code (§5.3); general body temperature 150364 for "body" and
-    /// reserved types.
+    /// The site-specific MDC code (drivers/docs/mdc-codes.md); general body temperature 150364
+    /// for "body" and reserved types.
     pub fn mdc(self) -> MdcCode {
         match self {
             TemperatureType::Armpit => mdc::TEMP_AXILLA,

@@ -1,6 +1,7 @@
-//! Weight Scale Service 0x181D and Body Composition Service 0x181B
-//! (ble-health-profiles.md §2.3, §2.4): Weight Measurement 0x2A9D, Weight Scale Feature
-//! 0x2A9E, Body Composition Measurement 0x2A9C and Body Composition Feature 0x2A9B.
+//! Weight Scale Service 0x181D and Body Composition Service 0x181B (the Bluetooth SIG service
+//! specifications; layouts as in the GATT Specification Supplement, GSS): Weight Measurement
+//! 0x2A9D, Weight Scale Feature 0x2A9E, Body Composition Measurement 0x2A9C and Body
+//! Composition Feature 0x2A9B.
 //!
 //! The wire fields are unsigned integers with a fixed scale (0.005 kg, 0.01 lb, 0.001 m,
 //! 0.1 in, 0.1 %). The structs keep the raw integers; the accessors turn them into exact
@@ -124,7 +125,8 @@ impl WeightMeasurement {
     /// Body weight (188736), and BMI (188752) and height (188740) when present.
     ///
     /// The BMI is derived from the weight and height of the same measurement (the PHD IG,
-    /// ProfileConsumers: a BMI Observation points at them with `derivedFrom`).
+    /// ProfileConsumers page, "Related Observations": a BMI Observation points at them with
+    /// `derivedFrom`).
     pub fn measurements(&self) -> Vec<Measurement> {
         let mut out = vec![unsuccessful(
             reading(mdc::MASS_BODY_ACTUAL, self.weight()),
@@ -181,7 +183,7 @@ pub struct WeightScaleFeature {
     pub multiple_users_supported: bool,
     pub bmi_supported: bool,
     /// Bits 3-6: 0 not specified, 1 = 0.5 kg / 1 lb … 7 = 0.005 kg / 0.01 lb. It describes the
-    /// measurement precision; the wire scale of 0x2A9D is fixed (§2.3).
+    /// measurement precision; the wire scale of 0x2A9D is fixed (GSS, Weight Measurement).
     pub weight_resolution: u8,
     /// Bits 7-9: 0 not specified, 1 = 0.01 m / 1 in, 2 = 0.005 m / 0.5 in, 3 = 0.001 m / 0.1 in.
     pub height_resolution: u8,
@@ -205,7 +207,7 @@ pub fn decode_feature(bytes: &[u8]) -> Result<WeightScaleFeature, DecodeError> {
 }
 
 /// Body Composition Measurement (0x2A9C). Optional fields are raw integers in the order and
-/// scale of §2.4; `None` when the flag is clear.
+/// scale of GSS Body Composition Measurement; `None` when the flag is clear.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BodyCompositionMeasurement {
     pub units: MeasurementUnits,

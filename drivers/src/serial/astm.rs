@@ -1,5 +1,5 @@
-//! ASTM E1381 (LIS1-A) low-level protocol and E1394 (LIS2-A2) records
-//! (serial-protocols.md §5), as point-of-care analyzers and glucose meters send them.
+//! ASTM E1381 (CLSI LIS1-A) low-level protocol and ASTM E1394 (CLSI LIS2-A2) records, as
+//! point-of-care analyzers and glucose meters send them.
 //!
 //! The instrument is the sender: ENQ, answered by ACK; then frames
 //! `STX FN text (ETB|ETX) C1 C2 CR LF`, each answered by ACK (or NAK when the checksum or
@@ -412,9 +412,9 @@ pub fn parse_record(
             };
             flags |= text_range;
             let value = match value_text.trim().to_ascii_uppercase().as_str() {
-                // Beyond the meter's range with no number: "not at this resolution" (the IG's
-                // FLOATS: "cannot be represented with the supported range"), and the range
-                // says which way.
+                // Beyond the meter's range with no number: "not at this resolution" (PHD IG,
+                // FLOATS page: "cannot be represented with the supported range"), and the
+                // range says which way.
                 "HI" | "HIGH" => {
                     flags |= FLAG_HI;
                     Value::Special(crate::ieee11073::Special::NRes)

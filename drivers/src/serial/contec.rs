@@ -1,4 +1,5 @@
-//! Contec CMS50 oximeters (serial-protocols.md §4).
+//! Contec CMS50 oximeters. The protocol is reverse-engineered: this follows OSCAR
+//! (`cms50f37_loader.cpp`) and MarkMLl/Contec_cms50dplus; the legacy one atbrask/CMS50Dplus.
 //!
 //! The current protocol (CMS50D+ firmware 4.6+, E, EW, F, I) runs at 115200 8N1. The host
 //! sends 9-byte commands `7D 81 cc 80 80 80 80 80 80`; the device answers with packets whose

@@ -1,7 +1,7 @@
-//! Serial medical-device protocols (serial-protocols.md): TaiDoc/FORA 0x51 ([`taidoc`]),
-//! Nonin DF2, DF7 and the 1 Hz ASCII output ([`nonin`]), Contec CMS50 ([`contec`]) and ASTM
-//! E1381/E1394 ([`astm`]), plus the policy that reduces continuous oximeter streams
-//! ([`policy`]).
+//! Serial medical-device protocols (each module names its public sources): TaiDoc/FORA 0x51
+//! ([`taidoc`]), Nonin DF2, DF7 and the 1 Hz ASCII output ([`nonin`]), Contec CMS50
+//! ([`contec`]) and ASTM E1381/E1394 ([`astm`]), plus the policy that reduces continuous
+//! oximeter streams ([`policy`]). Their example frames are in drivers/docs/test-vectors.md.
 //!
 //! Each protocol has two layers here, both free of I/O:
 //! - a **framer**, which turns an arbitrary byte stream into frames, resynchronises after

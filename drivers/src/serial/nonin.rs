@@ -1,5 +1,6 @@
-//! Nonin pulse oximeters (serial-protocols.md §3): Data Format 2 (OEM III), Data Format 7
-//! (WristOx2 3150, Onyx II 9560) and the 1 Hz ASCII output of the handhelds.
+//! Nonin pulse oximeters: Data Format 2 (OEM III), Data Format 7 (WristOx2 3150, Onyx II 9560)
+//! and the 1 Hz ASCII output of the handhelds (Nonin's OEM data-format specifications, as
+//! Pufferfish's DF2 and OpenICE's DF7 drivers implement them; the handhelds' operator manuals).
 //!
 //! DF2 and DF7 send 5-byte frames, 75 a second, grouped in packets of 25 frames (3 packets
 //! a second) whose first frame has the SYNC bit (STATUS bit 0). The checksum is the sum of

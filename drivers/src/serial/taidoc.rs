@@ -1,4 +1,5 @@
-//! TaiDoc / FORA "0x51" protocol (serial-protocols.md §2): fixed 8-byte frames
+//! TaiDoc / FORA "0x51" protocol (as glucometer-protocols `src/taidoc/td42xx.md` describes it
+//! and glucometerutils' `td42xx.py` implements it): fixed 8-byte frames
 //! `51 cmd m0 m1 m2 m3 dir sum`, direction 0xA3 host→device and 0xA5 device→host, checksum
 //! the low byte of the sum of bytes 0..=6. The host asks, the device answers; there is no
 //! NAK, so a request that gets no answer is sent again.

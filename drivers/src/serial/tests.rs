@@ -1,5 +1,5 @@
-//! Every example frame of serial-protocols.md, the framers' resync and checksum handling,
-//! and each session driven through a scripted device.
+//! Every serial example frame of drivers/docs/test-vectors.md, the framers' resync and
+//! checksum handling, and each session driven through a scripted device.
 
 use super::*;
 use crate::ieee11073::Value;
@@ -28,7 +28,7 @@ fn num(v: &Option<Value>) -> String {
     v.expect("value").to_string()
 }
 
-// ---------------------------------------------------------------- TaiDoc (§2)
+// ---------------------------------------------------------------- TaiDoc (test-vectors.md)
 
 mod taidoc_examples {
     use super::*;
@@ -383,7 +383,7 @@ fn taidoc_session_retries_and_gives_up() {
     );
 }
 
-// ---------------------------------------------------------------- Nonin (§3)
+// ---------------------------------------------------------------- Nonin (test-vectors.md)
 
 mod nonin_examples {
     use super::*;
@@ -596,7 +596,7 @@ mod nonin_examples {
     }
 }
 
-// ---------------------------------------------------------------- Contec (§4)
+// ---------------------------------------------------------------- Contec (test-vectors.md)
 
 mod contec_examples {
     use super::*;
@@ -829,7 +829,7 @@ mod contec_examples {
     }
 }
 
-// ---------------------------------------------------------------- ASTM (§5)
+// ---------------------------------------------------------------- ASTM (test-vectors.md)
 
 mod astm_examples {
     use super::*;

@@ -1,7 +1,9 @@
 //! How the virtual peripherals behave: what a read returns, what a write does (RACP, setting
 //! the clock), and what they send once a client enables notifications or indications —
 //! stored measurements, live streams, RACP record transfers — with the response codes and
-//! ATT errors of the Bluetooth specifications (ble-health-profiles.md §2.5.1, §2.8, §2.9).
+//! ATT errors of the Bluetooth specifications (GATT Specification Supplement: Record Access
+//! Control Point, CGM Session Start Time, Current Time; Core Specification Supplement: the
+//! common profile and service error codes).
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -3,8 +3,9 @@
 //! every health profile the agent supports, driven through the real btleplug code (and
 //! checked with bleak, a second, independent BlueZ client).
 //!
-//! The kernel here has no Bluetooth (test-harness.md §0), so BlueZ itself cannot run; the
-//! emulation sits at the D-Bus level, where btleplug talks to BlueZ. Module map: [`bus`] the
+//! The kernel here has no Bluetooth (hardware/docs/bluez-pitfalls.md, "Why BlueZ is
+//! emulated"), so BlueZ itself cannot run; the emulation sits at the D-Bus level, where
+//! btleplug talks to BlueZ. Module map: [`bus`] the
 //! private `dbus-daemon`; `world` the state; `objects` the BlueZ interfaces; `pairing`
 //! AgentManager1 and `Device1.Pair` through the client's `Agent1`; `link` scanning and
 //! links; `behaviour` what each peripheral does; [`profile`] the GATT databases;

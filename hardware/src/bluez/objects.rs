@@ -1,6 +1,7 @@
 //! The `org.bluez` D-Bus objects: Adapter1, Device1, GattService1, GattCharacteristic1 and
 //! GattDescriptor1, with the property names, D-Bus types and error semantics of BlueZ
-//! (test-harness.md §1.4, checked against BlueZ's `src/adapter.c`, `src/device.c` and
+//! (hardware/docs/bluez-pitfalls.md, "What clients require of the objects" and "BlueZ's error
+//! answers", checked against BlueZ's `src/adapter.c`, `src/device.c` and
 //! `src/gatt-client.c`). Each object is a thin view onto [`Core`]'s state.
 
 use std::collections::HashMap;
@@ -499,7 +500,8 @@ impl GattCharacteristic {
             }
         }
         // BlueZ updates the cached Value after every read, which clients see as a
-        // PropertiesChanged just like a notification (test-harness.md pitfall 2).
+        // PropertiesChanged just like a notification (hardware/docs/bluez-pitfalls.md, "Reads
+        // arrive as notifications").
         self.core
             .changed(
                 &self.path,
@@ -677,7 +679,8 @@ impl GattDescriptor {
             .enter("WriteValue", &self.path, Some(&sender(&h)))
             .await?;
         parse_options(&options)?;
-        // BlueZ owns the CCCD: clients must use StartNotify (test-harness.md pitfall 8).
+        // BlueZ owns the CCCD: clients must use StartNotify (BlueZ `src/gatt-client.c`,
+        // `descriptor_write_value`; hardware/docs/bluez-pitfalls.md, "CCCD writes are refused").
         Err(BluezError::NotPermitted("Write not permitted".into()))
     }
 

@@ -100,8 +100,8 @@ pub fn record_time(i: u32) -> DateTime {
     )
 }
 
-/// Reference vector 11 (ble-health-profiles.md §4.2): 138/88 mmHg, MAP 120, pulse 60,
-/// user 1, status 0x0027, time stamp with an unknown year.
+/// Reference vector 11 (drivers/docs/test-vectors.md, "Blood pressure"): 138/88 mmHg, MAP 120,
+/// pulse 60, user 1, status 0x0027, time stamp with an unknown year.
 pub const BP_VECTOR: [u8; 19] = [
     0x1E, 0x8A, 0x00, 0x58, 0x00, 0x78, 0x00, 0x00, 0x00, 0x04, 0x11, 0x14, 0x29, 0x3B, 0x3C, 0x00,
     0x01, 0x27, 0x00,
@@ -124,7 +124,7 @@ pub fn blood_pressure(i: u32) -> Vec<u8> {
     b
 }
 
-/// Reference vector 17: 37.60 °C, 2012-12-05 11:50:27, finger.
+/// Reference vector 17 (test-vectors.md, "Thermometer"): 37.60 °C, 2012-12-05 11:50:27, finger.
 pub const THERMOMETER_VECTOR: [u8; 13] = [
     0x06, 0xB0, 0x0E, 0x00, 0xFE, 0xDC, 0x07, 0x0C, 0x05, 0x0B, 0x32, 0x1B, 0x04,
 ];
@@ -250,10 +250,11 @@ pub fn plx_sensor_disconnected(i: u32) -> Vec<u8> {
 /// SFLOAT "not a number" (IEEE 11073-20601 special value 0x07FF).
 const SFLOAT_NAN: [u8; 2] = [0xFF, 0x07];
 
-/// Reference vector 35 (PLX continuous): SpO2 100 %, pulse 90.
+/// Reference vector 35 (test-vectors.md, "Pulse oximeter"; PLX continuous): SpO2 100 %, pulse 90.
 pub const PLX_CONTINUOUS_VECTOR: [u8; 5] = [0x00, 0x64, 0x00, 0x5A, 0x00];
 
-/// Reference vector 22: 85 bpm, contact detected, 50 kJ, one RR interval of 33/1024 s.
+/// Reference vector 22 (test-vectors.md, "Heart rate"): 85 bpm, contact detected, 50 kJ, one RR
+/// interval of 33/1024 s.
 pub const HEART_RATE_VECTOR: [u8; 6] = [0x1E, 0x55, 0x32, 0x00, 0x21, 0x00];
 
 /// Heart rate notification `i`: (60 + i % 40) bpm, sensor contact detected.

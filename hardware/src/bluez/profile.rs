@@ -1,6 +1,7 @@
 //! The virtual peripherals: which profile each one implements, what it advertises, and its
 //! GATT database (services, characteristics with BlueZ's flag strings, CCCDs), laid out as the
-//! SIG service definitions in ble-health-profiles.md §2 describe them.
+//! Bluetooth SIG service specifications define them (which characteristics each service has,
+//! with which properties).
 
 use std::time::Duration;
 

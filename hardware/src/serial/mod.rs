@@ -1,6 +1,7 @@
-//! Serial device simulators on pseudo-terminals (serial-protocols.md §15.6): a virtual
-//! device per protocol that speaks it faithfully, with the device's timing and stored
-//! records, behind a [`Pty`] the agent opens through tokio-serial like a real port.
+//! Serial device simulators on pseudo-terminals: a virtual device per protocol (as the
+//! `vitalgate_drivers::serial` modules document each, with its public sources) that speaks it
+//! faithfully, with the device's timing and stored records, behind a [`Pty`] the agent opens
+//! through tokio-serial like a real port.
 //!
 //! A [`Device`] is the protocol half: it is given the host's bytes and the time, and queues
 //! its answers and stream output with the times they are due. The [`Simulator`] runs one on

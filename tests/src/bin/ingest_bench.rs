@@ -76,6 +76,10 @@ struct Args {
     /// Where ingest stores are created (default: the system temporary directory).
     #[arg(long, value_name = "DIR")]
     work_dir: Option<PathBuf>,
+    /// A smoke run (CI): the figures are printed, a missed target does not fail the run
+    /// (debug builds and small sizes say nothing about the targets).
+    #[arg(long)]
+    smoke: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -99,6 +103,10 @@ fn main() -> Result<()> {
     }
     if args.rss_readings > 0 {
         failed |= !rss_figures(&rt, &args)?;
+    }
+    if failed && args.smoke {
+        println!("RESULT: smoke run complete (targets are judged by a full run)");
+        return Ok(());
     }
     if failed {
         println!("RESULT: FAIL (at least one target missed)");
@@ -398,12 +406,15 @@ fn rss_figures(rt: &tokio::runtime::Runtime, args: &Args) -> Result<bool> {
     }
     let store_bytes = std::fs::metadata(&db)?.len();
     let config = dir.join("vitalgate.toml");
+    // The destination is on loopback (the discard port, where nothing listens), so the
+    // configuration needs no credentials and every delivery attempt fails fast: the daemon
+    // holds the whole backlog, which is what is measured.
     std::fs::write(
         &config,
         format!(
             "[gateway]\nid = \"bench-gw\"\n\n[store]\nkey_file = \"{}\"\n\
              key_credential = \"absent-credential\"\nretention_interval = \"1s\"\n\n\
-             [[destination]]\nid = \"{DESTINATION}\"\nbase_url = \"https://fhir.example.org/r4\"\n",
+             [[destination]]\nid = \"{DESTINATION}\"\nbase_url = \"http://127.0.0.1:9/r4\"\n",
             key_file.display()
         ),
     )?;

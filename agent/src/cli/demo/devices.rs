@@ -1,4 +1,4 @@
-//! `vitalgate demo`'s simulated devices on the real transports. The Bluetooth devices are
+//! `vitalgate-demo`'s simulated devices on the real transports. The Bluetooth devices are
 //! peripherals of the emulated BlueZ (`vitalgate_hardware::bluez`, in this process) on a
 //! private `dbus-daemon`, read by the real btleplug [`crate::ble::BleSource`]; the serial
 //! devices are PTY simulators (`vitalgate_hardware::serial`, on threads of this process) read
