@@ -199,13 +199,12 @@ pub trait GpioStore: Send + Sync {
     ) -> impl std::future::Future<Output = Result<GatewayState, crate::store::StoreError>> + Send;
 }
 
-/// The encrypted store: writes through the writer (the fleet's own store code), reads
-/// through a read-only connection of its own.
+/// The encrypted store: windows are opened through the writer, the state is read through the
+/// store's read-only pairing reader.
 #[derive(Debug)]
 pub struct SqlGpioStore {
-    fleet: crate::fleet::store::SqlFleetStore,
     handle: crate::store::StoreHandle,
-    reader: std::sync::Mutex<rusqlite::Connection>,
+    reader: crate::store::pairing::WindowReader,
 }
 
 impl SqlGpioStore {
@@ -214,36 +213,9 @@ impl SqlGpioStore {
         keying: crate::store::Keying,
         path: &Path,
     ) -> Result<Self, crate::store::StoreError> {
-        let reader =
-            crate::store::open_connection(path, &keying, crate::store::Create::Never, 256)?;
         Ok(Self {
-            fleet: crate::fleet::store::SqlFleetStore::new(handle.clone(), keying),
+            reader: crate::store::pairing::WindowReader::open(path, &keying)?,
             handle,
-            reader: std::sync::Mutex::new(reader),
-        })
-    }
-}
-
-impl SqlGpioStore {
-    /// A button has no keyboard: a device paired by it is bound to the gateway's patient when
-    /// the gateway serves exactly one (the home case). Otherwise it is only allowlisted, and
-    /// its readings are held until IT binds it (`bind` command or `vitalgate pair --device`).
-    fn sole_patient(&self) -> Result<Option<vitalgate_core::PatientRef>, crate::store::StoreError> {
-        let conn = self
-            .reader
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let path = self.handle.path().to_owned();
-        let mut stmt = conn
-            .prepare("SELECT DISTINCT patient FROM bindings LIMIT 2")
-            .map_err(|e| crate::store::StoreError::from_sqlite(&path, "gpio patients", e))?;
-        let patients = stmt
-            .query_map([], |r| r.get::<_, String>(0))
-            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| crate::store::StoreError::from_sqlite(&path, "gpio patients", e))?;
-        Ok(match patients.as_slice() {
-            [one] => vitalgate_core::PatientRef::parse(one).ok(),
-            _ => None,
         })
     }
 }
@@ -254,8 +226,14 @@ impl GpioStore for SqlGpioStore {
         id: &str,
         until_ms: i64,
     ) -> Result<(), crate::store::StoreError> {
-        use crate::fleet::store::FleetStore as _;
-        let patient = self.sole_patient()?;
+        // A button has no keyboard: a device paired by it is bound to the gateway's patient
+        // when the gateway serves exactly one (the home case). Otherwise it is only
+        // allowlisted, and its readings are held until IT binds it (`bind` command or
+        // `vitalgate pair --device`).
+        let patient = self
+            .reader
+            .sole_patient()?
+            .and_then(|p| vitalgate_core::PatientRef::parse(&p).ok());
         let request = vitalgate_core::WindowRequest {
             until_ms,
             patient,
@@ -264,29 +242,13 @@ impl GpioStore for SqlGpioStore {
             pin: None,
             actor: id.to_owned(),
         };
-        self.fleet.open_pairing_window(&request).await
+        self.handle.open_pairing_window(&request).await.map(drop)
     }
 
     async fn state(&self, now_ms: i64) -> Result<GatewayState, crate::store::StoreError> {
         let health = self.handle.health().borrow().clone();
-        let path = self.handle.path().to_owned();
-        let conn = self
-            .reader
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let sql = |e| crate::store::StoreError::from_sqlite(&path, "gpio state", e);
-        let until: Option<i64> = conn
-            .query_row("SELECT max(until_ms) FROM pairing_windows", [], |r| {
-                r.get(0)
-            })
-            .map_err(sql)?;
-        let alarms: i64 = conn
-            .query_row(
-                "SELECT count(*) FROM events WHERE severity = 'alarm' AND at_ms > ?1",
-                [now_ms - ATTENTION_WINDOW_MS],
-                |r| r.get(0),
-            )
-            .map_err(sql)?;
+        let until = self.reader.latest_window_end()?;
+        let alarms = self.reader.alarms_since(now_ms - ATTENTION_WINDOW_MS)?;
         Ok(GatewayState {
             pairing_open: until.is_some_and(|u| u > now_ms),
             attention: health.disk_full || health.over_budget || alarms > 0,
@@ -566,23 +528,18 @@ mod tests {
             .expect("event");
         assert!(store.state(now).await.expect("state").attention);
         // The same row and audit entry as the fleet's open-pairing-window command.
-        let v = handle
-            .exec(|conn, _| {
-                let n: i64 = conn.query_row(
-                    "SELECT count(*) FROM pairing_windows WHERE command_id = 'button-1'",
-                    [],
-                    |r| r.get(0),
-                )?;
-                let a: i64 = conn.query_row(
-                    "SELECT count(*) FROM audit WHERE action = 'open-pairing-window'",
-                    [],
-                    |r| r.get(0),
-                )?;
-                Ok(serde_json::json!([n, a]))
-            })
-            .await
-            .expect("query");
-        assert_eq!(v, serde_json::json!([1, 1]));
+        let reader = crate::store::pairing::WindowReader::open(&path, &keying).expect("reader");
+        let windows = reader.open_windows().expect("windows");
+        assert_eq!(windows.len(), 1, "{windows:?}");
+        let audit = crate::store::devices::audit(&path, &keying, 10).expect("audit");
+        assert_eq!(
+            audit
+                .iter()
+                .filter(|e| e.action == "open-pairing-window" && e.actor == "button-1")
+                .count(),
+            1,
+            "{audit:?}"
+        );
         handle.shutdown().await;
         drop(store);
         drop(handle);

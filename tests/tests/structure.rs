@@ -46,6 +46,31 @@ fn no_crate_has_an_import_cycle_between_its_modules() {
     );
 }
 
+/// The store owns its schema: SQL (and the SQLite API) appears in `agent/src/store` only;
+/// every other module asks the store through typed operations.
+#[test]
+fn only_the_store_speaks_sql() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../agent/src");
+    let mut outside = Vec::new();
+    for file in rust_files(&src) {
+        let rel = file.strip_prefix(&src).expect("under src");
+        if rel.starts_with("store") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).expect("read source");
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            if code.contains("rusqlite") || code.contains("Connection::open") {
+                outside.push(format!("{}:{}", rel.display(), n + 1));
+            }
+        }
+    }
+    assert!(
+        outside.is_empty(),
+        "SQLite used outside the store: {outside:?}"
+    );
+}
+
 #[test]
 fn the_checker_finds_a_cycle_and_accepts_a_layering() {
     fn add(edges: &mut Edges, a: &str, b: &str) {

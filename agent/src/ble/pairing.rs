@@ -17,19 +17,17 @@
 //! logged, published or shown. Outcomes name device addresses and BlueZ error names only.
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
-use vitalgate_drivers::{DeviceIdentity, Transport};
 use zbus::zvariant::{ObjectPath, OwnedObjectPath, OwnedValue, Value};
 
 use super::profiles;
 use crate::config::BtAddr;
-use crate::store::{Create, Keying, NewEvent, Severity, StoreError, StoreHandle};
+use crate::store::{Keying, NewEvent, Severity, StoreError, StoreHandle};
 pub use vitalgate_core::ids::{PatientRef, Pin, WindowRequest};
 use vitalgate_core::time::now_ms;
 
@@ -40,269 +38,16 @@ const SCAN_POLL: Duration = Duration::from_millis(300);
 /// Where the pairing agent object lives on the daemon's connection.
 const AGENT_PATH: &str = "/io/vitalgate/PairingAgent";
 
-/// Records a window; returns its id. Runs inside a store transaction (writer `exec`).
-pub fn open_window(conn: &Connection, now: i64, req: &WindowRequest) -> rusqlite::Result<i64> {
-    conn.execute(
-        "INSERT INTO pairing_windows (opened_ms, until_ms, command_id, patient, user_index, device, pin) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![
-            now,
-            req.until_ms,
-            req.actor,
-            req.patient.as_ref().map(PatientRef::expose),
-            req.user_index,
-            req.device,
-            req.pin.as_ref().map(Pin::expose),
-        ],
-    )?;
-    let id = conn.last_insert_rowid();
-    conn.execute(
-        "INSERT INTO audit (at_ms, actor, action, detail) VALUES (?1, ?2, 'open-pairing-window', ?3)",
-        params![
-            now,
-            req.actor,
-            json!({
-                "window": id, "until_ms": req.until_ms, "user_index": req.user_index,
-                "device": req.device, "patient_ref": req.patient.as_ref().map(PatientRef::expose),
-                "pin": req.pin.is_some(),
-            })
-            .to_string()
-        ],
-    )?;
-    Ok(id)
-}
+pub use crate::store::pairing::{OpenWindow, WindowReader, WindowState, record_window};
 
-/// Records a window from outside the daemon (`vitalgate pair`), on a connection of its own;
-/// returns its id once it is committed.
-pub fn record_window(path: &Path, keying: &Keying, req: &WindowRequest) -> Result<i64, StoreError> {
-    let mut conn = crate::store::open_connection(path, keying, Create::Never, 256)?;
-    let sql = |op| move |e| StoreError::from_sqlite(path, op, e);
-    let tx = conn
-        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-        .map_err(sql("begin"))?;
-    let id = open_window(&tx, now_ms(), req).map_err(sql("record pairing window"))?;
-    tx.commit().map_err(sql("commit pairing window"))?;
-    Ok(id)
-}
-
-/// A window as the daemon reads it.
-#[derive(Debug, Clone)]
-pub struct OpenWindow {
-    pub id: i64,
-    pub until_ms: i64,
-    pub patient: Option<String>,
-    pub user_index: i64,
-    pub device: Option<String>,
-    pub pin: Option<Pin>,
-}
-
-/// A window's state, for `vitalgate pair` to follow.
-#[derive(Debug, Clone)]
-pub struct WindowState {
-    pub until_ms: i64,
-    pub started_ms: Option<i64>,
-    pub closed_ms: Option<i64>,
-    pub outcome: Option<serde_json::Value>,
-}
-
-/// A read-only connection to the store for following windows.
-#[derive(Debug)]
-pub struct WindowReader {
-    /// Behind a mutex so the daemon's task can keep the reader across awaits.
-    conn: Mutex<Connection>,
-    path: PathBuf,
-}
-
-impl WindowReader {
-    pub fn open(path: &Path, keying: &Keying) -> Result<Self, StoreError> {
-        let conn = crate::store::open_connection(path, keying, Create::Never, 256)?;
-        let version = crate::store::schema::version(&conn)
-            .map_err(|e| StoreError::from_sqlite(path, "read schema version", e))?;
-        if version < crate::store::schema::LATEST_VERSION {
-            return Err(StoreError::Corrupt {
-                path: path.to_owned(),
-                detail: format!(
-                    "schema version {version} is older than {}: start `vitalgate run` once to migrate it",
-                    crate::store::schema::LATEST_VERSION
-                ),
-            });
-        }
-        conn.execute_batch("PRAGMA query_only = ON")
-            .map_err(|e| StoreError::from_sqlite(path, "set query_only", e))?;
-        Ok(Self {
-            conn: Mutex::new(conn),
-            path: path.to_owned(),
-        })
-    }
-
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Windows not closed yet, oldest first.
-    pub fn open_windows(&self) -> Result<Vec<OpenWindow>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT id, until_ms, patient, user_index, device, pin FROM pairing_windows \
-                 WHERE closed_ms IS NULL ORDER BY id",
-            )
-            .map_err(|e| StoreError::from_sqlite(&self.path, "read pairing windows", e))?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok(OpenWindow {
-                    id: r.get(0)?,
-                    until_ms: r.get(1)?,
-                    patient: r.get(2)?,
-                    user_index: r.get(3)?,
-                    device: r.get(4)?,
-                    pin: r
-                        .get::<_, Option<String>>(5)?
-                        .and_then(|p| Pin::parse(&p).ok()),
-                })
-            })
-            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-            .map_err(|e| StoreError::from_sqlite(&self.path, "read pairing windows", e))?;
-        Ok(rows)
-    }
-
-    pub fn window(&self, id: i64) -> Result<Option<WindowState>, StoreError> {
-        self.conn()
-            .query_row(
-                "SELECT until_ms, started_ms, closed_ms, outcome FROM pairing_windows WHERE id = ?1",
-                params![id],
-                |r| {
-                    Ok(WindowState {
-                        until_ms: r.get(0)?,
-                        started_ms: r.get(1)?,
-                        closed_ms: r.get(2)?,
-                        outcome: r
-                            .get::<_, Option<String>>(3)?
-                            .and_then(|t| serde_json::from_str(&t).ok()),
-                    })
-                },
-            )
-            .optional()
-            .map_err(|e| StoreError::from_sqlite(&self.path, "read pairing window", e))
-    }
-
-    /// How many windows still hold a PIN (only open ones should).
-    pub fn windows_holding_a_pin(&self) -> Result<u64, StoreError> {
-        self.conn()
-            .query_row(
-                "SELECT count(*) FROM pairing_windows WHERE pin IS NOT NULL",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
-            .map(|n| n as u64)
-            .map_err(|e| StoreError::from_sqlite(&self.path, "count PINs", e))
-    }
-
-    /// The pairing policy of the applied desired configuration, if it has one.
-    pub fn policy(&self) -> Result<Option<crate::config::desired::PairingPolicy>, StoreError> {
-        let doc: Option<String> = self
-            .conn()
-            .query_row("SELECT document FROM fleet_config WHERE id = 1", [], |r| {
-                r.get(0)
-            })
-            .optional()
-            .map_err(|e| StoreError::from_sqlite(&self.path, "read pairing policy", e))?;
-        Ok(doc
-            .and_then(|d| crate::config::desired::parse(d.as_bytes()).ok())
-            .and_then(|d| d.pairing))
-    }
-
-    /// BLE addresses on the allowlist.
-    pub fn allowed(&self) -> Result<BTreeSet<String>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached("SELECT address FROM devices WHERE transport = 'ble' AND allowed = 1")
-            .map_err(|e| StoreError::from_sqlite(&self.path, "read allowlist", e))?;
-        let rows = stmt
-            .query_map([], |r| r.get::<_, String>(0))
-            .and_then(|rows| rows.collect::<rusqlite::Result<BTreeSet<_>>>())
-            .map_err(|e| StoreError::from_sqlite(&self.path, "read allowlist", e))?;
-        Ok(rows.into_iter().map(|a| a.to_ascii_uppercase()).collect())
-    }
-}
-
-/// Closes a window with its outcome and forgets its PIN.
-fn close(
-    conn: &Connection,
-    now: i64,
-    id: i64,
-    outcome: &serde_json::Value,
-) -> rusqlite::Result<()> {
-    conn.execute(
-        "UPDATE pairing_windows SET closed_ms = ?1, pin = NULL, outcome = ?2 \
-         WHERE id = ?3 AND closed_ms IS NULL",
-        params![now, outcome.to_string(), id],
-    )?;
-    Ok(())
-}
-
-async fn close_window(
-    store: &StoreHandle,
-    id: i64,
-    outcome: serde_json::Value,
-) -> Result<(), StoreError> {
-    store
-        .exec(move |conn, now| {
-            close(conn, now, id, &outcome)?;
-            Ok(serde_json::Value::Null)
-        })
-        .await
-        .map(drop)
-}
-
-/// Puts a paired device on the allowlist, binds it, audits it and closes the window, in one
-/// transaction.
-async fn adopt(store: &StoreHandle, w: &OpenWindow, address: &str) -> Result<(), StoreError> {
-    let (w, address) = (w.clone(), address.to_owned());
-    store
-        .exec(move |conn, now| {
-            let identity = postcard::to_allocvec(&DeviceIdentity::new(Transport::Ble, &address))
-                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-            conn.execute(
-                "INSERT OR IGNORE INTO devices (transport, address, identity, first_seen_ms, last_seen_ms) \
-                 VALUES ('ble', ?1, ?2, 0, 0)",
-                params![address, identity],
-            )?;
-            conn.execute(
-                "UPDATE devices SET allowed = 1 WHERE transport = 'ble' AND address = ?1",
-                params![address],
-            )?;
-            if let Some(patient) = &w.patient {
-                conn.execute(
-                    "INSERT INTO bindings (device_id, user_index, patient, created_ms) \
-                     SELECT id, ?2, ?3, ?4 FROM devices WHERE transport = 'ble' AND address = ?1 \
-                     ON CONFLICT (device_id, user_index) DO UPDATE SET patient = excluded.patient, \
-                     created_ms = excluded.created_ms",
-                    params![address, w.user_index, patient, now],
-                )?;
-            }
-            conn.execute(
-                "INSERT INTO audit (at_ms, actor, action, detail) VALUES (?1, 'ble:pairing', 'pair', ?2)",
-                params![
-                    now,
-                    json!({
-                        "window": w.id, "transport": "ble", "address": address,
-                        "user_index": w.user_index, "patient_ref": w.patient,
-                    })
-                    .to_string()
-                ],
-            )?;
-            close(
-                conn,
-                now,
-                w.id,
-                &json!({"result": "paired", "address": address, "user_index": w.user_index,
-                        "bound": w.patient.is_some()}),
-            )?;
-            Ok(serde_json::Value::Null)
-        })
-        .await
-        .map(drop)
+/// The pairing policy of the applied desired configuration, if it has one.
+pub fn policy(
+    reader: &WindowReader,
+) -> Result<Option<crate::config::desired::PairingPolicy>, StoreError> {
+    Ok(reader
+        .desired_document()?
+        .and_then(|d| crate::config::desired::parse(d.as_bytes()).ok())
+        .and_then(|d| d.pairing))
 }
 
 /// What the agent answers with, for the device being paired.
@@ -578,7 +323,7 @@ async fn serve_window(
     config_allow: &BTreeSet<String>,
     cancel: &CancellationToken,
 ) -> Result<(), PairingError> {
-    let policy = reader.policy()?;
+    let policy = policy(reader)?;
     if let Some(p) = &policy
         && p.mode == crate::config::desired::PairingMode::AllowlistOnly
     {
@@ -586,29 +331,18 @@ async fn serve_window(
             window = w.id,
             "Pairing window refused: the pairing policy is allowlist-only."
         );
-        close_window(
-            store,
-            w.id,
-            json!({"result": "refused", "reason": "the pairing policy is allowlist-only"}),
-        )
-        .await?;
+        store
+            .close_window(
+                w.id,
+                json!({"result": "refused", "reason": "the pairing policy is allowlist-only"}),
+            )
+            .await?;
         return Ok(());
     }
     let policy_allow: Option<BTreeSet<String>> = policy
         .filter(|p| !p.allow.is_empty())
         .map(|p| p.allow.iter().map(BtAddr::to_string).collect());
-    store
-        .exec({
-            let id = w.id;
-            move |conn, now| {
-                conn.execute(
-                    "UPDATE pairing_windows SET started_ms = ?1 WHERE id = ?2",
-                    params![now, id],
-                )?;
-                Ok(serde_json::Value::Null)
-            }
-        })
-        .await?;
+    store.window_started(w.id).await?;
     let state = Arc::new(Mutex::new(AgentState {
         pin: w.pin.clone(),
         device: None,
@@ -722,13 +456,13 @@ async fn discover_and_pair(
     loop {
         if now_ms() >= w.until_ms {
             tracing::info!(window = w.id, "Pairing window expired.");
-            close_window(
-                store,
-                w.id,
-                json!({"result": "expired", "failures": failures,
+            store
+                .close_window(
+                    w.id,
+                    json!({"result": "expired", "failures": failures,
                         "refused": refused.iter().collect::<Vec<_>>()}),
-            )
-            .await?;
+                )
+                .await?;
             return Ok(());
         }
         let mut allowed = reader.allowed()?;
@@ -772,8 +506,7 @@ async fn discover_and_pair(
                     detail: json!({"candidates": candidates.len()}),
                 })
                 .await;
-            close_window(
-                store,
+            store.close_window(
                 w.id,
                 json!({"result": "ambiguous",
                         "reason": "more than one device is in pairing mode; open a window naming the device",
@@ -788,7 +521,7 @@ async fn discover_and_pair(
             let ours = allowed.contains(&d.address);
             match session.pair(&d, w.until_ms, ours).await {
                 Ok(()) => {
-                    adopt(store, w, &d.address).await?;
+                    store.adopt_paired(w, &d.address).await?;
                     tracing::info!(window = w.id, device = %d.address, user_index = w.user_index, "Device paired, allowlisted and bound.");
                     let _ = store
                         .record_event(NewEvent {
@@ -896,20 +629,14 @@ pub async fn watch(
             continue;
         };
         for old in &windows[..windows.len() - 1] {
-            let _ = close_window(
-                &store,
-                old.id,
-                json!({"result": "superseded", "by": newest.id}),
-            )
-            .await;
+            let _ = store
+                .close_window(old.id, json!({"result": "superseded", "by": newest.id}))
+                .await;
         }
         if newest.until_ms <= now_ms() {
-            let _ = close_window(
-                &store,
-                newest.id,
-                json!({"result": "expired", "failures": []}),
-            )
-            .await;
+            let _ = store
+                .close_window(newest.id, json!({"result": "expired", "failures": []}))
+                .await;
             continue;
         }
         match serve_window(&newest, &adapter, r, &store, &config_allow, &cancel).await {

@@ -11,7 +11,7 @@ use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::ble::pairing::{WindowReader, record_window, remove_bond};
+use crate::ble::pairing::{WindowReader, policy, record_window, remove_bond};
 use crate::config::BtAddr;
 use crate::fleet::command::MAX_PAIRING_WINDOW_S;
 use crate::store::{self, devices};
@@ -130,7 +130,7 @@ pub(crate) fn pair(config: Option<&Path>, a: PairArgs) -> Result<u8> {
         return Err(store::StoreError::NotFound { path }.into());
     }
     let reader = WindowReader::open(&path, &keying)?;
-    if let Some(p) = reader.policy()?
+    if let Some(p) = policy(&reader)?
         && p.mode == crate::config::desired::PairingMode::AllowlistOnly
     {
         eprintln!(

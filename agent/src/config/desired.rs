@@ -119,13 +119,8 @@ pub struct Routing {
     pub devices: Vec<(Transport, String, Vec<Name>)>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct Binding {
-    pub transport: Transport,
-    pub address: String,
-    pub user_index: i64,
-    pub patient: PatientRef,
-}
+/// A binding the document lists (the store keeps it as it keeps every binding).
+pub use crate::store::fleet::Binding;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PairingPolicy {

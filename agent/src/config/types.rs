@@ -269,7 +269,9 @@ impl FromStr for LogFilter {
                 .any(|k| k.eq_ignore_ascii_case(l))
         };
         let module = |m: &str| {
-            !m.is_empty() && m.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+            !m.is_empty()
+                && m.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
         };
         for d in s.split(',').map(str::trim) {
             let ok = match d.split_once('=') {
@@ -302,11 +304,24 @@ mod tests {
 
     #[test]
     fn log_filters_are_levels_or_module_levels_only() {
-        for ok in ["info", "WARN", "info,vitalgate::store=debug", "off, vitalgate=trace"] {
+        for ok in [
+            "info",
+            "WARN",
+            "info,vitalgate::store=debug",
+            "off, vitalgate=trace",
+        ] {
             assert!(ok.parse::<LogFilter>().is_ok(), "{ok}");
         }
         // A mistyped level would otherwise become a target traced at every level.
-        for bad in ["", "debg", "[[[", "vitalgate=loud", "info,", "x{y}=debug", "a b=info"] {
+        for bad in [
+            "",
+            "debg",
+            "[[[",
+            "vitalgate=loud",
+            "info,",
+            "x{y}=debug",
+            "a b=info",
+        ] {
             assert!(bad.parse::<LogFilter>().is_err(), "{bad}");
         }
         assert!("info,".repeat(300).parse::<LogFilter>().is_err());

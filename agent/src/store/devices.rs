@@ -230,9 +230,12 @@ pub fn forget(
         "transport": transport.as_str(), "address": address,
         "bindings_removed": removed, "was_allowed": was_allowed, "bond_removed": bond_removed,
     });
-    tx.execute(
-        "INSERT INTO audit (at_ms, actor, action, detail) VALUES (?1, ?2, 'unpair', ?3)",
-        params![vitalgate_core::time::now_ms(), actor, detail.to_string()],
+    super::records::audit(
+        &tx,
+        vitalgate_core::time::now_ms(),
+        actor,
+        "unpair",
+        &detail,
     )
     .map_err(sql("audit unpair"))?;
     tx.commit().map_err(sql("commit unpair"))?;

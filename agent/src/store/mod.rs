@@ -11,10 +11,13 @@
 
 pub mod codec;
 pub mod devices;
+pub mod fleet;
 pub mod key;
 pub mod outbox;
+pub mod pairing;
 pub mod pseudonym;
 pub mod reader;
+mod records;
 pub mod salvage;
 pub mod schema;
 pub mod wal;

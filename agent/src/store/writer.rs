@@ -282,20 +282,24 @@ enum Command {
         destinations: Vec<String>,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
-    /// SQL of another module (fleet management) run in the writer's transaction. It may run
-    /// twice (once together with its neighbours, again in a savepoint of its own if one of
-    /// them failed), so it is `Fn`, and all it changes is rolled back with the transaction.
+    /// One of the store's typed operations on its own tables (`store::fleet`,
+    /// `store::pairing`), run in the writer's transaction. It may run twice (once together
+    /// with its neighbours, again in a savepoint of its own if one of them failed), so it is
+    /// `Fn`, and all it changes is rolled back with the transaction.
     Exec {
+        what: &'static str,
         op: ExecFn,
-        reply: oneshot::Sender<Result<serde_json::Value, StoreError>>,
+        reply: oneshot::Sender<Result<Answer, StoreError>>,
     },
     Shutdown,
 }
 
-/// A statement group for [`StoreHandle::exec`]: gets the connection (inside the open
-/// transaction) and the writer's `now`, and returns a JSON answer.
-pub type ExecFn =
-    Box<dyn Fn(&Connection, i64) -> rusqlite::Result<serde_json::Value> + Send + 'static>;
+/// A statement group for [`StoreHandle::run`]: gets the connection (inside the open
+/// transaction) and the writer's `now`, and returns its typed answer.
+type ExecFn = Box<dyn Fn(&Connection, i64) -> rusqlite::Result<Answer> + Send + 'static>;
+
+/// The answer of an [`ExecFn`], of the type its caller asked for.
+type Answer = Box<dyn std::any::Any + Send>;
 
 impl Command {
     fn readings(&self) -> usize {
@@ -496,7 +500,7 @@ impl StoreHandle {
     ) -> Result<(), StoreError> {
         let address = address.to_owned();
         let identity = postcard::to_allocvec(&DeviceIdentity::new(transport, address.clone()))?;
-        self.exec(move |conn, now| {
+        self.run("device status", move |conn, now| {
             conn.execute(
                 "INSERT INTO devices (transport, address, identity, first_seen_ms, last_seen_ms) \
                  VALUES (?1, ?2, ?3, ?4, ?4) ON CONFLICT (transport, address) \
@@ -515,10 +519,9 @@ impl StoreHandle {
                    rssi_ms = coalesce(excluded.rssi_ms, rssi_ms)",
                 params![transport.as_str(), address, battery_percent, rssi_dbm, now],
             )?;
-            Ok(serde_json::Value::Null)
+            Ok(())
         })
         .await
-        .map(drop)
     }
 
     /// Routes readings committed from now on to `destinations` (instead of the set the
@@ -532,14 +535,24 @@ impl StoreHandle {
     }
 
     /// Runs `op` inside a store transaction on the writer thread and returns its answer once
-    /// the transaction is durable. For modules that keep tables of their own in the store
-    /// (fleet management's commands and desired config) without a request type each here.
-    pub async fn exec(
+    /// the transaction is durable. Only the store's own typed operations use it: SQL lives
+    /// in the store, nowhere else.
+    pub(super) async fn run<T: Send + 'static>(
         &self,
-        op: impl Fn(&Connection, i64) -> rusqlite::Result<serde_json::Value> + Send + 'static,
-    ) -> Result<serde_json::Value, StoreError> {
-        let op: ExecFn = Box::new(op);
-        self.request(|reply| Command::Exec { op, reply }).await
+        what: &'static str,
+        op: impl Fn(&Connection, i64) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let op: ExecFn = Box::new(move |conn, now| op(conn, now).map(|t| Box::new(t) as Answer));
+        let answer = self
+            .request(|reply| Command::Exec { what, op, reply })
+            .await?;
+        answer
+            .downcast::<T>()
+            .map(|t| *t)
+            .map_err(|_| StoreError::Corrupt {
+                path: self.path().to_owned(),
+                detail: format!("{what}: an answer of another type"),
+            })
     }
 
     /// Asks the writer to commit everything queued before this call, then stop.
@@ -965,8 +978,8 @@ enum Pending {
         Result<usize, StoreError>,
     ),
     Value(
-        oneshot::Sender<Result<serde_json::Value, StoreError>>,
-        Result<serde_json::Value, StoreError>,
+        oneshot::Sender<Result<Answer, StoreError>>,
+        Result<Answer, StoreError>,
     ),
     Unit(
         oneshot::Sender<Result<(), StoreError>>,
@@ -1021,7 +1034,7 @@ impl Pending {
 enum Done {
     Receipt(CommitReceipt),
     Count(usize),
-    Value(serde_json::Value),
+    Value(Answer),
     Unit,
 }
 
@@ -1054,7 +1067,7 @@ fn pending_reply(c: Command, r: Result<Done, StoreError>) -> Option<Pending> {
             reply,
             r.map(|d| match d {
                 Done::Value(v) => v,
-                Done::Receipt(_) | Done::Count(_) | Done::Unit => serde_json::Value::Null,
+                Done::Receipt(_) | Done::Count(_) | Done::Unit => Box::new(()) as Answer,
             }),
         ),
         Command::Event { reply, .. }
@@ -1372,9 +1385,9 @@ impl Writer {
                 self.opts.destinations.clone_from(destinations);
                 Ok(Done::Unit)
             }
-            Command::Exec { op, .. } => op(&self.conn, now)
+            Command::Exec { what, op, .. } => op(&self.conn, now)
                 .map(Done::Value)
-                .map_err(|e| StoreError::from_sqlite(&self.opts.path, "fleet request", e)),
+                .map_err(|e| StoreError::from_sqlite(&self.opts.path, what, e)),
             Command::Ping { .. } | Command::Housekeeping { .. } | Command::Shutdown => {
                 Ok(Done::Unit)
             }
@@ -1767,13 +1780,8 @@ impl Writer {
         detail: &serde_json::Value,
         at_ms: i64,
     ) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached(
-                "INSERT INTO audit (at_ms, actor, action, detail) VALUES (?1, ?2, ?3, ?4)",
-            )
-            .and_then(|mut s| s.execute(params![at_ms, actor, action, detail.to_string()]))
-            .map_err(|e| StoreError::from_sqlite(&self.opts.path, "audit", e))?;
-        Ok(())
+        super::records::audit(&self.conn, at_ms, actor, action, detail)
+            .map_err(|e| StoreError::from_sqlite(&self.opts.path, "audit", e))
     }
 
     fn refresh_size(&mut self) -> u64 {

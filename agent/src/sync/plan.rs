@@ -221,7 +221,7 @@ impl DeliveryControl {
         let mut removed = Vec::new();
         for id in old.into_iter().filter(|d| !new.contains(d)) {
             // The switch is done; a count that cannot be read is reported as unknown.
-            let pending = match pending_count(&self.store, &id).await {
+            let pending = match self.store.pending_count(&id).await {
                 Ok(n) => Some(n),
                 Err(error) => {
                     tracing::warn!(destination = %id, %error, "Cannot count the removed destination's pending readings.");
@@ -232,22 +232,6 @@ impl DeliveryControl {
         }
         Ok(PlanChange { added, removed })
     }
-}
-
-/// Readings still waiting for `destination`.
-async fn pending_count(store: &StoreHandle, destination: &str) -> Result<u64, StoreError> {
-    let destination = destination.to_owned();
-    let v = store
-        .exec(move |conn, _| {
-            conn.query_row(
-                "SELECT COUNT(*) FROM deliveries WHERE destination = ?1 AND state = 0",
-                [&destination],
-                |r| r.get::<_, i64>(0),
-            )
-            .map(serde_json::Value::from)
-        })
-        .await?;
-    Ok(v.as_u64().unwrap_or(0))
 }
 
 #[cfg(test)]
