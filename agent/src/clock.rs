@@ -228,18 +228,14 @@ pub fn kernel_clock() -> KernelClock {
 /// `DBUS_SYSTEM_BUS_ADDRESS`).
 pub async fn ask_timedated() -> Timedated {
     let ask = async {
-        let conn = zbus::Connection::system().await?;
-        let reply = conn
-            .call_method(
-                Some("org.freedesktop.timedate1"),
-                "/org/freedesktop/timedate1",
-                Some("org.freedesktop.DBus.Properties"),
-                "Get",
-                &("org.freedesktop.timedate1", "NTPSynchronized"),
-            )
-            .await?;
-        let v: zbus::zvariant::OwnedValue = reply.body().deserialize()?;
-        Ok::<bool, zbus::Error>(bool::try_from(v).unwrap_or(false))
+        let bus = crate::bus::Bus::system(Duration::from_secs(3)).await?;
+        bus.get::<bool>(
+            "org.freedesktop.timedate1",
+            "/org/freedesktop/timedate1",
+            "org.freedesktop.timedate1",
+            "NTPSynchronized",
+        )
+        .await
     };
     match tokio::time::timeout(Duration::from_secs(3), ask).await {
         Ok(Ok(b)) => Timedated::Says(b),

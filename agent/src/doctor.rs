@@ -126,18 +126,9 @@ pub async fn bluetooth(adapter: &str) -> Check {
     const NAME: &str = "bluetooth";
     let path = format!("/org/bluez/{adapter}");
     let ask = async {
-        let conn = zbus::Connection::system().await?;
-        let reply = conn
-            .call_method(
-                Some("org.bluez"),
-                path.as_str(),
-                Some("org.freedesktop.DBus.Properties"),
-                "Get",
-                &("org.bluez.Adapter1", "Powered"),
-            )
-            .await?;
-        let v: zbus::zvariant::OwnedValue = reply.body().deserialize()?;
-        Ok::<bool, zbus::Error>(bool::try_from(v).unwrap_or(false))
+        let bus = crate::bus::Bus::system(DBUS_TIMEOUT).await?;
+        bus.get::<bool>("org.bluez", &path, "org.bluez.Adapter1", "Powered")
+            .await
     };
     match tokio::time::timeout(DBUS_TIMEOUT, ask).await {
         Ok(Ok(true)) => Check::pass(NAME, format!("BlueZ adapter {adapter} present and powered")),
@@ -146,7 +137,8 @@ pub async fn bluetooth(adapter: &str) -> Check {
             format!("BlueZ adapter {adapter} is powered off"),
             "power it on: `bluetoothctl power on` (and check `rfkill list` for a block)",
         ),
-        Ok(Err(zbus::Error::MethodError(name, msg, _))) => {
+        Ok(Err(e)) if e.is_reply() => {
+            let name = e.name();
             let name = name.as_str();
             if name.ends_with("ServiceUnknown") || name.ends_with("NameHasNoOwner") {
                 Check::fail(
@@ -166,7 +158,7 @@ pub async fn bluetooth(adapter: &str) -> Check {
             } else {
                 Check::fail(
                     NAME,
-                    format!("BlueZ answered {name}: {}", msg.unwrap_or_default()),
+                    format!("BlueZ answered {name}: {}", e.message().unwrap_or_default()),
                     "see `journalctl -u bluetooth`",
                 )
             }

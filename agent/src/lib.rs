@@ -8,6 +8,7 @@
 //! (the `vitalgate` binary is `cli::main`). The README's "Layout" has the whole map.
 
 pub mod ble;
+pub mod bus;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -1,6 +1,6 @@
 //! Pairing home devices: the pairing windows recorded in the store (by `vitalgate pair`, the
 //! `open-pairing-window` fleet command, or a pairing button), and the daemon task that acts
-//! on them through BlueZ over D-Bus (zbus), since btleplug does not bond (its maintainer's
+//! on them through BlueZ over D-Bus (libdbus, as btleplug), since btleplug does not bond (its maintainer's
 //! answer in deviceplug/btleplug issue #232: bond through the OS first).
 //!
 //! While a window is open, the task discovers devices advertising a supported health
@@ -16,14 +16,14 @@
 //! The PIN lives only in the encrypted store, and only while its window is open; it is never
 //! logged, published or shown. Outcomes name device addresses and BlueZ error names only.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use crate::bus::{Bus, BusError, Message, ObjectPath, PropMap, Variant, error_reply, prop_cast};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
-use zbus::zvariant::{ObjectPath, OwnedObjectPath, OwnedValue, Value};
 
 use super::profiles;
 use crate::config::BtAddr;
@@ -37,6 +37,8 @@ const POLL: Duration = Duration::from_secs(1);
 const SCAN_POLL: Duration = Duration::from_millis(300);
 /// Where the pairing agent object lives on the daemon's connection.
 const AGENT_PATH: &str = "/io/vitalgate/PairingAgent";
+/// How long a call to BlueZ may take (`Pair` itself is bounded by the window instead).
+const DBUS_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub use crate::store::pairing::{OpenWindow, WindowReader, WindowState, record_window};
 
@@ -61,14 +63,9 @@ struct AgentState {
     pin_used: bool,
 }
 
-#[derive(Debug, zbus::DBusError)]
-#[zbus(prefix = "org.bluez.Error")]
-enum AgentError {
-    #[zbus(error)]
-    ZBus(zbus::Error),
-    Rejected(String),
-    Canceled(String),
-}
+/// Why the agent refuses a request: `org.bluez.Error.Rejected` with the reason.
+#[derive(Debug)]
+struct Rejected(&'static str);
 
 /// The `org.bluez.Agent1` BlueZ calls back while pairing.
 struct PairingAgent(Arc<Mutex<AgentState>>);
@@ -81,76 +78,74 @@ impl PairingAgent {
             .pin_used = true;
     }
 
-    fn for_device(&self, device: &ObjectPath<'_>) -> Result<Option<Pin>, AgentError> {
+    fn for_device(&self, device: &ObjectPath<'_>) -> Result<Option<Pin>, Rejected> {
         let s = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if s.device.as_deref() != Some(device.as_str()) {
-            return Err(AgentError::Rejected("not the device being paired".into()));
+        if s.device.as_deref() != Some(&**device) {
+            return Err(Rejected("not the device being paired"));
         }
         Ok(s.pin.clone())
     }
-}
 
-#[zbus::interface(name = "org.bluez.Agent1")]
-impl PairingAgent {
-    fn release(&self) {}
-
-    fn request_pin_code(&self, device: ObjectPath<'_>) -> Result<String, AgentError> {
-        match self.for_device(&device)? {
-            Some(pin) => {
-                self.pin_used();
-                Ok(pin.expose().to_owned())
+    /// Answers one call of `org.bluez.Agent1` (BlueZ's doc/org.bluez.Agent.rst).
+    fn answer(&self, call: &Message) -> Message {
+        let method = call.member().map(|m| m.to_string()).unwrap_or_default();
+        let bad = |_| Rejected("invalid arguments");
+        let reply: Result<Message, Rejected> = (|| match method.as_str() {
+            "Release" => Ok(call.method_return()),
+            "RequestPinCode" => {
+                let device: ObjectPath<'_> = call.read1().map_err(bad)?;
+                match self.for_device(&device)? {
+                    Some(pin) => {
+                        self.pin_used();
+                        Ok(call.method_return().append1(pin.expose()))
+                    }
+                    None => Err(Rejected("no PIN was given")),
+                }
             }
-            None => Err(AgentError::Rejected("no PIN was given".into())),
-        }
-    }
-
-    fn display_pin_code(&self, device: ObjectPath<'_>, _pin: String) -> Result<(), AgentError> {
-        self.for_device(&device).map(drop)
-    }
-
-    fn request_passkey(&self, device: ObjectPath<'_>) -> Result<u32, AgentError> {
-        match self.for_device(&device)?.and_then(|p| p.passkey()) {
-            Some(p) => {
-                self.pin_used();
-                Ok(p)
+            "RequestPasskey" => {
+                let device: ObjectPath<'_> = call.read1().map_err(bad)?;
+                match self.for_device(&device)?.and_then(|p| p.passkey()) {
+                    Some(p) => {
+                        self.pin_used();
+                        Ok(call.method_return().append1(p))
+                    }
+                    None => Err(Rejected("no numeric PIN was given")),
+                }
             }
-            None => Err(AgentError::Rejected("no numeric PIN was given".into())),
-        }
-    }
-
-    fn display_passkey(
-        &self,
-        device: ObjectPath<'_>,
-        _passkey: u32,
-        _entered: u16,
-    ) -> Result<(), AgentError> {
-        // The gateway has no screen: a device that wants the user to type a passkey shown by
-        // the gateway cannot be paired that way, but BlueZ only informs here.
-        self.for_device(&device).map(drop)
-    }
-
-    /// Numeric comparison: confirmed only when the window's PIN is the number the device
-    /// shows; a headless gateway cannot otherwise tell it is the device the user means.
-    fn request_confirmation(&self, device: ObjectPath<'_>, passkey: u32) -> Result<(), AgentError> {
-        match self.for_device(&device)?.and_then(|p| p.passkey()) {
-            Some(p) if p == passkey => {
-                self.pin_used();
-                Ok(())
+            // Numeric comparison: confirmed only when the window's PIN is the number the
+            // device shows; a headless gateway cannot otherwise tell it is the device the
+            // user means.
+            "RequestConfirmation" => {
+                let (device, passkey): (ObjectPath<'_>, u32) = call.read2().map_err(bad)?;
+                match self.for_device(&device)?.and_then(|p| p.passkey()) {
+                    Some(p) if p == passkey => {
+                        self.pin_used();
+                        Ok(call.method_return())
+                    }
+                    _ => Err(Rejected("passkey does not match")),
+                }
             }
-            _ => Err(AgentError::Rejected("passkey does not match".into())),
+            // The gateway has no screen: a device that wants the user to type what the
+            // gateway shows cannot pair that way, but BlueZ only informs here.
+            "DisplayPinCode" | "DisplayPasskey" | "RequestAuthorization" | "AuthorizeService" => {
+                let device: ObjectPath<'_> = call.read1().map_err(bad)?;
+                self.for_device(&device).map(|_| call.method_return())
+            }
+            "Cancel" => {
+                tracing::debug!("BlueZ cancelled a pairing request.");
+                Ok(call.method_return())
+            }
+            _ => Err(Rejected("")),
+        })();
+        match reply {
+            Ok(m) => m,
+            Err(Rejected("")) => error_reply(
+                call,
+                "org.freedesktop.DBus.Error.UnknownMethod",
+                &format!("org.bluez.Agent1 has no method {method}"),
+            ),
+            Err(Rejected(why)) => error_reply(call, "org.bluez.Error.Rejected", why),
         }
-    }
-
-    fn request_authorization(&self, device: ObjectPath<'_>) -> Result<(), AgentError> {
-        self.for_device(&device).map(drop)
-    }
-
-    fn authorize_service(&self, device: ObjectPath<'_>, _uuid: String) -> Result<(), AgentError> {
-        self.for_device(&device).map(drop)
-    }
-
-    fn cancel(&self) {
-        tracing::debug!("BlueZ cancelled a pairing request.");
     }
 }
 
@@ -158,7 +153,7 @@ impl PairingAgent {
 #[derive(Debug, thiserror::Error)]
 pub enum PairingError {
     #[error("D-Bus: {0}")]
-    Bus(#[from] zbus::Error),
+    Bus(#[from] BusError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -166,51 +161,33 @@ pub enum PairingError {
 /// A device seen in BlueZ's tree.
 #[derive(Debug)]
 struct SeenDevice {
-    path: OwnedObjectPath,
+    path: ObjectPath<'static>,
     address: String,
     paired: bool,
     supported: bool,
 }
 
-type ManagedObjects = HashMap<OwnedObjectPath, HashMap<String, HashMap<String, OwnedValue>>>;
-
-async fn devices(
-    conn: &zbus::Connection,
-    adapter_path: &str,
-) -> Result<Vec<SeenDevice>, zbus::Error> {
-    let reply = conn
-        .call_method(
-            Some("org.bluez"),
-            "/",
-            Some("org.freedesktop.DBus.ObjectManager"),
-            "GetManagedObjects",
-            &(),
-        )
-        .await?;
-    let objects: ManagedObjects = reply.body().deserialize()?;
+async fn devices(bus: &Bus, adapter_path: &str) -> Result<Vec<SeenDevice>, BusError> {
+    let objects = bus.managed_objects("org.bluez").await?;
     let prefix = format!("{adapter_path}/");
     let mut out = Vec::new();
     for (path, ifaces) in objects {
-        if !path.as_str().starts_with(&prefix) {
+        if !path.starts_with(&prefix) {
             continue;
         }
         let Some(props) = ifaces.get("org.bluez.Device1") else {
             continue;
         };
-        let get = |k: &str| props.get(k).and_then(|v| v.try_clone().ok());
-        let Some(address) = get("Address").and_then(|v| String::try_from(v).ok()) else {
+        let Some(address) = prop_cast::<String>(props, "Address") else {
             continue;
         };
-        let paired = get("Paired")
-            .and_then(|v| bool::try_from(v).ok())
-            .unwrap_or(false);
-        let uuids: Vec<String> = get("UUIDs")
-            .and_then(|v| Vec::<String>::try_from(v).ok())
+        let paired = prop_cast::<bool>(props, "Paired").copied().unwrap_or(false);
+        let uuids: Vec<uuid::Uuid> = prop_cast::<Vec<String>>(props, "UUIDs")
+            .map(|u| u.iter().filter_map(|u| u.parse().ok()).collect())
             .unwrap_or_default();
-        let uuids: Vec<uuid::Uuid> = uuids.iter().filter_map(|u| u.parse().ok()).collect();
         out.push(SeenDevice {
-            path,
             address: address.to_ascii_uppercase(),
+            path,
             paired,
             supported: profiles::supported(&uuids),
         });
@@ -219,28 +196,21 @@ async fn devices(
     Ok(out)
 }
 
-fn error_name(e: &zbus::Error) -> String {
-    match e {
-        zbus::Error::MethodError(name, _, _) => name.to_string(),
-        other => other.to_string(),
-    }
-}
-
-async fn call(
-    conn: &zbus::Connection,
+/// A BlueZ method that answers nothing.
+async fn call<A: dbus::arg::AppendAll>(
+    bus: &Bus,
     path: &str,
     iface: &str,
     method: &str,
-    body: &(impl serde::Serialize + zbus::zvariant::DynamicType),
-) -> Result<(), zbus::Error> {
-    conn.call_method(Some("org.bluez"), path, Some(iface), method, body)
+    args: A,
+) -> Result<(), BusError> {
+    bus.call::<A, ()>("org.bluez", path, iface, method, args)
         .await
-        .map(drop)
 }
 
 /// The pairing side of one window, on its own D-Bus connection.
 struct Session<'a> {
-    conn: zbus::Connection,
+    conn: Bus,
     adapter_path: String,
     state: Arc<Mutex<AgentState>>,
     store: &'a StoreHandle,
@@ -256,7 +226,7 @@ impl Session<'_> {
             s.pin_used = false;
             s.pin.is_some()
         };
-        let path = d.path.as_str();
+        let path: &str = &d.path;
         if d.paired && needs_pin && !ours {
             // A bond this gateway did not make proves nothing about the PIN.
             return Err("already bonded without this window's PIN; remove the bond \
@@ -265,15 +235,15 @@ impl Session<'_> {
         }
         if !d.paired {
             let left = Duration::from_millis((until_ms - now_ms()).max(0) as u64);
-            let pairing = call(&self.conn, path, "org.bluez.Device1", "Pair", &());
+            let pairing = call(&self.conn, path, "org.bluez.Device1", "Pair", ());
             match tokio::time::timeout(left, pairing).await {
                 // Bonded by this call, or meanwhile by another client: either way, with a PIN
                 // window the bond counts only if the device asked for the PIN and got it.
                 Ok(Ok(())) => {}
-                Ok(Err(e)) if error_name(&e) == "org.bluez.Error.AlreadyExists" => {}
-                Ok(Err(e)) => return Err(error_name(&e)),
+                Ok(Err(e)) if e.name() == "org.bluez.Error.AlreadyExists" => {}
+                Ok(Err(e)) => return Err(e.name()),
                 Err(_) => {
-                    let _ = call(&self.conn, path, "org.bluez.Device1", "CancelPairing", &()).await;
+                    let _ = call(&self.conn, path, "org.bluez.Device1", "CancelPairing", ()).await;
                     return Err("window expired while pairing".into());
                 }
             }
@@ -290,7 +260,7 @@ impl Session<'_> {
                     &self.adapter_path,
                     "org.bluez.Adapter1",
                     "RemoveDevice",
-                    &(d.path.clone(),),
+                    (d.path.clone(),),
                 )
                 .await;
                 return Err(
@@ -301,15 +271,10 @@ impl Session<'_> {
             }
         }
         // Trusted: BlueZ lets the device reconnect without asking an agent again.
-        call(
-            &self.conn,
-            path,
-            "org.freedesktop.DBus.Properties",
-            "Set",
-            &("org.bluez.Device1", "Trusted", Value::from(true)),
-        )
-        .await
-        .map_err(|e| error_name(&e))?;
+        self.conn
+            .set("org.bluez", path, "org.bluez.Device1", "Trusted", true)
+            .await
+            .map_err(|e| e.name())?;
         Ok(())
     }
 }
@@ -348,23 +313,24 @@ async fn serve_window(
         device: None,
         pin_used: false,
     }));
-    let conn = zbus::connection::Builder::system()?
-        .serve_at(AGENT_PATH, PairingAgent(state.clone()))?
-        .build()
-        .await?;
+    // `Pair` may take as long as the window has left (the user enters a PIN on the device).
+    let left = Duration::from_millis(u64::try_from(w.until_ms - now_ms()).unwrap_or(0));
+    let conn = Bus::system(left.max(DBUS_TIMEOUT)).await?;
+    let agent = PairingAgent(state.clone());
+    conn.serve(AGENT_PATH, move |call| agent.answer(call));
     let session = Session {
         conn,
         adapter_path: format!("/org/bluez/{adapter}"),
         state,
         store,
     };
-    let agent = ObjectPath::try_from(AGENT_PATH).map_err(zbus::Error::from)?;
+    let agent = ObjectPath::from(AGENT_PATH);
     call(
         &session.conn,
         "/org/bluez",
         "org.bluez.AgentManager1",
         "RegisterAgent",
-        &(agent.clone(), "KeyboardDisplay"),
+        (agent.clone(), "KeyboardDisplay"),
     )
     .await?;
     // Default agent too, so BlueZ asks it for pairings a device starts itself.
@@ -373,31 +339,30 @@ async fn serve_window(
         "/org/bluez",
         "org.bluez.AgentManager1",
         "RequestDefaultAgent",
-        &(agent.clone(),),
+        (agent.clone(),),
     )
     .await
     {
-        tracing::debug!(error = %error_name(&e), "Pairing agent is not the default agent.");
+        tracing::debug!(error = %e.name(), "Pairing agent is not the default agent.");
     }
-    let filter: HashMap<&str, Value<'_>> = HashMap::from([
-        (
-            "UUIDs",
-            Value::from(
-                profiles::HEALTH_SERVICES
-                    .iter()
-                    .map(|s| profiles::uuid(*s).to_string())
-                    .collect::<Vec<_>>(),
-            ),
-        ),
-        ("Transport", Value::from("le")),
-    ]);
+    let mut filter = PropMap::new();
+    filter.insert(
+        "UUIDs".into(),
+        Variant(Box::new(
+            profiles::HEALTH_SERVICES
+                .iter()
+                .map(|s| profiles::uuid(*s).to_string())
+                .collect::<Vec<_>>(),
+        )),
+    );
+    filter.insert("Transport".into(), Variant(Box::new("le".to_owned())));
     let adapter_path = session.adapter_path.clone();
     call(
         &session.conn,
         &adapter_path,
         "org.bluez.Adapter1",
         "SetDiscoveryFilter",
-        &(filter,),
+        (filter,),
     )
     .await?;
     call(
@@ -405,7 +370,7 @@ async fn serve_window(
         &adapter_path,
         "org.bluez.Adapter1",
         "StartDiscovery",
-        &(),
+        (),
     )
     .await?;
     tracing::info!(
@@ -427,7 +392,7 @@ async fn serve_window(
         &adapter_path,
         "org.bluez.Adapter1",
         "StopDiscovery",
-        &(),
+        (),
     )
     .await;
     let _ = call(
@@ -435,7 +400,7 @@ async fn serve_window(
         "/org/bluez",
         "org.bluez.AgentManager1",
         "UnregisterAgent",
-        &(agent,),
+        (agent,),
     )
     .await;
     result
@@ -554,46 +519,47 @@ async fn discover_and_pair(
 
 /// Removes a device from BlueZ (`Adapter1.RemoveDevice`), which drops its bond. Returns
 /// whether there was a bond: BlueZ also lists devices it merely saw advertising.
-pub async fn remove_bond(adapter: &str, address: &str) -> Result<bool, zbus::Error> {
-    let conn = zbus::Connection::system().await?;
+pub async fn remove_bond(adapter: &str, address: &str) -> Result<bool, BusError> {
+    let bus = Bus::system(DBUS_TIMEOUT).await?;
     let adapter_path = format!("/org/bluez/{adapter}");
     let device = format!(
         "{adapter_path}/dev_{}",
         address.to_ascii_uppercase().replace(':', "_")
     );
-    let paired = match conn
-        .call_method(
-            Some("org.bluez"),
-            device.as_str(),
-            Some("org.freedesktop.DBus.Properties"),
-            "Get",
-            &("org.bluez.Device1", "Paired"),
-        )
+    let paired = match bus
+        .get::<bool>("org.bluez", &device, "org.bluez.Device1", "Paired")
         .await
     {
-        Ok(reply) => {
-            let v: OwnedValue = reply.body().deserialize()?;
-            bool::try_from(v).unwrap_or(false)
-        }
+        Ok(p) => p,
         // Not in BlueZ's tree at all: nothing to remove.
-        Err(zbus::Error::MethodError(..)) => return Ok(false),
+        Err(e) if NOT_THERE.contains(&e.name().as_str()) => return Ok(false),
         Err(e) => return Err(e),
     };
-    let device = ObjectPath::try_from(device)?;
+    let device =
+        ObjectPath::new(device).map_err(|e| BusError::from(dbus::Error::new_failed(&e)))?;
     match call(
-        &conn,
+        &bus,
         &adapter_path,
         "org.bluez.Adapter1",
         "RemoveDevice",
-        &(device,),
+        (device,),
     )
     .await
     {
         Ok(()) => Ok(paired),
-        Err(e) if error_name(&e) == "org.bluez.Error.DoesNotExist" => Ok(false),
+        Err(e) if NOT_THERE.contains(&e.name().as_str()) => Ok(false),
         Err(e) => Err(e),
     }
 }
+
+/// The answers that mean BlueZ has no such device (or adapter).
+const NOT_THERE: &[&str] = &[
+    "org.bluez.Error.DoesNotExist",
+    "org.freedesktop.DBus.Error.UnknownObject",
+    "org.freedesktop.DBus.Error.UnknownMethod",
+    "org.freedesktop.DBus.Error.UnknownInterface",
+    "org.freedesktop.DBus.Error.InvalidArgs",
+];
 
 /// The daemon's pairing task: acts on the newest open window, closes expired and superseded
 /// ones, until `cancel`.
