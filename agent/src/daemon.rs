@@ -70,6 +70,11 @@ pub struct Supervisor {
     recover: bool,
     /// Run delivery (the offline demo stores and routes, and delivers nothing).
     deliver: bool,
+    /// Cancelled to stop for a restart: by fleet management's `restart` command, or by the
+    /// update work when another version must run.
+    restart: CancellationToken,
+    /// The update work's reports, for fleet management to publish.
+    update_reports: crate::update::Reports,
 }
 
 impl std::fmt::Debug for Supervisor {
@@ -104,7 +109,22 @@ impl Supervisor {
             stop: CancellationToken::new(),
             recover: false,
             deliver: true,
+            restart: CancellationToken::new(),
+            update_reports: crate::update::Reports::default(),
         }
+    }
+
+    /// Stops the run for a restart ([`RunSummary::restart_requested`]) when `restart` is
+    /// cancelled; fleet management's `restart` command cancels the same token.
+    pub fn restart_on(mut self, restart: CancellationToken) -> Self {
+        self.restart = restart;
+        self
+    }
+
+    /// Where fleet management takes the update work's reports from.
+    pub fn update_reports(mut self, reports: crate::update::Reports) -> Self {
+        self.update_reports = reports;
+        self
     }
 
     /// Whether to deliver to the destinations (routing happens either way).
@@ -194,7 +214,7 @@ impl Supervisor {
             tracker.spawn(watchdog(store.clone(), period, cancel.child_token()));
         }
 
-        let restart = CancellationToken::new();
+        let restart = self.restart.clone();
         if c.fleet.broker.is_some() {
             let setup = crate::fleet::FleetSetup {
                 gateway: c.gateway.id.clone(),
@@ -212,6 +232,7 @@ impl Supervisor {
                     clock: self.clock.clone(),
                     set_log_level: crate::logging::set_filter,
                     update: Some(c.update.clone()),
+                    update_reports: self.update_reports.clone(),
                 },
                 observer: None,
             };
@@ -514,7 +535,7 @@ fn spawn_gpio(
     });
 }
 
-fn log_report(r: &Report) {
+fn log_report(reports: &update::Reports, r: &Report) {
     tracing::info!(
         operation = %r.operation_id,
         command = %r.command_id,
@@ -525,7 +546,7 @@ fn log_report(r: &Report) {
         "Update progress."
     );
     // Fleet management publishes it on the command's result topic once connected.
-    update::announce(r);
+    reports.announce(r);
 }
 
 /// `vitalgate run`: the configured reading sources under the supervisor, with the update
@@ -549,17 +570,23 @@ pub async fn run(
     let sources: Vec<Box<dyn ReadingSource>> = vec![Box::new(ble)];
     tracing::info!(version = update::running_version(), "Vitalgate starting.");
     let cancel = CancellationToken::new();
+    // One restart token for both ways a restart is asked for: fleet management's `restart`
+    // command, and the update work when the switched version must run.
+    let restart = CancellationToken::new();
+    let reports = update::Reports::default();
     let work = {
         let cancel = cancel.clone();
+        let restart = restart.clone();
+        let reports = reports.clone();
         let update_config = config.update.clone();
         let checks = update::default_checks(&config, &state_dir, keying.clone());
         async move {
-            let outcome = update_work(&update_config, &checks, &cancel).await;
+            let outcome = update_work(&update_config, &checks, &reports, &cancel).await;
             match outcome {
                 Ok(Outcome::RestartRequired) => {
                     tracing::info!("Restarting into the switched version.");
-                    // Stops the way systemd would: the supervisor shuts down gracefully.
-                    update::request_restart();
+                    // The supervisor shuts down gracefully, as for SIGTERM.
+                    restart.cancel();
                 }
                 Ok(_) => {}
                 Err(error) => tracing::error!(%error, "Software update could not run."),
@@ -569,7 +596,9 @@ pub async fn run(
     let work = tokio::spawn(work);
     let mut supervisor = Supervisor::new(config, state_dir, keying)
         .stop_when(StopWhen::Signal)
-        .recover(recover);
+        .recover(recover)
+        .restart_on(restart)
+        .update_reports(reports);
     for source in sources {
         supervisor = supervisor.with_source(source);
     }
@@ -577,18 +606,17 @@ pub async fn run(
     cancel.cancel();
     let _ = work.await;
     let summary = result?;
-    Ok(
-        if update::restart_requested() || summary.restart_requested {
-            Exit::Restart
-        } else {
-            Exit::Stopped
-        },
-    )
+    Ok(if summary.restart_requested {
+        Exit::Restart
+    } else {
+        Exit::Stopped
+    })
 }
 
 async fn update_work(
     cfg: &crate::config::update::UpdateConfig,
     checks: &[Box<dyn update::health::HealthCheck>],
+    reports: &update::Reports,
     cancel: &CancellationToken,
 ) -> Result<Outcome, update::UpdateError> {
     // Nothing was ever started: touch nothing (no directories, no lock).
@@ -600,8 +628,9 @@ async fn update_work(
     }
     // The updater (and its lock) is held only while an operation runs in this process.
     let updater = Updater::open(cfg)?;
-    match updater.resume(&mut log_report, cancel).await? {
-        Outcome::HealthGatePending => updater.health_gate(checks, &mut log_report, cancel).await,
+    let mut report = |r: &Report| log_report(reports, r);
+    match updater.resume(&mut report, cancel).await? {
+        Outcome::HealthGatePending => updater.health_gate(checks, &mut report, cancel).await,
         other => Ok(other),
     }
 }

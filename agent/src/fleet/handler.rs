@@ -843,6 +843,7 @@ mod tests {
                 clock: Arc::new(SystemClock::new()),
                 set_log_level: no_log,
                 update: None,
+                update_reports: Default::default(),
             },
             started: Instant::now(),
             counters: Counters::default(),
@@ -858,6 +859,7 @@ mod tests {
             errors: Mutex::new(VecDeque::new()),
             status: Mutex::new(FleetStatus::default()),
             state_dir: None::<PathBuf>,
+            finals: Mutex::new(std::collections::VecDeque::new()),
         }
     }
 

@@ -62,6 +62,9 @@ pub struct Hooks {
     /// The `[update]` configuration, for the `update` command; `None`: the command is
     /// refused (simulations).
     pub update: Option<crate::config::update::UpdateConfig>,
+    /// The reports of the update work the daemon does at start, to publish on their
+    /// commands' result topics.
+    pub update_reports: crate::update::Reports,
 }
 
 impl std::fmt::Debug for Hooks {
@@ -151,6 +154,9 @@ pub(crate) struct Context<S> {
     errors: Mutex<VecDeque<String>>,
     status: Mutex<FleetStatus>,
     state_dir: Option<PathBuf>,
+    /// The update commands whose final result this process has published (see
+    /// `updating::on_report`).
+    finals: Mutex<VecDeque<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -158,6 +164,23 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl<S> Context<S> {
+    /// Marks `id`'s final update result as published by this process; false if it already
+    /// was. The store's record cannot say whether a result reached the broker (one decided
+    /// while the broker is unreachable is held in memory, and lost if the process exits), so
+    /// each process publishes a final result once, whatever the record says: IT may see it
+    /// again after a restart, never not at all.
+    pub fn first_final(&self, id: &str) -> bool {
+        let mut q = lock(&self.finals);
+        if q.iter().any(|x| x == id) {
+            return false;
+        }
+        if q.len() >= 64 {
+            q.pop_front();
+        }
+        q.push_back(id.to_owned());
+        true
+    }
+
     pub fn runtime(&self) -> RuntimeState {
         lock(&self.runtime).clone()
     }
@@ -320,6 +343,7 @@ pub async fn run<S: FleetStore>(
             ..Default::default()
         }),
         state_dir: setup.state_dir,
+        finals: Mutex::new(VecDeque::new()),
     });
     ctx.set_connection("connecting");
     handler::restore(&ctx).await;
@@ -488,8 +512,8 @@ impl<S: FleetStore> Connection<S> {
                     self.publish_telemetry().await;
                     self.forward_events().await;
                 }
-                () = crate::update::announced(), if self.ctx.hooks.update.is_some() => {
-                    for report in crate::update::take_announced() {
+                () = self.ctx.hooks.update_reports.announced(), if self.ctx.hooks.update.is_some() => {
+                    for report in self.ctx.hooks.update_reports.take() {
                         let _ = self.in_tx.send(Inbound::UpdateReport { report, restart: false });
                     }
                 }

@@ -166,31 +166,6 @@ fn refusal(id: &str, reason: String) -> Report {
     }
 }
 
-/// Command ids whose final update result this process has queued for publishing.
-///
-/// The store's record cannot say whether a result reached the broker: a result decided while
-/// the broker is unreachable is held in memory, and is lost if the process then exits (the
-/// new version failing its health gate because the broker is gone does exactly that). So a
-/// final result is published once by each process that finds it, whatever the record says;
-/// IT may see it again after a restart, never not at all. One update engine per process, so
-/// the set is process-wide.
-static FINALS_QUEUED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-
-/// Marks `id`'s final result as queued; false if it already was in this process.
-fn first_final(id: &str) -> bool {
-    let mut q = FINALS_QUEUED
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if q.iter().any(|x| x == id) {
-        return false;
-    }
-    if q.len() >= 64 {
-        q.remove(0);
-    }
-    q.push(id.to_owned());
-    true
-}
-
 /// Publishes one update report on its command's result topic and records it, unless the
 /// command is not a fleet command (an update applied from the command line), or the report
 /// is a step already recorded (the restart report comes twice), or a final result this
@@ -206,7 +181,7 @@ pub(crate) async fn on_report<S: FleetStore>(
     let terminal = report.status != Status::InProgress;
     match ctx.store.command_outcome(&id).await {
         Ok(Some((s, r))) if !terminal && s == status && r == reason => {}
-        Ok(Some(_)) if terminal && !first_final(&id) => {}
+        Ok(Some(_)) if terminal && !ctx.first_final(&id) => {}
         Ok(Some(_)) => {
             if let Err(e) = ctx.store.finish_command(&id, status, &reason).await {
                 ctx.note_error(&format!("cannot record a command result: {e}"));
@@ -235,7 +210,7 @@ pub(crate) async fn on_report<S: FleetStore>(
 }
 
 /// The final result of the persisted operation, for a connection that just became ready
-/// (published once per process, see [`FINALS_QUEUED`]).
+/// (published once per process, see `Context::first_final`).
 pub(crate) async fn reconcile<S: FleetStore>(ctx: &Context<S>, out: &mpsc::Sender<Outbound>) {
     let Some(cfg) = &ctx.hooks.update else {
         return;

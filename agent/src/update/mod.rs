@@ -57,22 +57,6 @@ pub fn embed_version(version: &str) {
     let _ = VERSION_OVERRIDE.set(version.to_owned());
 }
 
-static RESTART_REQUESTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Asks the daemon to stop gracefully and exit for a restart, after [`Outcome::RestartRequired`]
-/// (a fleet command handler calls this once the step is reported). The daemon then exits with
-/// `EX_TEMPFAIL` (75), so systemd's `Restart=on-failure` runs the launcher, which starts the
-/// switched version.
-pub fn request_restart() {
-    RESTART_REQUESTED.store(true, std::sync::atomic::Ordering::SeqCst);
-    let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::TERM);
-}
-
-/// Whether [`request_restart`] was called.
-pub fn restart_requested() -> bool {
-    RESTART_REQUESTED.load(std::sync::atomic::Ordering::SeqCst)
-}
-
 /// How a step went, as reported to the fleet on `cmd/<id>/result`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -740,38 +724,45 @@ pub fn terminal_report(op: &Operation) -> Option<Report> {
 }
 
 /// Reports of the update work the daemon does at start (resuming an operation, the health
-/// gate), queued for fleet management, which may connect later than they happen. Bounded:
-/// the final result is also rebuilt from the persisted operation when the fleet connects.
-static ANNOUNCED: std::sync::Mutex<std::collections::VecDeque<Report>> =
-    std::sync::Mutex::new(std::collections::VecDeque::new());
-static ANNOUNCED_NOTIFY: tokio::sync::Notify = tokio::sync::Notify::const_new();
-const ANNOUNCED_MAX: usize = 64;
+/// gate), handed to fleet management, which may connect later than they happen. Bounded: the
+/// final result is also rebuilt from the persisted operation when the fleet connects. The
+/// daemon makes one and gives a clone to each side.
+#[derive(Debug, Clone, Default)]
+pub struct Reports {
+    queue: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<Report>>>,
+    notify: std::sync::Arc<tokio::sync::Notify>,
+}
 
-/// Queues `report` for fleet management (see [`take_announced`]).
-pub fn announce(report: &Report) {
-    let mut q = ANNOUNCED
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if q.len() >= ANNOUNCED_MAX {
-        q.pop_front();
+const REPORTS_MAX: usize = 64;
+
+impl Reports {
+    /// Queues `report` for fleet management (see [`Reports::take`]).
+    pub fn announce(&self, report: &Report) {
+        let mut q = self
+            .queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if q.len() >= REPORTS_MAX {
+            q.pop_front();
+        }
+        q.push_back(report.clone());
+        drop(q);
+        self.notify.notify_one();
     }
-    q.push_back(report.clone());
-    drop(q);
-    ANNOUNCED_NOTIFY.notify_one();
-}
 
-/// Waits until a report was announced (returns at once if one is waiting).
-pub async fn announced() {
-    ANNOUNCED_NOTIFY.notified().await;
-}
+    /// Waits until a report was announced (returns at once if one is waiting).
+    pub async fn announced(&self) {
+        self.notify.notified().await;
+    }
 
-/// Takes every announced report, oldest first.
-pub fn take_announced() -> Vec<Report> {
-    ANNOUNCED
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .drain(..)
-        .collect()
+    /// Takes every announced report, oldest first.
+    pub fn take(&self) -> Vec<Report> {
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .drain(..)
+            .collect()
+    }
 }
 
 /// Test builds only: `VITALGATE_TEST_KILL_AT=<state>` makes the process SIGKILL itself right

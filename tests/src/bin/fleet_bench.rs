@@ -187,6 +187,7 @@ fn start_fleet(
                 clock: Arc::new(SystemClock::new()),
                 set_log_level: no_log_level,
                 update: None,
+                update_reports: Default::default(),
             },
             observer: Some(tx),
         };
