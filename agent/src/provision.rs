@@ -347,23 +347,10 @@ fn plan_from(e: &Enrollment, folder: &Path, targets: &Targets, base: Config) -> 
             format!("{DEFAULT_GATEWAY_ID:?} is the placeholder of an unprovisioned gateway"),
         ));
     }
-    let creds = &targets.credentials_dir;
-    let mut files: Vec<PlannedFile> = Vec::new();
-    let mut add = |name: String, contents: String, secret: bool, what: String| -> PathBuf {
-        let path = creds.join(name);
-        let mut contents = contents.into_bytes();
-        if !contents.ends_with(b"\n") {
-            contents.push(b'\n');
-        }
-        files.push(PlannedFile {
-            path: path.clone(),
-            contents,
-            secret,
-            what,
-        });
-        path
+    let mut files = CredentialFiles {
+        dir: &targets.credentials_dir,
+        planned: Vec::new(),
     };
-
     let mut config = base;
     config.gateway.id = e.gateway.id.clone();
     // A configuration outside /etc/vitalgate (tests, development) keeps its key beside it
@@ -371,11 +358,64 @@ fn plan_from(e: &Enrollment, folder: &Path, targets: &Targets, base: Config) -> 
     if config.store.key_file == Path::new(crate::config::DEFAULT_KEY_FILE) {
         config.store.key_file = targets.key_file();
     }
+    config.fleet = plan_fleet(e.fleet.as_ref(), &config.fleet, folder, &mut files)?;
+    let mut destinations = Vec::new();
+    let mut ids = BTreeSet::new();
+    for (i, d) in e.destinations.iter().enumerate() {
+        if !ids.insert(d.id.clone()) {
+            return Err((
+                format!("destination[{i}].id"),
+                format!("{:?} is listed twice", d.id.as_str()),
+            ));
+        }
+        let existing = config.destinations.iter().find(|x| x.id == d.id);
+        destinations.push(plan_destination(i, d, existing, folder, &mut files)?);
+    }
+    config.destinations = destinations;
+    let bindings = plan_bindings(&e.bindings, &mut config)?;
+    let (config, config_text) = render(config, targets)?;
+    Ok(Plan {
+        config,
+        config_text,
+        files: files.planned,
+        bindings,
+    })
+}
 
-    // [fleet]
+/// The files of secrets and certificates a plan writes into the credentials folder.
+struct CredentialFiles<'a> {
+    dir: &'a Path,
+    planned: Vec<PlannedFile>,
+}
+
+impl CredentialFiles<'_> {
+    /// Plans `name` with `contents` (a final newline added); returns its path.
+    fn add(&mut self, name: String, contents: String, secret: bool, what: String) -> PathBuf {
+        let path = self.dir.join(name);
+        let mut contents = contents.into_bytes();
+        if !contents.ends_with(b"\n") {
+            contents.push(b'\n');
+        }
+        self.planned.push(PlannedFile {
+            path: path.clone(),
+            contents,
+            secret,
+            what,
+        });
+        path
+    }
+}
+
+/// `[fleet]`: the enrolled broker and its credentials over the local tuning of `base`.
+fn plan_fleet(
+    enrolled: Option<&EnrollFleet>,
+    base: &crate::config::FleetConfig,
+    folder: &Path,
+    files: &mut CredentialFiles<'_>,
+) -> Result<crate::config::FleetConfig, Bad> {
     let mut fleet = crate::config::FleetConfig {
         // Local tuning (intervals, timeouts) survives; identity and credentials are replaced.
-        ..config.fleet.clone()
+        ..base.clone()
     };
     fleet.broker = None;
     fleet.ca_file = None;
@@ -383,13 +423,13 @@ fn plan_from(e: &Enrollment, folder: &Path, targets: &Targets, base: Config) -> 
     fleet.client_key_file = None;
     fleet.username = None;
     fleet.password_file = None;
-    if let Some(f) = &e.fleet {
+    if let Some(f) = enrolled {
         fleet.broker = Some(f.broker.clone());
         let tls = f.broker.as_url().scheme() == "mqtts";
         if let Some(ca) = &f.ca {
             let pem = pem_text(ca, folder, "fleet.ca")?;
             check_certs(&pem, "fleet.ca")?;
-            fleet.ca_file = Some(add("mqtt-ca.pem".into(), pem, false, "broker CA".into()));
+            fleet.ca_file = Some(files.add("mqtt-ca.pem".into(), pem, false, "broker CA".into()));
         }
         match (&f.client_cert, &f.client_key) {
             (Some(c), Some(k)) => {
@@ -403,13 +443,13 @@ fn plan_from(e: &Enrollment, folder: &Path, targets: &Targets, base: Config) -> 
                 check_certs(&cert, "fleet.client_cert")?;
                 let key = pem_text(k, folder, "fleet.client_key")?;
                 check_key(&key, "fleet.client_key")?;
-                fleet.client_cert_file = Some(add(
+                fleet.client_cert_file = Some(files.add(
                     "mqtt-client.pem".into(),
                     cert,
                     false,
                     "broker client certificate".into(),
                 ));
-                fleet.client_key_file = Some(add(
+                fleet.client_key_file = Some(files.add(
                     "mqtt-client.key".into(),
                     key,
                     true,
@@ -428,7 +468,7 @@ fn plan_from(e: &Enrollment, folder: &Path, targets: &Targets, base: Config) -> 
             (Some(u), Some(p)) => {
                 check_secret_line(p, "fleet.password")?;
                 fleet.username = Some(u.clone());
-                fleet.password_file = Some(add(
+                fleet.password_file = Some(files.add(
                     "mqtt-password".into(),
                     p.clone(),
                     true,
@@ -457,149 +497,168 @@ fn plan_from(e: &Enrollment, folder: &Path, targets: &Targets, base: Config) -> 
             ));
         }
     }
-    config.fleet = fleet;
+    Ok(fleet)
+}
 
-    // [[destination]]
-    let mut destinations = Vec::new();
-    let mut ids = BTreeSet::new();
-    for (i, d) in e.destinations.iter().enumerate() {
-        let key = |k: &str| format!("destination[{i}].{k}");
-        if !ids.insert(d.id.clone()) {
-            return Err((key("id"), format!("{:?} is listed twice", d.id.as_str())));
+/// One `[[destination]]`: the enrolled endpoint and credentials over the local delivery
+/// tuning of the destination of the same id, if the configuration has one.
+fn plan_destination(
+    i: usize,
+    d: &EnrollDestination,
+    existing: Option<&DestinationConfig>,
+    folder: &Path,
+    files: &mut CredentialFiles<'_>,
+) -> Result<DestinationConfig, Bad> {
+    let key = |k: &str| format!("destination[{i}].{k}");
+    let id = d.id.as_str();
+    let ca_file = match &d.ca {
+        Some(ca) => {
+            let pem = pem_text(ca, folder, &key("ca"))?;
+            check_certs(&pem, &key("ca"))?;
+            Some(files.add(format!("{id}-ca.pem"), pem, false, format!("{id} CA")))
         }
-        let id = d.id.as_str();
-        let ca_file = match &d.ca {
-            Some(ca) => {
-                let pem = pem_text(ca, folder, &key("ca"))?;
-                check_certs(&pem, &key("ca"))?;
-                Some(add(format!("{id}-ca.pem"), pem, false, format!("{id} CA")))
-            }
-            None => None,
-        };
-        let (client_cert_file, client_key_file) = match (&d.client_cert, &d.client_key) {
-            (Some(c), Some(k)) => {
-                let cert = pem_text(c, folder, &key("client_cert"))?;
-                check_certs(&cert, &key("client_cert"))?;
-                let pk = pem_text(k, folder, &key("client_key"))?;
-                check_key(&pk, &key("client_key"))?;
-                (
-                    Some(add(
-                        format!("{id}-client.pem"),
-                        cert,
-                        false,
-                        format!("{id} client certificate"),
-                    )),
-                    Some(add(
-                        format!("{id}-client.key"),
-                        pk,
-                        true,
-                        format!("{id} client key"),
-                    )),
-                )
-            }
-            (None, None) => (None, None),
-            _ => {
-                return Err((
-                    key("client_cert"),
-                    "client_cert and client_key go together".into(),
-                ));
-            }
-        };
-        let file = |p: PathBuf| SecretSource {
-            credential: None,
-            file: Some(p),
-        };
-        let auth = match &d.auth {
-            EnrollAuth::None => AuthConfig::None,
-            EnrollAuth::Bearer { token } => {
-                check_secret_line(token, &key("auth.token"))?;
-                AuthConfig::Bearer {
-                    token: file(add(
-                        format!("{id}-token"),
-                        token.clone(),
-                        true,
-                        format!("{id} bearer token"),
-                    )),
-                }
-            }
-            EnrollAuth::ClientCredentials {
-                token_url,
-                client_id,
-                client_secret,
-                scope,
-            } => {
-                check_secret_line(client_secret, &key("auth.client_secret"))?;
-                AuthConfig::ClientCredentials {
-                    token_url: token_url.clone(),
-                    client_id: client_id.clone(),
-                    client_secret: file(add(
-                        format!("{id}-client-secret"),
-                        client_secret.clone(),
-                        true,
-                        format!("{id} client secret"),
-                    )),
-                    scope: scope.clone(),
-                }
-            }
-            EnrollAuth::SmartBackend {
-                token_url,
-                client_id,
-                private_key,
-                algorithm,
-                key_id,
-                scope,
-            } => {
-                let pem = pem_text(private_key, folder, &key("auth.private_key"))?;
-                crate::sync::auth::check_signing_key(*algorithm, pem.as_bytes())
-                    .map_err(|m| (key("auth.private_key"), m))?;
-                AuthConfig::SmartBackend {
-                    token_url: token_url.clone(),
-                    client_id: client_id.clone(),
-                    private_key: file(add(
-                        format!("{id}-smart-key.pem"),
-                        pem,
-                        true,
-                        format!("{id} SMART signing key"),
-                    )),
-                    algorithm: *algorithm,
-                    key_id: key_id.clone(),
-                    scope: scope.clone(),
-                }
-            }
-        };
-        // Keep the local delivery tuning of a destination that stays.
-        let mut dc = match config.destinations.iter().find(|x| x.id == d.id) {
-            Some(old) => old.clone(),
-            None => DestinationConfig {
-                id: d.id.clone(),
-                base_url: d.base_url.clone(),
-                auth: AuthConfig::None,
-                ca_file: None,
-                client_cert_file: None,
-                client_key_file: None,
-                proxy: None,
-                batch_max: crate::config::destination::DEFAULT_BATCH_MAX,
-                batch_linger: crate::config::destination::DEFAULT_BATCH_LINGER,
-                request_timeout: crate::config::destination::DEFAULT_REQUEST_TIMEOUT,
-                retry_base: crate::config::destination::DEFAULT_RETRY_BASE,
-                retry_max: crate::config::destination::DEFAULT_RETRY_MAX,
-                route: RouteConfig::default(),
-            },
-        };
-        dc.base_url = d.base_url.clone();
-        dc.auth = auth;
-        dc.ca_file = ca_file;
-        dc.client_cert_file = client_cert_file;
-        dc.client_key_file = client_key_file;
-        dc.route = d.route.clone();
-        destinations.push(dc);
-    }
-    config.destinations = destinations;
+        None => None,
+    };
+    let (client_cert_file, client_key_file) = match (&d.client_cert, &d.client_key) {
+        (Some(c), Some(k)) => {
+            let cert = pem_text(c, folder, &key("client_cert"))?;
+            check_certs(&cert, &key("client_cert"))?;
+            let pk = pem_text(k, folder, &key("client_key"))?;
+            check_key(&pk, &key("client_key"))?;
+            (
+                Some(files.add(
+                    format!("{id}-client.pem"),
+                    cert,
+                    false,
+                    format!("{id} client certificate"),
+                )),
+                Some(files.add(
+                    format!("{id}-client.key"),
+                    pk,
+                    true,
+                    format!("{id} client key"),
+                )),
+            )
+        }
+        (None, None) => (None, None),
+        _ => {
+            return Err((
+                key("client_cert"),
+                "client_cert and client_key go together".into(),
+            ));
+        }
+    };
+    let auth = plan_auth(&key, id, &d.auth, folder, files)?;
+    // Keep the local delivery tuning of a destination that stays.
+    let mut dc = match existing {
+        Some(old) => old.clone(),
+        None => DestinationConfig {
+            id: d.id.clone(),
+            base_url: d.base_url.clone(),
+            auth: AuthConfig::None,
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
+            proxy: None,
+            batch_max: crate::config::destination::DEFAULT_BATCH_MAX,
+            batch_linger: crate::config::destination::DEFAULT_BATCH_LINGER,
+            request_timeout: crate::config::destination::DEFAULT_REQUEST_TIMEOUT,
+            retry_base: crate::config::destination::DEFAULT_RETRY_BASE,
+            retry_max: crate::config::destination::DEFAULT_RETRY_MAX,
+            route: RouteConfig::default(),
+        },
+    };
+    dc.base_url = d.base_url.clone();
+    dc.auth = auth;
+    dc.ca_file = ca_file;
+    dc.client_cert_file = client_cert_file;
+    dc.client_key_file = client_key_file;
+    dc.route = d.route.clone();
+    Ok(dc)
+}
 
-    // [[binding]]
+/// A destination's authentication: each secret goes to a file of its own, which the
+/// configuration names.
+fn plan_auth(
+    key: &dyn Fn(&str) -> String,
+    id: &str,
+    auth: &EnrollAuth,
+    folder: &Path,
+    files: &mut CredentialFiles<'_>,
+) -> Result<AuthConfig, Bad> {
+    let file = |p: PathBuf| SecretSource {
+        credential: None,
+        file: Some(p),
+    };
+    Ok(match auth {
+        EnrollAuth::None => AuthConfig::None,
+        EnrollAuth::Bearer { token } => {
+            check_secret_line(token, &key("auth.token"))?;
+            AuthConfig::Bearer {
+                token: file(files.add(
+                    format!("{id}-token"),
+                    token.clone(),
+                    true,
+                    format!("{id} bearer token"),
+                )),
+            }
+        }
+        EnrollAuth::ClientCredentials {
+            token_url,
+            client_id,
+            client_secret,
+            scope,
+        } => {
+            check_secret_line(client_secret, &key("auth.client_secret"))?;
+            AuthConfig::ClientCredentials {
+                token_url: token_url.clone(),
+                client_id: client_id.clone(),
+                client_secret: file(files.add(
+                    format!("{id}-client-secret"),
+                    client_secret.clone(),
+                    true,
+                    format!("{id} client secret"),
+                )),
+                scope: scope.clone(),
+            }
+        }
+        EnrollAuth::SmartBackend {
+            token_url,
+            client_id,
+            private_key,
+            algorithm,
+            key_id,
+            scope,
+        } => {
+            let pem = pem_text(private_key, folder, &key("auth.private_key"))?;
+            crate::sync::auth::check_signing_key(*algorithm, pem.as_bytes())
+                .map_err(|m| (key("auth.private_key"), m))?;
+            AuthConfig::SmartBackend {
+                token_url: token_url.clone(),
+                client_id: client_id.clone(),
+                private_key: file(files.add(
+                    format!("{id}-smart-key.pem"),
+                    pem,
+                    true,
+                    format!("{id} SMART signing key"),
+                )),
+                algorithm: *algorithm,
+                key_id: key_id.clone(),
+                scope: scope.clone(),
+            }
+        }
+    })
+}
+
+/// `[[binding]]`: each checked against the configuration; a BLE device bound at the depot is
+/// allowlisted so it connects without a pairing window.
+fn plan_bindings(
+    enrolled: &[EnrollBinding],
+    config: &mut Config,
+) -> Result<Vec<PlannedBinding>, Bad> {
     let mut bindings = Vec::new();
     let mut seen = BTreeSet::new();
-    for (i, b) in e.bindings.iter().enumerate() {
+    for (i, b) in enrolled.iter().enumerate() {
         let key = |k: &str| format!("binding[{i}].{k}");
         let transport = Transport::parse(&b.transport).ok_or_else(|| {
             (
@@ -652,8 +711,12 @@ fn plan_from(e: &Enrollment, folder: &Path, targets: &Targets, base: Config) -> 
         });
     }
 
-    // The configuration as it will be written must pass the very checks `config check` and
-    // the daemon apply.
+    Ok(bindings)
+}
+
+/// The configuration file as it will be written, and the configuration it parses back to: it
+/// must pass the very checks `config check` and the daemon apply.
+fn render(config: Config, targets: &Targets) -> Result<(Config, String), Bad> {
     let body = toml::to_string(&config).map_err(|e| ("config".into(), e.to_string()))?;
     let config_text = format!(
         "# Written by `vitalgate provision` for gateway {}.\n\
@@ -664,12 +727,7 @@ fn plan_from(e: &Enrollment, folder: &Path, targets: &Targets, base: Config) -> 
     );
     let parsed = Config::parse(&targets.config, &config_text)
         .map_err(|e| ("config".into(), format!("the resulting configuration: {e}")))?;
-    Ok(Plan {
-        config: parsed,
-        config_text,
-        files,
-        bindings,
-    })
+    Ok((parsed, config_text))
 }
 
 /// The uid and gid of `user` from the password database, if it exists.
