@@ -14,15 +14,19 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod doctor;
-pub mod fhir;
+/// The FHIR mapping is a crate of its own (`agent/fhir`, `vitalgate-fhir`): pure, below the
+/// store and delivery.
+pub use vitalgate_fhir as fhir;
 pub mod fleet;
 pub mod gpio;
 pub mod logging;
 pub mod provision;
-pub mod secret;
+pub use vitalgate_core::secret;
 pub mod serial;
 pub mod signed;
 pub mod source;
-pub mod store;
+/// The encrypted store is a crate of its own (`agent/store`, `vitalgate-store`): it owns the
+/// schema and every SQL statement.
+pub use vitalgate_store as store;
 pub mod sync;
 pub mod update;

@@ -6,6 +6,8 @@
 //! - [`time`]: the one place the wall clock and the local time zone are read;
 //! - [`backoff`]: the one retry-delay schedule (capped exponential, full jitter);
 //! - [`fs`]: durable whole-file writes and advisory file locks;
+//! - [`secret`]: values (keys, tokens, PINs) that are redacted in `Debug` and zeroed when
+//!   dropped;
 //! - [`http`]: the one builder of HTTPS clients, so the CA and proxy settings mean the same
 //!   thing for FHIR delivery and for software updates.
 
@@ -13,6 +15,7 @@ pub mod backoff;
 pub mod fs;
 pub mod http;
 pub mod ids;
+pub mod secret;
 pub mod time;
 
 pub use backoff::Backoff;

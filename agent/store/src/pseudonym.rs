@@ -9,7 +9,7 @@ use hmac::{Hmac, Mac};
 use rusqlite::{Connection, OptionalExtension};
 use sha2::Sha256;
 
-use crate::secret::Secret;
+use vitalgate_core::secret::Secret;
 
 const KEY_NAME: &str = "device-pseudonym-key";
 
@@ -122,7 +122,7 @@ mod tests {
         #[allow(clippy::disallowed_methods)] // The store's own test connection.
         let mut c = Connection::open_in_memory().expect("open");
         assert!(key(&c, false).expect("no table").is_none());
-        crate::store::schema::migrate(&mut c).expect("migrate");
+        crate::schema::migrate(&mut c).expect("migrate");
         assert!(key(&c, false).expect("none yet").is_none());
         let k = key(&c, true).expect("made").expect("key");
         assert_eq!(k.expose().len(), 32);

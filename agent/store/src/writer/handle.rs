@@ -158,7 +158,7 @@ impl StoreHandle {
 
     /// Records a device's battery level and/or signal strength as read now (a connection is
     /// also a sighting: its last-seen time moves forward). A device not yet in the store gets
-    /// its row. Read back with [`crate::store::StoreReader::device_status`].
+    /// its row. Read back with [`crate::StoreReader::device_status`].
     pub async fn record_device_status(
         &self,
         transport: Transport,
@@ -205,7 +205,7 @@ impl StoreHandle {
     /// Runs `op` inside a store transaction on the writer thread and returns its answer once
     /// the transaction is durable. Only the store's own typed operations use it: SQL lives
     /// in the store, nowhere else.
-    pub(in crate::store) async fn run<T: Send + 'static>(
+    pub(crate) async fn run<T: Send + 'static>(
         &self,
         what: &'static str,
         op: impl Fn(&Connection, i64) -> rusqlite::Result<T> + Send + 'static,

@@ -18,7 +18,7 @@ pub(super) enum Command {
         event: NewEvent,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
-    /// FHIR delivery results for one destination (see `crate::store::outbox`).
+    /// FHIR delivery results for one destination (see `crate::outbox`).
     Deliveries {
         destination: String,
         updates: Vec<DeliveryUpdate>,

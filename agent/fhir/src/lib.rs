@@ -9,7 +9,7 @@
 //!   extension (STU1 used `derivedFrom`); BITs status Observations point at their
 //!   measurement with `derivedFrom`.
 //!
-//! This module is pure: no clock, no I/O. It owns the codes ([`codes`]), the time rules
+//! This crate is pure: no I/O, and the clock only where `decode` is given none. It owns the codes ([`codes`]), the time rules
 //! ([`time`]), the Device resources ([`device`]), and builds Observations and the Bundles
 //! they travel in ([`Assembly`]). Numbers keep their reported precision: a value is written
 //! into the JSON as the decimal string of its mantissa and exponent (serde_json's
@@ -18,6 +18,7 @@
 pub mod codes;
 pub mod decode;
 pub mod device;
+mod namespace;
 pub mod time;
 
 #[cfg(test)]
@@ -35,7 +36,7 @@ use vitalgate_drivers::ieee11073::Value as DeviceValue;
 use vitalgate_drivers::model::{Condition, ContextItem, ContextValue, OutOfRange, Sample};
 use vitalgate_drivers::{Decimal, Reading};
 
-pub use crate::config::fhir::IdentifierNamespace;
+pub use namespace::{DEFAULT_IDENTIFIER_NAMESPACE, IdentifierNamespace};
 pub use time::{GatewayTime, TimeHold};
 
 /// The PHD IG version this mapping implements.

@@ -44,7 +44,7 @@ impl EncodedBatch {
             let start = bytes.len();
             bytes.extend_from_slice(r.dedup_key().as_bytes());
             let key = start..bytes.len();
-            bytes = crate::store::codec::encode(&r.measurement, bytes)?;
+            bytes = crate::codec::encode(&r.measurement, bytes)?;
             let measurement = key.end..bytes.len();
             bytes.extend_from_slice(&r.raw);
             let raw = measurement.end..bytes.len();
@@ -409,7 +409,7 @@ impl Writer {
                 for e in events {
                     self.insert_event(e, now)?;
                 }
-                crate::store::outbox::apply(&self.conn, destination, updates, outcome.as_ref(), now)
+                crate::outbox::apply(&self.conn, destination, updates, outcome.as_ref(), now)
                     .map(Done::Count)
                     .map_err(|e| StoreError::from_sqlite(&self.opts.path, "record deliveries", e))
             }
@@ -418,7 +418,7 @@ impl Writer {
                 user_index,
                 patient,
                 ..
-            } => crate::store::outbox::bind(&self.conn, identity, *user_index, patient, now)
+            } => crate::outbox::bind(&self.conn, identity, *user_index, patient, now)
                 .map(|()| Done::Unit),
             Command::Audit {
                 actor,
@@ -744,7 +744,7 @@ impl Writer {
         let (id, stored) = match existing {
             Some((id, blob)) => {
                 let stored: DeviceIdentity =
-                    crate::store::codec::decode_identity(&blob).unwrap_or(bare.clone());
+                    crate::codec::decode_identity(&blob).unwrap_or(bare.clone());
                 let newest = if *identity != bare {
                     identity.clone()
                 } else {
@@ -833,7 +833,7 @@ impl Writer {
         detail: &serde_json::Value,
         at_ms: i64,
     ) -> Result<(), StoreError> {
-        crate::store::records::audit(&self.conn, at_ms, actor, action, detail)
+        crate::records::audit(&self.conn, at_ms, actor, action, detail)
             .map_err(|e| StoreError::from_sqlite(&self.opts.path, "audit", e))
     }
 

@@ -12,7 +12,7 @@ use vitalgate_drivers::Transport;
 use super::StoreError;
 use super::records;
 use super::writer::StoreHandle;
-use crate::secret::Secret;
+use vitalgate_core::secret::Secret;
 
 /// How long an id is remembered beyond its expiry, so a replay of an expired command is
 /// still reported as a replay for a day.
