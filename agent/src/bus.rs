@@ -105,8 +105,22 @@ impl Bus {
         Ok(Self { conn, io, timeout })
     }
 
-    fn proxy<'a>(&self, dest: &'a str, path: &'a str) -> Proxy<'a, Arc<SyncConnection>> {
-        Proxy::new(dest, path, self.timeout, self.conn.clone())
+    /// A proxy for `dest` at `path`. Both are checked here: dbus-rs panics on an invalid
+    /// path or name, and a path is built from configuration (`[ble] adapter`).
+    fn proxy<'a>(
+        &self,
+        dest: &'a str,
+        path: &'a str,
+    ) -> Result<Proxy<'a, Arc<SyncConnection>>, BusError> {
+        let invalid = |what: &str, e: String| {
+            BusError::Call(dbus::Error::new_custom(
+                "org.freedesktop.DBus.Error.InvalidArgs",
+                &format!("invalid D-Bus {what}: {e}"),
+            ))
+        };
+        let dest = dbus::strings::BusName::new(dest).map_err(|e| invalid("name", e))?;
+        let path = ObjectPath::new(path).map_err(|e| invalid("object path", e))?;
+        Ok(Proxy::new(dest, path, self.timeout, self.conn.clone()))
     }
 
     /// Calls `iface.method(args)` on `dest` at `path` and reads its reply.
@@ -119,7 +133,7 @@ impl Bus {
         args: A,
     ) -> Result<R, BusError> {
         Ok(self
-            .proxy(dest, path)
+            .proxy(dest, path)?
             .method_call(iface, method, args)
             .await?)
     }
@@ -132,7 +146,7 @@ impl Bus {
         iface: &str,
         name: &str,
     ) -> Result<T, BusError> {
-        Ok(self.proxy(dest, path).get(iface, name).await?)
+        Ok(self.proxy(dest, path)?.get(iface, name).await?)
     }
 
     /// Sets the property `iface.name` of `dest` at `path`.
@@ -144,7 +158,7 @@ impl Bus {
         name: &str,
         value: T,
     ) -> Result<(), BusError> {
-        Ok(self.proxy(dest, path).set(iface, name, value).await?)
+        Ok(self.proxy(dest, path)?.set(iface, name, value).await?)
     }
 
     /// Every object `dest` manages, with its interfaces and their properties
@@ -157,7 +171,7 @@ impl Bus {
         BusError,
     > {
         use dbus::nonblock::stdintf::org_freedesktop_dbus::ObjectManager;
-        Ok(self.proxy(dest, "/").get_managed_objects().await?)
+        Ok(self.proxy(dest, "/")?.get_managed_objects().await?)
     }
 
     /// Answers every method call to `path` with what `handler` returns for it (a method

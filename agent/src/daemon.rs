@@ -597,7 +597,7 @@ pub async fn run(
     let mut supervisor = Supervisor::new(config, state_dir, keying)
         .stop_when(StopWhen::Signal)
         .recover(recover)
-        .restart_on(restart)
+        .restart_on(restart.clone())
         .update_reports(reports);
     for source in sources {
         supervisor = supervisor.with_source(source);
@@ -606,7 +606,9 @@ pub async fn run(
     cancel.cancel();
     let _ = work.await;
     let summary = result?;
-    Ok(if summary.restart_requested {
+    // Asked before the supervisor stopped, or by update work that finished while it stopped
+    // (a switch or a rollback interrupted by SIGTERM).
+    Ok(if summary.restart_requested || restart.is_cancelled() {
         Exit::Restart
     } else {
         Exit::Stopped

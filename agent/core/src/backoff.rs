@@ -1,5 +1,6 @@
-//! Retry delays: capped exponential with full jitter. The wait after the n-th failure is drawn
-//! uniformly from `[0, min(max, min·2ⁿ)]`, so thousands of gateways (or one gateway's devices)
+//! Retry delays: capped exponential with jitter. The wait after the n-th failure is drawn
+//! uniformly from `[0, min(max, min·2ⁿ)]` (full jitter; [`Backoff::at_least_half`] keeps the
+//! upper half of that window), so thousands of gateways (or one gateway's devices)
 //! that fail together come back spread over the window instead of in lockstep. A server's
 //! Retry-After is a floor the draw never goes under.
 //!
@@ -13,6 +14,8 @@ pub struct Backoff {
     min: Duration,
     max: Duration,
     failures: u32,
+    /// The share of the ceiling every wait keeps (0: full jitter).
+    floor: f64,
 }
 
 impl Backoff {
@@ -22,7 +25,16 @@ impl Backoff {
             min,
             max: max.max(min),
             failures: 0,
+            floor: 0.0,
         }
+    }
+
+    /// Every wait is at least half its ceiling ("equal jitter"): for retries whose first
+    /// attempts must not come back at once (a device reconnecting, a download resuming),
+    /// where spreading over the whole window matters less than a minimum pause.
+    pub fn at_least_half(mut self) -> Self {
+        self.floor = 0.5;
+        self
     }
 
     /// The ceiling of the next wait: `min · 2^failures`, never above `max`.
@@ -39,7 +51,9 @@ impl Backoff {
         } else {
             0.0
         };
-        let wait = self.ceiling().mul_f64(unit);
+        let wait = self
+            .ceiling()
+            .mul_f64(self.floor + (1.0 - self.floor) * unit);
         self.failures = self.failures.saturating_add(1);
         wait.min(self.max)
     }
@@ -112,6 +126,19 @@ mod tests {
             Duration::from_secs(1)
         );
         assert_eq!(b.next_delay_after(None, 1.0), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn at_least_half_keeps_a_minimum_pause() {
+        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(60)).at_least_half();
+        assert_eq!(b.next_delay(0.0), Duration::from_millis(500));
+        assert_eq!(b.next_delay(1.0), Duration::from_secs(2));
+        for _ in 0..40 {
+            let ceiling = b.ceiling();
+            let d = b.next_random_delay();
+            assert!(d >= ceiling / 2 && d <= ceiling, "{d:?} of {ceiling:?}");
+        }
+        assert_eq!(b.ceiling(), Duration::from_secs(60));
     }
 
     #[test]

@@ -96,7 +96,8 @@ impl ReadingSource for BleSource {
                 cancel.child_token(),
             ));
             let _stop_pairing = AbortOnDrop(pairing);
-            let mut retry = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+            let mut retry =
+                Backoff::new(Duration::from_secs(1), Duration::from_secs(60)).at_least_half();
             let mut warned = false;
             loop {
                 match self.serve(&store, &clock, &cancel).await {
@@ -405,7 +406,7 @@ async fn device_loop(
     disconnected: Arc<Notify>,
     cancel: CancellationToken,
 ) {
-    let mut backoff = Backoff::new(RECONNECT_MIN, RECONNECT_MAX);
+    let mut backoff = Backoff::new(RECONNECT_MIN, RECONNECT_MAX).at_least_half();
     loop {
         let started = Instant::now();
         let session = {

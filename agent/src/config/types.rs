@@ -273,9 +273,10 @@ impl FromStr for LogFilter {
                 && m.chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
         };
-        for d in s.split(',').map(str::trim) {
+        let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+        for d in &parts {
             let ok = match d.split_once('=') {
-                Some((m, l)) => module(m) && level(l),
+                Some((m, l)) => module(m.trim()) && level(l.trim()),
                 None => level(d),
             };
             if !ok {
@@ -285,9 +286,19 @@ impl FromStr for LogFilter {
                 ));
             }
         }
-        s.parse::<tracing_subscriber::filter::Targets>()
+        // Kept without spaces: `Targets` takes them as part of a target's name.
+        let normal = parts
+            .iter()
+            .map(|d| match d.split_once('=') {
+                Some((m, l)) => format!("{}={}", m.trim(), l.trim()),
+                None => (*d).to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        normal
+            .parse::<tracing_subscriber::filter::Targets>()
             .map_err(|e| format!("{s:?} is not a valid log filter: {e}"))?;
-        Ok(Self(s.to_owned()))
+        Ok(Self(normal))
     }
 }
 
@@ -325,6 +336,9 @@ mod tests {
             assert!(bad.parse::<LogFilter>().is_err(), "{bad}");
         }
         assert!("info,".repeat(300).parse::<LogFilter>().is_err());
+        // Spaces around the parts are dropped, not taken into a target's name.
+        let f: LogFilter = " info , vitalgate::store = debug ".parse().expect("spaced");
+        assert_eq!(f.as_str(), "info,vitalgate::store=debug");
     }
 
     #[test]

@@ -110,8 +110,8 @@ pub async fn fetch(
     cancel: &CancellationToken,
 ) -> Result<(), DownloadError> {
     let mut attempt = 0;
-    // Full jitter over an exponential cap: 0.5 s, 1 s, 2 s ... up to 60 s.
-    let mut retry = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
+    // At least half of an exponential cap: 0.5-1 s, 1-2 s, ... up to 30-60 s.
+    let mut retry = Backoff::new(Duration::from_secs(1), Duration::from_secs(60)).at_least_half();
     loop {
         attempt += 1;
         let mut last = String::new();
