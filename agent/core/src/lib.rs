@@ -4,7 +4,7 @@
 //! - [`ids`]: the domain identifiers that cross module lines (a patient reference, a pairing
 //!   PIN, a pairing-window request), each validated once, where it is parsed;
 //! - [`time`]: the one place the wall clock and the local time zone are read;
-//! - [`backoff`]: the one retry-delay schedule (capped exponential, full jitter);
+//! - [`backoff`]: the one retry-delay schedule (capped exponential with jitter);
 //! - [`fs`]: durable whole-file writes and advisory file locks;
 //! - [`secret`]: values (keys, tokens, PINs) that are redacted in `Debug` and zeroed when
 //!   dropped;
